@@ -1,0 +1,222 @@
+"""One typed settings object for the whole package.
+
+Every setting comes from an environment variable with the prefix ``IM_`` (for example
+``IM_HORIZON_DAYS=3``), optionally from a YAML/JSON file named by ``IM_CONFIG_FILE`` (keys are
+the field names, lower case); the environment wins over the file, the file over the defaults.
+Values are parsed to their real types and validated once, at start; a bad value raises
+:class:`ConfigError` naming the variable, the value and what was expected.
+
+Credentials are *not* settings: boto3 reads ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``
+from the environment itself, so they never sit in this object, in its repr, or in a log line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "IM_"
+CONFIG_FILE_VAR = "IM_CONFIG_FILE"
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+def _field(default: Any, doc: str, *, check: typing.Callable[[Any], bool] | None = None,
+           rule: str = "") -> Any:
+    return dataclasses.field(default=default, metadata={"doc": doc, "check": check, "rule": rule})
+
+
+def _positive(x: Any) -> bool:
+    return x > 0
+
+
+def _share(x: Any) -> bool:
+    return 0.0 <= x <= 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """All knobs of the product. See README "Configuration" for the table of variables."""
+
+    # --- services -------------------------------------------------------------------------
+    s3_endpoint_url: str = _field("http://127.0.0.1:8333", "S3 API endpoint (SeaweedFS, MinIO, AWS)")
+    s3_region: str = _field("us-east-1", "S3 region name handed to boto3")
+    bucket: str = _field("interest-migration", "the one bucket holding raw/clean/predictions/...")
+    mlflow_tracking_uri: str = _field("http://127.0.0.1:5000", "MLflow tracking server URI")
+    mlflow_experiment: str = _field("interest_migration", "MLflow experiment of the training runs")
+    model_name: str = _field("interest_migration", "registered model name")
+    work_dir: Path = _field(Path(".local/work"), "local scratch folder for a task's temporary files")
+
+    # --- data window and validation --------------------------------------------------------
+    window_start: dt.date | None = _field(None, "first event date accepted (UTC); empty = no bound")
+    window_end: dt.date | None = _field(None, "last event date accepted (UTC); empty = no bound")
+    max_bad_row_share: float = _field(0.05, "batch fails when quarantined/total exceeds this",
+                                      check=_share, rule="a share in [0, 1]")
+    max_duplicate_share: float = _field(0.5, "batch fails when exact duplicates/total exceeds this",
+                                        check=_share, rule="a share in [0, 1]")
+    min_volume_ratio: float = _field(0.2, "batch fails when a partition has fewer rows than this times "
+                                     "the median of recent partitions", check=_share, rule="a share in [0, 1]")
+    crawler_max_events_per_hour: int = _field(2000, "a user above this many events in one hour is set "
+                                              "aside as crawler-like", check=_positive, rule="> 0")
+    crawler_min_events_for_diversity: int = _field(500, "users with at least this many events in a day "
+                                                   "are checked for item diversity", check=_positive, rule="> 0")
+    crawler_max_item_diversity: float = _field(0.98, "distinct items/events above this (with the count "
+                                               "above) marks a crawler", check=_share, rule="a share in [0, 1]")
+
+    # --- examples and model -----------------------------------------------------------------
+    horizon_days: int = _field(3, "label window [T, T+H) length in days", check=_positive, rule="> 0")
+    lookback_days: int = _field(30, "history used for features and for 'active user'", check=_positive,
+                                rule="> 0")
+    seq_len: int = _field(50, "last L events of a user fed to the model", check=_positive, rule="> 0")
+    asof_step_days: int = _field(1, "spacing of rolling as-of times for training examples",
+                                 check=_positive, rule="> 0")
+    min_category_count: int = _field(1, "categories seen fewer times go to the OOV bucket",
+                                     check=_positive, rule="> 0")
+    top_k: int = _field(10, "length of predicted_categories", check=_positive, rule="> 0")
+    eval_ks: tuple[int, ...] = _field((5, 10, 20), "k values for ranked metrics (comma separated)")
+    epochs: int = _field(20, "maximum training epochs (early stopping ends sooner)", check=_positive,
+                         rule="> 0")
+    batch_size: int = _field(256, "training batch size", check=_positive, rule="> 0")
+    seed: int = _field(42, "seed for every random choice")
+
+    # --- registry gate ----------------------------------------------------------------------
+    gate_metric: str = _field("ndcg@5", "metric that decides promotion")
+    gate_margin_vs_champion: float = _field(0.0, "challenger must beat champion by this (absolute)")
+    gate_margin_vs_baselines: float = _field(0.0, "challenger must beat every baseline by this (absolute)")
+
+    # --- scoring ----------------------------------------------------------------------------
+    scoring_batch_users: int = _field(5000, "users scored per model call", check=_positive, rule="> 0")
+    scoring_shards: int = _field(2, "mapped scoring tasks per day", check=_positive, rule="> 0")
+    emerging_k: int = _field(5, "length of emerging_categories", check=_positive, rule="> 0")
+    fading_k: int = _field(5, "maximum length of fading_categories", check=_positive, rule="> 0")
+
+    def describe(self) -> dict[str, str]:
+        """Settings as strings, for logs and MLflow params (holds no secret)."""
+        return {f.name: _render(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable that sets ``field_name``."""
+    return ENV_PREFIX + field_name.upper()
+
+
+def _parse(name: str, raw: Any, annotation: Any) -> Any:
+    """Parse ``raw`` (a string from the environment, or a YAML/JSON value) to ``annotation``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        if raw is None or (isinstance(raw, str) and raw.strip() == ""):
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _parse(name, raw, inner)
+    try:
+        if annotation is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if annotation is int:
+            if isinstance(raw, bool):
+                raise ValueError
+            return int(str(raw).strip())
+        if annotation is float:
+            return float(str(raw).strip())
+        if annotation is str:
+            return str(raw)
+        if annotation is Path:
+            return Path(str(raw)).expanduser()
+        if annotation is dt.date:
+            if isinstance(raw, dt.date):
+                return raw
+            return dt.date.fromisoformat(str(raw).strip())
+        if origin is tuple:
+            items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+            return tuple(int(str(i).strip()) for i in items if str(i).strip())
+    except ValueError:
+        pass
+    else:
+        raise ConfigError(f"{name}: unsupported setting type {annotation!r}")
+    expected = {int: "an integer", float: "a number", bool: "true/false", dt.date: "a date YYYY-MM-DD",
+                Path: "a path"}.get(annotation, "a comma-separated list of integers")
+    raise ConfigError(f"{name}={raw!r} is not {expected}")
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{CONFIG_FILE_VAR}={path}: cannot read the file ({exc.strerror})") from exc
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{CONFIG_FILE_VAR}={path}: expected a mapping of setting names to values")
+    return data
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings` from defaults, ``IM_CONFIG_FILE``, the environment and ``overrides``.
+
+    ``overrides`` take already-typed values (used by tests and the CLI). Raises
+    :class:`ConfigError` for an unknown key in the file, a value of the wrong type, or a value
+    outside its allowed range.
+    """
+    env = os.environ if environ is None else environ
+    hints = typing.get_type_hints(Settings)
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+
+    file_var = env.get(CONFIG_FILE_VAR)
+    if file_var:
+        for key, raw in _read_file(Path(file_var)).items():
+            if key not in fields:
+                raise ConfigError(f"{CONFIG_FILE_VAR}={file_var}: unknown setting {key!r}")
+            values[key] = _parse(f"{file_var}:{key}", raw, hints[key])
+    for name in fields:
+        var = env_name(name)
+        if var in env:
+            values[name] = _parse(var, env[var], hints[name])
+    for name, value in overrides.items():
+        if name not in fields:
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = value
+
+    settings = Settings(**values)
+    for name, f in fields.items():
+        check = f.metadata.get("check")
+        value = getattr(settings, name)
+        if check is not None and value is not None and not check(value):
+            raise ConfigError(f"{env_name(name)}={_render(value)!r} is out of range: must be {f.metadata['rule']}")
+    if settings.window_start and settings.window_end and settings.window_start > settings.window_end:
+        raise ConfigError(f"{env_name('window_start')} ({settings.window_start}) is after "
+                          f"{env_name('window_end')} ({settings.window_end})")
+    if not settings.eval_ks or any(k <= 0 for k in settings.eval_ks):
+        raise ConfigError(f"{env_name('eval_ks')}={_render(settings.eval_ks)!r} must list positive integers")
+    return settings
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) rows, for the README and ``python -m pipelines config``."""
+    return [(env_name(f.name), _render(f.default), f.metadata["doc"]) for f in dataclasses.fields(Settings)]

@@ -1,0 +1,43 @@
+"""Public schemas: the canonical event (after adapters) and the prediction row (DESIGN.md).
+
+These are contracts other systems read; change them only in the open (README, "Contracts").
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# Canonical event: what every adapter produces and every later step reads.
+EVENT_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("category_id", pa.string(), nullable=False),
+        pa.field("behavior", pa.string(), nullable=False),
+        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("value", pa.float64(), nullable=True),
+    ]
+)
+EVENT_COLUMNS = [f.name for f in EVENT_SCHEMA]
+
+# Behaviours the product knows; adapters map source codes onto these.
+BEHAVIORS = ("view", "cart", "fav", "buy", "review")
+
+# Prediction row: the public contract of predictions/dt=D/part-*.parquet.
+PREDICTION_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("as_of_date", pa.date32(), nullable=False),
+        pa.field("horizon_days", pa.int32(), nullable=False),
+        pa.field("predicted_categories", pa.list_(pa.string()), nullable=False),
+        pa.field("predicted_scores", pa.list_(pa.float32()), nullable=False),
+        pa.field("current_categories", pa.list_(pa.string()), nullable=False),
+        pa.field("current_strengths", pa.list_(pa.float32()), nullable=False),
+        pa.field("migration_score", pa.float32(), nullable=False),
+        pa.field("emerging_categories", pa.list_(pa.string()), nullable=False),
+        pa.field("fading_categories", pa.list_(pa.string()), nullable=False),
+        pa.field("model_name", pa.string(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+    ]
+)
+PREDICTION_COLUMNS = [f.name for f in PREDICTION_SCHEMA]

@@ -1,0 +1,228 @@
+"""Start and stop the embedded services (SeaweedFS S3, MLflow server) as local processes.
+
+Used by the development stack (``pipelines.devstack``, ``make up``) and by the test suite
+(``tests/conftest.py``, on free ports so it never collides with a running ``make up``). Each
+service runs in its own process group so stopping it also ends every child it spawned.
+Everything binds to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+# weed mini opens many listeners; each gets an explicit port so two stacks can live side by side.
+SEAWEED_PORT_FLAGS = (
+    "s3.port", "master.port", "volume.port", "filer.port", "admin.port", "webdav.port",
+    "s3.port.grpc", "master.port.grpc", "volume.port.grpc", "filer.port.grpc", "admin.port.grpc",
+    "s3.port.iceberg", "s3.port.lance",
+)
+
+
+class ServiceError(RuntimeError):
+    """A service did not start, or a port it needs is taken; the message says which."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((LOOPBACK, port)) == 0
+
+
+def bin_path(name: str) -> str:
+    """An executable of this virtual environment (weed, mlflow, airflow), else from PATH."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise ServiceError(f"{name!r} is not installed; run `make install` first")
+    return found
+
+
+@dataclass
+class Process:
+    """A started service: its name, process, log file and the URL that says it is healthy."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    health_url: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        stop_process_group(self.popen.pid, timeout)
+        try:
+            self.popen.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def stop_process_group(pid: int, timeout: float = 20.0) -> None:
+    """SIGTERM the process group of ``pid``, then SIGKILL whatever is left after ``timeout``."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def spawn(name: str, argv: list[str], log_path: Path, env: Mapping[str, str], health_url: str,
+          cwd: Path | None = None) -> Process:
+    """Start ``argv`` in a new session (own process group) with output to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed by the OS
+    popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(env), cwd=cwd,
+                             start_new_session=True)
+    log.close()
+    return Process(name, popen, log_path, health_url)
+
+
+def wait_healthy(proc: Process, timeout: float = 120.0, accept: tuple[int, ...] = (200,)) -> None:
+    """Poll ``proc.health_url`` until it answers with a status in ``accept``.
+
+    Raises :class:`ServiceError` with the tail of the service log when the process exits or the
+    time runs out.
+    """
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise ServiceError(f"{proc.name} exited with code {proc.popen.returncode} during start; "
+                               f"log {proc.log_path}:\n{tail(proc.log_path)}")
+        try:
+            with urllib.request.urlopen(proc.health_url, timeout=3) as resp:
+                if resp.status in accept:
+                    return
+                last = f"HTTP {resp.status}"
+        except urllib.error.HTTPError as exc:
+            if exc.code in accept:
+                return
+            last = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise ServiceError(f"{proc.name} did not become healthy at {proc.health_url} within {timeout:.0f}s "
+                       f"(last answer: {last}); log {proc.log_path}:\n{tail(proc.log_path)}")
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def check_ports_free(ports: Mapping[str, int]) -> None:
+    busy = {name: port for name, port in ports.items() if port_in_use(port)}
+    if busy:
+        listing = ", ".join(f"{name} {port}" for name, port in busy.items())
+        raise ServiceError(f"port(s) already in use on {LOOPBACK}: {listing}. Stop what holds them "
+                           f"(`make down`, or `ss -ltnp`) or choose other ports.")
+
+
+def seaweed_ports(s3_port: int, base: int | None = None) -> dict[str, int]:
+    """Ports for every weed mini listener: S3 on ``s3_port``, the others from ``base`` upward
+    (or free ports when ``base`` is None)."""
+    ports: dict[str, int] = {"s3.port": s3_port}
+    for offset, flag in enumerate(f for f in SEAWEED_PORT_FLAGS if f != "s3.port"):
+        ports[flag] = free_port() if base is None else base + offset
+    return ports
+
+
+def start_seaweedfs(data_dir: Path, ports: Mapping[str, int], env: Mapping[str, str], bucket: str,
+                    log_path: Path) -> Process:
+    """Start ``weed mini`` (S3 API on ``ports['s3.port']``) and create ``bucket``.
+
+    ``env`` must hold AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY: weed takes its S3 identity
+    from them at start.
+    """
+    check_ports_free(ports)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [bin_path("weed"), "mini", f"-dir={data_dir}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
+            f"-bucket={bucket}", "-admin.ui=false"]
+    argv += [f"-{flag}={port}" for flag, port in ports.items()]
+    proc = spawn("seaweedfs", argv, log_path, env, f"http://{LOOPBACK}:{ports['s3.port']}/healthz")
+    # The S3 gateway answers /healthz once it is serving; any HTTP answer means it is up.
+    wait_healthy(proc, timeout=90, accept=(200, 403, 404))
+    proc.extra["s3_endpoint_url"] = f"http://{LOOPBACK}:{ports['s3.port']}"
+    _wait_bucket(proc.extra["s3_endpoint_url"], bucket, env)
+    return proc
+
+
+def _wait_bucket(endpoint: str, bucket: str, env: Mapping[str, str], timeout: float = 60.0) -> None:
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                          config=Config(s3={"addressing_style": "path"}))
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            client.head_bucket(Bucket=bucket)
+            client.put_object(Bucket=bucket, Key="_stack/healthcheck", Body=b"ok")
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"; reported below
+            last = exc
+            try:
+                client.create_bucket(Bucket=bucket)
+            except Exception:  # noqa: BLE001
+                pass
+            time.sleep(1)
+    raise ServiceError(f"SeaweedFS at {endpoint} did not accept writes to bucket {bucket!r}: {last}")
+
+
+def start_mlflow(port: int, backend_db: Path, artifacts_destination: str, env: Mapping[str, str],
+                 log_path: Path) -> Process:
+    """Start an MLflow tracking server: SQLite backend, artifacts proxied to S3.
+
+    ``env`` must hold MLFLOW_S3_ENDPOINT_URL and the AWS credentials. The server's background
+    job runner is switched off: the product does not use it and it costs several processes.
+    """
+    check_ports_free({"mlflow": port})
+    backend_db.parent.mkdir(parents=True, exist_ok=True)
+    server_env = dict(env)
+    server_env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    argv = [bin_path("mlflow"), "server", "--host", LOOPBACK, "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{backend_db}",
+            "--artifacts-destination", artifacts_destination, "--workers", "1"]
+    proc = spawn("mlflow", argv, log_path, server_env, f"http://{LOOPBACK}:{port}/health")
+    wait_healthy(proc, timeout=180)
+    proc.extra["tracking_uri"] = f"http://{LOOPBACK}:{port}"
+    return proc

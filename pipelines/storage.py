@@ -1,0 +1,194 @@
+"""Object storage at the edge: the only module that talks to S3 (through boto3).
+
+Keys follow the layout in DESIGN.md; build them with :func:`partition_prefix` rather than by
+hand. Partitions are replaced as a whole: :func:`delete_prefix` first, then the parts, then (for
+predictions) the ``_SUCCESS`` manifest last, so a reader that checks the manifest never sees a
+half-written partition.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from pipelines.config import Settings
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+RAW = "raw/events"
+QUARANTINE = "quarantine/events"
+CLEAN = "clean/events"
+REPORTS = "reports/validation"
+PREDICTIONS = "predictions"
+SUCCESS = "_SUCCESS"
+
+
+class StorageError(RuntimeError):
+    """Object storage could not be reached or a key is missing; the message names the key."""
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Uri:
+        if not uri.startswith("s3://"):
+            raise ValueError(f"not an s3:// URI: {uri!r}")
+        bucket, _, key = uri[5:].partition("/")
+        return cls(bucket, key)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def partition_prefix(area: str, date: dt.date) -> str:
+    """``area/dt=YYYY-MM-DD/`` for one of RAW, QUARANTINE, CLEAN, PREDICTIONS."""
+    return f"{area}/dt={date.isoformat()}/"
+
+
+def uri(settings: Settings, key: str) -> str:
+    return f"s3://{settings.bucket}/{key}"
+
+
+@lru_cache(maxsize=8)
+def _client(endpoint_url: str, region: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"},
+                      connect_timeout=5, read_timeout=120),
+    )
+
+
+def s3_client(settings: Settings) -> Any:
+    """A boto3 S3 client for the configured endpoint (credentials from the environment)."""
+    return _client(settings.s3_endpoint_url, settings.s3_region)
+
+
+def ensure_bucket(settings: Settings, bucket: str | None = None) -> None:
+    """Create the bucket if it does not exist yet (idempotent)."""
+    client = s3_client(settings)
+    name = bucket or settings.bucket
+    try:
+        client.head_bucket(Bucket=name)
+    except client.exceptions.ClientError:
+        client.create_bucket(Bucket=name)
+
+
+def list_keys(settings: Settings, prefix: str) -> list[str]:
+    """All keys under ``prefix`` in the bucket, sorted."""
+    client = s3_client(settings)
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix):
+        keys.extend(obj["Key"] for obj in page.get("Contents", []))
+    return sorted(keys)
+
+
+def list_partitions(settings: Settings, area: str) -> list[dt.date]:
+    """Dates that have at least one object under ``area/dt=.../``, sorted."""
+    client = s3_client(settings)
+    dates: list[dt.date] = []
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=settings.bucket, Prefix=f"{area}/dt=", Delimiter="/"):
+        for common in page.get("CommonPrefixes", []):
+            text = common["Prefix"].rstrip("/").rsplit("dt=", 1)[-1]
+            try:
+                dates.append(dt.date.fromisoformat(text))
+            except ValueError:
+                continue
+    return sorted(dates)
+
+
+def exists(settings: Settings, key: str) -> bool:
+    client = s3_client(settings)
+    try:
+        client.head_object(Bucket=settings.bucket, Key=key)
+    except client.exceptions.ClientError:
+        return False
+    return True
+
+
+def delete_prefix(settings: Settings, prefix: str) -> int:
+    """Delete every object under ``prefix``; returns how many were deleted."""
+    if not prefix or not prefix.endswith("/"):
+        raise ValueError(f"refusing to delete a prefix that is not a folder: {prefix!r}")
+    client = s3_client(settings)
+    keys = list_keys(settings, prefix)
+    for start in range(0, len(keys), 1000):
+        chunk = keys[start:start + 1000]
+        client.delete_objects(Bucket=settings.bucket, Delete={"Objects": [{"Key": k} for k in chunk]})
+    return len(keys)
+
+
+def put_bytes(settings: Settings, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+    s3_client(settings).put_object(Bucket=settings.bucket, Key=key, Body=data, ContentType=content_type)
+    return uri(settings, key)
+
+
+def get_bytes(settings: Settings, key: str) -> bytes:
+    client = s3_client(settings)
+    try:
+        return client.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
+    except client.exceptions.NoSuchKey as exc:
+        raise StorageError(f"missing object s3://{settings.bucket}/{key}") from exc
+
+
+def upload_file(settings: Settings, path: str, key: str) -> str:
+    s3_client(settings).upload_file(str(path), settings.bucket, key)
+    return uri(settings, key)
+
+
+def download_file(settings: Settings, key: str, path: str) -> str:
+    client = s3_client(settings)
+    try:
+        client.download_file(settings.bucket, key, str(path))
+    except client.exceptions.ClientError as exc:
+        raise StorageError(f"cannot download s3://{settings.bucket}/{key}: {exc}") from exc
+    return str(path)
+
+
+def put_json(settings: Settings, key: str, payload: Any) -> str:
+    data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
+    return put_bytes(settings, key, data, "application/json")
+
+
+def get_json(settings: Settings, key: str) -> Any:
+    return json.loads(get_bytes(settings, key))
+
+
+def put_text(settings: Settings, key: str, text: str) -> str:
+    return put_bytes(settings, key, text.encode(), "text/plain; charset=utf-8")
+
+
+def write_parquet(settings: Settings, key: str, table: pa.Table) -> str:
+    """Write one Arrow table as a Parquet object; returns its s3:// URI."""
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return put_bytes(settings, key, buffer.getvalue())
+
+
+def read_parquet(settings: Settings, key: str, columns: list[str] | None = None) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(get_bytes(settings, key)), columns=columns)
+
+
+def iter_parquet_prefix(settings: Settings, prefix: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """Yield the tables of every ``*.parquet`` object under ``prefix``, one at a time (bounded memory)."""
+    for key in list_keys(settings, prefix):
+        if key.endswith(".parquet"):
+            yield read_parquet(settings, key, columns)

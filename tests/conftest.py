@@ -1,0 +1,91 @@
+"""Shared fixtures: the real embedded services, started once per test session on free ports.
+
+Tests that need S3 or MLflow take the ``settings`` fixture (a fresh bucket per test, services
+started on first use) or ``services`` (the session-wide endpoints). Nothing here is mocked:
+SeaweedFS serves the S3 API, an MLflow server with a SQLite store proxies artifacts to it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipelines import services as svc
+from pipelines.config import Settings, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+BASE_BUCKET = "im-test"
+_bucket_numbers = itertools.count()
+
+
+@dataclass(frozen=True)
+class Services:
+    s3_endpoint_url: str
+    tracking_uri: str
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """SeaweedFS + MLflow server on free ports, for the whole test session; stopped at the end."""
+    root = tmp_path_factory.mktemp("stack")
+    env = dict(os.environ)
+    env["AWS_ACCESS_KEY_ID"] = "test-" + secrets.token_hex(4)
+    env["AWS_SECRET_ACCESS_KEY"] = secrets.token_hex(16)
+    seaweed = svc.start_seaweedfs(root / "seaweedfs", svc.seaweed_ports(svc.free_port()), env, BASE_BUCKET,
+                                  root / "logs" / "seaweedfs.log")
+    started = [seaweed]
+    try:
+        endpoint = seaweed.extra["s3_endpoint_url"]
+        env["MLFLOW_S3_ENDPOINT_URL"] = endpoint
+        mlflow = svc.start_mlflow(svc.free_port(), root / "mlflow" / "mlflow.db",
+                                  f"s3://{BASE_BUCKET}/mlflow-artifacts", env, root / "logs" / "mlflow.log")
+        started.append(mlflow)
+        published = {
+            "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
+            "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "MLFLOW_S3_ENDPOINT_URL": endpoint,
+            "MLFLOW_TRACKING_URI": mlflow.extra["tracking_uri"],
+            "IM_S3_ENDPOINT_URL": endpoint,
+            "IM_MLFLOW_TRACKING_URI": mlflow.extra["tracking_uri"],
+        }
+        saved = {k: os.environ.get(k) for k in published}
+        os.environ.update(published)
+        yield Services(endpoint, mlflow.extra["tracking_uri"], published)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+
+
+@pytest.fixture()
+def settings(services: Services, tmp_path: Path) -> Settings:
+    """Settings pointing at the live services, with a bucket of its own (no test sees another's data)."""
+    from pipelines import storage
+
+    bucket = f"{BASE_BUCKET}-{os.getpid()}-{next(_bucket_numbers)}"
+    result = load_settings(environ={}, s3_endpoint_url=services.s3_endpoint_url,
+                           mlflow_tracking_uri=services.tracking_uri, bucket=bucket,
+                           work_dir=tmp_path / "work")
+    storage.ensure_bucket(result)
+    return result
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real Taobao and Ciao files); tests using it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (it lives beside the repo for developers and CI)")
+    return SHARED_DATA

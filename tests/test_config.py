@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from pipelines.config import ConfigError, load_settings
+
+
+def test_defaults_load():
+    s = load_settings(environ={})
+    assert s.bucket == "interest-migration" and s.eval_ks == (5, 10, 20)
+
+
+def test_env_values_are_typed():
+    s = load_settings(environ={"IM_HORIZON_DAYS": "7", "IM_WINDOW_START": "2017-11-25", "IM_EVAL_KS": "3, 5"})
+    assert s.horizon_days == 7 and s.window_start == dt.date(2017, 11, 25) and s.eval_ks == (3, 5)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"IM_HORIZON_DAYS": "abc"}, "IM_HORIZON_DAYS='abc' is not an integer"),
+        ({"IM_HORIZON_DAYS": "0"}, "IM_HORIZON_DAYS='0' is out of range"),
+        ({"IM_MAX_BAD_ROW_SHARE": "1.5"}, "IM_MAX_BAD_ROW_SHARE"),
+        ({"IM_WINDOW_START": "2017-13-01"}, "IM_WINDOW_START='2017-13-01' is not a date"),
+        ({"IM_WINDOW_START": "2018-01-02", "IM_WINDOW_END": "2018-01-01"}, "is after"),
+    ],
+)
+def test_bad_values_name_the_variable(env, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_settings(environ=env)
+
+
+def test_config_file_then_env(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("horizon_days: 5\ntop_k: 7\n")
+    s = load_settings(environ={"IM_CONFIG_FILE": str(f), "IM_TOP_K": "9"})
+    assert (s.horizon_days, s.top_k) == (5, 9)
+    f.write_text("no_such_setting: 1\n")
+    with pytest.raises(ConfigError, match="unknown setting 'no_such_setting'"):
+        load_settings(environ={"IM_CONFIG_FILE": str(f)})
