@@ -89,7 +89,7 @@ class Settings:
     seed: int = _field(42, "seed for every random choice")
 
     # --- registry gate ----------------------------------------------------------------------
-    gate_metric: str = _field("ndcg@5", "metric that decides promotion")
+    gate_metric: str = _field("ndcg_at_5", "metric that decides promotion")
     gate_margin_vs_champion: float = _field(0.0, "challenger must beat champion by this (absolute)")
     gate_margin_vs_baselines: float = _field(0.0, "challenger must beat every baseline by this (absolute)")
 
