@@ -87,6 +87,16 @@ class Settings:
                          rule="> 0")
     batch_size: int = _field(256, "training batch size", check=_positive, rule="> 0")
     seed: int = _field(42, "seed for every random choice")
+    eval_asof_step_days: int = _field(1, "spacing of the validation and test as-of times", check=_positive,
+                                      rule="> 0")
+    validation_asof_count: int = _field(2, "number of validation as-of times (early stopping)",
+                                        check=_positive, rule="> 0")
+    test_asof_count: int = _field(2, "number of held-out test as-of times (evaluation)", check=_positive,
+                                  rule="> 0")
+    embed_dim: int = _field(32, "embedding width of the model", check=_positive, rule="> 0")
+    sequence_encoder: str = _field("attention", "sequence encoder of the model: attention | gru")
+    patience: int = _field(3, "early-stopping patience in epochs", check=_positive, rule="> 0")
+    learning_rate: float = _field(0.003, "Adam learning rate", check=_positive, rule="> 0")
 
     # --- registry gate ----------------------------------------------------------------------
     gate_metric: str = _field("ndcg_at_5", "metric that decides promotion")
@@ -98,6 +108,17 @@ class Settings:
     scoring_shards: int = _field(2, "mapped scoring tasks per day", check=_positive, rule="> 0")
     emerging_k: int = _field(5, "length of emerging_categories", check=_positive, rule="> 0")
     fading_k: int = _field(5, "maximum length of fading_categories", check=_positive, rule="> 0")
+    scoring_top_n: int = _field(50, "categories asked from the model per user (the predicted distribution "
+                                "the migration score compares)", check=_positive, rule="> 0")
+    interest_half_life_days: float = _field(7.0, "half-life of an event's weight in current interests",
+                                            check=_positive, rule="> 0")
+    emerging_max_history_share: float = _field(0.01, "a category is new to a user when its share of the "
+                                               "look-back history is at most this", check=_share,
+                                               rule="a share in [0, 1]")
+    fading_min_current_share: float = _field(0.1, "a category is 'strong today' from this current share",
+                                             check=_share, rule="a share in [0, 1]")
+    fading_max_ratio: float = _field(0.5, "fading when predicted share < this times current share",
+                                     check=_share, rule="a share in [0, 1]")
 
     def describe(self) -> dict[str, str]:
         """Settings as strings, for logs and MLflow params (holds no secret)."""

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import tempfile
+
 import pytest
 
 from pipelines import services as svc
@@ -23,6 +25,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 BASE_BUCKET = "im-test"
 _bucket_numbers = itertools.count()
+
+# Airflow reads its configuration when first imported: give the test session a throw-away home
+# so no test touches ~/airflow or a running `make up` stack.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="im-airflow-home-"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO_ROOT / "dags"))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,68 @@
+# interest-migration: every command a user or CI types. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run up down status env test test-fast lint bench bench-data bench-model bench-scoring clean distclean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.in constraints.txt pyproject.toml
+	@echo "==> installing the pinned stack into $(VENV) (first time: a few minutes)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.in -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+	@echo "==> installed"
+
+install: $(STAMP) ## create .venv with the locked versions (constraints.txt)
+
+run: install ## install, start the stack, load demo data, train, backfill scoring, print a summary
+	$(PY) -m pipelines stack run
+
+up: install ## start SeaweedFS (S3), MLflow and Airflow on 127.0.0.1 (state in .local/)
+	$(PY) -m pipelines stack up
+
+down: ## stop every process of the stack (data in .local/ is kept)
+	@if [ -x $(PY) ]; then $(PY) -m pipelines stack down; else echo "nothing installed, nothing running"; fi
+
+status: ## show which services run, their URLs and health
+	$(PY) -m pipelines stack status
+
+env: ## print `export ...` lines to use the running stack from a shell: eval "$$(make -s env)"
+	@$(PY) -m pipelines stack env
+
+lint: install ## ruff over the package, DAGs and tests
+	$(VENV)/bin/ruff check pipelines dags plugins tests bench
+
+test: install lint ## run every test (starts its own services on free ports, stops them after)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: install ## tests that need no service, no Airflow and no long run
+	$(VENV)/bin/pytest -m "not services and not airflow and not slow" $(PYTEST_ARGS)
+
+bench: bench-data bench-scoring bench-model ## every benchmark (prints its figures)
+
+bench-data: install ## validate + preprocess throughput and peak memory at 1M and 10M events
+	$(PY) bench/data_bench.py --events 1000000
+	$(PY) bench/data_bench.py --events 10000000
+
+bench-scoring: install ## scoring 100k users: users/second and peak memory
+	$(PY) bench/scoring_bench.py --users 100000
+
+bench-model: install ## train + evaluate on real Ciao and Taobao data (needs ../shared/data)
+	$(PY) bench/model_bench.py --data ciao
+	$(PY) bench/model_bench.py --data taobao
+
+clean: ## remove caches (keeps .venv and .local)
+	rm -rf .pytest_cache .ruff_cache .mypy_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: down clean ## remove .venv and all local stack state (.local/)
+	rm -rf $(VENV) .local

@@ -1,0 +1,130 @@
+"""Multi-partition steps the DAG tasks call: each loops one stage function over a date window.
+
+Each function is what one Airflow task does, so the task body stays a single call. They return
+small JSON-able dicts (counts, URIs) for XCom; the data itself stays in object storage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from pipelines import storage
+from pipelines.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class MissingInputError(RuntimeError):
+    """No data where a step needs it; the message names the partitions looked for."""
+
+
+def parse_date(value: str | dt.date | dt.datetime | None, name: str) -> dt.date | None:
+    """``YYYY-MM-DD`` (or a date/datetime) to a date; empty/None stays None; a bad value names ``name``."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value)[:10])
+    except ValueError as exc:
+        raise ValueError(f"{name}={value!r} is not a date YYYY-MM-DD") from exc
+
+
+def resolve_window(settings: Settings, data_start: str | None, data_end: str | None) -> tuple[dt.date, dt.date]:
+    """The training window: given bounds, else the first/last landed raw partition.
+
+    Raises :class:`MissingInputError` when nothing has been landed in the window.
+    """
+    start = parse_date(data_start, "data_start")
+    end = parse_date(data_end, "data_end")
+    landed = [d for d in storage.list_partitions(settings, storage.RAW)
+              if (start is None or d >= start) and (end is None or d <= end)]
+    if not landed:
+        raise MissingInputError(
+            f"no raw partitions under s3://{settings.bucket}/{storage.RAW}/ in window "
+            f"[{start or 'first'}, {end or 'last'}]; land data first: python -m pipelines land --source ...")
+    return (start or landed[0], end or landed[-1])
+
+
+def _dates(start: dt.date, end: dt.date) -> list[dt.date]:
+    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def validate_window(settings: Settings, start: dt.date, end: dt.date, *, report_id: str,
+                    mlflow_run_id: str | None = None) -> dict[str, Any]:
+    """Validate every landed raw partition in [start, end]; returns totals and per-day results.
+
+    A batch-level failure of any partition raises (the task fails with the validator's message).
+    """
+    from pipelines import validation
+
+    raw_dates = set(storage.list_partitions(settings, storage.RAW))
+    days = [d for d in _dates(start, end) if d in raw_dates]
+    if not days:
+        raise MissingInputError(f"no raw partitions in [{start}, {end}] under s3://{settings.bucket}/{storage.RAW}/")
+    results = []
+    for i, day in enumerate(days, 1):
+        result = validation.validate_partition(settings, day, report_id=report_id).to_dict()
+        log.info("validated %s (%d/%d): %s", day, i, len(days), _short(result))
+        results.append(result)
+    if mlflow_run_id:
+        validation.log_to_mlflow(results, mlflow_run_id, settings)
+    return {"partitions": [d.isoformat() for d in days], "totals": _totals(results)}
+
+
+def preprocess_window(settings: Settings, start: dt.date, end: dt.date) -> dict[str, Any]:
+    """Preprocess every landed raw partition in [start, end] into clean/; returns totals."""
+    from pipelines import preprocess
+
+    raw_dates = set(storage.list_partitions(settings, storage.RAW))
+    days = [d for d in _dates(start, end) if d in raw_dates]
+    results = []
+    for i, day in enumerate(days, 1):
+        result = preprocess.preprocess_partition(settings, day).to_dict()
+        log.info("preprocessed %s (%d/%d): %s", day, i, len(days), _short(result))
+        results.append(result)
+    return {"partitions": [d.isoformat() for d in days], "totals": _totals(results)}
+
+
+def prepare_scoring_input(settings: Settings, date: dt.date, *, report_id: str) -> dict[str, Any]:
+    """Make sure clean events exist for the scoring look-back window ending at ``date``.
+
+    The day ``date`` itself is (re)validated and (re)cleaned when its raw partition exists, so a
+    late-landed file is picked up; earlier days are cleaned only when their clean partition is
+    missing. Raises :class:`MissingInputError` when the window holds no clean data at all.
+    """
+    start = date - dt.timedelta(days=settings.lookback_days - 1)
+    raw_dates = set(storage.list_partitions(settings, storage.RAW))
+    clean_dates = set(storage.list_partitions(settings, storage.CLEAN))
+    todo = [d for d in _dates(start, date) if d in raw_dates and (d == date or d not in clean_dates)]
+    done: list[str] = []
+    for day in todo:
+        validate_window(settings, day, day, report_id=report_id)
+        preprocess_window(settings, day, day)
+        done.append(day.isoformat())
+    available = sorted(set(storage.list_partitions(settings, storage.CLEAN)) & set(_dates(start, date)))
+    if not available:
+        raise MissingInputError(
+            f"no clean events for the look-back window [{start}, {date}] (raw partitions there: none); "
+            f"land data for these days first")
+    return {"as_of_date": date.isoformat(), "cleaned_now": done,
+            "clean_partitions": [d.isoformat() for d in available]}
+
+
+def _short(result: dict[str, Any]) -> str:
+    keys = ("rows_in", "rows_clean", "rows_quarantined", "duplicates_dropped", "rows", "bad_row_share")
+    return ", ".join(f"{k}={result[k]}" for k in keys if k in result) or str(result)[:200]
+
+
+def _totals(results: list[dict[str, Any]]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for result in results:
+        for key, value in result.items():
+            if isinstance(value, int | float) and not isinstance(value, bool) and (
+                    key.startswith(("rows", "duplicates", "quarantined", "dropped")) or key.endswith("_rows")):
+                totals[key] = totals.get(key, 0) + value
+    return totals
