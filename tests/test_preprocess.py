@@ -1,0 +1,94 @@
+"""Preprocessing: dedupe, noise control, EVENT_SCHEMA output and counts that reconcile per partition."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from pipelines import sources, storage
+from pipelines.config import load_settings
+from pipelines.contracts import EVENT_SCHEMA
+from pipelines.events import read_clean_events
+from pipelines.preprocess import clean_events, preprocess_partition
+from pipelines.synthetic import generate_taobao
+
+D = dt.date(2017, 11, 25)
+T0 = 1511568000
+US = 1_000_000
+
+
+def _valid(rows: list[tuple[str, str, str, str, int, float | None]]) -> pa.Table:
+    cols = list(zip(*rows, strict=True))
+    return pa.table({"user_id": pa.array(cols[0]), "item_id": pa.array(cols[1]), "category_id": pa.array(cols[2]),
+                     "behavior": pa.array(cols[3]), "ts": pa.array(cols[4], pa.int64()),
+                     "value": pa.array(cols[5], pa.float64()), "source_file": pa.array(["f"] * len(rows)),
+                     "row": pa.array(range(len(rows)), pa.int64())})
+
+
+def test_clean_events_dedupes_and_sets_noise_aside() -> None:
+    settings = load_settings(environ={}, crawler_max_events_per_hour=50, burst_max_events_per_second=5)
+    rows = [("1", "10", "c", "view", T0 * US, None)] * 3            # 2 exact duplicates
+    rows += [("1", "10", "c", "view", T0 * US + 400_000, None)]      # near duplicate (0.4 s later)
+    rows += [("1", "10", "c", "view", (T0 + 60) * US, None)]          # a real repeat view a minute later
+    rows += [("2", str(i), "c", "view", (T0 + i) * US, None) for i in range(60)]  # 60 events in an hour
+    rows += [("3", str(i), "c", "view", (T0 + 5) * US + i, None) for i in range(8)]  # 8 in one second
+    clean, noise, counts = clean_events(_valid(rows), settings)
+    assert counts["duplicate_exact"] == 2 and counts["duplicate_near"] == 1
+    assert counts["crawler_rate"] == 60 and counts["burst"] == 8 and counts["clean"] == 2
+    assert clean.schema == EVENT_SCHEMA and clean.num_rows == 2
+    assert set(noise["fate"].to_pylist()) == {"crawler_rate", "burst"}
+    assert len(rows) == clean.num_rows + noise.num_rows + counts["duplicate_exact"] + counts["duplicate_near"]
+
+
+def test_diversity_crawler_rule() -> None:
+    settings = load_settings(environ={}, crawler_min_events_for_diversity=100, crawler_max_item_diversity=0.9)
+    rows = [("9", str(i), "c", "view", (T0 + 30 * i) * US, None) for i in range(150)]  # every event a new item
+    rows += [("8", str(i % 10), "c", "view", (T0 + 30 * i) * US, None) for i in range(150)]
+    _, noise, counts = clean_events(_valid(rows), settings)
+    assert counts["crawler_diversity"] == 150 and set(noise["user_id"].to_pylist()) == {"9"}
+
+
+@pytest.mark.services
+def test_preprocess_synthetic_partition_reconciles_and_replaces(settings, tmp_path: Path) -> None:
+    gen = generate_taobao(tmp_path / "gen", users=150, days=4, categories=30, start=D, seed=2)
+    land = sources.land_events(settings, gen.events_path, "taobao", name="synthetic")
+    # The same file landed again under another name: every row of the second copy is an exact duplicate.
+    sources.land_events(settings, gen.events_path, "taobao", name="synthetic_copy")
+    res = preprocess_partition(settings, D)
+    day_rows = land.rows_by_date[D.isoformat()]
+    assert res.rows_in == 2 * day_rows
+    assert res.rows_in == res.clean + res.quarantined + res.duplicates_dropped
+    assert res.exact_duplicates >= day_rows and res.clean <= day_rows
+    clean = read_clean_events(settings, D, D)
+    assert clean.num_rows == res.clean and clean.schema == EVENT_SCHEMA
+    assert pc.all(pc.equal(pc.cast(clean["ts"], pa.date32()), pa.scalar(D, pa.date32()))).as_py()
+    report = storage.get_json(settings, "reports/preprocess/dt=2017-11-25.json")
+    assert report["rows_in"] == res.rows_in and report["clean"] == res.clean
+
+    # Rerun after removing the copy: the partition is replaced whole, not appended to.
+    storage.delete_prefix(settings, "raw/events/dt=2017-11-25/") and None
+    sources.land_events(settings, gen.events_path, "taobao", name="synthetic")
+    again = preprocess_partition(settings, D)
+    assert again.rows_in == day_rows
+    assert storage.list_keys(settings, "clean/events/dt=2017-11-25/") == ["clean/events/dt=2017-11-25/part-00000.parquet"]
+    assert read_clean_events(settings, D, D).num_rows == again.clean
+
+
+@pytest.mark.services
+def test_preprocess_quarantines_validation_failures_and_noise(settings, tmp_path: Path) -> None:
+    lines = [f"{u},{u},7,pv,{T0 + u}" for u in range(1, 201)]
+    lines += [f"1,2,7,zap,{T0 + 3}"]
+    lines += [f"7777,{i},7,pv,{T0 + 100 + i // 5}" for i in range(3000)]  # crawler: 3000 in a few minutes
+    src = tmp_path / "noisy.csv"
+    src.write_text("\n".join(lines) + "\n")
+    sources.land_events(settings, src, "taobao")
+    res = preprocess_partition(settings, D)
+    assert res.reasons == {"unknown_behavior": 1, "crawler_rate": 3000}
+    assert res.clean == 200 and res.rows_in == 3201 == res.clean + res.quarantined + res.duplicates_dropped
+    q = storage.read_parquet(settings, res.quarantine_key)
+    assert set(q["reason"].to_pylist()) == {"crawler_rate"} and q.num_rows == 3000
+    assert storage.read_parquet(settings, "quarantine/events/dt=2017-11-25/validation.parquet").num_rows == 1

@@ -1,0 +1,138 @@
+"""Source adapters: timestamp parsing, spec building, and landing into raw/events/dt=D/ on real S3."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import io
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import sources, storage
+from pipelines.sources import SourceError, build_spec, canonicalize, land_events, parse_ts
+
+D1 = 1511568000  # 2017-11-25 00:00 UTC
+
+
+def test_parse_ts_unix_and_iso_with_mixed_offsets() -> None:
+    s = parse_ts(pa.array(["1511568000", " 1511568001 ", "abc", "", "-5"]), "unix_s")
+    assert s.to_pylist() == [D1 * 10**6, (D1 + 1) * 10**6, None, None, -5 * 10**6]
+    ms = parse_ts(pa.array(["1511568000123"]), "unix_ms")
+    assert ms.to_pylist() == [D1 * 10**6 + 123_000]
+    iso = parse_ts(pa.array(["2017-11-25T08:00:00+08:00", "2017-11-25T00:00:00Z", "2017-11-25 00:00:00",
+                             "not a time"]), "iso")
+    assert iso.to_pylist() == [D1 * 10**6, D1 * 10**6, D1 * 10**6, None]
+    shanghai = parse_ts(pa.array(["2017-11-25 08:00:00"]), "iso", "Asia/Shanghai")
+    assert shanghai.to_pylist() == [D1 * 10**6]
+
+
+def test_build_spec_explains_bad_maps() -> None:
+    with pytest.raises(SourceError, match="needs a column map"):
+        build_spec("csv")
+    with pytest.raises(SourceError, match=r"no source column for canonical field\(s\) \['ts'\]"):
+        build_spec("csv", {"user_id": "u", "item_id": "i", "category_id": "c", "behavior": "b"})
+    with pytest.raises(SourceError, match="not canonical behaviours"):
+        build_spec("csv", {"user_id": "u", "item_id": "i", "category_id": "c", "behavior": "b", "ts": "t"},
+                   {"click": "klick"})
+    with pytest.raises(SourceError, match="unknown format"):
+        build_spec("xml")
+
+
+def test_canonicalize_taobao_maps_behaviours() -> None:
+    raw = pa.table({c: pa.array(v) for c, v in zip(sources.TAOBAO_COLUMNS, [
+        ["1", "2"], ["10", "11"], ["5", "5"], ["pv", "like"], [str(D1), str(D1 + 60)]], strict=True)})
+    canon = canonicalize(raw, sources.TAOBAO_SPEC)
+    assert canon["behavior"].to_pylist() == ["view", None]
+    assert canon["behavior_raw"].to_pylist() == ["pv", "like"]
+    assert canon["value"].null_count == 2
+
+
+@pytest.mark.services
+def test_land_taobao_splits_by_utc_date_and_replaces(settings, tmp_path: Path) -> None:
+    lines = [f"1,100,7,pv,{D1 + 3600}", f"1,101,7,buy,{D1 + 86400 + 5}", f"2,100,7,cart,{D1 - 10}",
+             "3,100,7,pv,0", "3,100,7,pv,notatime", "4,100,7"]
+    src = tmp_path / "UserBehavior_small.csv.gz"
+    src.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    result = land_events(settings, src, "taobao")
+    assert result.name == "UserBehavior_small"
+    assert result.rows_read == 6 and result.rows == 3 and result.quarantined == 3
+    assert result.quarantine_reasons == {"implausible_timestamp": 1, "unparseable_timestamp": 1,
+                                         "wrong_column_count": 1}
+    assert result.dates == [dt.date(2017, 11, 24), dt.date(2017, 11, 25), dt.date(2017, 11, 26)]
+    # Raw rows unchanged, in their UTC date partition, with a sidecar saying how to read them.
+    body = storage.get_bytes(settings, "raw/events/dt=2017-11-25/UserBehavior_small.csv").decode()
+    assert body.splitlines() == [f"1,100,7,pv,{D1 + 3600}"]
+    meta = storage.get_json(settings, "raw/events/dt=2017-11-25/UserBehavior_small.meta.json")
+    assert meta["format"] == "taobao" and meta["rows"] == 1
+    unplaced = storage.read_parquet(settings, result.quarantine_key).to_pydict()
+    assert sorted(unplaced["reason"]) == ["implausible_timestamp", "unparseable_timestamp", "wrong_column_count"]
+    assert "4,100,7" in unplaced["raw"]
+    assert storage.get_json(settings, "reports/landing/UserBehavior_small.json")["rows"] == 3
+
+    # Landing again under the same name replaces every partition it touched (no duplicates).
+    src2 = tmp_path / "UserBehavior_small.csv"
+    src2.write_text(f"9,100,7,pv,{D1 + 7200}\n")
+    again = land_events(settings, src2, "taobao", name="UserBehavior_small")
+    assert again.rows == 1 and again.quarantine_key is None
+    assert storage.list_keys(settings, "raw/events/dt=2017-11-26/") == []
+    assert not storage.exists(settings, result.quarantine_key)
+    body = storage.get_bytes(settings, "raw/events/dt=2017-11-25/UserBehavior_small.csv").decode()
+    assert body.splitlines() == [f"9,100,7,pv,{D1 + 7200}"]
+
+
+@pytest.mark.services
+def test_land_from_s3_uri(settings, tmp_path: Path) -> None:
+    storage.put_bytes(settings, "incoming/logs.csv", f"1,100,7,pv,{D1 + 1}\n".encode())
+    result = land_events(settings, f"s3://{settings.bucket}/incoming/logs.csv", "taobao")
+    assert result.name == "logs" and result.rows == 1 and result.keys == ["raw/events/dt=2017-11-25/logs.csv"]
+    with pytest.raises(SourceError, match="cannot download"):
+        land_events(settings, f"s3://{settings.bucket}/incoming/missing.csv", "taobao")
+
+
+@pytest.mark.services
+def test_land_ciao_keeps_header_and_columns(settings, tmp_path: Path) -> None:
+    src = tmp_path / "ciao.csv"
+    src.write_text("user_id,item_id,category_id,rating,helpfulness,timestamp\n"
+                   f"1,2,3,5,4,{D1}\n1,3,3,0,4,{D1}\n")
+    result = land_events(settings, src, "ciao")
+    assert result.rows == 2
+    raw = sources.list_raw_files(settings, dt.date(2017, 11, 25))[0][0]
+    table = sources.read_raw_file(settings, raw)
+    assert table.column_names == sources.CIAO_COLUMNS and table["rating"].to_pylist() == ["5", "0"]
+    canon = canonicalize(table, raw.spec)
+    assert canon["behavior"].to_pylist() == ["review", "review"] and canon["value"].to_pylist() == [5.0, 0.0]
+
+
+@pytest.mark.services
+def test_land_generic_csv_with_column_map_file_and_parquet(settings, tmp_path: Path) -> None:
+    src = tmp_path / "shop.csv"
+    src.write_text("uid;sku;cat;event;when;price\n"
+                   "u1;s1;c1;click;2017-11-25T09:00:00+08:00;1.5\n"
+                   "u1;s2;c1;purchase;2017-11-25T01:00:00Z;\n")
+    map_file = tmp_path / "map.yaml"
+    map_file.write_text("columns: {user_id: uid, item_id: sku, category_id: cat, behavior: event, ts: when, "
+                        "value: price}\nbehavior_map: {click: view, purchase: buy}\nts_format: iso\n"
+                        "delimiter: ';'\n")
+    result = land_events(settings, src, "csv", **sources.read_column_map_file(map_file))
+    assert result.rows == 2 and result.dates == [dt.date(2017, 11, 25)]
+    raw = sources.list_raw_files(settings, dt.date(2017, 11, 25))[0][0]
+    canon = canonicalize(sources.read_raw_file(settings, raw), raw.spec)
+    assert canon["behavior"].to_pylist() == ["view", "buy"]
+    assert canon["ts"].to_pylist() == [(D1 + 3600) * 10**6, (D1 + 3600) * 10**6]
+
+    table = pa.table({"uid": ["a", "b"], "sku": ["x", "y"], "cat": ["k", "k"], "kind": ["view", "buy"],
+                      "at": pa.array([dt.datetime(2017, 11, 26, 1, tzinfo=dt.UTC)] * 2, pa.timestamp("ms", "UTC"))})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    pq_path = tmp_path / "events.parquet"
+    pq_path.write_bytes(buf.getvalue())
+    res = land_events(settings, pq_path, "parquet",
+                      column_map={"user_id": "uid", "item_id": "sku", "category_id": "cat", "behavior": "kind",
+                                  "ts": "at"})
+    assert res.rows == 2 and res.keys == ["raw/events/dt=2017-11-26/events.parquet"]
+    meta = storage.get_json(settings, "raw/events/dt=2017-11-26/events.meta.json")
+    assert json.dumps(meta["spec"]["column_map"])
