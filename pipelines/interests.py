@@ -1,0 +1,219 @@
+"""Pure interest arithmetic behind a prediction row: current interests, migration, emerging, fading.
+
+Nothing here touches storage, MLflow or the clock: inputs are event frames, the as-of time and
+numbers; outputs are lists and floats. The scoring step (``pipelines.scoring``) feeds it one batch
+of users at a time, together with the model's predicted categories.
+
+Definitions (the same words as DESIGN.md):
+- *history share*: a category's share of the user's weighted events in the look-back window
+  (no decay): it says whether the user has ever really been into the category.
+- *current interest*: the same, with every event's weight halved each ``half_life_days`` before
+  the as-of time; ``current_categories`` are the top categories, ``current_strengths`` their shares.
+- *predicted distribution*: the model's top-n scores normalised to sum to 1.
+- *migration score*: Jensen-Shannon divergence (base 2, so in [0, 1]) between the current interest
+  distribution and the predicted distribution: 0 = same interests tomorrow, 1 = entirely new ones.
+- *emerging*: best-ranked predicted categories whose history share is at most a small share.
+- *fading*: categories strong today (current share at least ``min_current_share``) whose predicted
+  share falls below ``max_ratio`` times the current share; the biggest drop first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+# Why weights: a purchase says more about an interest than a page view (Taobao is ~90% views).
+BEHAVIOR_WEIGHTS: dict[str, float] = {"view": 1.0, "fav": 2.0, "cart": 2.0, "buy": 3.0, "review": 3.0}
+DEFAULT_BEHAVIOR_WEIGHT = 1.0
+SECONDS_PER_DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class InterestParams:
+    """The knobs of the interest arithmetic (from Settings, see :func:`params_from_settings`)."""
+
+    half_life_days: float = 7.0
+    current_k: int = 10
+    emerging_k: int = 5
+    emerging_max_history_share: float = 0.01
+    fading_k: int = 5
+    fading_min_current_share: float = 0.1
+    fading_max_ratio: float = 0.5
+
+
+def params_from_settings(settings: object) -> InterestParams:
+    """:class:`InterestParams` from a :class:`~pipelines.config.Settings`."""
+    return InterestParams(
+        half_life_days=settings.interest_half_life_days,  # type: ignore[attr-defined]
+        current_k=settings.top_k,  # type: ignore[attr-defined]
+        emerging_k=settings.emerging_k,  # type: ignore[attr-defined]
+        emerging_max_history_share=settings.emerging_max_history_share,  # type: ignore[attr-defined]
+        fading_k=settings.fading_k,  # type: ignore[attr-defined]
+        fading_min_current_share=settings.fading_min_current_share,  # type: ignore[attr-defined]
+        fading_max_ratio=settings.fading_max_ratio,  # type: ignore[attr-defined]
+    )
+
+
+@dataclass(frozen=True)
+class UserInterests:
+    """One user's interests as of T: decayed current shares and undecayed history shares."""
+
+    current: dict[str, float]
+    history: dict[str, float]
+
+    def top_current(self, k: int) -> tuple[list[str], list[float]]:
+        """The ``k`` strongest current categories (ties by category id) and their shares."""
+        ranked = sorted(self.current.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+        return [c for c, _ in ranked], [float(s) for _, s in ranked]
+
+
+def user_interests(events: pd.DataFrame, as_of: dt.datetime, half_life_days: float) -> dict[str, UserInterests]:
+    """Current (decayed) and history (undecayed) category shares of every user in ``events``.
+
+    ``events`` needs columns user_id, category_id, behavior, ts (tz-aware UTC); events at or after
+    ``as_of`` are ignored (the as-of rule). Returns ``{user_id: UserInterests}``; each dict of
+    shares sums to 1. A user with no event before ``as_of`` is absent from the result.
+    """
+    if half_life_days <= 0:
+        raise ValueError(f"half_life_days must be > 0, got {half_life_days}")
+    cutoff = pd.Timestamp(as_of)
+    if cutoff.tzinfo is None:
+        raise ValueError(f"as_of must be timezone-aware (UTC), got {as_of!r}")
+    frame = events.loc[events["ts"] < cutoff, ["user_id", "category_id", "behavior", "ts"]]
+    if frame.empty:
+        return {}
+    weight = frame["behavior"].map(BEHAVIOR_WEIGHTS).fillna(DEFAULT_BEHAVIOR_WEIGHT).to_numpy(dtype=np.float64)
+    age_days = (cutoff - frame["ts"]).dt.total_seconds().to_numpy(dtype=np.float64) / SECONDS_PER_DAY
+    decayed = weight * np.exp2(-age_days / half_life_days)
+    grouped = (pd.DataFrame({"user_id": frame["user_id"].to_numpy(), "category_id": frame["category_id"].to_numpy(),
+                             "w": weight, "d": decayed})
+               .groupby(["user_id", "category_id"], sort=True)[["w", "d"]].sum())
+    totals = grouped.groupby(level=0).transform("sum")
+    shares = grouped / totals
+    result: dict[str, UserInterests] = {}
+    users = shares.index.get_level_values(0).to_numpy()
+    categories = shares.index.get_level_values(1).to_numpy()
+    history = shares["w"].to_numpy()
+    current = shares["d"].to_numpy()
+    # Rows are sorted by user: split the arrays at user boundaries instead of a Python groupby.
+    bounds = np.flatnonzero(users[1:] != users[:-1]) + 1
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(users)], strict=True):
+        cats = categories[lo:hi].tolist()
+        result[str(users[lo])] = UserInterests(current=dict(zip(cats, current[lo:hi].tolist(), strict=True)),
+                                               history=dict(zip(cats, history[lo:hi].tolist(), strict=True)))
+    return result
+
+
+def normalize(scores: Mapping[str, float]) -> dict[str, float]:
+    """Scores divided by their sum (negative scores count as 0); all-zero input gives {}."""
+    positive = {k: v for k, v in scores.items() if v > 0 and v != math.inf}
+    total = sum(positive.values())
+    return {k: v / total for k, v in positive.items()} if total > 0 else {}
+
+
+def jensen_shannon(p: Mapping[str, float], q: Mapping[str, float]) -> float:
+    """Jensen-Shannon divergence (base 2) of two distributions over category ids, in [0, 1].
+
+    Both are normalised first. Empty on one side only gives 1.0 (nothing in common); empty on
+    both sides gives 0.0.
+    """
+    return _js_of_shares(normalize(p), normalize(q))
+
+
+def _js_of_shares(p: Mapping[str, float], q: Mapping[str, float]) -> float:
+    """JS divergence (base 2) of two already normalised distributions."""
+    if not p and not q:
+        return 0.0
+    if not p or not q:
+        return 1.0
+    total = 0.0
+    log2 = math.log2
+    for key, pi in p.items():
+        qi = q.get(key, 0.0)
+        mi = 0.5 * (pi + qi)
+        total += pi * log2(pi / mi)
+        if qi > 0:
+            total += qi * log2(qi / mi)
+    for key, qi in q.items():
+        if key not in p:
+            total += qi  # qi * log2(qi / (qi / 2)) = qi
+    return min(1.0, max(0.0, 0.5 * total))
+
+
+def migration_score(current: Mapping[str, float], predicted_categories: Sequence[str],
+                    predicted_scores: Sequence[float]) -> float:
+    """JS divergence between the current interest shares and the normalised predicted scores."""
+    return jensen_shannon(current, _as_mapping(predicted_categories, predicted_scores))
+
+
+def emerging_categories(predicted_categories: Sequence[str], history: Mapping[str, float], k: int,
+                        max_history_share: float) -> list[str]:
+    """The first ``k`` predicted categories (model order) with history share <= ``max_history_share``."""
+    out: list[str] = []
+    for category in predicted_categories:
+        if history.get(category, 0.0) <= max_history_share:
+            out.append(category)
+            if len(out) == k:
+                break
+    return out
+
+
+def fading_categories(current: Mapping[str, float], predicted_categories: Sequence[str],
+                      predicted_scores: Sequence[float], k: int, min_current_share: float,
+                      max_ratio: float) -> list[str]:
+    """Categories with current share >= ``min_current_share`` whose predicted share (normalised
+    scores; 0 when not predicted) is below ``max_ratio`` times it; largest drop first, at most ``k``."""
+    predicted = normalize(_as_mapping(predicted_categories, predicted_scores))
+    return _fading_of_shares(current, predicted, k, min_current_share, max_ratio)
+
+
+def _fading_of_shares(current: Mapping[str, float], predicted: Mapping[str, float], k: int,
+                      min_current_share: float, max_ratio: float) -> list[str]:
+    drops = []
+    for category, share in current.items():
+        if share >= min_current_share:
+            after = predicted.get(category, 0.0)
+            if after < max_ratio * share:
+                drops.append((share - after, category))
+    drops.sort(key=lambda t: (-t[0], t[1]))
+    return [c for _, c in drops[:k]]
+
+
+def describe_user(interests: UserInterests | None, predicted_categories: Sequence[str],
+                  predicted_scores: Sequence[float], params: InterestParams) -> dict[str, object]:
+    """The interest columns of one prediction row (current_*, migration_score, emerging, fading).
+
+    ``interests`` None (no history before as-of) gives empty current lists, migration 1.0 when
+    something is predicted, and every predicted category counted as emerging.
+    """
+    if interests is None:
+        interests = UserInterests(current={}, history={})
+    current_categories, current_strengths = interests.top_current(params.current_k)
+    # Normalise each side once and share it between the migration score and the fading list.
+    current = normalize(interests.current)
+    predicted = normalize(_as_mapping(predicted_categories, predicted_scores))
+    return {
+        "current_categories": current_categories,
+        "current_strengths": current_strengths,
+        "migration_score": _js_of_shares(current, predicted),
+        "emerging_categories": emerging_categories(predicted_categories, interests.history, params.emerging_k,
+                                                   params.emerging_max_history_share),
+        "fading_categories": _fading_of_shares(current, predicted, params.fading_k,
+                                               params.fading_min_current_share, params.fading_max_ratio),
+    }
+
+
+def _as_mapping(categories: Sequence[str], scores: Sequence[float]) -> dict[str, float]:
+    if len(categories) != len(scores):
+        raise ValueError(f"predicted categories ({len(categories)}) and scores ({len(scores)}) differ in length")
+    out = dict(zip(categories, scores, strict=True))
+    if len(out) < len(categories):  # a category listed twice: add its scores up
+        out = {}
+        for category, score in zip(categories, scores, strict=True):
+            out[category] = out.get(category, 0.0) + score
+    return out

@@ -1,0 +1,334 @@
+"""Model registry gate: register every trained model, promote it only when it earns it.
+
+:func:`register_step` registers the run's pyfunc model as a new version of ``settings.model_name``,
+gives it the alias ``challenger``, and moves ``champion`` to it only when, on the gate metric
+(``settings.gate_metric``, e.g. ``ndcg_at_5``):
+
+- it beats every baseline of the same run by ``gate_margin_vs_baselines`` (absolute), and
+- it beats the current champion (if any) by ``gate_margin_vs_champion``, the champion being
+  evaluated on the challenger's own test set by ``evaluate.evaluate_model_uri`` (falling back to
+  the champion's recorded run metric, said so in the tags, when that is not possible).
+
+The decision and every number behind it are written on the version (tags ``gate.*`` and the
+description) and on the run, so a reviewer sees in the MLflow UI why a version was or was not
+promoted. People promote or roll back by moving the alias (:func:`promote_version`, or
+``python -m pipelines promote --version N``); the scoring DAG follows the alias.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pipelines.config import Settings
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PROMOTED = "promoted"
+REJECTED = "rejected"
+MODEL_PREFIX = "model/"
+BASELINE_PREFIX = "baseline/"
+
+ChampionEvaluator = Callable[[Settings, str, str], dict[str, float]]
+
+
+class RegistryError(RuntimeError):
+    """The registry step cannot decide (missing metric, unknown version); the message says what."""
+
+
+def _client(settings: Settings) -> Any:
+    from pipelines.tracking import client
+
+    return client(settings)
+
+
+def _is_not_found(exc: Exception) -> bool:
+    code = getattr(exc, "error_code", "") or ""
+    return "RESOURCE_DOES_NOT_EXIST" in code or "NOT_FOUND" in code or "not found" in str(exc).lower()
+
+
+def version_by_alias(settings: Settings, alias: str) -> Any | None:
+    """The model version carrying ``alias``, or None when the model or the alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _client(settings).get_model_version_by_alias(settings.model_name, alias)
+    except MlflowException as exc:
+        if _is_not_found(exc):
+            return None
+        raise
+
+
+def gate_metrics(run_metrics: dict[str, float], metric: str) -> tuple[float, dict[str, float]]:
+    """(challenger value, {baseline name: value}) of ``metric`` from a run's metrics
+    ``model/<metric>`` and ``baseline/<name>/<metric>``. Raises :class:`RegistryError` when the
+    model's metric is missing."""
+    key = MODEL_PREFIX + metric
+    if key not in run_metrics:
+        found = sorted(k for k in run_metrics if k.startswith(MODEL_PREFIX))
+        raise RegistryError(f"run has no metric {key!r} (gate_metric={metric!r}); model metrics logged: {found}")
+    baselines = {}
+    for name, value in run_metrics.items():
+        if name.startswith(BASELINE_PREFIX) and name.endswith("/" + metric):
+            baselines[name[len(BASELINE_PREFIX):-len(metric) - 1]] = float(value)
+    return float(run_metrics[key]), baselines
+
+
+def decide(challenger: float, baselines: dict[str, float], champion: float | None, *,
+           margin_vs_baselines: float, margin_vs_champion: float) -> tuple[bool, str]:
+    """Pure gate: (promote?, human-readable reason). Beating means strictly more than value+margin."""
+    reasons = []
+    ok = True
+    if baselines:
+        best_name, best = max(baselines.items(), key=lambda kv: kv[1])
+        if challenger > best + margin_vs_baselines:
+            reasons.append(f"beats best baseline {best_name} ({best:.4f}) by {challenger - best:+.4f} "
+                           f"(margin {margin_vs_baselines})")
+        else:
+            ok = False
+            reasons.append(f"does not beat best baseline {best_name} ({best:.4f}) by the margin "
+                           f"{margin_vs_baselines}: difference {challenger - best:+.4f}")
+    else:
+        reasons.append("no baseline metrics logged (nothing to beat)")
+    if champion is None:
+        reasons.append("no current champion")
+    elif challenger > champion + margin_vs_champion:
+        reasons.append(f"beats champion ({champion:.4f}) by {challenger - champion:+.4f} (margin {margin_vs_champion})")
+    else:
+        ok = False
+        reasons.append(f"does not beat champion ({champion:.4f}) by the margin {margin_vs_champion}: "
+                       f"difference {challenger - champion:+.4f}")
+    return ok, "; ".join(reasons)
+
+
+def _default_evaluator() -> ChampionEvaluator | None:
+    try:
+        from pipelines import evaluate
+    except ImportError:
+        return None
+    return getattr(evaluate, "evaluate_model_uri", None)
+
+
+def _champion_metric(settings: Settings, champion: Any, dataset_uri: str,
+                     evaluator: ChampionEvaluator | None) -> tuple[float | None, str]:
+    """The champion's gate metric and where it came from (evaluated / recorded ...)."""
+    uri = f"models:/{settings.model_name}/{champion.version}"
+    why = "evaluate.evaluate_model_uri is not available"
+    if evaluator is not None:
+        try:
+            metrics = evaluator(settings, dataset_uri, uri)
+            if settings.gate_metric in metrics:
+                return float(metrics[settings.gate_metric]), f"evaluated on the challenger's test set {dataset_uri}"
+            why = f"evaluation returned no {settings.gate_metric!r} (keys: {sorted(metrics)})"
+        except Exception as exc:  # recorded in the decision, then the fallback is used
+            why = f"evaluating {uri} failed: {type(exc).__name__}: {exc}"[:500]
+            log.warning("champion evaluation failed, falling back to its recorded metric: %s", why)
+    recorded = None
+    if champion.run_id:
+        recorded = _client(settings).get_run(champion.run_id).data.metrics.get(MODEL_PREFIX + settings.gate_metric)
+    if recorded is None:
+        return None, f"recorded metric missing on run {champion.run_id} ({why})"
+    return float(recorded), f"recorded on its own training run {champion.run_id} ({why}); not the same test set"
+
+
+def _existing_version(settings: Settings, run_id: str) -> Any | None:
+    versions = _client(settings).search_model_versions(f"name='{settings.model_name}' and run_id='{run_id}'")
+    return max(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def _ensure_registered_model(settings: Settings) -> None:
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = _client(settings)
+    try:
+        mlflow_client.get_registered_model(settings.model_name)
+    except MlflowException as exc:
+        if not _is_not_found(exc):
+            raise
+        try:
+            mlflow_client.create_registered_model(
+                settings.model_name,
+                description="Per-user interest migration: predicted categories for the next horizon days. "
+                            "Alias 'champion' is what the daily scoring DAG uses; 'challenger' is the latest "
+                            "registered version. Move an alias to promote or roll back.")
+        except MlflowException:
+            mlflow_client.get_registered_model(settings.model_name)  # created concurrently
+
+
+def register_step(settings: Settings, *, mlflow_run_id: str, model_uri: str, dataset_uri: str,
+                  evaluate_champion: ChampionEvaluator | None = None) -> dict[str, Any]:
+    """Register ``model_uri`` (``runs:/<run>/model``) and apply the promotion gate.
+
+    Returns the decision as a JSON-able dict: model_name, model_version, decision
+    (``promoted``/``rejected``), promoted, reason, metric, challenger, champion,
+    champion_version, champion_source, best_baseline, best_baseline_value, baselines, margins.
+    A retry for the same run reuses the version it already registered. ``evaluate_champion``
+    (settings, dataset_uri, model_uri) -> metrics defaults to ``evaluate.evaluate_model_uri``.
+    """
+    import mlflow
+
+    mlflow_client = _client(settings)
+    run = mlflow_client.get_run(mlflow_run_id)
+    challenger_value, baselines = gate_metrics(dict(run.data.metrics), settings.gate_metric)
+
+    _ensure_registered_model(settings)
+    version = _existing_version(settings, mlflow_run_id)
+    if version is None:
+        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+        version = mlflow.register_model(model_uri, settings.model_name,
+                                        tags={"source_run_id": mlflow_run_id, "dataset_uri": dataset_uri})
+        log.info("registered %s version %s from %s", settings.model_name, version.version, model_uri)
+    else:
+        log.info("run %s already registered as %s version %s; reusing it", mlflow_run_id, settings.model_name,
+                 version.version)
+    new_version = str(version.version)
+    mlflow_client.set_registered_model_alias(settings.model_name, CHALLENGER, new_version)
+
+    champion = version_by_alias(settings, CHAMPION)
+    if champion is not None and str(champion.version) == new_version:
+        champion = None  # a retry after promotion: judge against the baselines only, keep the alias
+    champion_value, champion_source = (None, "no champion yet")
+    if champion is not None:
+        evaluator = evaluate_champion if evaluate_champion is not None else _default_evaluator()
+        champion_value, champion_source = _champion_metric(settings, champion, dataset_uri, evaluator)
+        if champion_value is None:
+            log.warning("champion version %s has no usable %s: %s", champion.version, settings.gate_metric,
+                        champion_source)
+    promote, reason = decide(challenger_value, baselines,
+                             champion_value if champion is not None else None,
+                             margin_vs_baselines=settings.gate_margin_vs_baselines,
+                             margin_vs_champion=settings.gate_margin_vs_champion)
+    if champion is not None and champion_value is None:
+        promote, reason = False, reason + "; champion metric unavailable, not promoting (promote by hand if intended)"
+    best_name, best_value = (max(baselines.items(), key=lambda kv: kv[1]) if baselines else ("none", None))
+
+    result: dict[str, Any] = {
+        "model_name": settings.model_name,
+        "model_version": new_version,
+        "model_uri": f"models:/{settings.model_name}/{new_version}",
+        "decision": PROMOTED if promote else REJECTED,
+        "promoted": promote,
+        "reason": reason,
+        "metric": settings.gate_metric,
+        "challenger": challenger_value,
+        "champion": champion_value,
+        "champion_version": str(champion.version) if champion is not None else None,
+        "champion_source": champion_source,
+        "best_baseline": best_name,
+        "best_baseline_value": best_value,
+        "baselines": baselines,
+        "margin_vs_champion": settings.gate_margin_vs_champion,
+        "margin_vs_baselines": settings.gate_margin_vs_baselines,
+        "dataset_uri": dataset_uri,
+        "decided_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    if promote:
+        mlflow_client.set_registered_model_alias(settings.model_name, CHAMPION, new_version)
+        log.info("promoted %s version %s to %s: %s", settings.model_name, new_version, CHAMPION, reason)
+    else:
+        log.info("kept %s version %s as %s only: %s", settings.model_name, new_version, CHALLENGER, reason)
+    _record_decision(settings, mlflow_run_id, result)
+    return result
+
+
+def _fmt(value: float | None) -> str:
+    return "none" if value is None else f"{value:.6f}"
+
+
+def decision_tags(result: dict[str, Any]) -> dict[str, str]:
+    """The ``gate.*`` tags written on the version and on the run."""
+    tags = {
+        "gate.decision": result["decision"],
+        "gate.metric": result["metric"],
+        "gate.challenger": _fmt(result["challenger"]),
+        "gate.champion": _fmt(result["champion"]),
+        "gate.champion_version": result["champion_version"] or "none",
+        "gate.champion_source": result["champion_source"][:4000],
+        "gate.best_baseline": result["best_baseline"],
+        "gate.best_baseline_value": _fmt(result["best_baseline_value"]),
+        "gate.margin_vs_champion": str(result["margin_vs_champion"]),
+        "gate.margin_vs_baselines": str(result["margin_vs_baselines"]),
+        "gate.reason": result["reason"][:4000],
+        "gate.dataset_uri": result["dataset_uri"],
+        "gate.decided_at": result["decided_at"],
+    }
+    for name, value in result["baselines"].items():
+        tags[f"gate.baseline.{name}"] = _fmt(value)
+    return tags
+
+
+def decision_description(result: dict[str, Any]) -> str:
+    """A few lines a reviewer reads on the version page."""
+    verdict = ("PROMOTED to champion" if result["promoted"]
+               else "NOT promoted (stays challenger)")
+    lines = [
+        f"Gate on {result['metric']}: {verdict}.",
+        f"Challenger (this version): {_fmt(result['challenger'])}",
+        f"Champion before: version {result['champion_version'] or 'none'} = {_fmt(result['champion'])} "
+        f"({result['champion_source']})",
+        f"Best baseline: {result['best_baseline']} = {_fmt(result['best_baseline_value'])}; all baselines: "
+        + ", ".join(f"{k}={v:.4f}" for k, v in sorted(result["baselines"].items())),
+        f"Margins: vs champion {result['margin_vs_champion']}, vs baselines {result['margin_vs_baselines']}.",
+        f"Reason: {result['reason']}.",
+        f"Test set: {result['dataset_uri']}. Decided {result['decided_at']}.",
+    ]
+    return "\n".join(lines)
+
+
+def _record_decision(settings: Settings, run_id: str, result: dict[str, Any]) -> None:
+    mlflow_client = _client(settings)
+    tags = decision_tags(result)
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(settings.model_name, result["model_version"], key, value)
+        mlflow_client.set_tag(run_id, key, value)
+    mlflow_client.update_model_version(settings.model_name, result["model_version"],
+                                       description=decision_description(result))
+
+
+def promote_version(settings: Settings, version: str | int, *, alias: str = CHAMPION, reason: str = "manual") -> dict[str, Any]:
+    """Move ``alias`` (default champion) to ``version`` by hand; returns {"previous", "current"}.
+
+    Raises :class:`RegistryError` when the version does not exist. Tags the version with who/why.
+    """
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = _client(settings)
+    try:
+        mlflow_client.get_model_version(settings.model_name, str(version))
+    except MlflowException as exc:
+        raise RegistryError(f"{settings.model_name} has no version {version} "
+                            f"(registry {settings.mlflow_tracking_uri})") from exc
+    before = version_by_alias(settings, alias)
+    previous = str(before.version) if before is not None else None
+    mlflow_client.set_registered_model_alias(settings.model_name, alias, str(version))
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    mlflow_client.set_model_version_tag(settings.model_name, str(version), f"{alias}.set_by",
+                                        f"{reason} at {now} (previous: {previous or 'none'})")
+    log.info("moved %s@%s from version %s to %s", settings.model_name, alias, previous, version)
+    return {"model_name": settings.model_name, "alias": alias, "previous": previous, "current": str(version)}
+
+
+def _cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        moved = promote_version(settings, args.version, alias=args.alias, reason=args.reason)
+    except RegistryError as exc:
+        print(f"error: {exc}")
+        return 1
+    print(f"{moved['model_name']}@{moved['alias']}: version {moved['previous'] or 'none'} -> {moved['current']}")
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    """``python -m pipelines promote --version N [--alias champion]``."""
+    parser = subparsers.add_parser("promote", help="move the champion alias to a model version by hand "
+                                                   "(promotion or rollback); prints the previous version")
+    parser.add_argument("--version", required=True, help="registered model version number")
+    parser.add_argument("--alias", default=CHAMPION, help="alias to move (default: champion)")
+    parser.add_argument("--reason", default="manual", help="recorded on the version")
+    parser.set_defaults(func=_cmd_promote)

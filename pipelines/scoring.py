@@ -1,0 +1,342 @@
+"""Daily scoring: the champion model turns clean events up to the end of day D into ``predictions/dt=D/``.
+
+The scoring DAG runs four steps, each one function here (``score_date`` runs them in-process):
+
+1. :func:`resolve_champion` pins the exact version behind ``models:/<name>@champion``, so every
+   shard of the day uses the same version even if someone moves the alias meanwhile.
+2. :func:`plan_shards` checks the input exists, deletes the old partition (``_SUCCESS`` first, so
+   readers stop trusting it at once) and returns one small dict per shard.
+3. :func:`score_shard` (mapped, one task per shard) reads the clean events of the look-back window
+   [D - lookback + 1, D], keeps the users whose stable hash falls into its shard, scores them in
+   batches of ``scoring_batch_users`` and writes ``part-<shard>.parquet`` (a deterministic name, so a
+   retried shard overwrites its own part and nothing else).
+4. :func:`publish_partition` checks every part exists with the counts the shards reported, then
+   writes the ``_SUCCESS`` manifest last.
+
+The as-of rule: only events with ``ts`` before the end of day D are read (older partitions only,
+and a filter on ``ts``), and the model gets ``as_of`` = end of D, so no event after D can change
+the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import logging
+import time
+import zlib
+from functools import lru_cache
+from typing import Any
+
+from pipelines import storage
+from pipelines.config import Settings
+from pipelines.flows import MissingInputError
+
+log = logging.getLogger(__name__)
+
+MODEL_INPUT_COLUMNS = ["user_id", "item_id", "category_id", "behavior", "ts"]
+PART_TEMPLATE = "part-{shard:05d}.parquet"
+
+__all__ = ["MissingInputError", "NoChampionError", "ScoringError", "resolve_champion", "plan_shards",
+           "score_shard", "publish_partition", "score_date", "shard_of"]
+
+
+class NoChampionError(RuntimeError):
+    """No model version carries the ``champion`` alias: nothing may score."""
+
+
+class ScoringError(RuntimeError):
+    """The model's output or the written partition breaks the contract; the message says how."""
+
+
+def _as_date(value: dt.date | dt.datetime | str) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value)[:10])
+    except ValueError as exc:
+        raise ValueError(f"date={value!r} is not a date YYYY-MM-DD") from exc
+
+
+def shard_of(user_id: str, shards: int) -> int:
+    """The shard of a user: CRC-32 of its UTF-8 id modulo ``shards`` (stable across processes and runs)."""
+    return zlib.crc32(user_id.encode("utf-8")) % shards
+
+
+def resolve_champion(settings: Settings) -> dict[str, Any]:
+    """The version behind ``<model_name>@champion``, pinned: {"model_name", "model_version",
+    "model_uri" (``models:/<name>/<version>``), "run_id"}. Raises :class:`NoChampionError`."""
+    from pipelines.registry import CHAMPION, version_by_alias
+
+    version = version_by_alias(settings, CHAMPION)
+    if version is None:
+        raise NoChampionError(
+            f"registered model {settings.model_name!r} has no version with alias {CHAMPION!r} on "
+            f"{settings.mlflow_tracking_uri}: run the training DAG (interest_migration_training) so a "
+            f"version that passes the gate becomes champion, or promote one by hand with "
+            f"`python -m pipelines promote --version N`")
+    resolved = {
+        "model_name": settings.model_name,
+        "model_version": str(version.version),
+        "model_uri": f"models:/{settings.model_name}/{version.version}",
+        "run_id": version.run_id,
+    }
+    log.info("champion of %s is version %s (%s)", settings.model_name, resolved["model_version"],
+             resolved["model_uri"])
+    return resolved
+
+
+def window(settings: Settings, date: dt.date) -> tuple[dt.date, dt.date]:
+    """The look-back window [D - lookback_days + 1, D] of scoring date D."""
+    return date - dt.timedelta(days=settings.lookback_days - 1), date
+
+
+def plan_shards(settings: Settings, date: dt.date | str, model: dict[str, Any]) -> list[dict[str, Any]]:
+    """Check the input, clear ``predictions/dt=D/`` (``_SUCCESS`` first) and return the shards.
+
+    Raises :class:`MissingInputError` when there is no clean partition for D itself (scoring D
+    without D's events would silently repeat the day before). Each shard dict holds shard, shards,
+    as_of_date, key and model_version (JSON-able, for Airflow task mapping).
+    """
+    day = _as_date(date)
+    start, end = window(settings, day)
+    clean = storage.list_partitions(settings, storage.CLEAN)
+    if day not in clean:
+        in_window = [d.isoformat() for d in clean if start <= d <= end]
+        raise MissingInputError(
+            f"no clean events for {day}: s3://{settings.bucket}/{storage.partition_prefix(storage.CLEAN, day)} "
+            f"is empty (clean partitions in the look-back window [{start}, {end}]: {in_window or 'none'}); "
+            f"land, validate and preprocess {day} first")
+    prefix = storage.partition_prefix(storage.PREDICTIONS, day)
+    success_key = prefix + storage.SUCCESS
+    # _SUCCESS goes first: from this moment no reader trusts the old partition.
+    storage.s3_client(settings).delete_object(Bucket=settings.bucket, Key=success_key)
+    removed = storage.delete_prefix(settings, prefix)
+    if removed:
+        log.info("cleared %d old objects under s3://%s/%s", removed, settings.bucket, prefix)
+    shards = settings.scoring_shards
+    return [{"shard": i, "shards": shards, "as_of_date": day.isoformat(),
+             "key": prefix + PART_TEMPLATE.format(shard=i), "model_version": model["model_version"]}
+            for i in range(shards)]
+
+
+@lru_cache(maxsize=2)
+def _load_model(tracking_uri: str, model_uri: str) -> Any:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    log.info("loading %s", model_uri)
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+def _read_shard_events(settings: Settings, day: dt.date, shard: int, shards: int) -> Any:
+    """Clean events of the look-back window for the users of one shard, as one Arrow table."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from pipelines.contracts import EVENT_SCHEMA
+    from pipelines.events import iter_clean_events
+
+    schema = pa.schema([EVENT_SCHEMA.field(c) for c in MODEL_INPUT_COLUMNS])
+    start, end = window(settings, day)
+    known: dict[str, bool] = {}
+    tables = []
+    for table in iter_clean_events(settings, start, end, MODEL_INPUT_COLUMNS):
+        table = table.select(MODEL_INPUT_COLUMNS).cast(schema)
+        for user in pc.unique(table["user_id"]).to_pylist():
+            if user not in known:
+                known[user] = shard_of(user, shards) == shard
+        mine = pa.array([u for u, keep in known.items() if keep], pa.string())
+        tables.append(table.filter(pc.is_in(table["user_id"], value_set=mine)))
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def _naive_ts_wanted(predictor: Any) -> bool:
+    """True when the model's input schema declares ``ts`` as an MLflow datetime column: MLflow's schema
+    enforcement rejects timezone-aware values there, so such a model gets naive UTC timestamps."""
+    schema = predictor.metadata.get_input_schema()
+    if schema is None or not schema.has_input_names():
+        return False
+    return any(spec.name == "ts" and "datetime" in str(spec.type) for spec in schema.inputs)
+
+
+def _check_model_output(frame: Any, users: list[str], model_uri: str) -> dict[str, tuple[list[str], list[float]]]:
+    missing_cols = {"user_id", "categories", "scores"} - set(frame.columns)
+    if missing_cols:
+        raise ScoringError(f"{model_uri} returned columns {list(frame.columns)}; missing {sorted(missing_cols)}")
+    out: dict[str, tuple[list[str], list[float]]] = {}
+    for user, categories, scores in zip(frame["user_id"].astype(str), frame["categories"], frame["scores"],
+                                        strict=True):
+        categories = [str(c) for c in categories]
+        scores = [float(s) for s in scores]
+        if len(categories) != len(scores):
+            raise ScoringError(f"{model_uri}: user {user!r} got {len(categories)} categories but "
+                               f"{len(scores)} scores")
+        out[user] = (categories, scores)
+    absent = [u for u in users if u not in out]
+    if absent:
+        raise ScoringError(f"{model_uri} returned no row for {len(absent)} of {len(users)} users "
+                           f"(e.g. {absent[:3]}); the scoring contract wants one row per input user")
+    return out
+
+
+def score_shard(settings: Settings, date: dt.date | str, model: dict[str, Any], shard: dict[str, Any]) -> dict[str, Any]:
+    """Score the users of one shard for day D and write ``predictions/dt=D/part-<shard>.parquet``.
+
+    ``model`` comes from :func:`resolve_champion`, ``shard`` from :func:`plan_shards`. Returns
+    {"shard", "shards", "key", "rows", "model_version", "seconds", "read_seconds", "score_seconds",
+    "write_seconds"}. An empty shard writes an empty
+    part (so :func:`publish_partition` can check that every shard ran).
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    from pipelines.contracts import PREDICTION_SCHEMA
+    from pipelines.events import end_of_day
+    from pipelines.interests import describe_user, params_from_settings, user_interests
+
+    started = time.monotonic()
+    day = _as_date(date)
+    number, shards = int(shard["shard"]), int(shard["shards"])
+    key = shard.get("key") or storage.partition_prefix(storage.PREDICTIONS, day) + PART_TEMPLATE.format(shard=number)
+    as_of = end_of_day(day)
+    params = params_from_settings(settings)
+
+    events = _read_shard_events(settings, day, number, shards)
+    frame = events.to_pandas().sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+    del events
+    read_done = time.monotonic()
+    user_column = frame["user_id"].to_numpy()
+    users = sorted(set(user_column.tolist()))
+    log.info("shard %d/%d of %s: %d users, %d events", number, shards, day, len(users), len(frame))
+    predictor = _load_model(settings.mlflow_tracking_uri, model["model_uri"]) if users else None
+    naive_ts = predictor is not None and _naive_ts_wanted(predictor)
+
+    columns: dict[str, list[Any]] = {name: [] for name in PREDICTION_SCHEMA.names}
+    batch_size = settings.scoring_batch_users
+    for batch_no, lo in enumerate(range(0, len(users), batch_size), 1):
+        batch_users = users[lo:lo + batch_size]
+        first = int(np.searchsorted(user_column, batch_users[0], side="left"))
+        last = int(np.searchsorted(user_column, batch_users[-1], side="right"))
+        batch = frame.iloc[first:last]
+        model_input = batch.assign(ts=batch["ts"].dt.tz_convert(None)) if naive_ts else batch
+        output = predictor.predict(model_input, params={"as_of": as_of.isoformat(), "top_n": settings.scoring_top_n})
+        predicted = _check_model_output(output, batch_users, model["model_uri"])
+        interests = user_interests(batch, as_of, params.half_life_days)
+        for user in batch_users:
+            categories, scores = predicted[user]
+            described = describe_user(interests.get(user), categories, scores, params)
+            columns["user_id"].append(user)
+            columns["predicted_categories"].append(categories[:settings.top_k])
+            columns["predicted_scores"].append(scores[:settings.top_k])
+            for name, value in described.items():
+                columns[name].append(value)
+        log.info("shard %d: batch %d scored %d users (%d/%d)", number, batch_no, len(batch_users),
+                 lo + len(batch_users), len(users))
+    rows = len(columns["user_id"])
+    columns["as_of_date"] = [day] * rows
+    columns["horizon_days"] = [settings.horizon_days] * rows
+    columns["model_name"] = [model["model_name"]] * rows
+    columns["model_version"] = [model["model_version"]] * rows
+    table = pa.Table.from_pydict(columns, schema=PREDICTION_SCHEMA)
+    score_done = time.monotonic()
+    storage.write_parquet(settings, key, table)
+    done = time.monotonic()
+    log.info("shard %d/%d of %s: wrote %d rows to s3://%s/%s in %.1fs", number, shards, day, rows,
+             settings.bucket, key, done - started)
+    return {"shard": number, "shards": shards, "key": key, "rows": rows, "model_version": model["model_version"],
+            "seconds": round(done - started, 3), "read_seconds": round(read_done - started, 3),
+            "score_seconds": round(score_done - read_done, 3), "write_seconds": round(done - score_done, 3)}
+
+
+def _part_rows_and_versions(settings: Settings, key: str) -> tuple[int, set[str], set[dt.date]]:
+    import pyarrow.parquet as pq
+
+    data = storage.get_bytes(settings, key)
+    table = pq.read_table(io.BytesIO(data), columns=["model_version", "as_of_date"])
+    return table.num_rows, set(table["model_version"].to_pylist()), set(table["as_of_date"].to_pylist())
+
+
+def publish_partition(settings: Settings, date: dt.date | str, model: dict[str, Any],
+                      shard_results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Check the parts of ``predictions/dt=D/`` and write the ``_SUCCESS`` manifest last.
+
+    Checks: one result per planned shard, each part present with the row count its shard
+    reported, only ``model["model_version"]`` and D inside, and no other object under the prefix.
+    Raises :class:`ScoringError` naming what is wrong (nothing is published then). Returns the
+    manifest (model_name, model_version, model_uri, as_of_date, horizon_days, row_count, files,
+    created_at, shards) plus "uri".
+    """
+    day = _as_date(date)
+    prefix = storage.partition_prefix(storage.PREDICTIONS, day)
+    if not shard_results:
+        raise ScoringError(f"no shard results for {day}: nothing to publish at s3://{settings.bucket}/{prefix}")
+    shards = int(shard_results[0]["shards"])
+    numbers = sorted(int(r["shard"]) for r in shard_results)
+    if numbers != list(range(shards)):
+        raise ScoringError(f"shard results for {day} cover shards {numbers}, expected 0..{shards - 1}")
+    expected_keys = sorted(r["key"] for r in shard_results)
+    present = storage.list_keys(settings, prefix)
+    if storage.SUCCESS in {k.rsplit("/", 1)[-1] for k in present}:
+        raise ScoringError(f"s3://{settings.bucket}/{prefix}{storage.SUCCESS} already exists: another run "
+                           f"published {day} meanwhile; rerun the whole day")
+    missing = sorted(set(expected_keys) - set(present))
+    extra = sorted(set(present) - set(expected_keys))
+    if missing or extra:
+        raise ScoringError(f"s3://{settings.bucket}/{prefix} does not match the shard results: missing "
+                           f"{missing or 'none'}, unexpected {extra or 'none'}")
+    total = 0
+    for result in shard_results:
+        rows, versions, dates = _part_rows_and_versions(settings, result["key"])
+        if rows != int(result["rows"]):
+            raise ScoringError(f"{result['key']} holds {rows} rows but shard {result['shard']} reported {result['rows']}")
+        if rows and (versions != {model["model_version"]} or dates != {day}):
+            raise ScoringError(f"{result['key']} holds model versions {sorted(versions)} and dates "
+                               f"{sorted(map(str, dates))}; expected only version {model['model_version']} on {day}")
+        total += rows
+    manifest = {
+        "model_name": model["model_name"],
+        "model_version": model["model_version"],
+        "model_uri": model["model_uri"],
+        "as_of_date": day.isoformat(),
+        "horizon_days": settings.horizon_days,
+        "row_count": total,
+        "files": expected_keys,
+        "shards": shards,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+    }
+    uri = storage.put_json(settings, prefix + storage.SUCCESS, manifest)
+    log.info("published %s: %d rows in %d parts from %s version %s", uri, total, len(expected_keys),
+             model["model_name"], model["model_version"])
+    return {**manifest, "uri": storage.uri(settings, prefix)}
+
+
+def score_date(settings: Settings, date: dt.date | str) -> dict[str, Any]:
+    """Resolve the champion, plan, score every shard and publish D, in this process; returns the manifest."""
+    model = resolve_champion(settings)
+    shards = plan_shards(settings, date, model)
+    results = [score_shard(settings, date, model, shard) for shard in shards]
+    return publish_partition(settings, date, model, results)
+
+
+def _cmd_score(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        manifest = score_date(settings, args.date)
+    except (NoChampionError, MissingInputError, ScoringError, ValueError) as exc:
+        print(f"error: {exc}")
+        return 1
+    print(f"{manifest['uri']}: {manifest['row_count']} users scored by {manifest['model_name']} "
+          f"version {manifest['model_version']} ({len(manifest['files'])} parts)")
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    """``python -m pipelines score --date D``."""
+    parser = subparsers.add_parser("score", help="score every user active in the look-back window of day D "
+                                                 "with the champion; writes predictions/dt=D/")
+    parser.add_argument("--date", required=True, help="scoring date D (YYYY-MM-DD); events up to end of D")
+    parser.set_defaults(func=_cmd_score)

@@ -1,0 +1,164 @@
+"""MLflow run bookkeeping for the training DAG: one run per DAG run, resumed by every task.
+
+The first task calls :func:`start_or_resume_run` with the Airflow dag id and run id; it returns
+the MLflow run id, which travels to the other tasks through XCom. A retried or re-run task calls
+it again and gets the *same* run (found by its ``airflow.dag_run_id`` tag), so retries never scatter
+a training over several runs. Tasks log into the run by id with :class:`mlflow.MlflowClient`
+(never through the global "active run", which a worker may share between tasks).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import Settings
+
+log = logging.getLogger(__name__)
+
+TAG_DAG_ID = "airflow.dag_id"
+TAG_DAG_RUN_ID = "airflow.dag_run_id"
+TAG_LOGICAL_DATE = "airflow.logical_date"
+TAG_CODE_VERSION = "code_version"
+TAG_DATA_START = "data.start"
+TAG_DATA_END = "data.end"
+TAG_VALIDATION = "validation.summary"
+CODE_VERSION_VAR = "IM_CODE_VERSION"
+MAX_TAG_CHARS = 5000
+
+
+def client(settings: Settings) -> Any:
+    """An :class:`mlflow.MlflowClient` for the configured tracking (and registry) server."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+
+
+def code_version() -> str:
+    """``IM_CODE_VERSION`` if set (CI/images set it), else the git commit of this checkout (with
+    ``-dirty`` when it has changes), else the package version."""
+    explicit = os.environ.get(CODE_VERSION_VAR)
+    if explicit:
+        return explicit
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from pipelines import __version__
+
+        return __version__
+
+
+def ensure_experiment(settings: Settings) -> str:
+    """The id of ``settings.mlflow_experiment``, created when missing."""
+    mlflow_client = client(settings)
+    experiment = mlflow_client.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            mlflow_client.restore_experiment(experiment.experiment_id)
+        return str(experiment.experiment_id)
+    try:
+        return str(mlflow_client.create_experiment(settings.mlflow_experiment))
+    except Exception:  # another worker created it at the same moment
+        experiment = mlflow_client.get_experiment_by_name(settings.mlflow_experiment)
+        if experiment is None:
+            raise
+        return str(experiment.experiment_id)
+
+
+def _iso(value: dt.date | dt.datetime | str | None) -> str:
+    if value is None:
+        return ""
+    return value.isoformat() if isinstance(value, dt.date | dt.datetime) else str(value)
+
+
+def find_run(settings: Settings, *, dag_id: str, dag_run_id: str) -> str | None:
+    """The run id tagged with this Airflow dag id and run id, or None."""
+    experiment_id = ensure_experiment(settings)
+    escaped_run = dag_run_id.replace("'", "\\'")
+    escaped_dag = dag_id.replace("'", "\\'")
+    runs = client(settings).search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_DAG_RUN_ID}` = '{escaped_run}' and tags.`{TAG_DAG_ID}` = '{escaped_dag}'",
+        order_by=["attributes.start_time ASC"], max_results=5)
+    if not runs:
+        return None
+    if len(runs) > 1:
+        log.warning("%d MLflow runs carry dag_run_id %s; resuming the oldest, %s", len(runs), dag_run_id,
+                    runs[0].info.run_id)
+    return str(runs[0].info.run_id)
+
+
+def start_or_resume_run(settings: Settings, *, dag_id: str, dag_run_id: str,
+                        logical_date: dt.date | dt.datetime | str | None,
+                        data_start: dt.date | str | None, data_end: dt.date | str | None) -> str:
+    """The MLflow run id of this Airflow DAG run: found by tags when it exists, else created.
+
+    The run is tagged with the dag id, run id, logical date, code version and data window, and
+    set RUNNING (a retry after a failure resumes it). Returns the run id (a string for XCom).
+    """
+    mlflow_client = client(settings)
+    tags = {
+        TAG_DAG_ID: dag_id,
+        TAG_DAG_RUN_ID: dag_run_id,
+        TAG_LOGICAL_DATE: _iso(logical_date),
+        TAG_CODE_VERSION: code_version(),
+        TAG_DATA_START: _iso(data_start),
+        TAG_DATA_END: _iso(data_end),
+    }
+    run_id = find_run(settings, dag_id=dag_id, dag_run_id=dag_run_id)
+    if run_id is None:
+        experiment_id = ensure_experiment(settings)
+        run = mlflow_client.create_run(experiment_id, tags=tags, run_name=f"{dag_id}:{dag_run_id}"[:250])
+        run_id = str(run.info.run_id)
+        log.info("started MLflow run %s for %s / %s", run_id, dag_id, dag_run_id)
+    else:
+        for key, value in tags.items():
+            mlflow_client.set_tag(run_id, key, value)
+        if mlflow_client.get_run(run_id).info.status != "RUNNING":
+            mlflow_client.update_run(run_id, status="RUNNING")
+        log.info("resumed MLflow run %s for %s / %s", run_id, dag_id, dag_run_id)
+    return run_id
+
+
+def finish_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
+    """Mark the run FINISHED (or FAILED/KILLED): the last task of the DAG calls it."""
+    client(settings).set_terminated(run_id, status=status)
+
+
+def log_validation_summary(settings: Settings, run_id: str, summary: dict[str, Any]) -> None:
+    """Record the data-validation summary on the run: a compact tag plus the full JSON artifact."""
+    text = json.dumps(summary, sort_keys=True, default=str)
+    mlflow_client = client(settings)
+    mlflow_client.set_tag(run_id, TAG_VALIDATION, text if len(text) <= MAX_TAG_CHARS else text[:MAX_TAG_CHARS - 3] + "...")
+    mlflow_client.log_dict(run_id, summary, "validation/summary.json")
+
+
+def log_dataset_input(settings: Settings, run_id: str, *, source_uri: str, name: str, digest: str | None = None,
+                      context: str = "training", profile: dict[str, Any] | None = None) -> None:
+    """Record a dataset (an s3:// URI of the encoded examples) as an MLflow dataset input of the run.
+
+    ``digest`` identifies the content (e.g. a hash of the example files); ``profile`` holds small
+    numbers shown in the UI (rows, users, window). Logging the same dataset twice is harmless.
+    """
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    source = resolve_dataset_source(source_uri)
+    dataset = MetaDataset(source=source, name=name, digest=digest)
+    entity = dataset._to_mlflow_entity()
+    if profile:
+        entity = type(entity)(name=entity.name, digest=entity.digest, source_type=entity.source_type,
+                              source=entity.source, schema=entity.schema,
+                              profile=json.dumps(profile, sort_keys=True, default=str))
+    client(settings).log_inputs(run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])

@@ -1,0 +1,89 @@
+"""Reading published predictions: only partitions with _SUCCESS, only the manifest's files; the
+user view, the day summary and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import pyarrow as pa
+import pytest
+
+from pipelines import predictions, scoring, storage
+from pipelines.contracts import PREDICTION_SCHEMA
+from tests import pyfunc_models as pm
+
+D1, D2 = dt.date(2024, 3, 1), dt.date(2024, 3, 2)
+EVENTS = {
+    D1: [("alice", "i1", "shoes", "buy", 8), ("bob", "i2", "books", "view", 9), ("carol", "i3", "toys", "view", 9)],
+    D2: [("alice", "i4", "bags", "view", 8), ("alice", "i5", "bags", "cart", 9), ("bob", "i2", "books", "buy", 10)],
+}
+
+
+def _row(user: str, migration: float, emerging: list[str], fading: list[str]) -> dict:
+    return {"user_id": user, "as_of_date": D2, "horizon_days": 3, "predicted_categories": ["a"],
+            "predicted_scores": [0.5], "current_categories": ["b"], "current_strengths": [1.0],
+            "migration_score": migration, "emerging_categories": emerging, "fading_categories": fading,
+            "model_name": "m", "model_version": "1"}
+
+
+def test_summarize_counts_users_and_lists():
+    rows = pa.Table.from_pylist([_row("a", 0.2, ["x", "y"], ["z"]), _row("b", 0.6, ["x"], []),
+                                 _row("c", 1.0, [], ["z", "w"])], schema=PREDICTION_SCHEMA)
+    summary = predictions.summarize(rows, top=1)
+    assert summary["users_scored"] == 3
+    assert summary["migration_mean"] == pytest.approx(0.6) and summary["migration_median"] == pytest.approx(0.6)
+    assert summary["top_emerging"] == [("x", 2)] and summary["top_fading"] == [("z", 2)]
+    text = predictions.format_user(rows.to_pylist()[0])
+    assert "current:   b (1.00)" in text and "emerging:  x, y" in text
+
+
+@pytest.fixture()
+def published(settings):
+    configured = dataclasses.replace(pm.isolate(settings), lookback_days=2, scoring_shards=2)
+    pm.write_clean(configured, pm.clean_events(EVENTS))
+    pm.register_as_champion(configured)
+    scoring.score_date(configured, D2)
+    return configured
+
+
+@pytest.mark.services
+def test_reader_trusts_only_the_manifest(published):
+    prefix = storage.partition_prefix(storage.PREDICTIONS, D2)
+    table = predictions.read_predictions(published, D2)
+    assert sorted(table["user_id"].to_pylist()) == ["alice", "bob", "carol"]
+    # A part the manifest does not list (a crashed run's leftover) is never read.
+    storage.write_parquet(published, prefix + "part-00042.parquet", table)
+    assert predictions.read_predictions(published, D2).num_rows == 3
+    view = predictions.user_view(published, D2, "alice")
+    assert view["current_categories"][0] == "bags" and view["model_version"] == "1"
+    summary = predictions.summarize_day(published, D2)
+    assert summary["users_scored"] == summary["manifest_row_count"] == 3
+    assert summary["migration_mean"] == pytest.approx(sum(table["migration_score"].to_pylist()) / 3, rel=1e-6)
+    with pytest.raises(predictions.PredictionsNotFound, match="user 'zed'"):
+        predictions.user_view(published, D2, "zed")
+    # Without _SUCCESS the partition does not exist for readers, even though its parts are there.
+    storage.s3_client(published).delete_object(Bucket=published.bucket, Key=prefix + storage.SUCCESS)
+    with pytest.raises(predictions.PredictionsNotFound, match="no published predictions for 2024-03-02"):
+        predictions.read_predictions(published, D2)
+    assert predictions.published_dates(published) == []
+
+
+@pytest.mark.services
+def test_cli_scores_and_prints_user_and_summary(published, monkeypatch, capsys):
+    from pipelines.__main__ import main
+
+    for name, value in {"IM_BUCKET": published.bucket, "IM_MODEL_NAME": published.model_name,
+                        "IM_S3_ENDPOINT_URL": published.s3_endpoint_url, "IM_LOOKBACK_DAYS": "2",
+                        "IM_MLFLOW_TRACKING_URI": published.mlflow_tracking_uri}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["score", "--date", D1.isoformat()]) == 0
+    assert "3 users scored by" in capsys.readouterr().out
+    assert main(["predictions", "--date", D2.isoformat(), "--user", "alice", "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert "user alice as of 2024-03-02" in out and "migration score:" in out
+    assert "users scored: 3" in out and "top emerging (users):" in out
+    assert main(["predictions", "--date", "2024-03-09"]) == 1
+    assert "no published predictions for 2024-03-09" in capsys.readouterr().out
+    assert main(["score", "--date", "2024-03-09"]) == 1
+    assert "no clean events for 2024-03-09" in capsys.readouterr().out

@@ -1,0 +1,179 @@
+"""Daily scoring on the real services: complete partitions, whole-partition reruns, the as-of rule,
+alias following, and clear errors. The model is a small real pyfunc (tests/pyfunc_models.py)
+registered on the session's MLflow server; events are clean partitions in the test's own bucket."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import pyarrow as pa
+import pytest
+
+from pipelines import scoring, storage
+from pipelines.contracts import PREDICTION_COLUMNS, PREDICTION_SCHEMA
+from tests import pyfunc_models as pm
+
+D1, D2, D3, D4, D5 = (dt.date(2024, 1, day) for day in range(1, 6))
+
+# (user, item, category, behavior, hour): u1 moves from shoes to bags, u2 is steady, u5 appears late.
+EVENTS = {
+    D1: [("u1", "i1", "shoes", "view", 8), ("u1", "i2", "shoes", "buy", 9), ("u2", "i3", "books", "view", 10),
+         ("u3", "i4", "toys", "view", 11), ("u4", "i5", "games", "cart", 12)],
+    D2: [("u1", "i6", "bags", "view", 8), ("u2", "i3", "books", "buy", 10), ("u3", "i7", "shoes", "fav", 13)],
+    D3: [("u1", "i6", "bags", "cart", 9), ("u1", "i8", "bags", "view", 10), ("u2", "i9", "music", "view", 11),
+         ("u5", "i1", "shoes", "view", 20)],
+    D4: [("u5", "i10", "toys", "view", 7), ("u2", "i3", "books", "view", 23)],
+}
+
+
+@pytest.fixture()
+def scoring_settings(settings):
+    """Own model name, 3-day look-back, 2 shards, batches of 2 users (so batching is exercised)."""
+    configured = dataclasses.replace(pm.isolate(settings), lookback_days=3, scoring_shards=2,
+                                     scoring_batch_users=2, top_k=3, emerging_k=2, fading_k=2)
+    pm.write_clean(configured, pm.clean_events(EVENTS))
+    return configured
+
+
+def _users_active(start: dt.date, end: dt.date) -> set[str]:
+    return {row[0] for day, rows in EVENTS.items() if start <= day <= end for row in rows}
+
+
+def _read_partition(settings, day: dt.date) -> tuple[dict, pa.Table]:
+    prefix = storage.partition_prefix(storage.PREDICTIONS, day)
+    manifest = storage.get_json(settings, prefix + storage.SUCCESS)
+    table = pa.concat_tables([storage.read_parquet(settings, key) for key in manifest["files"]])
+    return manifest, table.sort_by("user_id")
+
+
+def test_shard_of_is_stable_and_in_range():
+    # Pinned values: Python's hash() is salted per process, CRC-32 is not; changing the hash would
+    # silently move users between shards of a day being rerun.
+    assert [scoring.shard_of(u, 4) for u in ["u1", "u2", "u3", "user-42", "1000137"]] == [2, 0, 2, 3, 2]
+    assert {scoring.shard_of(f"user{i}", 4) for i in range(200)} == {0, 1, 2, 3}
+    assert scoring.shard_of("abc", 1) == 0
+
+
+@pytest.mark.services
+def test_three_consecutive_days_give_complete_contract_partitions(scoring_settings):
+    version = pm.register_as_champion(scoring_settings)
+    for day in (D2, D3, D4):
+        published = scoring.score_date(scoring_settings, day)
+        manifest, table = _read_partition(scoring_settings, day)
+        keys = storage.list_keys(scoring_settings, storage.partition_prefix(storage.PREDICTIONS, day))
+        assert sorted(manifest["files"]) == sorted(k for k in keys if not k.endswith(storage.SUCCESS))
+        assert len(manifest["files"]) == scoring_settings.scoring_shards == manifest["shards"]
+        assert manifest["model_version"] == version == published["model_version"]
+        assert manifest["as_of_date"] == day.isoformat()
+        assert table.schema.equals(PREDICTION_SCHEMA) and table.column_names == PREDICTION_COLUMNS
+        expected_users = _users_active(day - dt.timedelta(days=2), day)
+        assert set(table["user_id"].to_pylist()) == expected_users
+        assert manifest["row_count"] == table.num_rows == len(expected_users)
+        rows = table.to_pylist()
+        for row in rows:
+            assert row["as_of_date"] == day and row["horizon_days"] == scoring_settings.horizon_days
+            assert row["model_version"] == version and row["model_name"] == scoring_settings.model_name
+            assert 0.0 <= row["migration_score"] <= 1.0
+            assert 1 <= len(row["predicted_categories"]) <= scoring_settings.top_k
+            assert len(row["predicted_scores"]) == len(row["predicted_categories"])
+            assert sum(row["current_strengths"]) <= 1.0 + 1e-5
+            assert len(row["emerging_categories"]) <= scoring_settings.emerging_k
+    # u1 went shoes -> bags: on D3 bags is its top current category and shoes are not emerging for it.
+    u1 = next(r for r in _read_partition(scoring_settings, D3)[1].to_pylist() if r["user_id"] == "u1")
+    assert u1["current_categories"][0] == "bags"
+    assert "shoes" not in u1["emerging_categories"]
+
+
+@pytest.mark.services
+def test_rerun_replaces_the_partition_whole(scoring_settings):
+    pm.register_as_champion(scoring_settings)
+    first = scoring.score_date(scoring_settings, D3)
+    _, before = _read_partition(scoring_settings, D3)
+    prefix = storage.partition_prefix(storage.PREDICTIONS, D3)
+    # A leftover of an older run with more shards must not survive the rerun.
+    storage.write_parquet(scoring_settings, prefix + "part-00009.parquet", before)
+    second = scoring.score_date(scoring_settings, D3)
+    _, after = _read_partition(scoring_settings, D3)
+    assert after.equals(before)
+    assert storage.list_keys(scoring_settings, prefix) == sorted(second["files"] + [prefix + storage.SUCCESS])
+    assert second["files"] == first["files"] and second["row_count"] == first["row_count"]
+    assert second["created_at"] > first["created_at"]
+
+
+@pytest.mark.services
+def test_events_after_the_day_do_not_change_its_predictions(scoring_settings):
+    pm.register_as_champion(scoring_settings)
+    scoring.score_date(scoring_settings, D3)
+    _, before = _read_partition(scoring_settings, D3)
+    late = {D5: [("u1", "i99", "shoes", "buy", 1), ("u9", "i98", "garden", "view", 2)],
+            D4: [("u1", "i97", "garden", "buy", 5), ("u2", "i96", "garden", "buy", 6)]}
+    pm.write_clean(scoring_settings, pm.clean_events(late), part="part-late.parquet")
+    # An event stamped after D inside D's own partition is cut by the ts filter as well.
+    stray = pm.clean_events({D3: [("u2", "i95", "garden", "buy", 5)]})[D3]
+    stray = stray.set_column(4, "ts", pa.array([dt.datetime(2024, 1, 4, 0, 0, 1, tzinfo=dt.UTC)],
+                                                stray.schema.field("ts").type))
+    storage.write_parquet(scoring_settings, storage.partition_prefix(storage.CLEAN, D3) + "part-stray.parquet", stray)
+    scoring.score_date(scoring_settings, D3)
+    _, after = _read_partition(scoring_settings, D3)
+    assert after.equals(before)
+    # ... while the later day does see them (the data was really there).
+    scoring.score_date(scoring_settings, D4)
+    _, d4 = _read_partition(scoring_settings, D4)
+    assert any("garden" in r["predicted_categories"] for r in d4.to_pylist() if r["user_id"] == "u2")
+
+
+@pytest.mark.services
+def test_moving_the_alias_by_hand_changes_the_next_run(scoring_settings):
+    from pipelines import registry
+
+    first = pm.register_as_champion(scoring_settings)
+    assert scoring.score_date(scoring_settings, D3)["model_version"] == first
+    _, good = _read_partition(scoring_settings, D3)
+    import mlflow
+
+    _, uri = pm.log_model(scoring_settings, variant="bad")
+    second = str(mlflow.register_model(uri, scoring_settings.model_name).version)
+    moved = registry.promote_version(scoring_settings, second)
+    assert moved["previous"] == first and moved["current"] == second
+    assert scoring.resolve_champion(scoring_settings)["model_uri"] == f"models:/{scoring_settings.model_name}/{second}"
+    manifest = scoring.score_date(scoring_settings, D3)
+    _, bad = _read_partition(scoring_settings, D3)
+    assert manifest["model_version"] == second
+    assert set(bad["model_version"].to_pylist()) == {second}
+    assert bad["predicted_categories"].to_pylist() != good["predicted_categories"].to_pylist()
+    registry.promote_version(scoring_settings, first)  # roll back
+    assert scoring.score_date(scoring_settings, D3)["model_version"] == first
+
+
+@pytest.mark.services
+def test_no_champion_is_a_clear_error(scoring_settings):
+    with pytest.raises(scoring.NoChampionError, match="promote --version"):
+        scoring.resolve_champion(scoring_settings)
+
+
+@pytest.mark.services
+def test_missing_clean_input_is_a_clear_error(scoring_settings):
+    model = {"model_name": scoring_settings.model_name, "model_version": "1", "model_uri": "models:/x/1"}
+    with pytest.raises(scoring.MissingInputError, match="no clean events for 2024-01-09"):
+        scoring.plan_shards(scoring_settings, dt.date(2024, 1, 9), model)
+
+
+@pytest.mark.services
+def test_publish_refuses_an_incomplete_partition(scoring_settings):
+    pm.register_as_champion(scoring_settings)
+    model = scoring.resolve_champion(scoring_settings)
+    shards = scoring.plan_shards(scoring_settings, D3, model)
+    results = [scoring.score_shard(scoring_settings, D3, model, shard) for shard in shards]
+    success = storage.partition_prefix(storage.PREDICTIONS, D3) + storage.SUCCESS
+    with pytest.raises(scoring.ScoringError, match="expected 0..1"):
+        scoring.publish_partition(scoring_settings, D3, model, results[:1])
+    storage.s3_client(scoring_settings).delete_object(Bucket=scoring_settings.bucket, Key=results[1]["key"])
+    with pytest.raises(scoring.ScoringError, match="missing"):
+        scoring.publish_partition(scoring_settings, D3, model, results)
+    assert not storage.exists(scoring_settings, success)
+    # Rerunning the lost shard (same deterministic key) makes the partition publishable.
+    results[1] = scoring.score_shard(scoring_settings, D3, model, shards[1])
+    assert scoring.publish_partition(scoring_settings, D3, model, results)["row_count"] == sum(
+        r["rows"] for r in results)
+    assert storage.exists(scoring_settings, success)
