@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,8 +77,39 @@ class Process:
             pass
 
 
+def proc_stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, parent pid, process group, session) of ``pid`` from /proc, or None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1]), int(fields[2]), int(fields[3])
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = proc_stat(int(entry.name))
+            if stat is not None and stat[2] == pgid and stat[0] not in ("Z", "X"):
+                members.append(int(entry.name))
+    return members
+
+
+def _reap(pid: int) -> None:
+    """Collect ``pid``'s exit status if it is our child, so it does not linger as a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
 def stop_process_group(pid: int, timeout: float = 20.0) -> None:
-    """SIGTERM the process group of ``pid``, then SIGKILL whatever is left after ``timeout``."""
+    """SIGTERM the process group of ``pid``, then SIGKILL whatever is left after ``timeout``.
+
+    Zombies do not count as left: the group is done when every member has exited.
+    """
     try:
         pgid = os.getpgid(pid)
     except ProcessLookupError:
@@ -89,15 +120,15 @@ def stop_process_group(pid: int, timeout: float = 20.0) -> None:
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
+        _reap(pid)
+        if not group_members(pgid):
             return
         time.sleep(0.2)
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    _reap(pid)
 
 
 def spawn(name: str, argv: list[str], log_path: Path, env: Mapping[str, str], health_url: str,
@@ -105,8 +136,8 @@ def spawn(name: str, argv: list[str], log_path: Path, env: Mapping[str, str], he
     """Start ``argv`` in a new session (own process group) with output to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed by the OS
-    popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(env), cwd=cwd,
-                             start_new_session=True)
+    popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                             env=dict(env), cwd=cwd, start_new_session=True)
     log.close()
     return Process(name, popen, log_path, health_url)
 
@@ -163,12 +194,25 @@ def seaweed_ports(s3_port: int, base: int | None = None) -> dict[str, int]:
     return ports
 
 
+def _started(proc: Process, record: Callable[[Process], None] | None, ready: Callable[[], None]) -> Process:
+    """Report ``proc`` to ``record`` (so a caller can stop it later), run ``ready``; on any failure
+    stop the process group before re-raising, so a failed start leaves nothing behind."""
+    try:
+        if record is not None:
+            record(proc)
+        ready()
+    except BaseException:
+        proc.stop(timeout=10)
+        raise
+    return proc
+
+
 def start_seaweedfs(data_dir: Path, ports: Mapping[str, int], env: Mapping[str, str], bucket: str,
-                    log_path: Path) -> Process:
+                    log_path: Path, record: Callable[[Process], None] | None = None) -> Process:
     """Start ``weed mini`` (S3 API on ``ports['s3.port']``) and create ``bucket``.
 
     ``env`` must hold AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY: weed takes its S3 identity
-    from them at start.
+    from them at start. ``record`` is called with the process as soon as it is spawned.
     """
     check_ports_free(ports)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -176,11 +220,14 @@ def start_seaweedfs(data_dir: Path, ports: Mapping[str, int], env: Mapping[str, 
             f"-bucket={bucket}", "-admin.ui=false"]
     argv += [f"-{flag}={port}" for flag, port in ports.items()]
     proc = spawn("seaweedfs", argv, log_path, env, f"http://{LOOPBACK}:{ports['s3.port']}/healthz")
-    # The S3 gateway answers /healthz once it is serving; any HTTP answer means it is up.
-    wait_healthy(proc, timeout=90, accept=(200, 403, 404))
     proc.extra["s3_endpoint_url"] = f"http://{LOOPBACK}:{ports['s3.port']}"
-    _wait_bucket(proc.extra["s3_endpoint_url"], bucket, env)
-    return proc
+
+    def ready() -> None:
+        # The S3 gateway answers /healthz once it is serving; any HTTP answer means it is up.
+        wait_healthy(proc, timeout=90, accept=(200, 403, 404))
+        _wait_bucket(proc.extra["s3_endpoint_url"], bucket, env)
+
+    return _started(proc, record, ready)
 
 
 def _wait_bucket(endpoint: str, bucket: str, env: Mapping[str, str], timeout: float = 60.0) -> None:
@@ -209,7 +256,7 @@ def _wait_bucket(endpoint: str, bucket: str, env: Mapping[str, str], timeout: fl
 
 
 def start_mlflow(port: int, backend_db: Path, artifacts_destination: str, env: Mapping[str, str],
-                 log_path: Path) -> Process:
+                 log_path: Path, record: Callable[[Process], None] | None = None) -> Process:
     """Start an MLflow tracking server: SQLite backend, artifacts proxied to S3.
 
     ``env`` must hold MLFLOW_S3_ENDPOINT_URL and the AWS credentials. The server's background
@@ -223,6 +270,5 @@ def start_mlflow(port: int, backend_db: Path, artifacts_destination: str, env: M
             "--backend-store-uri", f"sqlite:///{backend_db}",
             "--artifacts-destination", artifacts_destination, "--workers", "1"]
     proc = spawn("mlflow", argv, log_path, server_env, f"http://{LOOPBACK}:{port}/health")
-    wait_healthy(proc, timeout=180)
     proc.extra["tracking_uri"] = f"http://{LOOPBACK}:{port}"
-    return proc
+    return _started(proc, record, lambda: wait_healthy(proc, timeout=180))

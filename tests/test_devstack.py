@@ -1,0 +1,257 @@
+"""The embedded stack (pipelines.devstack): real SeaweedFS, MLflow and Airflow processes on free
+ports in a temporary folder, never touching the repository's .local/.
+
+The full-stack test runs a throw-away repo whose only DAG sleeps, so `down` is checked while a
+LocalExecutor task is running (the case where killing the scheduler alone leaves workers behind).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pipelines import devstack as ds
+from pipelines import services as svc
+
+SLEEPY_DAG = '''
+"""A DAG whose task sleeps, to check that `stack down` ends running task processes."""
+import datetime as dt
+
+from airflow.sdk import dag, task
+
+
+@dag(dag_id="sleepy", schedule=None, start_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC), catchup=False)
+def sleepy():
+    @task
+    def nap() -> None:
+        import time
+
+        time.sleep(600)
+
+    nap()
+
+
+sleepy()
+'''
+
+
+def _stack_pids(root: Path) -> list[str]:
+    """Every live process whose command line or environment mentions ``root``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                continue
+            blob = (entry / "cmdline").read_bytes() + b"\0" + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if str(root).encode() in blob:
+            found.append(f"{entry.name}: {(entry / 'cmdline').read_bytes()[:120]!r}")
+    return found
+
+
+def test_default_config_reads_ports_and_root_from_env(tmp_path):
+    cfg = ds.default_config(tmp_path, environ={"IM_STACK_S3_PORT": "9100", "IM_STACK_AIRFLOW_PORT": "9101",
+                                               "IM_STACK_PORT_BASE": "20000"})
+    assert (cfg.s3_port, cfg.mlflow_port, cfg.airflow_port) == (9100, 5000, 9101)
+    assert cfg.root == (tmp_path / ".local").resolve()
+    internal = sorted(cfg.internal_ports.values())
+    assert internal == list(range(20000, 20000 + len(internal)))
+    assert 8080 not in cfg.all_ports().values() or cfg.airflow_port == 8080
+    with pytest.raises(ds.StackError, match="IM_STACK_MLFLOW_PORT='five'"):
+        ds.default_config(tmp_path, environ={"IM_STACK_MLFLOW_PORT": "five"})
+
+
+def test_default_ports_never_reuse_weeds_defaults(tmp_path):
+    cfg = ds.default_config(tmp_path, environ={})
+    ports = list(cfg.all_ports().values())
+    assert len(ports) == len(set(ports)), "two listeners on one port"
+    assert (cfg.s3_port, cfg.mlflow_port, cfg.airflow_port) == (8333, 5000, 8080)
+    assert 8080 not in cfg.seaweed_ports().values() and 8793 not in ports
+
+
+def test_secrets_are_private_generated_once_and_stable(tmp_path):
+    cfg = ds.isolated_config(tmp_path / "stack", with_airflow=False)
+    values, created = ds.ensure_secrets(cfg)
+    assert sorted(created) == sorted(ds.SECRET_FILES)
+    assert stat.S_IMODE(cfg.secrets_dir.stat().st_mode) == 0o700
+    for name in ds.SECRET_FILES:
+        assert stat.S_IMODE((cfg.secrets_dir / name).stat().st_mode) == 0o600, name
+    again, created_again = ds.ensure_secrets(cfg)
+    assert created_again == [] and again == values
+    assert len(ds.admin_password(cfg)) >= 16
+    env_file = ds.write_env_file(cfg, ds.stack_environment(cfg, values, environ={"IM_EPOCHS": "2"}))
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    parsed = ds.read_env_file(env_file)
+    assert parsed["AWS_SECRET_ACCESS_KEY"] == values["s3_secret_key"]
+    assert parsed["IM_EPOCHS"] == "2" and parsed["IM_S3_ENDPOINT_URL"] == cfg.s3_endpoint_url
+
+
+def test_port_in_use_names_the_port_and_starts_nothing(tmp_path):
+    cfg = ds.isolated_config(tmp_path / "stack")
+    with socket.socket() as holder:
+        holder.bind((svc.LOOPBACK, cfg.mlflow_port))
+        holder.listen()
+        with pytest.raises(ds.StackError) as info:
+            ds.up(cfg, out=lambda _: None)
+    message = str(info.value)
+    assert f"{cfg.mlflow_port} (MLflow)" in message and "already in use" in message
+    assert "IM_STACK_MLFLOW_PORT" in message
+    assert _stack_pids(cfg.root) == []
+
+
+def _trigger_sleepy(cfg: ds.StackConfig) -> None:
+    api = ds.AirflowApi(cfg)
+    api.call("POST", "/dags/sleepy/dagRuns", body={"dag_run_id": "nap1", "logical_date": None})
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        states = ds._task_states(api, "sleepy", "nap1")
+        if states.get("nap") == "running":
+            return
+        time.sleep(2)
+    raise AssertionError(f"task never started running: {states}")
+
+
+@pytest.mark.services
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_up_status_down_up_keeps_data_and_leaves_nothing(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "dags").mkdir(parents=True)
+    (repo / "plugins").mkdir()
+    (repo / "dags" / "sleepy.py").write_text(SLEEPY_DAG)
+    cfg = ds.isolated_config(tmp_path / "stack", repo)
+    printed: list[str] = []
+    try:
+        began = time.monotonic()
+        ds.up(cfg, out=printed.append)
+        first_up = time.monotonic() - began
+        password = ds.admin_password(cfg)
+        secret, _ = ds.ensure_secrets(cfg)
+        first_output = "\n".join(printed)
+        assert password in first_output and secret["s3_secret_key"] in first_output
+        assert cfg.airflow_url in first_output and str(cfg.secrets_dir) in first_output
+
+        report = ds.status(cfg)
+        assert report["up"], report
+        assert set(report["processes"]) == {"seaweedfs", "mlflow", *ds.AIRFLOW_COMPONENTS}
+        state = json.loads(cfg.state_file.read_text())
+        assert state["ports"]["Airflow API/UI"] == cfg.airflow_port
+        health = json.load(urllib.request.urlopen(f"{cfg.airflow_url}/api/v2/monitor/health"))
+        assert health["scheduler"]["status"] == "healthy"
+
+        # Data in S3 and MLflow, written as a user of the stack would (through stack.env).
+        from pipelines import storage
+        from pipelines.config import load_settings
+
+        env = ds.read_env_file(cfg.env_file)
+        settings = load_settings(environ=env)
+        storage._client.cache_clear()
+        import os
+        saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+        os.environ.update({k: env[k] for k in saved})
+        try:
+            storage.put_text(settings, "keep/me.txt", "still here")
+            import mlflow
+            client = mlflow.MlflowClient(tracking_uri=cfg.mlflow_url)
+            experiment = client.create_experiment("kept")
+
+            _trigger_sleepy(cfg)
+            began = time.monotonic()
+            ds.down(cfg, out=printed.append)
+            first_down = time.monotonic() - began
+            assert _stack_pids(cfg.root) == []
+            assert not cfg.state_file.exists()
+            assert ds.status(cfg)["up"] is False
+
+            printed.clear()
+            began = time.monotonic()
+            ds.up(cfg, out=printed.append)
+            second_up = time.monotonic() - began
+            second_output = "\n".join(printed)
+            assert password not in second_output and secret["s3_secret_key"] not in second_output
+            assert ds.admin_password(cfg) == password
+            storage._client.cache_clear()
+            assert storage.get_bytes(settings, "keep/me.txt") == b"still here"
+            assert client.get_experiment(experiment).name == "kept"
+            runs = ds.AirflowApi(cfg).get("/dags/sleepy/dagRuns")["dag_runs"]
+            assert [r["dag_run_id"] for r in runs] == ["nap1"]
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            storage._client.cache_clear()
+
+        # No credential in any log the stack wrote.
+        secret_values = [password, *secret.values()]
+        for log_file in [*cfg.logs_dir.rglob("*.log"), *(cfg.airflow_home / "logs").rglob("*.log")]:
+            text = log_file.read_text(errors="replace")
+            leaked = [name for name, value in secret.items() if value in text]
+            assert not leaked and password not in text, f"{log_file} contains {leaked or 'the admin password'}"
+        assert secret_values
+        print(f"first up {first_up:.1f}s, down with a running task {first_down:.1f}s, second up {second_up:.1f}s")
+    finally:
+        ds.down(cfg, out=lambda _: None)
+    assert _stack_pids(cfg.root) == []
+
+
+@pytest.mark.services
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_stack_run_twice_trains_once_and_rescores_without_duplicates(tmp_path, monkeypatch):
+    """`make run`'s driver end to end on the real DAGs, twice: the second run reuses the data and
+    the successful training run, re-scores the same days and replaces (not adds) partitions."""
+    import os
+
+    from pipelines import storage
+    from pipelines.config import load_settings
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "IM_S3_ENDPOINT_URL", "IM_MLFLOW_TRACKING_URI",
+                "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "IM_BUCKET", "IM_WORK_DIR"):
+        monkeypatch.setenv(key, os.environ.get(key, ""))  # run_demo sets them; restored afterwards
+    # Tiny model budget; the gate margin lets the first version become champion whatever its score,
+    # because this test is about orchestration, not model quality.
+    monkeypatch.setenv("IM_EPOCHS", "1")
+    monkeypatch.setenv("IM_GATE_MARGIN_VS_BASELINES", "-1")
+    cfg = ds.isolated_config(tmp_path / "stack")
+    size = {"users": 200, "days": 12, "categories": 24, "seed": 5, "score_days": 2, "timeout": 1500}
+    try:
+        first: list[str] = []
+        assert ds.run_demo(cfg, out=first.append, **size), "\n".join(first)
+        storage._client.cache_clear()
+        settings = load_settings(environ=ds.read_env_file(cfg.env_file))
+        api = ds.AirflowApi(cfg)
+        partitions = storage.list_partitions(settings, storage.PREDICTIONS)
+        assert len(partitions) == 2
+        keys_before = storage.list_keys(settings, storage.PREDICTIONS + "/")
+        manifests = [storage.get_json(settings, storage.partition_prefix(storage.PREDICTIONS, d) + storage.SUCCESS)
+                     for d in partitions]
+        assert all(m["row_count"] > 0 for m in manifests)
+        summary = "\n".join(first)
+        assert "champion" in summary and cfg.airflow_url in summary and cfg.mlflow_url in summary
+
+        second: list[str] = []
+        assert ds.run_demo(cfg, out=second.append, **size), "\n".join(second)
+        assert any("already succeeded" in line for line in second)
+        training_runs = api.get(f"/dags/{ds.TRAINING_DAG}/dagRuns")["dag_runs"]
+        assert len(training_runs) == 1
+        scoring_runs = api.get(f"/dags/{ds.SCORING_DAG}/dagRuns")["dag_runs"]
+        assert len(scoring_runs) == 2 and all(r["state"] == "success" for r in scoring_runs)
+        assert storage.list_partitions(settings, storage.PREDICTIONS) == partitions
+        assert len(storage.list_keys(settings, storage.PREDICTIONS + "/")) == len(keys_before)
+        versions = ds._champion_version(settings)
+        assert versions == "1"
+    finally:
+        ds.down(cfg, out=lambda _: None)
+        storage._client.cache_clear()
+    assert _stack_pids(cfg.root) == []
