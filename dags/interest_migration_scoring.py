@@ -35,16 +35,19 @@ DEFAULT_ARGS = {
 
 
 def _as_of_date() -> dt.date:
-    """D: the day whose end bounds the events used (the start of this run's data interval)."""
+    """D: this run's logical date (for scheduled and backfilled runs, the start of the day it covers).
+
+    A manual run without a logical date scores its data interval's start, never a day in progress.
+    """
     context = get_current_context()
-    start = context.get("data_interval_start") or context.get("logical_date") or context["dag_run"].run_after
-    return start.date()
+    when = context.get("logical_date") or context.get("data_interval_start") or context["dag_run"].run_after
+    return when.date()
 
 
 @dag(
     dag_id="interest_migration_scoring",
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=dt.datetime.fromisoformat(os.environ.get("IM_SCORING_START_DATE", "2024-01-01")).replace(
+    start_date=dt.datetime.fromisoformat(os.environ.get("IM_SCORING_START_DATE", "2000-01-01")).replace(
         tzinfo=dt.UTC),
     catchup=os.environ.get("IM_SCORING_CATCHUP", "false").lower() in ("1", "true", "yes"),
     max_active_runs=2,

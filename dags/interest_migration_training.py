@@ -32,7 +32,7 @@ DEFAULT_ARGS = {
 @dag(
     dag_id="interest_migration_training",
     schedule=None,
-    start_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+    start_date=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
