@@ -82,6 +82,21 @@ def _read_partition(settings, date: dt.date) -> tuple[dict, pa.Table]:
     return manifest, pa.concat_tables(tables)
 
 
+def _differences(before: pa.Table, after: pa.Table) -> list[str]:
+    """Columns that differ between two partitions (rows matched by user), with a first example."""
+    before, after = before.sort_by("user_id"), after.sort_by("user_id")
+    if before.column("user_id") != after.column("user_id"):
+        return ["user_id: different users"]
+    out = []
+    for name in before.column_names:
+        x, y = before.column(name).to_pylist(), after.column(name).to_pylist()
+        rows = [i for i in range(len(x)) if x[i] != y[i]]
+        if rows:
+            out.append(f"{name}: {len(rows)} rows differ, e.g. user {x and before.column('user_id')[rows[0]]}: "
+                       f"{x[rows[0]]} != {y[rows[0]]}")
+    return out
+
+
 def test_training_then_three_scoring_days_then_rerun(e2e):
     from mlflow import MlflowClient
 
@@ -122,7 +137,7 @@ def test_training_then_three_scoring_days_then_rerun(e2e):
     after_manifest, after = _read_partition(settings, day)
     assert storage.list_keys(settings, storage.partition_prefix(storage.PREDICTIONS, day)) == keys_before
     assert after.num_rows == before.num_rows
-    assert after.sort_by("user_id").equals(before.sort_by("user_id"))
+    assert _differences(before, after) == []
     assert after_manifest["created_at"] >= before_manifest["created_at"]
 
 
@@ -143,7 +158,7 @@ def test_events_after_d_do_not_change_d(e2e):
     sources.land_events(settings, csv_path, "taobao", name="late")
     _airflow(env, "dags", "test", "interest_migration_scoring", day.isoformat())
     _, after = _read_partition(settings, day)
-    assert after.sort_by("user_id").equals(before.sort_by("user_id"))
+    assert _differences(before, after) == []
     # Sanity: the late events really landed, in the next day's raw partition.
     assert any("late" in k for k in storage.list_keys(settings, storage.partition_prefix(storage.RAW,
                                                                                           day + dt.timedelta(days=1))))
