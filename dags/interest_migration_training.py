@@ -84,12 +84,12 @@ def interest_migration_training():
     @task
     def encode(run: dict, cleaned: dict) -> dict:
         """Vocabularies and (user, as-of) examples, time-split, written to object storage."""
-        from pipelines import encoding, flows
+        from pipelines import flows
         from pipelines.config import load_settings
 
-        return encoding.encode_step(load_settings(), flows.parse_date(run["data_start"], "data_start"),
-                                    flows.parse_date(run["data_end"], "data_end"),
-                                    mlflow_run_id=run["mlflow_run_id"])
+        return flows.encode_window(load_settings(), flows.parse_date(run["data_start"], "data_start"),
+                                   flows.parse_date(run["data_end"], "data_end"),
+                                   mlflow_run_id=run["mlflow_run_id"])
 
     @task
     def train(run: dict, dataset: dict) -> dict:
@@ -110,12 +110,12 @@ def interest_migration_training():
 
     @task
     def register(run: dict, dataset: dict, model: dict, metrics: dict) -> dict:
-        """Register the version as challenger; promote to champion only through the gate."""
-        from pipelines import registry
+        """Register the version as challenger; promote to champion only through the gate; close the run."""
+        from pipelines import flows
         from pipelines.config import load_settings
 
-        return registry.register_step(load_settings(), mlflow_run_id=run["mlflow_run_id"],
-                                      model_uri=model["model_uri"], dataset_uri=dataset["dataset_uri"])
+        return flows.register_and_close(load_settings(), mlflow_run_id=run["mlflow_run_id"],
+                                        model_uri=model["model_uri"], dataset_uri=dataset["dataset_uri"])
 
     run = start_run()
     dataset = encode(run, preprocess(run, validate(run)))

@@ -78,6 +78,9 @@ class Settings:
                                         "row instead)", check=_positive, rule="> 0")
     volume_lookback_partitions: int = _field(7, "recent raw partitions whose median volume the volume check "
                                              "compares against (needs at least 3)", check=_positive, rule="> 0")
+    ge_row_sample_rows: int = _field(1000, "evenly spaced rows per partition checked by the Great "
+                                     "Expectations row-sample suite (recorded, not a gate); 0 = off",
+                                     check=lambda x: x >= 0, rule=">= 0")
     near_duplicate_seconds: int = _field(1, "same user/item/category/behaviour within this many seconds of "
                                          "the previous one is a near duplicate (0 = exact only)")
     burst_max_events_per_second: int = _field(20, "a user's events in one second above this are an "
@@ -128,8 +131,9 @@ class Settings:
                                                rule="a share in [0, 1]")
     fading_min_current_share: float = _field(0.1, "a category is 'strong today' from this current share",
                                              check=_share, rule="a share in [0, 1]")
-    fading_max_ratio: float = _field(0.5, "fading when predicted share < this times current share",
-                                     check=_share, rule="a share in [0, 1]")
+    fading_max_probability: float = _field(0.25, "a strong category is fading when its predicted "
+                                           "probability in the horizon is below this", check=_share,
+                                           rule="a probability in [0, 1]")
 
     def describe(self) -> dict[str, str]:
         """Settings as strings, for logs and MLflow params (holds no secret)."""

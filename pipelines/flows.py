@@ -71,9 +71,36 @@ def validate_window(settings: Settings, start: dt.date, end: dt.date, *, report_
         result = validation.validate_partition(settings, day, report_id=report_id).to_dict()
         log.info("validated %s (%d/%d): %s", day, i, len(days), _short(result))
         results.append(result)
+    summary = {"partitions": [d.isoformat() for d in days], "totals": _totals(results)}
     if mlflow_run_id:
+        from pipelines import tracking
+
         validation.log_to_mlflow(results, mlflow_run_id, settings)
-    return {"partitions": [d.isoformat() for d in days], "totals": _totals(results)}
+        tracking.log_validation_summary(settings, mlflow_run_id, {**summary, "per_partition": results})
+    return summary
+
+
+def encode_window(settings: Settings, start: dt.date, end: dt.date, *, mlflow_run_id: str) -> dict[str, Any]:
+    """Encode the clean events of [start, end] and record the examples as the run's dataset input."""
+    from pipelines import encoding, tracking
+
+    result = encoding.encode_step(settings, start, end, mlflow_run_id=mlflow_run_id)
+    tracking.log_dataset_input(
+        settings, mlflow_run_id, source_uri=result["dataset_uri"], name=f"examples {start}..{end}",
+        digest=result["dataset_uri"].rstrip("/").rsplit("/", 1)[-1][:36],
+        profile={"window": f"{start}..{end}", "examples": result.get("examples"),
+                 "categories": result.get("categories")})
+    return result
+
+
+def register_and_close(settings: Settings, *, mlflow_run_id: str, model_uri: str, dataset_uri: str) -> dict[str, Any]:
+    """Run the registry gate, then mark the DAG run's MLflow run FINISHED (the last task's job)."""
+    from pipelines import registry, tracking
+
+    decision = registry.register_step(settings, mlflow_run_id=mlflow_run_id, model_uri=model_uri,
+                                      dataset_uri=dataset_uri)
+    tracking.finish_run(settings, mlflow_run_id)
+    return decision
 
 
 def preprocess_window(settings: Settings, start: dt.date, end: dt.date) -> dict[str, Any]:

@@ -13,8 +13,11 @@ Definitions (the same words as DESIGN.md):
 - *migration score*: Jensen-Shannon divergence (base 2, so in [0, 1]) between the current interest
   distribution and the predicted distribution: 0 = same interests tomorrow, 1 = entirely new ones.
 - *emerging*: best-ranked predicted categories whose history share is at most a small share.
-- *fading*: categories strong today (current share at least ``min_current_share``) whose predicted
-  share falls below ``max_ratio`` times the current share; the biggest drop first.
+- *fading*: categories strong today (current share at least ``min_current_share``) that the user is
+  unlikely to touch in the horizon: predicted probability below ``max_probability`` (0 when not
+  predicted). Probabilities, not normalised shares, decide: a multi-label model spreads mass over
+  many categories, so a sole interest predicted at 0.85 must not read as fading. Ordered by
+  current share x (1 - probability), the biggest expected loss first.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class InterestParams:
     emerging_max_history_share: float = 0.01
     fading_k: int = 5
     fading_min_current_share: float = 0.1
-    fading_max_ratio: float = 0.5
+    fading_max_probability: float = 0.25
 
 
 def params_from_settings(settings: object) -> InterestParams:
@@ -55,7 +58,7 @@ def params_from_settings(settings: object) -> InterestParams:
         emerging_max_history_share=settings.emerging_max_history_share,  # type: ignore[attr-defined]
         fading_k=settings.fading_k,  # type: ignore[attr-defined]
         fading_min_current_share=settings.fading_min_current_share,  # type: ignore[attr-defined]
-        fading_max_ratio=settings.fading_max_ratio,  # type: ignore[attr-defined]
+        fading_max_probability=settings.fading_max_probability,  # type: ignore[attr-defined]
     )
 
 
@@ -165,23 +168,23 @@ def emerging_categories(predicted_categories: Sequence[str], history: Mapping[st
 
 def fading_categories(current: Mapping[str, float], predicted_categories: Sequence[str],
                       predicted_scores: Sequence[float], k: int, min_current_share: float,
-                      max_ratio: float) -> list[str]:
-    """Categories with current share >= ``min_current_share`` whose predicted share (normalised
-    scores; 0 when not predicted) is below ``max_ratio`` times it; largest drop first, at most ``k``."""
-    predicted = normalize(_as_mapping(predicted_categories, predicted_scores))
-    return _fading_of_shares(current, predicted, k, min_current_share, max_ratio)
+                      max_probability: float) -> list[str]:
+    """Categories with current share >= ``min_current_share`` whose predicted probability (0 when
+    not predicted) is below ``max_probability``; biggest expected loss first, at most ``k``."""
+    return _fading(normalize(current), _as_mapping(predicted_categories, predicted_scores), k,
+                   min_current_share, max_probability)
 
 
-def _fading_of_shares(current: Mapping[str, float], predicted: Mapping[str, float], k: int,
-                      min_current_share: float, max_ratio: float) -> list[str]:
-    drops = []
+def _fading(current: Mapping[str, float], probability: Mapping[str, float], k: int,
+            min_current_share: float, max_probability: float) -> list[str]:
+    losses = []
     for category, share in current.items():
         if share >= min_current_share:
-            after = predicted.get(category, 0.0)
-            if after < max_ratio * share:
-                drops.append((share - after, category))
-    drops.sort(key=lambda t: (-t[0], t[1]))
-    return [c for _, c in drops[:k]]
+            p = probability.get(category, 0.0)
+            if p < max_probability:
+                losses.append((share * (1.0 - p), category))
+    losses.sort(key=lambda t: (-t[0], t[1]))
+    return [c for _, c in losses[:k]]
 
 
 def describe_user(interests: UserInterests | None, predicted_categories: Sequence[str],
@@ -194,17 +197,17 @@ def describe_user(interests: UserInterests | None, predicted_categories: Sequenc
     if interests is None:
         interests = UserInterests(current={}, history={})
     current_categories, current_strengths = interests.top_current(params.current_k)
-    # Normalise each side once and share it between the migration score and the fading list.
     current = normalize(interests.current)
-    predicted = normalize(_as_mapping(predicted_categories, predicted_scores))
+    probability = _as_mapping(predicted_categories, predicted_scores)
+    predicted = normalize(probability)
     return {
         "current_categories": current_categories,
         "current_strengths": current_strengths,
         "migration_score": _js_of_shares(current, predicted),
         "emerging_categories": emerging_categories(predicted_categories, interests.history, params.emerging_k,
                                                    params.emerging_max_history_share),
-        "fading_categories": _fading_of_shares(current, predicted, params.fading_k,
-                                               params.fading_min_current_share, params.fading_max_ratio),
+        "fading_categories": _fading(current, probability, params.fading_k,
+                                     params.fading_min_current_share, params.fading_max_probability),
     }
 
 

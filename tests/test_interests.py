@@ -79,12 +79,22 @@ def test_emerging_keeps_model_order_and_skips_known_categories():
 
 def test_fading_is_strong_now_and_weak_later_biggest_drop_first():
     current = {"shoes": 0.5, "bags": 0.3, "hats": 0.15, "pins": 0.05}
-    # Predicted shares: shoes 0.4 (kept), bags 0.1 (fades), hats absent (fades), pins too weak to count.
+    # Probabilities: shoes 0.4 (kept), bags 0.1 (fades), hats absent (fades), pins too weak to count.
     fading = it.fading_categories(current, ["shoes", "bags", "toys"], [0.4, 0.1, 0.5], k=5,
-                                  min_current_share=0.1, max_ratio=0.5)
+                                  min_current_share=0.1, max_probability=0.25)
     assert fading == ["bags", "hats"]
     assert it.fading_categories(current, ["shoes", "bags", "toys"], [0.4, 0.1, 0.5], k=1,
-                                min_current_share=0.1, max_ratio=0.5) == ["bags"]
+                                min_current_share=0.1, max_probability=0.25) == ["bags"]
+
+
+def test_a_sole_interest_predicted_likely_is_not_fading_even_when_mass_spreads():
+    # Many small probabilities elsewhere shrink shoes' normalised share, not its probability.
+    cats = ["shoes"] + [f"c{i}" for i in range(40)]
+    scores = [0.85] + [0.04] * 40
+    assert it.fading_categories({"shoes": 1.0}, cats, scores, k=5, min_current_share=0.1,
+                                max_probability=0.25) == []
+    assert it.fading_categories({"shoes": 1.0}, cats, [0.1] + [0.04] * 40, k=5, min_current_share=0.1,
+                                max_probability=0.25) == ["shoes"]
 
 
 def test_describe_user_for_a_user_moving_from_shoes_to_bags():
