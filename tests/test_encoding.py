@@ -1,0 +1,101 @@
+"""Encoding: vocabularies, as-of planning, examples and dense inputs (pure functions, tiny data)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from pipelines.contracts import EVENT_SCHEMA
+from pipelines.encoding import (
+    HIST_FEATURES,
+    N_HIST,
+    OOV,
+    EncodingConfig,
+    build_vocab,
+    encode_examples,
+    plan_asof_times,
+    to_model_inputs,
+)
+
+T0 = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
+
+
+def events(rows: list[tuple[str, str, str, float]]) -> pa.Table:
+    """(user, category, behaviour, days after T0) -> canonical events."""
+    frame = pd.DataFrame({"user_id": [r[0] for r in rows], "item_id": [f"i{n}" for n in range(len(rows))],
+                          "category_id": [r[1] for r in rows], "behavior": [r[2] for r in rows],
+                          "ts": [T0 + dt.timedelta(days=r[3]) for r in rows], "value": [None] * len(rows)})
+    frame["ts"] = frame["ts"].astype("datetime64[us, UTC]")
+    return pa.Table.from_pandas(frame, schema=EVENT_SCHEMA, preserve_index=False)
+
+
+def test_vocab_keeps_frequent_categories_and_maps_unknown_ids_to_oov() -> None:
+    vocab = build_vocab(["a", "a", "b", "c", "c", "c"], min_count=2, behaviors=["view", "teleport"])
+    assert vocab.categories == ("c", "a")  # most frequent first, "b" below the minimum count
+    assert list(vocab.category_index(["c", "a", "b", "zzz"])) == [2, 3, OOV, OOV]
+    assert vocab.behavior_index(["view", "nope"])[1] == OOV
+    assert "teleport" in vocab.behaviors
+    assert type(vocab).from_dict(vocab.to_dict()) == vocab
+
+
+def test_asof_plan_orders_splits_without_label_overlap() -> None:
+    plan = plan_asof_times(T0, T0 + dt.timedelta(days=40), horizon_days=3, train_step_days=2, eval_step_days=3,
+                           validation_count=2, test_count=3)
+    horizon = dt.timedelta(days=3)
+    assert plan["test"][-1] + horizon <= T0 + dt.timedelta(days=40)
+    assert plan["validation"][-1] + horizon <= plan["test"][0]
+    assert plan["train"][-1] + horizon <= plan["validation"][0]
+    assert plan["train"][0] >= T0 + dt.timedelta(days=1)
+    assert len(plan["test"]) == 3 and len(plan["validation"]) == 2
+
+
+def test_asof_plan_rejects_a_window_too_short() -> None:
+    with pytest.raises(ValueError, match="too short"):
+        plan_asof_times(T0, T0 + dt.timedelta(days=5), horizon_days=3, train_step_days=1, eval_step_days=1,
+                        validation_count=1, test_count=1)
+
+
+def test_examples_use_only_history_before_asof_and_label_the_horizon() -> None:
+    table = events([("u", "a", "view", 0.5), ("u", "a", "buy", 1.5), ("u", "b", "view", 2.5),
+                    ("u", "c", "view", 3.5), ("u", "d", "view", 9.0),  # c inside [T, T+3), d after it
+                    ("quiet", "a", "view", 0.5)])  # no event in the horizon: not an example
+    vocab = build_vocab(["a", "b", "c", "d"], 1)
+    config = EncodingConfig(horizon_days=3, lookback_days=30, seq_len=2)
+    out = encode_examples(table, [T0 + dt.timedelta(days=3)], vocab, config)
+    assert out["user_id"].to_pylist() == ["u"]
+    row = out.to_pylist()[0]
+    idx = {c: int(vocab.category_index([c])[0]) for c in "abcd"}
+    assert row["label"] == [idx["c"]]
+    assert row["seq_cat"] == [idx["a"], idx["b"]]  # the last seq_len=2 events before T, oldest first
+    assert row["seq_age"] == pytest.approx([1.5, 0.5])
+    hist = dict(zip(row["hist_cat"], np.reshape(row["hist_feat"], (-1, N_HIST)).tolist(), strict=True))
+    assert set(hist) == {idx["a"], idx["b"]}  # full look-back history, not only the sequence
+    assert hist[idx["a"]][HIST_FEATURES.index("log_count")] == pytest.approx(np.log1p(2))
+    assert hist[idx["b"]][HIST_FEATURES.index("is_last")] == 1.0
+    assert hist[idx["a"]][HIST_FEATURES.index("share")] == pytest.approx(2 / 3)
+
+
+def test_scoring_mode_keeps_every_user_even_without_history() -> None:
+    table = events([("u", "a", "view", 0.5), ("later", "a", "view", 5.0)])
+    out = encode_examples(table, [T0 + dt.timedelta(days=3)], build_vocab(["a"], 1),
+                          EncodingConfig(3, 30, 4), with_labels=False)
+    assert sorted(out["user_id"].to_pylist()) == ["later", "u"]
+    assert out.filter(pa.compute.equal(out["user_id"], "later"))["seq_cat"].to_pylist() == [[]]
+
+
+def test_dense_inputs_are_right_aligned_with_known_mask_and_multi_hot_labels() -> None:
+    table = events([("u", "a", "view", 0.5), ("u", "b", "cart", 1.5), ("u", "c", "view", 3.5),
+                    ("v", "zzz", "view", 2.0), ("v", "a", "view", 4.0)])
+    vocab = build_vocab(["a", "b", "c"], 1)
+    out = encode_examples(table, [T0 + dt.timedelta(days=3)], vocab, EncodingConfig(3, 30, 4))
+    inputs, labels, known = to_model_inputs(out, vocab.n_categories, 4)
+    assert inputs["seq_cat"].shape == (2, 4) and inputs["hist"].shape == (2, vocab.n_categories, N_HIST)
+    u = out["user_id"].to_pylist().index("u")
+    assert list(inputs["seq_cat"][u]) == [0, 0, *vocab.category_index(["a", "b"])]
+    assert known[u].sum() == 2 and labels[u, vocab.category_index(["c"])[0]] == 1.0
+    v = out["user_id"].to_pylist().index("v")
+    assert known[v, OOV] == 1.0  # an unknown category is history too, in the OOV bucket

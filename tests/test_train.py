@@ -1,0 +1,99 @@
+"""Training and evaluation steps end to end on the real embedded services (SeaweedFS + MLflow)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from pipelines.contracts import EVENT_SCHEMA
+
+
+def synthetic_events(n_users: int = 40, days: int = 36, n_categories: int = 8, seed: int = 0) -> pa.Table:
+    """Users with a home category, each moving to the next category half-way (a planted migration)."""
+    rng = np.random.default_rng(seed)
+    start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    rows = []
+    for u in range(n_users):
+        home = u % n_categories
+        switch = int(rng.integers(days // 3, 2 * days // 3))
+        for day in range(days):
+            for _ in range(int(rng.integers(1, 4))):
+                cat = home if day < switch or rng.random() < 0.3 else (home + 1) % n_categories
+                if rng.random() < 0.1:
+                    cat = int(rng.integers(n_categories))
+                ts = start + dt.timedelta(days=day, seconds=int(rng.integers(0, 86400)))
+                rows.append((f"u{u}", f"i{cat}-{rng.integers(50)}", f"c{cat}", ["view", "cart", "buy"][rng.integers(3)],
+                             ts, None))
+    frame = pd.DataFrame(rows, columns=EVENT_SCHEMA.names)
+    frame["ts"] = frame["ts"].astype("datetime64[us, UTC]")
+    return pa.Table.from_pandas(frame, schema=EVENT_SCHEMA, preserve_index=False)
+
+
+def _land_clean(settings, table: pa.Table) -> tuple[dt.date, dt.date]:
+    from pipelines import storage
+
+    dates = pd.to_datetime(table["ts"].to_pandas()).dt.date
+    for day in sorted(set(dates)):
+        part = table.filter(pa.array((dates == day).to_numpy()))
+        storage.write_parquet(settings, f"{storage.partition_prefix(storage.CLEAN, day)}part-00000.parquet", part)
+    return min(dates), max(dates)
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_encode_train_evaluate_steps_log_model_metrics_and_plots(settings) -> None:
+    import dataclasses
+
+    import mlflow
+
+    from pipelines import encoding, evaluate, train
+
+    settings = dataclasses.replace(settings, horizon_days=3, lookback_days=30, seq_len=20, asof_step_days=2,
+                                   eval_asof_step_days=3, validation_asof_count=1, test_asof_count=2, epochs=2,
+                                   batch_size=64, embed_dim=16)
+    start, end = _land_clean(settings, synthetic_events())
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_experiment(settings.mlflow_experiment)
+    run_id = mlflow.MlflowClient().create_run(
+        mlflow.get_experiment_by_name(settings.mlflow_experiment).experiment_id).info.run_id
+
+    encoded = encoding.encode_step(settings, start, end, mlflow_run_id=run_id)
+    assert encoded["dataset_uri"] == f"s3://{settings.bucket}/features/{run_id}/"
+    assert encoded["examples"]["train"] > 0 and encoded["examples"]["test"] > 0
+
+    trained = train.train_step(settings, encoded["dataset_uri"], mlflow_run_id=run_id)
+    assert trained["model_uri"] == f"runs:/{run_id}/model"
+
+    # the scoring contract: raw ids, unknown ids do not crash, only events before as_of count
+    model = mlflow.pyfunc.load_model(trained["model_uri"])
+    events = pd.DataFrame({"user_id": ["u1", "u1", "new-user", "u1"], "item_id": ["x", "y", "z", "w"],
+                           "category_id": ["c1", "never-seen", "c2", "c3"], "behavior": ["view", "teleport", "buy", "buy"],
+                           "ts": pd.to_datetime(["2024-01-30T10:00", "2024-01-30T11:00", "2024-01-29T00:00",
+                                                 "2024-02-20T00:00"], utc=True).astype("datetime64[us, UTC]")})
+    out = model.predict(events, params={"as_of": "2024-02-01T00:00:00+00:00", "top_n": 3})
+    assert sorted(out["user_id"]) == ["new-user", "u1"]
+    assert all(len(c) == 3 and len(s) == 3 for c, s in zip(out["categories"], out["scores"], strict=True))
+    assert all(c.startswith("c") and c != "never-seen" for cats in out["categories"] for c in cats)
+    assert all(0.0 <= x <= 1.0 for scores in out["scores"] for x in scores)
+    assert all(list(s) == sorted(s, reverse=True) for s in out["scores"])
+
+    metrics = evaluate.evaluate_step(settings, encoded["dataset_uri"], trained["model_uri"], mlflow_run_id=run_id)
+    for key in ("model/ndcg_at_5", "model/recall_at_5", "model/explore_recall_at_3", "model/gauc", "model/brier",
+                "baseline/popularity/ndcg_at_5", "baseline/last_day/recall_at_5",
+                "baseline/decayed_frequency/ndcg_at_5", "baseline/markov/explore_recall_at_3"):
+        assert key in metrics and 0.0 <= metrics[key] <= 1.0, key
+    run = mlflow.MlflowClient().get_run(run_id)
+    assert run.data.metrics["model/ndcg_at_5"] == pytest.approx(metrics["model/ndcg_at_5"])
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "plots")}
+    assert {"plots/roc.png", "plots/recall_at_k.png", "plots/reliability.png",
+            "plots/sample_users_interest.png"} <= artifacts
+    assert {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")} >= {
+        "evaluation/comparison.csv", "evaluation/comparison_table.json"}
+
+    # the registry's path: the same model metrics for any pyfunc URI, keys without the prefix
+    again = evaluate.evaluate_model_uri(settings, encoded["dataset_uri"], trained["model_uri"])
+    assert again["ndcg_at_5"] == pytest.approx(metrics["model/ndcg_at_5"])
