@@ -20,10 +20,8 @@ class MissingInputError(RuntimeError):
     """No data where a step needs it; the message names the partitions looked for."""
 
 
-def parse_date(value: str | dt.date | dt.datetime | None, name: str) -> dt.date | None:
-    """``YYYY-MM-DD`` (or a date/datetime) to a date; empty/None stays None; a bad value names ``name``."""
-    if value is None or value == "":
-        return None
+def to_date(value: str | dt.date | dt.datetime, name: str = "date") -> dt.date:
+    """``YYYY-MM-DD`` (or a date/datetime) to a date; a bad value raises ValueError naming ``name``."""
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, dt.date):
@@ -32,6 +30,13 @@ def parse_date(value: str | dt.date | dt.datetime | None, name: str) -> dt.date 
         return dt.date.fromisoformat(str(value)[:10])
     except ValueError as exc:
         raise ValueError(f"{name}={value!r} is not a date YYYY-MM-DD") from exc
+
+
+def parse_date(value: str | dt.date | dt.datetime | None, name: str) -> dt.date | None:
+    """Like :func:`to_date`, but empty/None stays None (an open window bound)."""
+    if value is None or value == "":
+        return None
+    return to_date(value, name)
 
 
 def resolve_window(settings: Settings, data_start: str | None, data_end: str | None) -> tuple[dt.date, dt.date]:

@@ -14,19 +14,15 @@ from typing import Any
 
 from pipelines import storage
 from pipelines.config import Settings
+from pipelines.flows import to_date
 
 
 class PredictionsNotFound(LookupError):
     """No published partition (no ``_SUCCESS``) for the date, or no row for the user."""
 
 
-def _as_date(value: dt.date | str) -> dt.date:
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value)[:10])
-    except ValueError as exc:
-        raise ValueError(f"--date {value!r} is not a date YYYY-MM-DD") from exc
+def _to_cli_date(value: dt.date | str) -> dt.date:
+    return to_date(value, "--date")
 
 
 def published_dates(settings: Settings) -> list[dt.date]:
@@ -37,7 +33,7 @@ def published_dates(settings: Settings) -> list[dt.date]:
 
 def read_manifest(settings: Settings, date: dt.date | str) -> dict[str, Any]:
     """The ``_SUCCESS`` manifest of day D; raises :class:`PredictionsNotFound` when D is not published."""
-    day = _as_date(date)
+    day = _to_cli_date(date)
     key = storage.partition_prefix(storage.PREDICTIONS, day) + storage.SUCCESS
     try:
         return dict(storage.get_json(settings, key))
@@ -73,7 +69,7 @@ def user_view(settings: Settings, date: dt.date | str, user_id: str) -> dict[str
     """One user's prediction row of day D as a dict; raises :class:`PredictionsNotFound`."""
     table = read_predictions(settings, date, user_ids=[user_id])
     if table.num_rows == 0:
-        raise PredictionsNotFound(f"user {user_id!r} has no prediction for {_as_date(date)} (not active in the "
+        raise PredictionsNotFound(f"user {user_id!r} has no prediction for {_to_cli_date(date)} (not active in the "
                                   f"look-back window, or unknown id)")
     return dict(table.to_pylist()[0])
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from pipelines import storage
 from pipelines.config import Settings
-from pipelines.flows import MissingInputError
+from pipelines.flows import MissingInputError, to_date
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +48,6 @@ class NoChampionError(RuntimeError):
 
 class ScoringError(RuntimeError):
     """The model's output or the written partition breaks the contract; the message says how."""
-
-
-def _as_date(value: dt.date | dt.datetime | str) -> dt.date:
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value)[:10])
-    except ValueError as exc:
-        raise ValueError(f"date={value!r} is not a date YYYY-MM-DD") from exc
 
 
 def shard_of(user_id: str, shards: int) -> int:
@@ -101,7 +90,7 @@ def plan_shards(settings: Settings, date: dt.date | str, model: dict[str, Any]) 
     without D's events would silently repeat the day before). Each shard dict holds shard, shards,
     as_of_date, key and model_version (JSON-able, for Airflow task mapping).
     """
-    day = _as_date(date)
+    day = to_date(date)
     start, end = window(settings, day)
     clean = storage.list_partitions(settings, storage.CLEAN)
     if day not in clean:
@@ -200,7 +189,7 @@ def score_shard(settings: Settings, date: dt.date | str, model: dict[str, Any], 
     from pipelines.interests import describe_user, params_from_settings, user_interests
 
     started = time.monotonic()
-    day = _as_date(date)
+    day = to_date(date)
     number, shards = int(shard["shard"]), int(shard["shards"])
     key = shard.get("key") or storage.partition_prefix(storage.PREDICTIONS, day) + PART_TEMPLATE.format(shard=number)
     as_of = end_of_day(day)
@@ -271,7 +260,7 @@ def publish_partition(settings: Settings, date: dt.date | str, model: dict[str, 
     manifest (model_name, model_version, model_uri, as_of_date, horizon_days, row_count, files,
     created_at, shards) plus "uri".
     """
-    day = _as_date(date)
+    day = to_date(date)
     prefix = storage.partition_prefix(storage.PREDICTIONS, day)
     if not shard_results:
         raise ScoringError(f"no shard results for {day}: nothing to publish at s3://{settings.bucket}/{prefix}")
