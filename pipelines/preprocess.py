@@ -1,6 +1,8 @@
 """Preprocess one raw partition into ``clean/events/dt=D/part-00000.parquet`` (canonical events).
 
-For partition D, :func:`preprocess_partition` recomputes the validation row flags
+For partition D, :func:`preprocess_partition` takes the rows that passed validation from its
+hand-over (``staging/validated/dt=D/valid.parquet``, used while the raw files and window are
+unchanged) or else recomputes the validation row flags
 (:func:`pipelines.validation.flag_partition`, the same pure rules, so both steps agree), then on
 the rows that passed:
 
@@ -18,7 +20,7 @@ the rows that passed:
 Counts reconcile for every partition — rows in = clean + quarantined (validation + noise) +
 duplicates dropped — asserted here and recorded in ``reports/preprocess/dt=D.json``. The
 partition is replaced whole (its prefix is deleted first). Duplicate removal and noise rules
-run vectorised (NumPy over dictionary codes), one partition at a time.
+run vectorised (NumPy over integer codes that sort like the strings), one partition at a time.
 """
 
 from __future__ import annotations
@@ -71,23 +73,53 @@ class PreprocessResult:
         return out
 
 
-def _codes(column: pa.ChunkedArray | pa.Array) -> Any:
-    """Dense int64 codes of a string column (equal strings, equal codes)."""
+def _codes(column: pa.ChunkedArray | pa.Array, *, ordered: bool = False) -> Any:
+    """Dense int64 codes of a string column (equal strings, equal codes); with ``ordered`` the codes
+    also sort like the strings (byte order), so sorting by codes equals sorting by the strings."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    encoded = pc.dictionary_encode(arr)
-    return np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    encoded = arr if pa.types.is_dictionary(arr.type) else pc.dictionary_encode(arr)
+    codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    if not ordered:
+        return codes
+    rank = np.empty(len(encoded.dictionary), dtype=np.int64)
+    rank[np.asarray(pc.sort_indices(encoded.dictionary))] = np.arange(len(encoded.dictionary))
+    return rank[codes]
+
+
+def _runs(*keys: Any) -> Any:
+    """Start flags of runs of equal consecutive rows over the sorted key arrays (first row: True)."""
+    import numpy as np
+
+    change = np.zeros(len(keys[0]), dtype=bool)
+    if len(change):
+        change[0] = True
+        for k in keys:
+            change[1:] |= k[1:] != k[:-1]
+    return change
+
+
+def _run_lengths_per_row(starts: Any) -> Any:
+    """For start flags of runs, each row's run length."""
+    import numpy as np
+
+    idx = np.flatnonzero(starts)
+    lengths = np.diff(np.r_[idx, len(starts)])
+    return np.repeat(lengths, lengths)
 
 
 def clean_events(valid: pa.Table, settings: Settings) -> tuple[pa.Table, pa.Table, dict[str, int]]:
     """Dedupe and de-noise validated canonical rows (``ts`` int64 microseconds).
 
-    Returns (clean rows in :data:`EVENT_SCHEMA`, set-aside noise rows with a ``fate`` column, counts
-    per fate: ``clean``, ``duplicate_exact``, ``duplicate_near`` and each noise reason). Pure: no
-    storage. Vectorised with NumPy over dictionary codes of the string columns (one partition).
+    Returns (clean rows in :data:`EVENT_SCHEMA` sorted by user, time, item; set-aside noise rows with
+    a ``fate`` column; counts per fate: ``clean``, ``duplicate_exact``, ``duplicate_near`` and each
+    noise reason). Pure: no storage. Vectorised with NumPy over integer codes of the string columns
+    (codes that sort like the strings, so the output order needs no string sort): one stable sort
+    by (user, item, category, behaviour, time, value) finds duplicates and per-user item counts,
+    one by (user, time, item) over the remaining rows gives hourly/second counts and the output order.
     """
     import numpy as np
     import pyarrow as pa
@@ -98,62 +130,59 @@ def clean_events(valid: pa.Table, settings: Settings) -> tuple[pa.Table, pa.Tabl
     n = valid.num_rows
     clean_code, exact_code, near_code, rate_code, div_code, burst_code = range(len(FATES))
     fate = np.zeros(n, dtype=np.int64)
+    out_idx = np.zeros(0, dtype=np.int64)
     if n:
-        u, i, c, b = (_codes(valid[f]) for f in ("user_id", "item_id", "category_id", "behavior"))
+        u = _codes(valid["user_id"], ordered=True)
+        i = _codes(valid["item_id"], ordered=True)
+        c, b = _codes(valid["category_id"]), _codes(valid["behavior"])
         ts = np.asarray(valid["ts"].to_numpy(), dtype=np.int64)
         value = valid["value"].to_numpy(zero_copy_only=False).astype(np.float64)
         vkey = np.where(np.isnan(value), np.inf, value)  # null values compare equal to each other
-        rid = np.arange(n)
-        order = np.lexsort((rid, vkey, ts, b, c, i, u))
-        su, si, sc, sb, sts, sv = u[order], i[order], c[order], b[order], ts[order], vkey[order]
-        same_group = np.r_[False, (su[1:] == su[:-1]) & (si[1:] == si[:-1]) & (sc[1:] == sc[:-1])
-                           & (sb[1:] == sb[:-1])]
-        exact = same_group & np.r_[False, (sts[1:] == sts[:-1]) & (sv[1:] == sv[:-1])]
+        n_users, n_items = int(u.max()) + 1, int(i.max()) + 1
+        ui = u * n_items + i  # < n**2: no overflow for any partition that fits in memory
+        cb = c * (int(b.max()) + 1) + b
+        order = np.lexsort((vkey, ts, cb, ui))  # stable: equal rows keep their input order
+        s_ui, s_cb, sts, sv = ui[order], cb[order], ts[order], vkey[order]
+        group_start = _runs(s_ui, s_cb)
+        exact = ~group_start & np.r_[False, (sts[1:] == sts[:-1]) & (sv[1:] == sv[:-1])]
         fate[order[exact]] = exact_code
         # Near duplicates: among the remaining rows, a repeat of the previous one in its group within the gap.
         near_us = int(settings.near_duplicate_seconds) * 1_000_000
         if near_us > 0:
             keep_idx = np.flatnonzero(~exact)
-            k_order = order[keep_idx]
-            # Group boundaries recomputed over the kept rows only.
-            ku, ki, kc, kb, kts = su[keep_idx], si[keep_idx], sc[keep_idx], sb[keep_idx], sts[keep_idx]
-            k_group = np.r_[False, (ku[1:] == ku[:-1]) & (ki[1:] == ki[:-1]) & (kc[1:] == kc[:-1])
-                            & (kb[1:] == kb[:-1])]
-            gap = np.r_[0, np.diff(kts)]
-            fate[k_order[k_group & (gap <= near_us)]] = near_code
-        live = fate == clean_code
-        lu, lts, li = u[live], ts[live], i[live]
-        n_users = int(u.max()) + 1
-        hour = lts // 3_600_000_000
-        _, h_inv, h_cnt = np.unique(lu * 1_000_000 + (hour - hour.min()), return_inverse=True, return_counts=True)
+            k_group = ~_runs(s_ui[keep_idx], s_cb[keep_idx])
+            gap = np.r_[0, np.diff(sts[keep_idx])]
+            fate[order[keep_idx[k_group & (gap <= near_us)]]] = near_code
+        # Distinct items per user among the remaining rows (runs of user*item in the first sort).
+        live_sorted = fate[order] == clean_code
+        l_ui = s_ui[live_sorted]
+        pair_users = l_ui[_runs(l_ui)] // n_items
+        items_per_user = np.bincount(pair_users, minlength=n_users)
+        # Remaining rows in output order (user, time, item): hourly and per-second counts are runs.
+        live_idx = np.flatnonzero(fate == clean_code)
+        out = np.lexsort((i[live_idx], ts[live_idx], u[live_idx]))
+        su, sts_live = u[live_idx][out], ts[live_idx][out]
+        per_user = np.bincount(su, minlength=n_users)
+        hour_start = _runs(su, sts_live // 3_600_000_000)
         max_hour = np.zeros(n_users, dtype=np.int64)
-        np.maximum.at(max_hour, lu, h_cnt[h_inv])
-        per_user = np.bincount(lu, minlength=n_users)
-        pairs = np.unique(lu * (int(i.max()) + 1) + li)
-        items_per_user = np.bincount(pairs // (int(i.max()) + 1), minlength=n_users)
+        np.maximum.at(max_hour, su[hour_start], np.diff(np.r_[np.flatnonzero(hour_start), len(su)]))
         rate_bad = max_hour > settings.crawler_max_events_per_hour
         with np.errstate(divide="ignore", invalid="ignore"):
             diversity = np.where(per_user > 0, items_per_user / np.maximum(per_user, 1), 0.0)
         div_bad = (per_user >= settings.crawler_min_events_for_diversity) & (
             diversity > settings.crawler_max_item_diversity) & ~rate_bad
-        second = lts // 1_000_000
-        _, s_inv, s_cnt = np.unique(lu * 10_000_000_000 + (second - second.min()), return_inverse=True,
-                                    return_counts=True)
-        burst = s_cnt[s_inv] > settings.burst_max_events_per_second
-        live_idx = np.flatnonzero(live)
-        live_fate = np.zeros(len(live_idx), dtype=np.int64)
-        live_fate[burst] = burst_code
-        live_fate[div_bad[lu]] = div_code
-        live_fate[rate_bad[lu]] = rate_code
-        fate[live_idx] = live_fate
+        burst = _run_lengths_per_row(_runs(su, sts_live // 1_000_000)) > settings.burst_max_events_per_second
+        sorted_fate = np.zeros(len(su), dtype=np.int64)
+        sorted_fate[burst] = burst_code
+        sorted_fate[div_bad[su]] = div_code
+        sorted_fate[rate_bad[su]] = rate_code
+        fate[live_idx[out]] = sorted_fate
+        out_idx = live_idx[out][sorted_fate == clean_code]
     counts = {FATES[k]: int(v) for k, v in enumerate(np.bincount(fate, minlength=len(FATES))) if v}
-    clean_rows = valid.filter(pa.array(fate == clean_code))
+    clean_rows = valid.take(pa.array(out_idx, pa.int64()))
     noisy = fate >= rate_code
     noise = valid.filter(pa.array(noisy))
     noise = noise.append_column("fate", pc.take(pa.array(FATES), pa.array(fate[noisy])))
-    if clean_rows.num_rows:
-        clean_rows = clean_rows.take(pc.sort_indices(clean_rows, [("user_id", "ascending"), ("ts", "ascending"),
-                                                                  ("item_id", "ascending")]))
     clean = pa.table({
         "user_id": clean_rows["user_id"], "item_id": clean_rows["item_id"],
         "category_id": clean_rows["category_id"], "behavior": clean_rows["behavior"],
@@ -167,8 +196,9 @@ def preprocess_partition(settings: Settings, date: dt.date) -> PreprocessResult:
     """Preprocess ``raw/events/dt=date/`` into ``clean/events/dt=date/part-00000.parquet``.
 
     Replaces the clean partition whole and writes noise rows to
-    ``quarantine/events/dt=date/preprocess.parquet`` (validation's quarantine file is rewritten
-    too, from the same rules). Raises :class:`PreprocessError` if counts do not reconcile and
+    ``quarantine/events/dt=date/preprocess.parquet``. Uses validation's hand-over when it matches
+    the raw files; otherwise flags the raw partition itself and rewrites validation's quarantine
+    file from the same rules. Raises :class:`PreprocessError` if counts do not reconcile and
     :class:`pipelines.validation.ValidationError` if the raw partition cannot be read.
     """
     import pyarrow as pa
@@ -176,18 +206,28 @@ def preprocess_partition(settings: Settings, date: dt.date) -> PreprocessResult:
 
     from pipelines import validation
 
-    flagged = validation.flag_partition(settings, date)
-    canon = flagged.canon
-    if not flagged.in_window:
-        canon = canon.set_column(canon.column_names.index("reason"), "reason",
-                                 pc.if_else(pc.is_null(canon["reason"]), "outside_window", canon["reason"]))
-    bad_mask = pc.is_valid(canon["reason"])
-    bad = canon.filter(bad_mask)
-    valid = canon.filter(pc.invert(bad_mask))
+    handover = validation.read_handover(settings, date)
+    if handover is not None:
+        # Validation already read and flagged these raw files (same ETags, same window).
+        valid, meta = handover
+        rows_in = int(meta["rows"])
+        reasons = {k: int(v) for k, v in meta["reasons"].items()}
+        q_validation = sum(reasons.values())
+        bad = None
+    else:
+        flagged = validation.flag_partition(settings, date)
+        canon = flagged.canon
+        if not flagged.in_window:
+            canon = canon.set_column(canon.column_names.index("reason"), "reason",
+                                     pc.if_else(pc.is_null(canon["reason"]), "outside_window", canon["reason"]))
+        bad_mask = pc.is_valid(canon["reason"])
+        bad = canon.filter(bad_mask)
+        valid = canon.filter(pc.invert(bad_mask))
+        rows_in = canon.num_rows
+        reasons = dict(validation._count(canon["reason"]))
+        q_validation = bad.num_rows
     clean, noise, counts = clean_events(valid, settings)
 
-    rows_in = canon.num_rows
-    q_validation = bad.num_rows
     q_noise = noise.num_rows
     exact = counts.get("duplicate_exact", 0)
     near = counts.get("duplicate_near", 0)
@@ -202,17 +242,18 @@ def preprocess_partition(settings: Settings, date: dt.date) -> PreprocessResult:
         key = f"{clean_prefix}part-00000.parquet"
         storage.write_parquet(settings, key, clean)
         clean_keys.append(key)
-    validation._write_quarantine(settings, date, bad)
+    if bad is not None:
+        validation._write_quarantine(settings, date, bad)
     q_key = f"{storage.partition_prefix(storage.QUARANTINE, date)}preprocess.parquet"
     if q_noise:
         table = noise.select(["source_file", "row", "user_id", "item_id", "category_id", "behavior", "ts", "value"])
+        table = table.set_column(0, "source_file", table["source_file"].cast(pa.string()))
         table = table.set_column(6, "ts", pc.cast(table["ts"], pa.timestamp("us", tz="UTC")))
         table = table.append_column("reason", noise["fate"]).append_column(
             "stage", pa.array(["preprocess"] * q_noise))
         storage.write_parquet(settings, q_key, table)
     else:
         storage.s3_client(settings).delete_object(Bucket=settings.bucket, Key=q_key)
-    reasons = dict(validation._count(canon["reason"]))
     for r in NOISE_REASONS:
         if counts.get(r):
             reasons[r] = counts[r]

@@ -302,6 +302,7 @@ def canonicalize(table: pa.Table, spec: SourceSpec) -> pa.Table:
     (int64 microseconds UTC, null when unreadable), ``ts_raw``, ``value`` (float64, null when
     absent), ``value_raw``, ``row`` (0-based row number in the raw file).
     """
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -317,7 +318,8 @@ def canonicalize(table: pa.Table, spec: SourceSpec) -> pa.Table:
     for f in ("user_id", "item_id", "category_id"):
         out[f] = text(cmap[f])
     if spec.behavior_constant:
-        out["behavior_raw"] = pa.array([spec.behavior_constant] * n, pa.string()) if n else pa.array([], pa.string())
+        out["behavior_raw"] = pc.take(pa.array([spec.behavior_constant], pa.string()),
+                                      pa.array(np.zeros(n, dtype=np.int64)))
         out["behavior"] = out["behavior_raw"]
     else:
         raw_b = text(cmap["behavior"])
@@ -343,7 +345,7 @@ def canonicalize(table: pa.Table, spec: SourceSpec) -> pa.Table:
     else:
         out["value"] = pa.nulls(n, pa.float64())
         out["value_raw"] = pa.nulls(n, pa.string())
-    out["row"] = pa.array(range(n), pa.int64())
+    out["row"] = pa.array(np.arange(n, dtype=np.int64))
     return pa.table(out)
 
 
@@ -731,10 +733,21 @@ class RawFile:
     rows: int
 
 
+_SIDECARS: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+
+
 def list_raw_files(settings: Settings, date: dt.date) -> tuple[list[RawFile], list[str]]:
-    """Landed files of ``raw/events/dt=date/`` with their sidecars, and data keys that lack one."""
+    """Landed files of ``raw/events/dt=date/`` with their sidecars, and data keys that lack one.
+
+    Sidecars are cached per process by key and ETag (the volume check reads the sidecars of the
+    last partitions for every partition it validates).
+    """
     prefix = storage.partition_prefix(storage.RAW, date)
-    keys = storage.list_keys(settings, prefix)
+    client = storage.s3_client(settings)
+    etags: dict[str, str] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix):
+        etags.update({o["Key"]: o.get("ETag", "") for o in page.get("Contents", [])})
+    keys = sorted(etags)
     metas = {k.removesuffix(".meta.json") for k in keys if k.endswith(".meta.json")}
     files: list[RawFile] = []
     orphans: list[str] = []
@@ -745,7 +758,14 @@ def list_raw_files(settings: Settings, date: dt.date) -> tuple[list[RawFile], li
         if stem not in metas:
             orphans.append(key)
             continue
-        meta = storage.get_json(settings, stem + ".meta.json")
+        meta_key = stem + ".meta.json"
+        cache_key = (settings.s3_endpoint_url, settings.bucket, meta_key, etags[meta_key])
+        meta = _SIDECARS.get(cache_key) if etags[meta_key] else None
+        if meta is None:
+            meta = storage.get_json(settings, meta_key)
+            if len(_SIDECARS) > 10_000:
+                _SIDECARS.clear()
+            _SIDECARS[cache_key] = meta
         files.append(RawFile(key=key, name=meta["name"], spec=SourceSpec.from_dict(meta["spec"]),
                              columns=list(meta["columns"]), rows=int(meta["rows"])))
     return files, orphans

@@ -6,16 +6,20 @@ maps it to canonical candidates (:func:`pipelines.sources.canonicalize`) and
 - flags rows with vectorised rules (Arrow compute; first failing rule is the row's ``reason``,
   all failing rules in ``rules``) and writes them to ``quarantine/events/dt=D/validation.parquet``
   — the run continues;
-- runs Great Expectations 1.x twice: a *partition profile* suite (one row of aggregate numbers:
-  rows, bad-row share, duplicate share, volume against recent partitions, unreadable files) that is
-  the batch gate, and a *row sample* suite (schema, non-null keys, id formats, known behaviours,
-  timestamps in the window, value range; ``mostly`` = 1 - max bad-row share) recorded for people;
+- runs Great Expectations 1.x twice (suites built once per process): a *partition profile*
+  suite (one row of aggregate numbers: rows, bad-row share, duplicate share, volume against
+  recent partitions) that is the batch gate, and a *row sample* suite on ``ge_row_sample_rows``
+  rows (schema, non-null keys, id formats, known behaviours, timestamps in the window, value
+  range; ``mostly`` = 1 - max bad-row share) recorded for people (0 rows = off);
+- hands the valid rows to preprocessing: ``staging/validated/dt=D/valid.parquet`` with a
+  fingerprint of the raw files (keys, ETags, sizes) and window (:func:`write_handover`);
 - writes ``reports/validation/<report_id>/dt=D/{result.json,ge_result.json,summary.md}``;
 - raises :class:`ValidationError` (file, rule, numbers) when the batch gate fails.
 
-The same row flags are recomputed by preprocessing (:func:`flag_partition`), so the clean and
-quarantined rows of a partition always reconcile with its raw rows. Rules and reasons are
-documented in docs/data.md.
+Preprocessing reuses the hand-over while its fingerprint matches (:func:`read_handover`) and
+otherwise recomputes the same row flags (:func:`flag_partition`), so the clean and quarantined
+rows of a partition always reconcile with its raw rows. Rules and reasons are documented in
+docs/data.md.
 """
 
 from __future__ import annotations
@@ -40,7 +44,10 @@ log = logging.getLogger(__name__)
 ROW_RULES = ("null_user_id", "null_item_id", "null_category_id", "bad_id_format", "unknown_behavior",
              "unparseable_timestamp", "implausible_timestamp", "outside_window", "wrong_partition",
              "bad_value", "value_out_of_range")
-GE_SAMPLE_ROWS = 5_000
+# Validated rows handed to preprocessing (same process or another worker): staging/validated/dt=D/valid.parquet.
+VALIDATED = "staging/validated"
+HANDOVER_META = b"im_handover"
+HANDOVER_COLUMNS = ["user_id", "item_id", "category_id", "behavior", "ts", "value", "source_file", "row"]
 
 
 class ValidationError(RuntimeError):
@@ -79,10 +86,11 @@ class ValidationResult:
     in_window: bool
     items_with_several_categories: int
     ge_success: bool
-    ge_row_sample_success: bool
+    ge_row_sample_success: bool | None  # None: the row-sample suite was not run (ge_row_sample_rows = 0)
     failures: list[str] = field(default_factory=list)
     quarantine_key: str | None = None
     report_prefix: str = ""
+    handover_key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -185,6 +193,7 @@ def flag_partition(settings: Settings, date: dt.date, now: dt.datetime | None = 
     Raises :class:`ValidationError` for an empty partition, a data file without sidecar, or an
     unreadable file / changed columns (batch-level: the message names the file and the rule).
     """
+    import numpy as np
     import pyarrow as pa
 
     files, orphans = sources.list_raw_files(settings, date)
@@ -204,7 +213,9 @@ def flag_partition(settings: Settings, date: dt.date, now: dt.datetime | None = 
             raise ValidationError(f"dt={date}: rule readable_file failed: {exc}") from exc
         canon = sources.canonicalize(table, raw.spec)
         reason, rules = flag_rows(canon, raw.spec, date, settings, now)
-        canon = canon.append_column("source_file", pa.array([raw.key] * canon.num_rows, pa.string()))
+        # One dictionary entry per file instead of the key repeated on every row.
+        source = pa.DictionaryArray.from_arrays(pa.array(np.zeros(canon.num_rows, np.int32)), pa.array([raw.key]))
+        canon = canon.append_column("source_file", source)
         canon = canon.append_column("reason", reason).append_column("rules", rules)
         parts.append(canon)
     canon_all = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
@@ -278,30 +289,40 @@ def _run_suite(context: Any, key: tuple[Any, ...], frame: Any, make_expectations
 def run_profile_gate(profile: dict[str, Any], settings: Settings, context: Any | None = None) -> Any:
     """The batch gate: GE expectations over a one-row frame of partition aggregates.
 
-    ``profile`` keys: rows, unreadable_files, bad_row_share, duplicate_share, volume_ratio (None
-    values are skipped by GE, e.g. the volume check without enough history).
+    ``profile`` keys: rows, bad_row_share, duplicate_share, volume_ratio. A None value (a share
+    of a tiny partition, the volume check without enough history) is left out of the frame and
+    its expectation is not run. Column min/max expectations are used (on one row they equal the
+    value): GE builds far fewer metrics for them than for per-row expectations.
     """
     import great_expectations as gx
     import pandas as pd
 
     context = _ge_context()
-    frame = pd.DataFrame([profile])
+    present = tuple(k for k in ("rows", "bad_row_share", "duplicate_share", "volume_ratio")
+                    if profile.get(k) is not None)
+    frame = pd.DataFrame([{k: profile[k] for k in present}])
     E = gx.expectations
-    key = ("partition_profile", settings.max_bad_row_share, settings.max_duplicate_share, settings.min_volume_ratio)
-    return _run_suite(context, key, frame, lambda: [
-        E.ExpectColumnValuesToBeBetween(column="rows", min_value=1,
-                                        meta={"rule": "partition_not_empty"}),
-        E.ExpectColumnValuesToBeBetween(column="bad_row_share", max_value=settings.max_bad_row_share,
-                                        meta={"rule": "bad_row_share"}),
-        E.ExpectColumnValuesToBeBetween(column="duplicate_share", max_value=settings.max_duplicate_share,
-                                        meta={"rule": "duplicate_share"}),
-        E.ExpectColumnValuesToBeBetween(column="volume_ratio", min_value=settings.min_volume_ratio,
-                                        meta={"rule": "volume"}),
-    ])
+    rules = {
+        "rows": lambda: E.ExpectColumnMinToBeBetween(column="rows", min_value=1,
+                                                     meta={"rule": "partition_not_empty"}),
+        "bad_row_share": lambda: E.ExpectColumnMaxToBeBetween(
+            column="bad_row_share", max_value=settings.max_bad_row_share, meta={"rule": "bad_row_share"}),
+        "duplicate_share": lambda: E.ExpectColumnMaxToBeBetween(
+            column="duplicate_share", max_value=settings.max_duplicate_share, meta={"rule": "duplicate_share"}),
+        "volume_ratio": lambda: E.ExpectColumnMinToBeBetween(
+            column="volume_ratio", min_value=settings.min_volume_ratio, meta={"rule": "volume"}),
+    }
+    key = ("partition_profile", present, settings.max_bad_row_share, settings.max_duplicate_share,
+           settings.min_volume_ratio)
+    return _run_suite(context, key, frame, lambda: [rules[k]() for k in present])
 
 
 def run_row_sample(sample: Any, spec: sources.SourceSpec, settings: Settings, context: Any | None = None) -> Any:
-    """Row expectations on a sample of canonical rows (recorded; quarantine is decided by flag_rows)."""
+    """Row expectations on a sample of canonical rows (recorded; quarantine is decided by flag_rows).
+
+    Schema, behaviour set, timestamp range, share of non-null keys, id regex and value range, each
+    with ``mostly = 1 - max_bad_row_share``.
+    """
     import great_expectations as gx
 
     context = _ge_context()
@@ -318,8 +339,9 @@ def run_row_sample(sample: Any, spec: sources.SourceSpec, settings: Settings, co
             E.ExpectColumnValuesToBeInSet(column="behavior", value_set=list(BEHAVIORS), mostly=mostly),
             E.ExpectColumnValuesToBeBetween(column="ts_us", min_value=ts_lo, max_value=ts_hi, mostly=mostly),
         ]
+        # Share of non-null values (a column aggregate: much cheaper in GE than a per-row not-null check).
         for f in ("user_id", "item_id", "category_id", "ts_us"):
-            exps.append(E.ExpectColumnValuesToNotBeNull(column=f, mostly=mostly))
+            exps.append(E.ExpectColumnProportionOfNonNullValuesToBeBetween(column=f, min_value=mostly))
         for f in ("user_id", "item_id", "category_id"):
             exps.append(E.ExpectColumnValuesToMatchRegex(column=f, regex=spec.id_pattern, mostly=mostly))
         if spec.value_range:
@@ -343,6 +365,7 @@ def validate_partition(settings: Settings, date: dt.date, *, report_id: str) -> 
     import pyarrow.compute as pc
 
     report_prefix = f"{storage.REPORTS}/{report_id}/dt={date.isoformat()}/"
+    fingerprint = raw_fingerprint(settings, date)  # before reading: a file landed meanwhile makes it stale
     try:
         flagged = flag_partition(settings, date)
     except ValidationError as exc:
@@ -372,18 +395,19 @@ def validate_partition(settings: Settings, date: dt.date, *, report_id: str) -> 
 
     context = _ge_context()
     gate = run_profile_gate(profile, settings, context)
-    sample = _ge_sample(canon)
+    sample = _ge_sample(canon, settings.ge_row_sample_rows)
     row_suite = run_row_sample(sample, flagged.files[0].spec, settings, context) if len(sample) else None
     failures = _gate_failures(gate, profile, settings, volume_ref)
 
     q_key = _write_quarantine(settings, date, canon.filter(bad_mask))
+    h_key = write_handover(settings, date, valid, rows=rows, reasons=reasons, fingerprint=fingerprint)
     result = ValidationResult(
         date=date, report_id=report_id, files=[f.key for f in flagged.files], rows=rows, valid_rows=valid.num_rows,
         quarantined=quarantined, reasons=reasons, bad_row_share=round(bad_share, 6), duplicate_rows=duplicates,
         duplicate_share=round(dup_share, 6), volume_ratio=None if volume_ratio is None else round(volume_ratio, 4),
         in_window=flagged.in_window, items_with_several_categories=several, ge_success=bool(gate.success),
-        ge_row_sample_success=bool(row_suite.success) if row_suite is not None else True, failures=failures,
-        quarantine_key=q_key, report_prefix=report_prefix)
+        ge_row_sample_success=bool(row_suite.success) if row_suite is not None else None, failures=failures,
+        quarantine_key=q_key, report_prefix=report_prefix, handover_key=h_key)
     storage.put_json(settings, report_prefix + "result.json", result.to_dict())
     storage.put_json(settings, report_prefix + "ge_result.json", {
         "partition_profile": gate.to_json_dict(),
@@ -416,13 +440,13 @@ def _items_with_several_categories(valid: pa.Table) -> int:
     return int(pc.sum(pc.greater(per_item["category_id_count"], 1)).as_py() or 0)
 
 
-def _ge_sample(canon: pa.Table) -> Any:
-    """Up to GE_SAMPLE_ROWS evenly spaced rows as a pandas frame (GE is slow on big frames)."""
+def _ge_sample(canon: pa.Table, rows: int) -> Any:
+    """Up to ``rows`` evenly spaced rows as a pandas frame (empty when ``rows`` is 0)."""
     import numpy as np
     import pyarrow as pa
 
     n = canon.num_rows
-    idx = np.unique(np.linspace(0, n - 1, num=min(n, GE_SAMPLE_ROWS)).astype(np.int64)) if n else []
+    idx = np.unique(np.linspace(0, n - 1, num=min(n, rows)).astype(np.int64)) if n and rows else []
     part = canon.take(pa.array(idx, pa.int64())).select(
         ["user_id", "item_id", "category_id", "behavior", "ts", "value"]).rename_columns(
         ["user_id", "item_id", "category_id", "behavior", "ts_us", "value"])
@@ -461,9 +485,72 @@ def _write_quarantine(settings: Settings, date: dt.date, bad: pa.Table) -> str |
         return None
     cols = ["source_file", "row", "user_id", "item_id", "category_id", "behavior_raw", "ts_raw", "value_raw",
             "reason", "rules"]
-    table = bad.select(cols).append_column("stage", pa.array(["validation"] * bad.num_rows))
+    table = bad.select(cols)
+    table = table.set_column(0, "source_file", table["source_file"].cast(pa.string()))
+    table = table.append_column("stage", pa.array(["validation"] * bad.num_rows, pa.string()))
     storage.write_parquet(settings, key, table)
     return key
+
+
+# --- hand-over to preprocessing ------------------------------------------------------------------
+
+
+def raw_fingerprint(settings: Settings, date: dt.date) -> str:
+    """A digest of ``raw/events/dt=date/`` (every key with its ETag and size) and of the settings the
+    row rules depend on (window bounds and zone): equal digests mean equal row flags."""
+    import hashlib
+
+    client = storage.s3_client(settings)
+    prefix = storage.partition_prefix(storage.RAW, date)
+    entries = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix):
+        entries += [f"{o['Key']}|{o.get('ETag', '')}|{o.get('Size', 0)}" for o in page.get("Contents", [])]
+    text = "\n".join([*sorted(entries), f"window={settings.window_start}..{settings.window_end}",
+                      f"zone={settings.window_timezone}"])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def handover_key(date: dt.date) -> str:
+    return f"{storage.partition_prefix(VALIDATED, date)}valid.parquet"
+
+
+def write_handover(settings: Settings, date: dt.date, valid: pa.Table, *, rows: int, reasons: dict[str, int],
+                   fingerprint: str) -> str:
+    """Write the rows that passed the row rules (``HANDOVER_COLUMNS``, ``ts`` int64 microseconds) to
+    ``staging/validated/dt=date/valid.parquet`` with the raw partition's fingerprint, its row count
+    and its quarantine reasons in the file metadata, so preprocessing need not read and flag the
+    raw files again. Returns the key."""
+    import json
+
+    meta = {"date": date.isoformat(), "fingerprint": fingerprint, "rows": rows, "reasons": reasons}
+    table = valid.select(HANDOVER_COLUMNS)
+    table = table.replace_schema_metadata({HANDOVER_META: json.dumps(meta).encode()})
+    key = handover_key(date)
+    storage.write_parquet(settings, key, table)
+    return key
+
+
+def read_handover(settings: Settings, date: dt.date) -> tuple[pa.Table, dict[str, Any]] | None:
+    """The validated rows of ``date`` and their metadata (rows, reasons) when the hand-over exists and
+    was written for the raw files and window now in place; None otherwise (the caller re-flags)."""
+    import io
+    import json
+
+    import pyarrow.parquet as pq
+
+    key = handover_key(date)
+    try:
+        data = storage.get_bytes(settings, key)
+    except storage.StorageError:
+        log.info("dt=%s: no validated hand-over at %s: flagging the raw files again", date, key)
+        return None
+    table = pq.read_table(io.BytesIO(data))
+    meta = json.loads((table.schema.metadata or {}).get(HANDOVER_META, b"{}"))
+    if meta.get("fingerprint") != raw_fingerprint(settings, date):
+        log.info("dt=%s: hand-over %s is stale (raw files or window changed): flagging the raw files again",
+                 date, key)
+        return None
+    return table.replace_schema_metadata(None), meta
 
 
 def render_summary(result: ValidationResult) -> str:
@@ -480,7 +567,7 @@ def render_summary(result: ValidationResult) -> str:
              f"- in configured window: {'yes' if result.in_window else 'no (all rows set aside)'}",
              f"- items listed under several categories: {result.items_with_several_categories}",
              f"- Great Expectations: partition gate {'passed' if result.ge_success else 'failed'}, row sample "
-             f"{'passed' if result.ge_row_sample_success else 'failed'}"]
+             f"{_sample_outcome(result.ge_row_sample_success)}"]
     if result.reasons:
         lines += ["", "| quarantine reason | rows |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in sorted(result.reasons.items(), key=lambda kv: -kv[1])]
@@ -489,6 +576,10 @@ def render_summary(result: ValidationResult) -> str:
     if result.failures:
         lines += ["", "## Batch failures", *[f"- {f}" for f in result.failures]]
     return "\n".join(lines) + "\n"
+
+
+def _sample_outcome(success: bool | None) -> str:
+    return "not run" if success is None else "passed" if success else "failed"
 
 
 def log_to_mlflow(result_dicts: list[dict[str, Any]], mlflow_run_id: str, settings: Settings) -> dict[str, float]:

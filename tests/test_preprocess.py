@@ -92,3 +92,37 @@ def test_preprocess_quarantines_validation_failures_and_noise(settings, tmp_path
     q = storage.read_parquet(settings, res.quarantine_key)
     assert set(q["reason"].to_pylist()) == {"crawler_rate"} and q.num_rows == 3000
     assert storage.read_parquet(settings, "quarantine/events/dt=2017-11-25/validation.parquet").num_rows == 1
+
+
+@pytest.mark.services
+def test_preprocess_reuses_validated_handover_until_raw_files_change(settings, tmp_path: Path, monkeypatch) -> None:
+    from pipelines import validation
+
+    lines = [f"{u},{u},7,pv,{T0 + u}" for u in range(1, 301)] + [f"1,2,7,zap,{T0 + 3}"] + [f"5,5,7,pv,{T0 + 5}"]
+    src = tmp_path / "handover.csv"
+    src.write_text("\n".join(lines) + "\n")
+    sources.land_events(settings, src, "taobao")
+    val = validation.validate_partition(settings, D, report_id="h")
+    assert val.handover_key == "staging/validated/dt=2017-11-25/valid.parquet"
+    assert storage.read_parquet(settings, val.handover_key).num_rows == val.valid_rows == 301
+    reference = preprocess_partition(settings, D)
+
+    # With the hand-over in place preprocessing does not read or flag the raw files again ...
+    def no_flagging(*args, **kwargs):
+        raise AssertionError("raw partition flagged again despite a fresh hand-over")
+
+    monkeypatch.setattr(validation, "flag_partition", no_flagging)
+    reused = preprocess_partition(settings, D)
+    assert reused.to_dict() == reference.to_dict()
+    assert reused.reasons == {"unknown_behavior": 1} and reused.exact_duplicates == 1 and reused.clean == 300
+    monkeypatch.undo()
+
+    # ... and once the raw files change (re-landed with one more row), the stale hand-over is ignored.
+    src.write_text("\n".join(lines + [f"9,9,7,buy,{T0 + 9}"]) + "\n")
+    sources.land_events(settings, src, "taobao")
+    fresh = preprocess_partition(settings, D)
+    assert fresh.rows_in == 303 and fresh.clean == 301
+    assert fresh.rows_in == fresh.clean + fresh.quarantined + fresh.duplicates_dropped
+    # A missing hand-over (e.g. validation ran elsewhere and it was cleaned up) falls back the same way.
+    storage.delete_prefix(settings, "staging/validated/")
+    assert preprocess_partition(settings, D).to_dict() == fresh.to_dict()

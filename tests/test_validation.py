@@ -135,3 +135,14 @@ def test_log_to_mlflow_records_key_numbers(settings, landed) -> None:
     logged = client.get_run(run.info.run_id).data.metrics
     assert logged["validation/rows"] == res.rows == metrics["validation/rows"]
     assert logged["validation/partitions"] == 1.0
+
+
+@pytest.mark.services
+def test_row_sample_suite_can_be_switched_off(settings, landed) -> None:
+    off = load_settings(environ={}, s3_endpoint_url=settings.s3_endpoint_url, bucket=settings.bucket,
+                        mlflow_tracking_uri=settings.mlflow_tracking_uri, ge_row_sample_rows=0)
+    res = validate_partition(off, D, report_id="off")
+    assert res.ge_success and res.ge_row_sample_success is None
+    ge = storage.get_json(off, "reports/validation/off/dt=2017-11-25/ge_result.json")
+    assert ge["row_sample"] is None and ge["partition_profile"]["success"] is True
+    assert "row sample not run" in storage.get_bytes(off, "reports/validation/off/dt=2017-11-25/summary.md").decode()
