@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -59,11 +60,14 @@ def uri(settings: Settings, key: str) -> str:
 
 
 @lru_cache(maxsize=8)
-def _client(endpoint_url: str, region: str) -> Any:
+def _client(endpoint_url: str, region: str, access_key_id: str | None) -> Any:
     import boto3
     from botocore.config import Config
 
-    return boto3.client(
+    # A session of its own: boto3's default session caches the first credentials it resolves,
+    # so a process that talks to two stacks (tests, `stack run`) would sign with stale keys.
+    # ``access_key_id`` is part of the cache key for the same reason; the secret stays in the env.
+    return boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint_url,
         region_name=region,
@@ -74,7 +78,7 @@ def _client(endpoint_url: str, region: str) -> Any:
 
 def s3_client(settings: Settings) -> Any:
     """A boto3 S3 client for the configured endpoint (credentials from the environment)."""
-    return _client(settings.s3_endpoint_url, settings.s3_region)
+    return _client(settings.s3_endpoint_url, settings.s3_region, os.environ.get("AWS_ACCESS_KEY_ID"))
 
 
 def ensure_bucket(settings: Settings, bucket: str | None = None) -> None:
