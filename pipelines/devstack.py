@@ -452,6 +452,20 @@ def _kill_all(pids: Iterable[int], timeout: float = 15.0) -> None:
     for pid in targets:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
+    # SIGKILL is delivered asynchronously: on a loaded machine a killed process stays visible for
+    # a moment (empty command line, still not a zombie). Wait for it before anyone counts leftovers.
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        targets = {pid: st for pid, st in targets.items()
+                   if st is not None and _start_time(pid) == st and _live(pid)}
+        if not targets:
+            return
+        time.sleep(0.2)
+
+
+def _live(pid: int) -> bool:
+    stat = svc.proc_stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
 
 
 # --------------------------------------------------------------------------------------------
@@ -675,7 +689,7 @@ def down(cfg: StackConfig, *, out: Printer = print, timeout: float = 30.0) -> li
         log.info("ending %d leftover stack process(es): %s", len(leftovers),
                  "; ".join(f"{pid} {_describe(pid)}" for pid in leftovers))
         _kill_all(leftovers, timeout)
-    remaining = [pid for pid in leftovers if (stat := svc.proc_stat(pid)) is not None and stat[0] not in ("Z", "X")]
+    remaining = [pid for pid in leftovers if _live(pid)]
     remaining += [pid for pid in find_stack_processes(cfg.root, sessions) if pid not in remaining]
     if remaining:
         raise StackError("could not end stack processes: " + "; ".join(f"{p} {_describe(p)}" for p in remaining))

@@ -222,9 +222,10 @@ def test_stack_run_twice_trains_once_and_rescores_without_duplicates(tmp_path, m
     # Tiny model budget; the gate margin lets the first version become champion whatever its score,
     # because this test is about orchestration, not model quality.
     monkeypatch.setenv("IM_EPOCHS", "1")
+    monkeypatch.setenv("IM_HORIZON_DAYS", "1")  # 12 days hold train, validation and test as-of times
     monkeypatch.setenv("IM_GATE_MARGIN_VS_BASELINES", "-1")
     cfg = ds.isolated_config(tmp_path / "stack")
-    size = {"users": 200, "days": 12, "categories": 24, "seed": 5, "score_days": 2, "timeout": 1500}
+    size = {"users": 200, "days": 12, "categories": 24, "seed": 5, "score_days": 3, "timeout": 1500}
     try:
         first: list[str] = []
         assert ds.run_demo(cfg, out=first.append, **size), "\n".join(first)
@@ -232,7 +233,7 @@ def test_stack_run_twice_trains_once_and_rescores_without_duplicates(tmp_path, m
         settings = load_settings(environ=ds.read_env_file(cfg.env_file))
         api = ds.AirflowApi(cfg)
         partitions = storage.list_partitions(settings, storage.PREDICTIONS)
-        assert len(partitions) == 2
+        assert len(partitions) == 3  # a backfill over three consecutive days
         keys_before = storage.list_keys(settings, storage.PREDICTIONS + "/")
         manifests = [storage.get_json(settings, storage.partition_prefix(storage.PREDICTIONS, d) + storage.SUCCESS)
                      for d in partitions]
@@ -246,7 +247,7 @@ def test_stack_run_twice_trains_once_and_rescores_without_duplicates(tmp_path, m
         training_runs = api.get(f"/dags/{ds.TRAINING_DAG}/dagRuns")["dag_runs"]
         assert len(training_runs) == 1
         scoring_runs = api.get(f"/dags/{ds.SCORING_DAG}/dagRuns")["dag_runs"]
-        assert len(scoring_runs) == 2 and all(r["state"] == "success" for r in scoring_runs)
+        assert len(scoring_runs) == 3 and all(r["state"] == "success" for r in scoring_runs)
         assert storage.list_partitions(settings, storage.PREDICTIONS) == partitions
         assert len(storage.list_keys(settings, storage.PREDICTIONS + "/")) == len(keys_before)
         versions = ds._champion_version(settings)
