@@ -64,7 +64,7 @@ def _table(user, item, category, behavior, ts, value) -> pa.Table:
     return pa.Table.from_pandas(frame, schema=EVENT_SCHEMA, preserve_index=False)
 
 
-def run(data: str, overrides: dict, n_boot: int, use_repeat: bool = True) -> dict:
+def run(data: str, overrides: dict, n_boot: int, use_repeat: bool = True, fit_options: dict | None = None) -> dict:
     from pipelines.encoding import encode_events, write_local_dataset
     from pipelines.evaluate import EMERGING_KS, bootstrap_ci, comparison_table, evaluate_dataset
     from pipelines.model import predict_proba
@@ -81,7 +81,7 @@ def run(data: str, overrides: dict, n_boot: int, use_repeat: bool = True) -> dic
     encode_s = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as tmp:
         dataset = write_local_dataset(encoded, Path(tmp) / "dataset")
-        fit = fit_model(dataset, settings, use_repeat=use_repeat)
+        fit = fit_model(dataset, settings, use_repeat=use_repeat, **(fit_options or {}))
         test = encoded["examples"]["test"]
         from pipelines.encoding import to_model_inputs
 
@@ -103,6 +103,7 @@ def run(data: str, overrides: dict, n_boot: int, use_repeat: bool = True) -> dic
                                     baseline=per[rival], n_boot=n_boot)
     report = {
         "data": data, "settings": {k: str(v) for k, v in base.items()} | {k: str(v) for k, v in overrides.items()},
+        "fit_options": {k: str(v) for k, v in (fit_options or {}).items()},
         "examples": {s: encoded["examples"][s].num_rows for s in encoded["examples"]},
         "test_users": int(len(set(users))), "test_asof": [t.date().isoformat() for t in encoded["asof"]["test"]],
         "categories": len(encoded["vocab"].categories), "encode_seconds": encode_s,
@@ -144,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a setting, e.g. --set sequence_encoder=gru")
     parser.add_argument("--no-repeat", action="store_true", help="ablation: model without the repeat path")
+    parser.add_argument("--fit", action="append", default=[], metavar="NAME=VALUE",
+                        help="fit_model option, e.g. --fit listwise_weight=1.0 --fit residual_base=true")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     args = parser.parse_args(argv)
@@ -155,7 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         name, _, raw = item.partition("=")
         overrides[name] = _parse(name, raw, hints[name])
-    report = run(args.data, overrides, args.bootstrap, use_repeat=not args.no_repeat)
+    fit_options: dict = {}
+    for item in args.fit:
+        name, _, raw = item.partition("=")
+        if name == "listwise_weight":
+            fit_options[name] = float(raw)
+        elif name == "residual_base":
+            fit_options[name] = raw.lower() in ("1", "true", "yes")
+        else:
+            raise SystemExit(f"--fit {item}: unknown option {name!r} (listwise_weight, residual_base)")
+    report = run(args.data, overrides, args.bootstrap, use_repeat=not args.no_repeat, fit_options=fit_options)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))
     return 0

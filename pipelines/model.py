@@ -116,10 +116,10 @@ def _register_layers() -> dict[str, Any]:
         """(user vector, history features [B, V, F]) -> probabilities [B, V]: explore + repeat paths."""
 
         def __init__(self, n_categories: int, embed_dim: int = 32, hidden: int = 32, context_dim: int = 8,
-                     use_repeat: bool = True, **kwargs: Any) -> None:
+                     use_repeat: bool = True, residual_base: bool = False, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.n_categories, self.embed_dim, self.hidden = n_categories, embed_dim, hidden
-            self.context_dim, self.use_repeat = context_dim, use_repeat
+            self.context_dim, self.use_repeat, self.residual_base = context_dim, use_repeat, residual_base
             self.user_proj = keras.layers.Dense(embed_dim, activation="gelu", name="user_projection")
             self.explore = keras.layers.Dense(n_categories, name="explore_logits")
             if use_repeat:
@@ -127,6 +127,12 @@ def _register_layers() -> dict[str, Any]:
                 self.user_ctx = keras.layers.Dense(context_dim, name="repeat_user_context")
                 self.repeat1 = keras.layers.Dense(hidden, activation="gelu", name="repeat_hidden")
                 self.repeat2 = keras.layers.Dense(1, name="repeat_logit")
+            if use_repeat and residual_base:
+                # the decayed-frequency baseline as a base logit: log1p of the decayed counts, weights
+                # start at (0, 0, 1) = the long half-life the baseline picks on Ciao; the rest learns corrections
+                self.base_weights = self.add_weight(
+                    name="base_weights", shape=(3,), trainable=True,
+                    initializer=keras.initializers.Constant([0.0, 0.0, 1.0]))
 
         def call(self, user: Any, hist: Any) -> Any:
             u = self.user_proj(user)
@@ -142,13 +148,17 @@ def _register_layers() -> dict[str, Any]:
                                            (batch, self.n_categories, self.context_dim))
                 user_ctx = ops.broadcast_to(self.user_ctx(u)[:, None, :], (batch, self.n_categories, self.context_dim))
                 z = self.repeat1(ops.concatenate([feats, cat_ctx, user_ctx], axis=-1))
-                logits = logits + known * ops.squeeze(self.repeat2(z), axis=-1)
+                repeat = ops.squeeze(self.repeat2(z), axis=-1)
+                if self.residual_base:
+                    repeat = repeat + ops.sum(decays * self.base_weights, axis=-1)
+                logits = logits + known * repeat
             return ops.sigmoid(logits)
 
         def get_config(self) -> dict[str, Any]:
             config = super().get_config()
             config.update(n_categories=self.n_categories, embed_dim=self.embed_dim, hidden=self.hidden,
-                          context_dim=self.context_dim, use_repeat=self.use_repeat)
+                          context_dim=self.context_dim, use_repeat=self.use_repeat,
+                          residual_base=self.residual_base)
             return config
 
     _LAYERS.update(SequenceEncoder=SequenceEncoder, MigrationScorer=MigrationScorer)
@@ -160,7 +170,7 @@ _LAYERS: dict[str, Any] = {}
 
 def build_model(n_categories: int, n_behaviors: int, seq_len: int, *, embed_dim: int = 32,
                 encoder: str = "attention", age_scale: float = 1.0, use_repeat: bool = True,
-                dropout: float = 0.1) -> Any:
+                dropout: float = 0.1, residual_base: bool = False) -> Any:
     """A functional Keras model: inputs :data:`INPUT_NAMES` (shapes as in
     :func:`pipelines.encoding.to_model_inputs`) -> probabilities [B, n_categories]."""
     keras = _keras()
@@ -176,14 +186,15 @@ def build_model(n_categories: int, n_behaviors: int, seq_len: int, *, embed_dim:
     user = layers["SequenceEncoder"](n_categories, n_behaviors, seq_len, embed_dim=embed_dim, encoder=encoder,
                                      dropout=dropout, age_scale=age_scale, name="sequence_encoder")(inputs)
     probs = layers["MigrationScorer"](n_categories, embed_dim=embed_dim, use_repeat=use_repeat,
-                                      name="migration_scorer")(user, inputs["hist"])
+                                      residual_base=residual_base, name="migration_scorer")(user, inputs["hist"])
     return keras.Model(inputs=inputs, outputs=probs, name="interest_migration")
 
 
 def load_keras_model(path: str | Path) -> Any:
-    """Load a saved ``model.keras`` (registers the custom layers first)."""
+    """Load a saved ``model.keras`` for inference (registers the custom layers first; the training
+    loss is not restored, so a custom loss needs no registration)."""
     _register_layers()
-    return _keras().saving.load_model(str(path))
+    return _keras().saving.load_model(str(path), compile=False)
 
 
 def predict_proba(model: Any, inputs: dict[str, np.ndarray], batch_size: int = 1024) -> np.ndarray:

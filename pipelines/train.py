@@ -25,6 +25,9 @@ from pipelines.encoding import N_HIST, LocalDataset, read_split, to_model_inputs
 log = logging.getLogger(__name__)
 
 _READ_ROWS = 8192  # rows read from a shard at a time: the shuffle window
+# Model/loss options measured on Ciao (docs/model.md, "Measurements"); train_step uses these.
+LISTWISE_WEIGHT = 0.0  # listwise softmax term in the loss: 1.0 measured worse than BCE alone
+RESIDUAL_BASE = False  # start the repeat path from the decayed-frequency score
 
 
 def iter_batches(files: list[Path], n_categories: int, seq_len: int, batch_size: int, *, shuffle: bool,
@@ -113,9 +116,39 @@ def _ndcg_callback(val_inputs: dict[str, np.ndarray], val_labels: np.ndarray, va
     return ValidationNdcgStopping()
 
 
-def fit_model(dataset: LocalDataset, settings: Settings, *, use_repeat: bool = True) -> FitResult:
+def ranking_loss(listwise_weight: float) -> Any:
+    """Binary cross-entropy per category (keeps the scores calibrated probabilities) plus
+    ``listwise_weight`` x a listwise softmax cross-entropy over the categories (target = the
+    label set, normalised), which rewards putting the touched categories at the top of the list.
+    The model outputs probabilities; the logits are recovered as log(p) - log(1 - p)."""
+    import keras
+
+    ops = keras.ops
+    bce = keras.losses.BinaryCrossentropy()
+    if listwise_weight <= 0:
+        return bce
+    eps = 1e-6
+
+    def loss(y_true: Any, y_pred: Any) -> Any:
+        y_true = ops.cast(y_true, "float32")
+        p = ops.clip(ops.cast(y_pred, "float32"), eps, 1.0 - eps)
+        logits = ops.log(p) - ops.log(1.0 - p)
+        # padding and OOV never win (they score 0 at prediction time): keep them out of the softmax
+        reserved = ops.cast(ops.arange(ops.shape(logits)[-1]) < 2, "float32")[None, :]
+        logits = logits - reserved * 1e4
+        target = y_true / ops.maximum(ops.sum(y_true, axis=-1, keepdims=True), 1.0)
+        listwise = -ops.sum(target * ops.log_softmax(logits, axis=-1), axis=-1)
+        return bce(y_true, y_pred) + listwise_weight * ops.mean(listwise)
+
+    return loss
+
+
+def fit_model(dataset: LocalDataset, settings: Settings, *, use_repeat: bool = True,
+              listwise_weight: float = LISTWISE_WEIGHT, residual_base: bool = RESIDUAL_BASE) -> FitResult:
     """Fit the model on the dataset's training shards, early-stopping on validation NDCG@k (first
-    of ``settings.eval_ks``), seeded by ``settings.seed``."""
+    of ``settings.eval_ks``), seeded by ``settings.seed``. ``listwise_weight`` adds a listwise
+    softmax loss to the BCE (:func:`ranking_loss`); ``residual_base`` starts the repeat path from
+    the decayed-frequency score (:class:`pipelines.model.MigrationScorer`)."""
     import keras
 
     from pipelines.model import build_model
@@ -130,8 +163,9 @@ def fit_model(dataset: LocalDataset, settings: Settings, *, use_repeat: bool = T
         raise ValueError(f"dataset {dataset.root} has no validation examples (needed for early stopping)")
     val_inputs, val_labels, val_known = to_model_inputs(val, vocab.n_categories, config.seq_len)
     model = build_model(vocab.n_categories, vocab.n_behaviors, config.seq_len, embed_dim=settings.embed_dim,
-                        encoder=settings.sequence_encoder, age_scale=config.horizon_days, use_repeat=use_repeat)
-    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=keras.losses.BinaryCrossentropy())
+                        encoder=settings.sequence_encoder, age_scale=config.horizon_days, use_repeat=use_repeat,
+                        residual_base=residual_base)
+    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=ranking_loss(listwise_weight))
     train_ds = make_tf_dataset(dataset.files("train"), vocab.n_categories, config.seq_len, settings.batch_size,
                                shuffle=True, seed=settings.seed)
     stopper = _ndcg_callback(val_inputs, val_labels, val_known, settings.eval_ks[0], settings.patience)
@@ -229,7 +263,8 @@ def train_step(settings: Settings, dataset_uri: str, *, mlflow_run_id: str) -> d
               "model.learning_rate": settings.learning_rate, "model.batch_size": settings.batch_size,
               "model.max_epochs": settings.epochs, "model.patience": settings.patience, "model.seed": settings.seed,
               "data.horizon_days": settings.horizon_days, "data.lookback_days": settings.lookback_days,
-              "data.seq_len": settings.seq_len, "data.min_category_count": settings.min_category_count}
+              "data.seq_len": settings.seq_len, "data.min_category_count": settings.min_category_count,
+              "model.listwise_weight": LISTWISE_WEIGHT, "model.residual_base": RESIDUAL_BASE}
     for key, value in params.items():
         client.log_param(mlflow_run_id, key, str(value))
     metrics = {"train/best_epoch": result.best_epoch, "train/epochs_run": result.epochs_run,

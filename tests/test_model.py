@@ -83,3 +83,44 @@ def test_a_user_who_only_buys_shoes_ranks_shoes_first_and_unknown_ids_do_not_cra
     assert out.loc["u1", "categories"][0] == "books"
     assert len(out.loc["stranger", "categories"]) == 3  # unknown ids land in OOV, never returned
     assert all(c in vocab.categories for cats in out["categories"] for c in cats)
+
+
+def test_residual_base_starts_from_decayed_frequency_and_survives_save_load(tmp_path) -> None:
+    from pipelines.model import build_model, load_keras_model
+
+    model = build_model(7, 7, L, embed_dim=8, encoder="gru", residual_base=True)
+    scorer = model.get_layer("migration_scorer")
+    assert scorer.get_config()["residual_base"] is True
+    np.testing.assert_allclose(np.asarray(scorer.base_weights), [0.0, 0.0, 1.0])
+    x = tiny_inputs(3, 7)
+    x["hist"][:, 2:, 0] = 1.0
+    x["hist"][:, 2:, 3] = np.arange(5, dtype=np.float32)  # decay_long 0..4 over categories 2..6
+    def logits() -> np.ndarray:
+        p = np.asarray(model.predict(x, verbose=0), np.float64)
+        return np.log(p) - np.log1p(-p)
+
+    with_base = logits()
+    scorer.base_weights.assign(np.zeros(3, np.float32))
+    without = logits()
+    # the base logit is exactly log1p(decayed count) of each known category
+    np.testing.assert_allclose((with_base - without)[:, 2:], np.tile(np.log1p(np.arange(5.0)), (3, 1)), atol=2e-3)
+    scorer.base_weights.assign(np.array([0.0, 0.0, 1.0], np.float32))
+    model.save(tmp_path / "r.keras")
+    again = load_keras_model(tmp_path / "r.keras")
+    np.testing.assert_allclose(np.asarray(again.predict(x, verbose=0)), np.asarray(model.predict(x, verbose=0)),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_listwise_loss_prefers_the_labelled_category_on_top_and_keeps_bce() -> None:
+    import keras
+
+    from pipelines.train import ranking_loss
+
+    y = np.array([[0, 0, 1, 0, 0]], np.float32)
+    good = np.array([[0.0, 0.0, 0.6, 0.3, 0.3]], np.float32)
+    bad = np.array([[0.0, 0.0, 0.3, 0.6, 0.3]], np.float32)
+    loss = ranking_loss(1.0)
+    assert float(loss(y, good)) < float(loss(y, bad))
+    bce = float(keras.losses.BinaryCrossentropy()(y, good))
+    assert float(loss(y, good)) > bce  # the listwise term adds to the BCE
+    assert float(ranking_loss(0.0)(y, good)) == pytest.approx(bce)
