@@ -2,27 +2,39 @@
 
 Starts SeaweedFS + an MLflow server on free ports (as the tests do), writes synthetic clean events
 for the look-back window (``--users`` users, about ``--events-per-user`` events each, spread over
-``--days`` days), logs and registers a vectorised decayed-frequency + popularity pyfunc as
-champion, runs the scoring steps in this process (resolve, plan, every shard, publish), and prints
-users/second for the scoring and write phases and the peak RSS of this process (the services
-run in their own processes and are not counted).
+``--days`` days), puts a champion in the registry, runs the scoring steps in this process (resolve,
+plan, every shard, publish), and prints users/second for the read, score and write phases and the
+peak RSS of this process (the services run in their own processes and are not counted).
 
-    .venv/bin/python bench/scoring_bench.py                 # 100k users, 2 shards
-    .venv/bin/python bench/scoring_bench.py --users 20000   # quicker
+    .venv/bin/python bench/scoring_bench.py                      # 100k users, the Keras model
+    .venv/bin/python bench/scoring_bench.py --users 5000         # quicker
+    .venv/bin/python bench/scoring_bench.py --model baseline     # cheap vectorised pyfunc
 
-The model is *not* the Keras model of ``pipelines.model``: it is a baseline-style pyfunc that obeys
-the same scoring contract, so the numbers measure the scoring pipeline (read, batch, model call,
-interest arithmetic, Parquet write), with a cheap model.
+``--model keras`` (default) trains the product's model with the product's own steps before scoring:
+synthetic events of ``--train-users`` users (a subset) over the ``--train-days`` days *before* the
+scoring window are written as clean partitions, then a child process (this script with
+``--train-only``) opens an MLflow run (``tracking.start_or_resume_run``), runs
+``encoding.encode_step`` over that window and ``train.train_step`` (1 epoch), registers the logged
+model and sets the ``champion`` alias (``registry.promote_version``). Training runs in a child
+process so that the printed peak RSS is the scoring's only; its time is printed apart. The scoring
+window holds all ``--users`` users, so most scored users were never seen in training.
+
+``--model baseline`` logs a vectorised decayed-frequency + popularity pyfunc instead: it obeys the
+same scoring contract, so the numbers measure the scoring pipeline with a cheap model.
+``--profile N`` runs the scoring phase under cProfile and prints the N most expensive functions
+(cumulative time; profiling slows the Python-heavy parts, so its timings are not the figures).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import os
 import resource
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import scoring, services, storage
-from pipelines.config import load_settings
+from pipelines.config import Settings, load_settings
 from pipelines.contracts import BEHAVIORS, EVENT_SCHEMA
 
 AS_OF_DATE = dt.date(2024, 6, 30)
@@ -75,8 +87,10 @@ class VectorFrequencyModel(_pyfunc_base()):  # type: ignore[misc]
             "scores": [part.tolist() for part in np.split(top["w"].to_numpy(), bounds)] if len(owner) else []})
 
 
-def generate_events(users: int, days: int, events_per_user: int, categories: int, seed: int) -> Iterator[tuple[dt.date, Any]]:
-    """Yield (day, clean events table) for each day of the window, one day in memory at a time.
+def generate_events(users: int, days: int, events_per_user: int, categories: int, seed: int,
+                    end: dt.date = AS_OF_DATE) -> Iterator[tuple[dt.date, Any]]:
+    """Yield (day, clean events table) for each day of the ``days`` days ending on ``end``, one day
+    in memory at a time.
 
     Each user has a favourite category (Zipf-popular) and a drift category that takes over half
     of its favourite's share in the last 40% of the window; 30% of events go to popular categories.
@@ -86,7 +100,7 @@ def generate_events(users: int, days: int, events_per_user: int, categories: int
     rng = np.random.default_rng(seed)
     favourite = rng.zipf(1.3, users) % categories
     drift = rng.integers(0, categories, users)
-    start = dt.datetime.combine(AS_OF_DATE - dt.timedelta(days=days - 1), dt.time(), tzinfo=dt.UTC)
+    start = dt.datetime.combine(end - dt.timedelta(days=days - 1), dt.time(), tzinfo=dt.UTC)
     per_day = users * events_per_user // days
     cover = -(-users // days)  # every user gets at least one event somewhere in the window
     for offset in range(days):
@@ -110,8 +124,93 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def write_events(settings: Settings, events: Iterator[tuple[dt.date, Any]]) -> int:
+    """Write each (day, table) as ``clean/events/dt=D/part-00000.parquet``; returns the row count."""
+    rows = 0
+    for day, table in events:
+        storage.write_parquet(settings, storage.partition_prefix(storage.CLEAN, day) + "part-00000.parquet", table)
+        rows += table.num_rows
+    return rows
+
+
+def register_baseline(settings: Settings) -> None:
+    """Log :class:`VectorFrequencyModel` as a pyfunc, register it and make it champion."""
+    import cloudpickle
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_experiment("scoring-bench")
+    signature = ModelSignature(inputs=None, outputs=None, params=ParamSchema(
+        [ParamSpec("as_of", "string", "1970-01-01T00:00:00+00:00"), ParamSpec("top_n", "long", 50)]))
+    with mlflow.start_run() as run:
+        mlflow.pyfunc.log_model(name="model", python_model=VectorFrequencyModel(), signature=signature)
+    version = mlflow.register_model(f"runs:/{run.info.run_id}/model", settings.model_name).version
+    mlflow.MlflowClient().set_registered_model_alias(settings.model_name, "champion", str(version))
+
+
+def train_keras(spec: dict[str, Any]) -> dict[str, Any]:
+    """The product's training path on the clean events of ``[train_start, train_end]``: MLflow run,
+    ``encode_step``, ``train_step``, register the model and move ``champion`` to it. ``spec`` holds
+    the settings overrides (JSON-able) and the window; returns timings, counts and the version."""
+    import mlflow
+
+    from pipelines import encoding, registry, tracking, train
+
+    overrides = dict(spec["settings"])
+    overrides["work_dir"] = Path(overrides["work_dir"])
+    settings = load_settings(environ={}, **overrides)
+    start, end = dt.date.fromisoformat(spec["train_start"]), dt.date.fromisoformat(spec["train_end"])
+    t0 = time.monotonic()
+    run_id = tracking.start_or_resume_run(settings, dag_id="scoring_bench", dag_run_id=spec["run_key"],
+                                          logical_date=end, data_start=start, data_end=end)
+    encoded = encoding.encode_step(settings, start, end, mlflow_run_id=run_id)
+    t1 = time.monotonic()
+    trained = train.train_step(settings, encoded["dataset_uri"], mlflow_run_id=run_id)
+    t2 = time.monotonic()
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    version = str(mlflow.register_model(trained["model_uri"], settings.model_name).version)
+    registry.promote_version(settings, version, reason="scoring benchmark")
+    tracking.finish_run(settings, run_id)
+    t3 = time.monotonic()
+    return {"run_id": run_id, "model_version": version, "examples": encoded["examples"],
+            "categories": encoded["categories"], "encode_seconds": t1 - t0, "train_seconds": t2 - t1,
+            "fit_seconds": trained["train_seconds"], "register_seconds": t3 - t2, "val_ndcg": trained["val_ndcg"],
+            "peak_rss_mb": _rss_mb()}
+
+
+RESULT_MARK = "TRAIN_RESULT "
+
+
+def train_in_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run :func:`train_keras` in a child process (this script with ``--train-only``) so that its
+    memory does not count in this process's peak RSS; returns the child's result dict."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--train-only", json.dumps(spec)]
+    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=dict(os.environ), check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"training child {command[:3]} exited {proc.returncode} without a result; "
+                           f"stdout tail: {proc.stdout[-2000:]!r}")
+    return dict(json.loads(lines[-1][len(RESULT_MARK):]))
+
+
+def run_scoring(settings: Settings) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """Resolve, plan, score every shard and publish AS_OF_DATE in this process."""
+    model = scoring.resolve_champion(settings)
+    shards = scoring.plan_shards(settings, AS_OF_DATE, model)
+    results = [scoring.score_shard(settings, AS_OF_DATE, model, shard) for shard in shards]
+    manifest = scoring.publish_partition(settings, AS_OF_DATE, model, results)
+    return model, results, manifest
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("keras", "baseline"), default="keras",
+                        help="champion to score with: the product's Keras model trained here (default) or "
+                             "the cheap vectorised baseline pyfunc")
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=30, help="look-back window length (lookback_days)")
     parser.add_argument("--events-per-user", type=int, default=20)
@@ -119,8 +218,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--batch-users", type=int, default=5_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--train-users", type=int, default=1_000, help="users in the training window (keras)")
+    parser.add_argument("--train-days", type=int, default=21, help="training window length before the "
+                                                                     "scoring window (keras)")
+    parser.add_argument("--train-asof-step", type=int, default=2, help="asof_step_days for training (keras)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="profile the scoring phase and print the N most expensive functions")
+    parser.add_argument("--train-only", metavar="SPEC_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows in a log file
+    if args.train_only:
+        print(RESULT_MARK + json.dumps(train_keras(json.loads(args.train_only))), flush=True)
+        return 0
 
     root = Path(tempfile.mkdtemp(prefix="scoring-bench-"))
     env = dict(os.environ)
@@ -138,52 +248,70 @@ def main(argv: list[str] | None = None) -> int:
         started.append(mlflow_proc)
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
             os.environ[key] = env[key]
-        settings = load_settings(environ={}, s3_endpoint_url=endpoint, bucket=bucket,
-                                 mlflow_tracking_uri=mlflow_proc.extra["tracking_uri"], lookback_days=args.days,
-                                 scoring_shards=args.shards, scoring_batch_users=args.batch_users,
-                                 work_dir=root / "work")
+        overrides: dict[str, Any] = {
+            "s3_endpoint_url": endpoint, "bucket": bucket, "mlflow_tracking_uri": mlflow_proc.extra["tracking_uri"],
+            "lookback_days": args.days, "scoring_shards": args.shards, "scoring_batch_users": args.batch_users,
+            "work_dir": root / "work"}
+        settings = load_settings(environ={}, **overrides)
 
         t0 = time.monotonic()
-        rows = 0
-        for day, table in generate_events(args.users, args.days, args.events_per_user, args.categories, args.seed):
-            storage.write_parquet(settings, storage.partition_prefix(storage.CLEAN, day) + "part-00000.parquet", table)
-            rows += table.num_rows
+        rows = write_events(settings, generate_events(args.users, args.days, args.events_per_user, args.categories,
+                                                      args.seed))
         print(f"generated and wrote {rows:,} clean events of {args.users:,} users over {args.days} days "
               f"in {time.monotonic() - t0:.1f}s")
 
-        import cloudpickle
-        import mlflow
-        from mlflow.models import ModelSignature
-        from mlflow.types.schema import ParamSchema, ParamSpec
-
-        cloudpickle.register_pickle_by_value(sys.modules[__name__])
-        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-        mlflow.set_experiment("scoring-bench")
-        signature = ModelSignature(inputs=None, outputs=None, params=ParamSchema(
-            [ParamSpec("as_of", "string", "1970-01-01T00:00:00+00:00"), ParamSpec("top_n", "long", 50)]))
-        with mlflow.start_run() as run:
-            mlflow.pyfunc.log_model(name="model", python_model=VectorFrequencyModel(), signature=signature)
-        version = mlflow.register_model(f"runs:/{run.info.run_id}/model", settings.model_name).version
-        mlflow.MlflowClient().set_registered_model_alias(settings.model_name, "champion", str(version))
+        if args.model == "baseline":
+            register_baseline(settings)
+            label = "bench baseline pyfunc, not the Keras model"
+        else:
+            train_end = AS_OF_DATE - dt.timedelta(days=args.days)
+            train_users = min(args.train_users, args.users)
+            t0 = time.monotonic()
+            train_rows = write_events(settings, generate_events(train_users, args.train_days, args.events_per_user,
+                                                                args.categories, args.seed + 1, end=train_end))
+            spec = {"settings": {**overrides, "work_dir": str(root / "train-work"), "epochs": 1,
+                                 "asof_step_days": args.train_asof_step},
+                    "train_start": (train_end - dt.timedelta(days=args.train_days - 1)).isoformat(),
+                    "train_end": train_end.isoformat(), "run_key": "bench-" + secrets.token_hex(4)}
+            t1 = time.monotonic()
+            trained = train_in_child(spec)
+            t2 = time.monotonic()
+            print(f"training window: {train_rows:,} events of {train_users:,} users, {spec['train_start']}.."
+                  f"{spec['train_end']} (written in {t1 - t0:.1f}s); examples {trained['examples']}, "
+                  f"{trained['categories']} categories")
+            print(f"train (child process, not in the scoring figures): {t2 - t1:.1f}s wall = encode_step "
+                  f"{trained['encode_seconds']:.1f}s + train_step {trained['train_seconds']:.1f}s (fit "
+                  f"{trained['fit_seconds']:.1f}s, 1 epoch, val ndcg {trained['val_ndcg']:.3f}) + register/"
+                  f"promote {trained['register_seconds']:.1f}s + process start; child peak RSS "
+                  f"{trained['peak_rss_mb']:,.0f} MB")
+            label = "Keras model trained above"
 
         rss_before = _rss_mb()
         t1 = time.monotonic()
-        model = scoring.resolve_champion(settings)
-        shards = scoring.plan_shards(settings, AS_OF_DATE, model)
-        results = [scoring.score_shard(settings, AS_OF_DATE, model, shard) for shard in shards]
-        manifest = scoring.publish_partition(settings, AS_OF_DATE, model, results)
+        if args.profile:
+            import cProfile
+            import pstats
+
+            profiler = cProfile.Profile()
+            model, results, manifest = profiler.runcall(run_scoring, settings)
+        else:
+            model, results, manifest = run_scoring(settings)
         total = time.monotonic() - t1
         scored = manifest["row_count"]
         read_s = sum(r["read_seconds"] for r in results)
         score_s = sum(r["score_seconds"] for r in results)
         write_s = sum(r["write_seconds"] for r in results)
         print(f"users scored: {scored:,} in {len(results)} shards (batches of {args.batch_users}), "
-              f"model {settings.model_name} v{model['model_version']} (bench pyfunc, not the Keras model)")
+              f"model {settings.model_name} v{model['model_version']} ({label})"
+              + ("  [PROFILED: timings inflated]" if args.profile else ""))
         print(f"read events:  {read_s:7.1f}s  {scored / read_s:10,.0f} users/s")
         print(f"score:        {score_s:7.1f}s  {scored / score_s:10,.0f} users/s  (model call + interests + rows)")
         print(f"write:        {write_s:7.1f}s  {scored / write_s:10,.0f} users/s  (Parquet zstd to S3)")
-        print(f"end to end:   {total:7.1f}s  {scored / total:10,.0f} users/s  (resolve+plan+shards+publish)")
+        print(f"end to end:   {total:7.1f}s  {scored / total:10,.0f} users/s  (resolve+plan+shards+publish, "
+              f"incl. model load)")
         print(f"peak RSS of this process: {_rss_mb():,.0f} MB (before scoring: {rss_before:,.0f} MB)")
+        if args.profile:
+            pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(args.profile)
         return 0 if scored == args.users else 1
     finally:
         for proc in reversed(started):
