@@ -82,18 +82,39 @@ def _read_partition(settings, date: dt.date) -> tuple[dict, pa.Table]:
     return manifest, pa.concat_tables(tables)
 
 
+# TensorFlow on CPU is reproducible only up to float32 rounding across processes (a kernel's
+# summation order can follow memory alignment), so scores may differ in the 7th digit between two
+# runs of the same day, and categories whose scores tie to that precision (the low tail the
+# emerging list is drawn from) may swap. A real leak is not that: it changes the rows of the users
+# it touches by far more. So floats are compared to 1e-5 and category lists must match on all but
+# a handful of rows (MAX_LIST_DRIFT, far below the 50 users the late-event test touches).
+FLOAT_TOLERANCE = 1e-5
+MAX_LIST_DRIFT = 0.02
+
+
+def _close(x, y) -> bool:
+    if isinstance(x, float) and isinstance(y, float):
+        return abs(x - y) <= FLOAT_TOLERANCE
+    if isinstance(x, list) and isinstance(y, list) and x and isinstance(x[0], float):
+        return len(x) == len(y) and all(abs(a - b) <= FLOAT_TOLERANCE for a, b in zip(x, y, strict=True))
+    return x == y
+
+
 def _differences(before: pa.Table, after: pa.Table) -> list[str]:
-    """Columns that differ between two partitions (rows matched by user), with a first example."""
+    """Columns that differ between two partitions (rows matched by user) beyond float32 noise."""
     before, after = before.sort_by("user_id"), after.sort_by("user_id")
     if before.column("user_id") != after.column("user_id"):
         return ["user_id: different users"]
     out = []
     for name in before.column_names:
         x, y = before.column(name).to_pylist(), after.column(name).to_pylist()
-        rows = [i for i in range(len(x)) if x[i] != y[i]]
+        rows = [i for i in range(len(x)) if not _close(x[i], y[i])]
+        is_category_list = bool(x) and isinstance(x[0], list) and (not x[0] or isinstance(x[0][0], str))
+        if is_category_list and len(rows) <= MAX_LIST_DRIFT * len(x):
+            continue
         if rows:
-            out.append(f"{name}: {len(rows)} rows differ, e.g. user {x and before.column('user_id')[rows[0]]}: "
-                       f"{x[rows[0]]} != {y[rows[0]]}")
+            out.append(f"{name}: {len(rows)} of {len(x)} rows differ, e.g. user "
+                       f"{before.column('user_id')[rows[0]]}: {x[rows[0]]} != {y[rows[0]]}")
     return out
 
 
