@@ -443,23 +443,24 @@ def _kill_all(pids: Iterable[int], timeout: float = 15.0) -> None:
     for pid in targets:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        targets = {pid: st for pid, st in targets.items() if st is not None and _start_time(pid) == st}
-        if not targets:
-            return
-        time.sleep(0.2)
+    targets = _wait_gone(targets, timeout)
     for pid in targets:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     # SIGKILL is delivered asynchronously: on a loaded machine a killed process stays visible for
     # a moment (empty command line, still not a zombie). Wait for it before anyone counts leftovers.
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline:
-        targets = {pid: st for pid, st in targets.items()
-                   if st is not None and _start_time(pid) == st and _live(pid)}
-        if not targets:
-            return
+    _wait_gone(targets, 10.0)
+
+
+def _wait_gone(targets: Mapping[int, int | None], timeout: float) -> dict[int, int | None]:
+    """Poll until every pid in ``targets`` (pid -> start time) has exited or become a zombie, or
+    ``timeout`` passes; returns those still alive. A pid reused by a new process counts as gone."""
+    alive = dict(targets)
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = {pid: st for pid, st in alive.items() if st is not None and _start_time(pid) == st and _live(pid)}
+        if not alive or time.monotonic() >= deadline:
+            return alive
         time.sleep(0.2)
 
 
