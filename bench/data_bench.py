@@ -43,20 +43,20 @@ def _phase(name: str, env: dict[str, str], args: dict[str, Any], queue: Any) -> 
     t0 = time.perf_counter()
     out: dict[str, Any] = {}
     if name == "generate":
-        from pipelines.synthetic import generate_taobao
+        from pipelines.data.synthetic import generate_taobao
 
         users = max(10, round(args["events"] / (args["days"] * 5.0)))
         gen = generate_taobao(Path(args["work"]) / "gen", users=users, days=args["days"], categories=300,
                               start=START, seed=1)
         out = {"rows": gen.rows, "path": str(gen.events_path), "bytes": gen.events_path.stat().st_size}
     elif name == "land":
-        from pipelines.sources import land_events
+        from pipelines.data.sources import land_events
 
         res = land_events(settings, args["path"], "taobao", name="bench")
         out = {"rows": res.rows, "dates": [d.isoformat() for d in res.dates]}
     elif name == "process":
-        from pipelines.preprocess import preprocess_partition
-        from pipelines.validation import validate_partition
+        from pipelines.data.preprocess import preprocess_partition
+        from pipelines.data.validation import validate_partition
 
         rows = clean = 0
         validate_s = preprocess_s = 0.0
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = args.events or [1_000_000]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pipelines import services as svc
+    from pipelines.devstack import services as svc
 
     root = Path(args.tmp or tempfile.mkdtemp(prefix="im-data-bench-"))
     env = dict(os.environ)

@@ -65,10 +65,10 @@ def _table(user, item, category, behavior, ts, value) -> pa.Table:
 
 
 def run(data: str, overrides: dict, n_boot: int, use_repeat: bool = True, fit_options: dict | None = None) -> dict:
-    from pipelines.encoding import encode_events, write_local_dataset
-    from pipelines.evaluate import EMERGING_KS, bootstrap_ci, comparison_table, evaluate_dataset
-    from pipelines.model import predict_proba
-    from pipelines.train import fit_model
+    from pipelines.features.encoding import encode_events, write_local_dataset
+    from pipelines.model.evaluate import EMERGING_KS, bootstrap_ci, comparison_table, evaluate_dataset
+    from pipelines.model.network import predict_proba
+    from pipelines.model.train import fit_model
 
     if not DATA.is_dir():
         raise SystemExit(f"real data folder {DATA} is absent")
@@ -83,7 +83,7 @@ def run(data: str, overrides: dict, n_boot: int, use_repeat: bool = True, fit_op
         dataset = write_local_dataset(encoded, Path(tmp) / "dataset")
         fit = fit_model(dataset, settings, use_repeat=use_repeat, **(fit_options or {}))
         test = encoded["examples"]["test"]
-        from pipelines.encoding import to_model_inputs
+        from pipelines.features.encoding import to_model_inputs
 
         inputs, _, _ = to_model_inputs(test, dataset.vocab.n_categories, dataset.config.seq_len)
         t0 = time.perf_counter()

@@ -45,9 +45,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines import scoring, services, storage
 from pipelines.config import Settings, load_settings
 from pipelines.contracts import BEHAVIORS, EVENT_SCHEMA
+from pipelines.devstack import services
+from pipelines.platform import layout, storage
+from pipelines.serving import scoring
 
 AS_OF_DATE = dt.date(2024, 6, 30)
 
@@ -128,7 +130,7 @@ def write_events(settings: Settings, events: Iterator[tuple[dt.date, Any]]) -> i
     """Write each (day, table) as ``clean/events/dt=D/part-00000.parquet``; returns the row count."""
     rows = 0
     for day, table in events:
-        storage.write_parquet(settings, storage.partition_prefix(storage.CLEAN, day) + "part-00000.parquet", table)
+        storage.write_parquet(settings, layout.partition_prefix(layout.CLEAN, day) + "part-00000.parquet", table)
         rows += table.num_rows
     return rows
 
@@ -157,7 +159,9 @@ def train_keras(spec: dict[str, Any]) -> dict[str, Any]:
     the settings overrides (JSON-able) and the window; returns timings, counts and the version."""
     import mlflow
 
-    from pipelines import encoding, registry, tracking, train
+    from pipelines.features import encoding
+    from pipelines.model import registry, train
+    from pipelines.platform import tracking
 
     overrides = dict(spec["settings"])
     overrides["work_dir"] = Path(overrides["work_dir"])

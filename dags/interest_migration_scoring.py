@@ -68,32 +68,32 @@ def interest_migration_scoring():
     @task
     def resolve_model(prepared: dict) -> dict:
         """Follow the champion alias once and pin the exact version for every shard."""
-        from pipelines import scoring
         from pipelines.config import load_settings
+        from pipelines.serving import scoring
 
         return scoring.resolve_champion(load_settings())
 
     @task
     def plan_shards(model: dict) -> list[dict]:
         """Withdraw the old partition's manifest and parts; one shard spec per mapped task."""
-        from pipelines import scoring
         from pipelines.config import load_settings
+        from pipelines.serving import scoring
 
         return scoring.plan_shards(load_settings(), _as_of_date(), model)
 
     @task(max_active_tis_per_dagrun=4)
     def score_shard(model: dict, shard: dict) -> dict:
         """Score one shard of users in bounded batches; write predictions/dt=D/part-<shard>.parquet."""
-        from pipelines import scoring
         from pipelines.config import load_settings
+        from pipelines.serving import scoring
 
         return scoring.score_shard(load_settings(), _as_of_date(), model, shard)
 
     @task(outlets=[PREDICTIONS])
     def publish(model: dict, shard_results: list[dict]) -> dict:
         """Check every part, then write the _SUCCESS manifest last and emit the asset event."""
-        from pipelines import scoring
         from pipelines.config import load_settings
+        from pipelines.serving import scoring
 
         date = _as_of_date()
         manifest = scoring.publish_partition(load_settings(), date, model, list(shard_results))

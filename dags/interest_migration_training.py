@@ -47,8 +47,9 @@ def interest_migration_training():
     @task
     def start_run() -> dict:
         """Resolve the data window and open (or resume) this DAG run's MLflow run."""
-        from pipelines import flows, tracking
+        from pipelines import flows
         from pipelines.config import load_settings
+        from pipelines.platform import tracking
 
         context = get_current_context()
         settings = load_settings()
@@ -94,16 +95,16 @@ def interest_migration_training():
     @task
     def train(run: dict, dataset: dict) -> dict:
         """Fit the Keras model with early stopping; log it to the run as a pyfunc model."""
-        from pipelines import train as training
         from pipelines.config import load_settings
+        from pipelines.model import train as training
 
         return training.train_step(load_settings(), dataset["dataset_uri"], mlflow_run_id=run["mlflow_run_id"])
 
     @task
     def evaluate(run: dict, dataset: dict, model: dict) -> dict:
         """Metrics of the model and every baseline on the held-out as-of times, plots, table."""
-        from pipelines import evaluate as evaluation
         from pipelines.config import load_settings
+        from pipelines.model import evaluate as evaluation
 
         return evaluation.evaluate_step(load_settings(), dataset["dataset_uri"], model["model_uri"],
                                         mlflow_run_id=run["mlflow_run_id"])

@@ -16,17 +16,17 @@ import sys
 from pipelines.config import ConfigError, load_settings, settings_table
 
 STAGE_MODULES = (
-    "pipelines.sources",
-    "pipelines.synthetic",
-    "pipelines.validation",
-    "pipelines.preprocess",
-    "pipelines.encoding",
-    "pipelines.train",
-    "pipelines.evaluate",
-    "pipelines.registry",
-    "pipelines.scoring",
-    "pipelines.predictions",
-    "pipelines.devstack",
+    "pipelines.data.sources",
+    "pipelines.data.synthetic",
+    "pipelines.data.validation",
+    "pipelines.data.preprocess",
+    "pipelines.features.encoding",
+    "pipelines.model.train",
+    "pipelines.model.evaluate",
+    "pipelines.model.registry",
+    "pipelines.serving.scoring",
+    "pipelines.serving.predictions",
+    "pipelines.devstack.stack",
 )
 
 

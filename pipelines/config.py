@@ -24,6 +24,7 @@ from typing import Any
 
 ENV_PREFIX = "IM_"
 CONFIG_FILE_VAR = "IM_CONFIG_FILE"
+DEFAULT_BUCKET = "interest-migration"
 
 
 class ConfigError(ValueError):
@@ -39,6 +40,10 @@ def _positive(x: Any) -> bool:
     return x > 0
 
 
+def _port(x: Any) -> bool:
+    return 1 <= x <= 65535
+
+
 def _share(x: Any) -> bool:
     return 0.0 <= x <= 1.0
 
@@ -50,10 +55,13 @@ class Settings:
     # --- services -------------------------------------------------------------------------
     s3_endpoint_url: str = _field("http://127.0.0.1:8333", "S3 API endpoint (SeaweedFS, MinIO, AWS)")
     s3_region: str = _field("us-east-1", "S3 region name handed to boto3")
-    bucket: str = _field("interest-migration", "the one bucket holding raw/clean/predictions/...")
+    bucket: str = _field(DEFAULT_BUCKET, "the one bucket holding raw/clean/predictions/...")
     mlflow_tracking_uri: str = _field("http://127.0.0.1:5000", "MLflow tracking server URI")
     mlflow_experiment: str = _field("interest_migration", "MLflow experiment of the training runs")
     model_name: str = _field("interest_migration", "registered model name")
+    mlflow_ui_url: str = _field("", "MLflow UI address shown in Airflow's navigation (empty: the tracking URI)")
+    code_version: str = _field("", "code version recorded on training runs (empty: the git commit of this "
+                               "checkout); images and CI set it")
     work_dir: Path = _field(Path(".local/work"), "local scratch folder for a task's temporary files")
 
     # --- data window and validation --------------------------------------------------------
@@ -118,6 +126,10 @@ class Settings:
     gate_margin_vs_baselines: float = _field(0.0, "challenger must beat every baseline by this (absolute)")
 
     # --- scoring ----------------------------------------------------------------------------
+    scoring_start_date: dt.date = _field(dt.date(2000, 1, 1), "start date of the daily scoring schedule "
+                                         "(read when the DAG file is parsed); backfills reach any later day")
+    scoring_catchup: bool = _field(False, "let the scheduler create every missed daily scoring run since the "
+                                   "start date")
     scoring_batch_users: int = _field(5000, "users scored per model call", check=_positive, rule="> 0")
     scoring_shards: int = _field(2, "mapped scoring tasks per day", check=_positive, rule="> 0")
     emerging_k: int = _field(5, "length of emerging_categories", check=_positive, rule="> 0")
@@ -134,6 +146,20 @@ class Settings:
     fading_max_probability: float = _field(0.25, "a strong category is fading when its predicted "
                                            "probability in the horizon is below this", check=_share,
                                            rule="a probability in [0, 1]")
+
+    # --- embedded stack (`make up`, `make run`) ------------------------------------------------
+    stack_root_dir: Path | None = _field(None, "folder of the embedded stack's state (empty: .local/ in "
+                                         "the repository)")
+    stack_s3_port: int = _field(8333, "S3 (SeaweedFS) port of the embedded stack", check=_port, rule="a TCP port")
+    stack_mlflow_port: int = _field(5000, "MLflow port of the embedded stack", check=_port, rule="a TCP port")
+    stack_airflow_port: int = _field(8080, "Airflow API/UI port of the embedded stack", check=_port,
+                                     rule="a TCP port")
+    stack_port_base: int = _field(18330, "first of 14 ports for SeaweedFS's internal listeners and Airflow's "
+                                  "log servers", check=lambda x: 1 <= x <= 65515, rule="a TCP port <= 65515")
+    stack_use_schedule: bool = _field(False, "let the embedded stack's scheduler create scheduled runs (off: "
+                                      "runs happen when triggered or backfilled)")
+    stack_strict_gate: bool = _field(False, "`make run` stops when the gate promotes no champion instead of "
+                                     "promoting the first version by hand")
 
     def describe(self) -> dict[str, str]:
         """Settings as strings, for logs and MLflow params (holds no secret)."""
@@ -256,3 +282,13 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
 def settings_table() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) rows, for the README and ``python -m pipelines config``."""
     return [(env_name(f.name), _render(f.default), f.metadata["doc"]) for f in dataclasses.fields(Settings)]
+
+
+def setting_variables(environ: Mapping[str, str] | None = None, *, include_stack: bool = False) -> dict[str, str]:
+    """The ``IM_*`` variables of ``environ`` (default: this process) that set a setting, plus
+    ``IM_CONFIG_FILE``: what a launcher hands on to the processes it starts (the embedded stack
+    passes the caller's settings to its tasks, without its own ``IM_STACK_*`` ones)."""
+    env = os.environ if environ is None else environ
+    names = {env_name(f.name) for f in dataclasses.fields(Settings)
+             if include_stack or not f.name.startswith("stack_")} | {CONFIG_FILE_VAR}
+    return {k: v for k, v in env.items() if k in names}

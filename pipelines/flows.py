@@ -10,33 +10,12 @@ import datetime as dt
 import logging
 from typing import Any
 
-from pipelines import storage
 from pipelines.config import Settings
+from pipelines.data.events import MissingInputError
+from pipelines.platform import layout, storage
+from pipelines.platform.dates import date_range, lookback_window, parse_date
 
 log = logging.getLogger(__name__)
-
-
-class MissingInputError(RuntimeError):
-    """No data where a step needs it; the message names the partitions looked for."""
-
-
-def to_date(value: str | dt.date | dt.datetime, name: str = "date") -> dt.date:
-    """``YYYY-MM-DD`` (or a date/datetime) to a date; a bad value raises ValueError naming ``name``."""
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value)[:10])
-    except ValueError as exc:
-        raise ValueError(f"{name}={value!r} is not a date YYYY-MM-DD") from exc
-
-
-def parse_date(value: str | dt.date | dt.datetime | None, name: str) -> dt.date | None:
-    """Like :func:`to_date`, but empty/None stays None (an open window bound)."""
-    if value is None or value == "":
-        return None
-    return to_date(value, name)
 
 
 def resolve_window(settings: Settings, data_start: str | None, data_end: str | None) -> tuple[dt.date, dt.date]:
@@ -46,17 +25,13 @@ def resolve_window(settings: Settings, data_start: str | None, data_end: str | N
     """
     start = parse_date(data_start, "data_start")
     end = parse_date(data_end, "data_end")
-    landed = [d for d in storage.list_partitions(settings, storage.RAW)
+    landed = [d for d in storage.list_partitions(settings, layout.RAW)
               if (start is None or d >= start) and (end is None or d <= end)]
     if not landed:
         raise MissingInputError(
-            f"no raw partitions under s3://{settings.bucket}/{storage.RAW}/ in window "
+            f"no raw partitions under s3://{settings.bucket}/{layout.RAW}/ in window "
             f"[{start or 'first'}, {end or 'last'}]; land data first: python -m pipelines land --source ...")
     return (start or landed[0], end or landed[-1])
-
-
-def _dates(start: dt.date, end: dt.date) -> list[dt.date]:
-    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
 def validate_window(settings: Settings, start: dt.date, end: dt.date, *, report_id: str,
@@ -65,12 +40,12 @@ def validate_window(settings: Settings, start: dt.date, end: dt.date, *, report_
 
     A batch-level failure of any partition raises (the task fails with the validator's message).
     """
-    from pipelines import validation
+    from pipelines.data import validation
 
-    raw_dates = set(storage.list_partitions(settings, storage.RAW))
-    days = [d for d in _dates(start, end) if d in raw_dates]
+    raw_dates = set(storage.list_partitions(settings, layout.RAW))
+    days = [d for d in date_range(start, end) if d in raw_dates]
     if not days:
-        raise MissingInputError(f"no raw partitions in [{start}, {end}] under s3://{settings.bucket}/{storage.RAW}/")
+        raise MissingInputError(f"no raw partitions in [{start}, {end}] under s3://{settings.bucket}/{layout.RAW}/")
     results = []
     for i, day in enumerate(days, 1):
         result = validation.validate_partition(settings, day, report_id=report_id).to_dict()
@@ -78,7 +53,7 @@ def validate_window(settings: Settings, start: dt.date, end: dt.date, *, report_
         results.append(result)
     summary = {"partitions": [d.isoformat() for d in days], "totals": _totals(results)}
     if mlflow_run_id:
-        from pipelines import tracking
+        from pipelines.platform import tracking
 
         validation.log_to_mlflow(results, mlflow_run_id, settings)
         tracking.log_validation_summary(settings, mlflow_run_id, {**summary, "per_partition": results})
@@ -87,7 +62,8 @@ def validate_window(settings: Settings, start: dt.date, end: dt.date, *, report_
 
 def encode_window(settings: Settings, start: dt.date, end: dt.date, *, mlflow_run_id: str) -> dict[str, Any]:
     """Encode the clean events of [start, end] and record the examples as the run's dataset input."""
-    from pipelines import encoding, tracking
+    from pipelines.features import encoding
+    from pipelines.platform import tracking
 
     result = encoding.encode_step(settings, start, end, mlflow_run_id=mlflow_run_id)
     tracking.log_dataset_input(
@@ -100,7 +76,8 @@ def encode_window(settings: Settings, start: dt.date, end: dt.date, *, mlflow_ru
 
 def register_and_close(settings: Settings, *, mlflow_run_id: str, model_uri: str, dataset_uri: str) -> dict[str, Any]:
     """Run the registry gate, then mark the DAG run's MLflow run FINISHED (the last task's job)."""
-    from pipelines import registry, tracking
+    from pipelines.model import registry
+    from pipelines.platform import tracking
 
     decision = registry.register_step(settings, mlflow_run_id=mlflow_run_id, model_uri=model_uri,
                                       dataset_uri=dataset_uri)
@@ -110,10 +87,10 @@ def register_and_close(settings: Settings, *, mlflow_run_id: str, model_uri: str
 
 def preprocess_window(settings: Settings, start: dt.date, end: dt.date) -> dict[str, Any]:
     """Preprocess every landed raw partition in [start, end] into clean/; returns totals."""
-    from pipelines import preprocess
+    from pipelines.data import preprocess
 
-    raw_dates = set(storage.list_partitions(settings, storage.RAW))
-    days = [d for d in _dates(start, end) if d in raw_dates]
+    raw_dates = set(storage.list_partitions(settings, layout.RAW))
+    days = [d for d in date_range(start, end) if d in raw_dates]
     results = []
     for i, day in enumerate(days, 1):
         result = preprocess.preprocess_partition(settings, day).to_dict()
@@ -129,16 +106,16 @@ def prepare_scoring_input(settings: Settings, date: dt.date, *, report_id: str) 
     late-landed file is picked up; earlier days are cleaned only when their clean partition is
     missing. Raises :class:`MissingInputError` when the window holds no clean data at all.
     """
-    start = date - dt.timedelta(days=settings.lookback_days - 1)
-    raw_dates = set(storage.list_partitions(settings, storage.RAW))
-    clean_dates = set(storage.list_partitions(settings, storage.CLEAN))
-    todo = [d for d in _dates(start, date) if d in raw_dates and (d == date or d not in clean_dates)]
+    start, _ = lookback_window(date, settings.lookback_days)
+    raw_dates = set(storage.list_partitions(settings, layout.RAW))
+    clean_dates = set(storage.list_partitions(settings, layout.CLEAN))
+    todo = [d for d in date_range(start, date) if d in raw_dates and (d == date or d not in clean_dates)]
     done: list[str] = []
     for day in todo:
         validate_window(settings, day, day, report_id=report_id)
         preprocess_window(settings, day, day)
         done.append(day.isoformat())
-    available = sorted(set(storage.list_partitions(settings, storage.CLEAN)) & set(_dates(start, date)))
+    available = sorted(set(storage.list_partitions(settings, layout.CLEAN)) & set(date_range(start, date)))
     if not available:
         raise MissingInputError(
             f"no clean events for the look-back window [{start}, {date}] (raw partitions there: none); "

@@ -23,13 +23,13 @@ app = FastAPI(title="interest-migration predictions", docs_url=None, redoc_url=N
 
 def partition_overview(limit: int = 60) -> dict:
     """Published partitions (newest first) and the model aliases, read from S3 and MLflow."""
-    from pipelines import storage
     from pipelines.config import load_settings
+    from pipelines.platform import layout, storage
 
     settings = load_settings()
     rows = []
-    for date in reversed(storage.list_partitions(settings, storage.PREDICTIONS)[-limit:]):
-        key = storage.partition_prefix(storage.PREDICTIONS, date) + storage.SUCCESS
+    for date in reversed(storage.list_partitions(settings, layout.PREDICTIONS)[-limit:]):
+        key = layout.partition_prefix(layout.PREDICTIONS, date) + layout.SUCCESS
         try:
             manifest = storage.get_json(settings, key)
         except storage.StorageError:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import services as svc
 from pipelines.config import Settings, load_settings
+from pipelines.devstack import services as svc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -80,7 +80,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
 @pytest.fixture()
 def settings(services: Services, tmp_path: Path) -> Settings:
     """Settings pointing at the live services, with a bucket of its own (no test sees another's data)."""
-    from pipelines import storage
+    from pipelines.platform import storage
 
     bucket = f"{BASE_BUCKET}-{os.getpid()}-{next(_bucket_numbers)}"
     result = load_settings(environ={}, s3_endpoint_url=services.s3_endpoint_url,

@@ -107,7 +107,7 @@ def register_as_champion(settings: Settings, *, variant: str = "good") -> str:
     """Log, register and alias a model ``champion`` directly (no gate); returns the version."""
     import mlflow
 
-    from pipelines.tracking import client
+    from pipelines.platform.tracking import client
 
     _, uri = log_model(settings, variant=variant)
     version = mlflow.register_model(uri, settings.model_name).version
@@ -132,7 +132,7 @@ def clean_events(days: dict[dt.date, list[tuple[str, str, str, str, int]]]) -> d
 
 def write_clean(settings: Settings, tables: dict[dt.date, Any], part: str = "part-00000.parquet") -> None:
     """Write the tables as clean partitions ``clean/events/dt=D/<part>``."""
-    from pipelines import storage
+    from pipelines.platform import layout, storage
 
     for day, table in tables.items():
-        storage.write_parquet(settings, storage.partition_prefix(storage.CLEAN, day) + part, table)
+        storage.write_parquet(settings, layout.partition_prefix(layout.CLEAN, day) + part, table)

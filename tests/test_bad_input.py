@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import storage
 from pipelines.__main__ import main
-from pipelines.preprocess import preprocess_partition
-from pipelines.sources import SourceError, land_events
-from pipelines.validation import ValidationError, validate_partition
+from pipelines.data.preprocess import preprocess_partition
+from pipelines.data.sources import SourceError, land_events
+from pipelines.data.validation import ValidationError, validate_partition
+from pipelines.platform import storage
 
 pytestmark = pytest.mark.services
 
@@ -155,7 +155,7 @@ def test_mixed_time_zones_are_normalised_to_utc(settings, tmp_path: Path) -> Non
     assert res.rows_by_date == {"2017-11-24": 1, "2017-11-25": 3}
     assert res.quarantine_reasons == {"unparseable_timestamp": 1}
     pre = preprocess_partition(settings, D)
-    from pipelines.events import read_clean_events
+    from pipelines.data.events import read_clean_events
 
     ts = sorted(t.isoformat() for t in read_clean_events(settings, D, D)["ts"].to_pylist())
     assert pre.clean == 3 and ts == ["2017-11-25T00:30:00+00:00", "2017-11-25T01:00:00+00:00",

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import devstack as ds
-from pipelines import services as svc
+from pipelines.devstack import services as svc
+from pipelines.devstack import stack as ds
 
 SLEEPY_DAG = '''
 """A DAG whose task sleeps, to check that `stack down` ends running task processes."""
@@ -149,12 +149,12 @@ def test_up_status_down_up_keeps_data_and_leaves_nothing(tmp_path):
         assert health["scheduler"]["status"] == "healthy"
 
         # Data in S3 and MLflow, written as a user of the stack would (through stack.env).
-        from pipelines import storage
         from pipelines.config import load_settings
+        from pipelines.platform import storage
 
         env = ds.read_env_file(cfg.env_file)
         settings = load_settings(environ=env)
-        storage._client.cache_clear()
+        storage.reset_clients()
         import os
         saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
         os.environ.update({k: env[k] for k in saved})
@@ -179,7 +179,7 @@ def test_up_status_down_up_keeps_data_and_leaves_nothing(tmp_path):
             second_output = "\n".join(printed)
             assert password not in second_output and secret["s3_secret_key"] not in second_output
             assert ds.admin_password(cfg) == password
-            storage._client.cache_clear()
+            storage.reset_clients()
             assert storage.get_bytes(settings, "keep/me.txt") == b"still here"
             assert client.get_experiment(experiment).name == "kept"
             runs = ds.AirflowApi(cfg).get("/dags/sleepy/dagRuns")["dag_runs"]
@@ -190,7 +190,7 @@ def test_up_status_down_up_keeps_data_and_leaves_nothing(tmp_path):
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
-            storage._client.cache_clear()
+            storage.reset_clients()
 
         # No credential in any log the stack wrote.
         secret_values = [password, *secret.values()]
@@ -213,8 +213,8 @@ def test_stack_run_twice_trains_once_and_rescores_without_duplicates(tmp_path, m
     the successful training run, re-scores the same days and replaces (not adds) partitions."""
     import os
 
-    from pipelines import storage
     from pipelines.config import load_settings
+    from pipelines.platform import layout, storage
 
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "IM_S3_ENDPOINT_URL", "IM_MLFLOW_TRACKING_URI",
                 "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "IM_BUCKET", "IM_WORK_DIR"):
@@ -229,13 +229,13 @@ def test_stack_run_twice_trains_once_and_rescores_without_duplicates(tmp_path, m
     try:
         first: list[str] = []
         assert ds.run_demo(cfg, out=first.append, **size), "\n".join(first)
-        storage._client.cache_clear()
+        storage.reset_clients()
         settings = load_settings(environ=ds.read_env_file(cfg.env_file))
         api = ds.AirflowApi(cfg)
-        partitions = storage.list_partitions(settings, storage.PREDICTIONS)
+        partitions = storage.list_partitions(settings, layout.PREDICTIONS)
         assert len(partitions) == 3  # a backfill over three consecutive days
-        keys_before = storage.list_keys(settings, storage.PREDICTIONS + "/")
-        manifests = [storage.get_json(settings, storage.partition_prefix(storage.PREDICTIONS, d) + storage.SUCCESS)
+        keys_before = storage.list_keys(settings, layout.PREDICTIONS + "/")
+        manifests = [storage.get_json(settings, layout.partition_prefix(layout.PREDICTIONS, d) + layout.SUCCESS)
                      for d in partitions]
         assert all(m["row_count"] > 0 for m in manifests)
         summary = "\n".join(first)
@@ -248,11 +248,11 @@ def test_stack_run_twice_trains_once_and_rescores_without_duplicates(tmp_path, m
         assert len(training_runs) == 1
         scoring_runs = api.get(f"/dags/{ds.SCORING_DAG}/dagRuns")["dag_runs"]
         assert len(scoring_runs) == 3 and all(r["state"] == "success" for r in scoring_runs)
-        assert storage.list_partitions(settings, storage.PREDICTIONS) == partitions
-        assert len(storage.list_keys(settings, storage.PREDICTIONS + "/")) == len(keys_before)
+        assert storage.list_partitions(settings, layout.PREDICTIONS) == partitions
+        assert len(storage.list_keys(settings, layout.PREDICTIONS + "/")) == len(keys_before)
         versions = ds._champion_version(settings)
         assert versions == "1"
     finally:
         ds.down(cfg, out=lambda _: None)
-        storage._client.cache_clear()
+        storage.reset_clients()
     assert _stack_pids(cfg.root) == []

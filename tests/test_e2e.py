@@ -18,8 +18,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipelines import storage
 from pipelines.contracts import PREDICTION_SCHEMA
+from pipelines.platform import layout, storage
 from tests.conftest import REPO_ROOT
 
 pytestmark = [pytest.mark.services, pytest.mark.airflow, pytest.mark.slow]
@@ -44,8 +44,8 @@ def _airflow(env: dict[str, str], *args: str, timeout: int = 900) -> subprocess.
 @pytest.fixture(scope="module")
 def e2e(services, tmp_path_factory):
     """A bucket with landed synthetic data and an Airflow home whose tasks talk to it."""
-    from pipelines import sources, synthetic
     from pipelines.config import load_settings
+    from pipelines.data import sources, synthetic
 
     root = tmp_path_factory.mktemp("e2e")
     settings = load_settings(environ={}, s3_endpoint_url=services.s3_endpoint_url,
@@ -76,8 +76,8 @@ def e2e(services, tmp_path_factory):
 
 
 def _read_partition(settings, date: dt.date) -> tuple[dict, pa.Table]:
-    prefix = storage.partition_prefix(storage.PREDICTIONS, date)
-    manifest = storage.get_json(settings, prefix + storage.SUCCESS)
+    prefix = layout.partition_prefix(layout.PREDICTIONS, date)
+    manifest = storage.get_json(settings, prefix + layout.SUCCESS)
     tables = [storage.read_parquet(settings, key) for key in manifest["files"]]
     return manifest, pa.concat_tables(tables)
 
@@ -153,10 +153,10 @@ def test_training_then_three_scoring_days_then_rerun(e2e):
     # Rerun one day: same files, same rows, nothing appended.
     day = SCORING_DAYS[1]
     before_manifest, before = _read_partition(settings, day)
-    keys_before = storage.list_keys(settings, storage.partition_prefix(storage.PREDICTIONS, day))
+    keys_before = storage.list_keys(settings, layout.partition_prefix(layout.PREDICTIONS, day))
     _airflow(env, "dags", "test", "interest_migration_scoring", day.isoformat())
     after_manifest, after = _read_partition(settings, day)
-    assert storage.list_keys(settings, storage.partition_prefix(storage.PREDICTIONS, day)) == keys_before
+    assert storage.list_keys(settings, layout.partition_prefix(layout.PREDICTIONS, day)) == keys_before
     assert after.num_rows == before.num_rows
     assert _differences(before, after) == []
     assert after_manifest["created_at"] >= before_manifest["created_at"]
@@ -166,7 +166,7 @@ def test_events_after_d_do_not_change_d(e2e):
     """Land extra events dated after D, rescore D: the predictions are identical."""
     settings, env, _ = e2e
     day = SCORING_DAYS[0]
-    if not storage.exists(settings, storage.partition_prefix(storage.PREDICTIONS, day) + storage.SUCCESS):
+    if not storage.exists(settings, layout.partition_prefix(layout.PREDICTIONS, day) + layout.SUCCESS):
         pytest.skip("needs the partitions of the previous test")
     _, before = _read_partition(settings, day)
     users = before.column("user_id").to_pylist()[:50]
@@ -174,12 +174,12 @@ def test_events_after_d_do_not_change_d(e2e):
     csv_path = Path(settings.work_dir) / "late.csv"
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     csv_path.write_text("".join(f"{u},999999,123456,buy,{int(later.timestamp())}\n" for u in users))
-    from pipelines import sources
+    from pipelines.data import sources
 
     sources.land_events(settings, csv_path, "taobao", name="late")
     _airflow(env, "dags", "test", "interest_migration_scoring", day.isoformat())
     _, after = _read_partition(settings, day)
     assert _differences(before, after) == []
     # Sanity: the late events really landed, in the next day's raw partition.
-    assert any("late" in k for k in storage.list_keys(settings, storage.partition_prefix(storage.RAW,
+    assert any("late" in k for k in storage.list_keys(settings, layout.partition_prefix(layout.RAW,
                                                                                           day + dt.timedelta(days=1))))

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from pipelines.contracts import EVENT_SCHEMA
-from pipelines.encoding import (
+from pipelines.features.encoding import (
     HIST_FEATURES,
     N_HIST,
     OOV,

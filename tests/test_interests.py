@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from pipelines import interests as it
+from pipelines.serving import interests as it
 
 AS_OF = dt.datetime(2024, 1, 10, tzinfo=dt.UTC)
 

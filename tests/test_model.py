@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.encoding import N_HIST, EncodingConfig, build_vocab, encode_examples, to_model_inputs
+from pipelines.features.encoding import N_HIST, EncodingConfig, build_vocab, encode_examples, to_model_inputs
 
 L = 8
 
@@ -27,7 +27,7 @@ def tiny_inputs(batch: int, n_categories: int, seed: int = 0) -> dict[str, np.nd
 
 @pytest.mark.parametrize("encoder", ["attention", "gru"])
 def test_output_is_one_probability_per_category_and_survives_save_load(encoder: str, tmp_path) -> None:
-    from pipelines.model import build_model, load_keras_model
+    from pipelines.model.network import build_model, load_keras_model
 
     model = build_model(7, 7, L, embed_dim=8, encoder=encoder)
     x = tiny_inputs(4, 7)
@@ -40,7 +40,7 @@ def test_output_is_one_probability_per_category_and_survives_save_load(encoder: 
 
 
 def test_bad_encoder_name_is_an_error() -> None:
-    from pipelines.model import build_model
+    from pipelines.model.network import build_model
 
     with pytest.raises(ValueError, match="encoder"):
         build_model(5, 5, L, encoder="lstm-ish")
@@ -62,7 +62,7 @@ def shoe_events() -> pd.DataFrame:
 def test_a_user_who_only_buys_shoes_ranks_shoes_first_and_unknown_ids_do_not_crash() -> None:
     import keras
 
-    from pipelines.model import _events_table, build_model, score_events
+    from pipelines.model.network import _events_table, build_model, score_events
 
     keras.utils.set_random_seed(0)
     frame = shoe_events()
@@ -86,7 +86,7 @@ def test_a_user_who_only_buys_shoes_ranks_shoes_first_and_unknown_ids_do_not_cra
 
 
 def test_residual_base_starts_from_decayed_frequency_and_survives_save_load(tmp_path) -> None:
-    from pipelines.model import build_model, load_keras_model
+    from pipelines.model.network import build_model, load_keras_model
 
     model = build_model(7, 7, L, embed_dim=8, encoder="gru", residual_base=True)
     scorer = model.get_layer("migration_scorer")
@@ -114,7 +114,7 @@ def test_residual_base_starts_from_decayed_frequency_and_survives_save_load(tmp_
 def test_listwise_loss_prefers_the_labelled_category_on_top_and_keeps_bce() -> None:
     import keras
 
-    from pipelines.train import ranking_loss
+    from pipelines.model.train import ranking_loss
 
     y = np.array([[0, 0, 1, 0, 0]], np.float32)
     good = np.array([[0.0, 0.0, 0.6, 0.3, 0.3]], np.float32)

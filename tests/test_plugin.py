@@ -28,7 +28,7 @@ def test_plugin_declares_views_app_and_macro():
 def test_page_lists_published_and_incomplete_partitions(settings, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from pipelines import storage
+    from pipelines.platform import storage
 
     for name, value in (("IM_BUCKET", settings.bucket), ("IM_S3_ENDPOINT_URL", settings.s3_endpoint_url),
                         ("IM_MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)):

@@ -9,8 +9,9 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from pipelines import predictions, scoring, storage
 from pipelines.contracts import PREDICTION_SCHEMA
+from pipelines.platform import layout, storage
+from pipelines.serving import predictions, scoring
 from tests import pyfunc_models as pm
 
 D1, D2 = dt.date(2024, 3, 1), dt.date(2024, 3, 2)
@@ -49,7 +50,7 @@ def published(settings):
 
 @pytest.mark.services
 def test_reader_trusts_only_the_manifest(published):
-    prefix = storage.partition_prefix(storage.PREDICTIONS, D2)
+    prefix = layout.partition_prefix(layout.PREDICTIONS, D2)
     table = predictions.read_predictions(published, D2)
     assert sorted(table["user_id"].to_pylist()) == ["alice", "bob", "carol"]
     # A part the manifest does not list (a crashed run's leftover) is never read.
@@ -63,7 +64,7 @@ def test_reader_trusts_only_the_manifest(published):
     with pytest.raises(predictions.PredictionsNotFound, match="user 'zed'"):
         predictions.user_view(published, D2, "zed")
     # Without _SUCCESS the partition does not exist for readers, even though its parts are there.
-    storage.s3_client(published).delete_object(Bucket=published.bucket, Key=prefix + storage.SUCCESS)
+    storage.s3_client(published).delete_object(Bucket=published.bucket, Key=prefix + layout.SUCCESS)
     with pytest.raises(predictions.PredictionsNotFound, match="no published predictions for 2024-03-02"):
         predictions.read_predictions(published, D2)
     assert predictions.published_dates(published) == []

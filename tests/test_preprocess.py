@@ -9,12 +9,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from pipelines import sources, storage
 from pipelines.config import load_settings
 from pipelines.contracts import EVENT_SCHEMA
-from pipelines.events import read_clean_events
-from pipelines.preprocess import clean_events, preprocess_partition
-from pipelines.synthetic import generate_taobao
+from pipelines.data import sources
+from pipelines.data.events import read_clean_events
+from pipelines.data.preprocess import clean_events, preprocess_partition
+from pipelines.data.synthetic import generate_taobao
+from pipelines.platform import storage
 
 D = dt.date(2017, 11, 25)
 T0 = 1511568000
@@ -96,7 +97,7 @@ def test_preprocess_quarantines_validation_failures_and_noise(settings, tmp_path
 
 @pytest.mark.services
 def test_preprocess_reuses_validated_handover_until_raw_files_change(settings, tmp_path: Path, monkeypatch) -> None:
-    from pipelines import validation
+    from pipelines.data import validation
 
     lines = [f"{u},{u},7,pv,{T0 + u}" for u in range(1, 301)] + [f"1,2,7,zap,{T0 + 3}"] + [f"5,5,7,pv,{T0 + 5}"]
     src = tmp_path / "handover.csv"

@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import storage
 from pipelines.config import Settings, load_settings
-from pipelines.preprocess import preprocess_partition
-from pipelines.sources import land_events
-from pipelines.validation import validate_partition
+from pipelines.data.preprocess import preprocess_partition
+from pipelines.data.sources import land_events
+from pipelines.data.validation import validate_partition
+from pipelines.platform import storage
 
 pytestmark = [pytest.mark.realdata, pytest.mark.services, pytest.mark.slow]
 

@@ -10,8 +10,9 @@ import math
 import pandas as pd
 import pytest
 
-from pipelines import registry, storage
-from pipelines.tracking import client
+from pipelines.model import registry
+from pipelines.platform import storage
+from pipelines.platform.tracking import client
 from tests import pyfunc_models as pm
 
 AS_OF = "2024-01-04T00:00:00+00:00"

@@ -10,8 +10,9 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from pipelines import scoring, storage
 from pipelines.contracts import PREDICTION_COLUMNS, PREDICTION_SCHEMA
+from pipelines.platform import layout, storage
+from pipelines.serving import scoring
 from tests import pyfunc_models as pm
 
 D1, D2, D3, D4, D5 = (dt.date(2024, 1, day) for day in range(1, 6))
@@ -41,8 +42,8 @@ def _users_active(start: dt.date, end: dt.date) -> set[str]:
 
 
 def _read_partition(settings, day: dt.date) -> tuple[dict, pa.Table]:
-    prefix = storage.partition_prefix(storage.PREDICTIONS, day)
-    manifest = storage.get_json(settings, prefix + storage.SUCCESS)
+    prefix = layout.partition_prefix(layout.PREDICTIONS, day)
+    manifest = storage.get_json(settings, prefix + layout.SUCCESS)
     table = pa.concat_tables([storage.read_parquet(settings, key) for key in manifest["files"]])
     return manifest, table.sort_by("user_id")
 
@@ -61,8 +62,8 @@ def test_three_consecutive_days_give_complete_contract_partitions(scoring_settin
     for day in (D2, D3, D4):
         published = scoring.score_date(scoring_settings, day)
         manifest, table = _read_partition(scoring_settings, day)
-        keys = storage.list_keys(scoring_settings, storage.partition_prefix(storage.PREDICTIONS, day))
-        assert sorted(manifest["files"]) == sorted(k for k in keys if not k.endswith(storage.SUCCESS))
+        keys = storage.list_keys(scoring_settings, layout.partition_prefix(layout.PREDICTIONS, day))
+        assert sorted(manifest["files"]) == sorted(k for k in keys if not k.endswith(layout.SUCCESS))
         assert len(manifest["files"]) == scoring_settings.scoring_shards == manifest["shards"]
         assert manifest["model_version"] == version == published["model_version"]
         assert manifest["as_of_date"] == day.isoformat()
@@ -90,13 +91,13 @@ def test_rerun_replaces_the_partition_whole(scoring_settings):
     pm.register_as_champion(scoring_settings)
     first = scoring.score_date(scoring_settings, D3)
     _, before = _read_partition(scoring_settings, D3)
-    prefix = storage.partition_prefix(storage.PREDICTIONS, D3)
+    prefix = layout.partition_prefix(layout.PREDICTIONS, D3)
     # A leftover of an older run with more shards must not survive the rerun.
     storage.write_parquet(scoring_settings, prefix + "part-00009.parquet", before)
     second = scoring.score_date(scoring_settings, D3)
     _, after = _read_partition(scoring_settings, D3)
     assert after.equals(before)
-    assert storage.list_keys(scoring_settings, prefix) == sorted(second["files"] + [prefix + storage.SUCCESS])
+    assert storage.list_keys(scoring_settings, prefix) == sorted(second["files"] + [prefix + layout.SUCCESS])
     assert second["files"] == first["files"] and second["row_count"] == first["row_count"]
     assert second["created_at"] > first["created_at"]
 
@@ -113,7 +114,7 @@ def test_events_after_the_day_do_not_change_its_predictions(scoring_settings):
     stray = pm.clean_events({D3: [("u2", "i95", "garden", "buy", 5)]})[D3]
     stray = stray.set_column(4, "ts", pa.array([dt.datetime(2024, 1, 4, 0, 0, 1, tzinfo=dt.UTC)],
                                                 stray.schema.field("ts").type))
-    storage.write_parquet(scoring_settings, storage.partition_prefix(storage.CLEAN, D3) + "part-stray.parquet", stray)
+    storage.write_parquet(scoring_settings, layout.partition_prefix(layout.CLEAN, D3) + "part-stray.parquet", stray)
     scoring.score_date(scoring_settings, D3)
     _, after = _read_partition(scoring_settings, D3)
     assert after.equals(before)
@@ -125,7 +126,7 @@ def test_events_after_the_day_do_not_change_its_predictions(scoring_settings):
 
 @pytest.mark.services
 def test_moving_the_alias_by_hand_changes_the_next_run(scoring_settings):
-    from pipelines import registry
+    from pipelines.model import registry
 
     first = pm.register_as_champion(scoring_settings)
     assert scoring.score_date(scoring_settings, D3)["model_version"] == first
@@ -165,7 +166,7 @@ def test_publish_refuses_an_incomplete_partition(scoring_settings):
     model = scoring.resolve_champion(scoring_settings)
     shards = scoring.plan_shards(scoring_settings, D3, model)
     results = [scoring.score_shard(scoring_settings, D3, model, shard) for shard in shards]
-    success = storage.partition_prefix(storage.PREDICTIONS, D3) + storage.SUCCESS
+    success = layout.partition_prefix(layout.PREDICTIONS, D3) + layout.SUCCESS
     with pytest.raises(scoring.ScoringError, match="expected 0..1"):
         scoring.publish_partition(scoring_settings, D3, model, results[:1])
     storage.s3_client(scoring_settings).delete_object(Bucket=scoring_settings.bucket, Key=results[1]["key"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines import storage
+from pipelines.platform import layout, storage
 
 pytestmark = pytest.mark.services
 
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.services
 def test_s3_round_trip_and_partition_listing(settings):
     storage.put_text(settings, "clean/events/dt=2024-01-02/a.txt", "x")
     storage.put_json(settings, "clean/events/dt=2024-01-01/b.json", {"n": 1})
-    assert storage.list_partitions(settings, storage.CLEAN) == [
+    assert storage.list_partitions(settings, layout.CLEAN) == [
         __import__("datetime").date(2024, 1, 1), __import__("datetime").date(2024, 1, 2)]
     assert storage.get_json(settings, "clean/events/dt=2024-01-01/b.json") == {"n": 1}
     assert storage.delete_prefix(settings, "clean/events/") == 2

@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import sources, storage
-from pipelines.sources import SourceError, build_spec, canonicalize, land_events, parse_ts
+from pipelines.data import sources
+from pipelines.data.sources import SourceError, build_spec, canonicalize, land_events, parse_ts
+from pipelines.platform import storage
 
 D1 = 1511568000  # 2017-11-25 00:00 UTC
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.synthetic import generate_taobao, read_truth
+from pipelines.data.synthetic import generate_taobao, read_truth
 
 
 def _read(path: Path) -> pd.DataFrame:

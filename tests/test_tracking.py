@@ -7,7 +7,7 @@ import datetime as dt
 
 import pytest
 
-from pipelines import tracking
+from pipelines.platform import tracking
 from tests import pyfunc_models as pm
 
 pytestmark = pytest.mark.services

@@ -34,12 +34,12 @@ def synthetic_events(n_users: int = 40, days: int = 36, n_categories: int = 8, s
 
 
 def _land_clean(settings, table: pa.Table) -> tuple[dt.date, dt.date]:
-    from pipelines import storage
+    from pipelines.platform import layout, storage
 
     dates = pd.to_datetime(table["ts"].to_pandas()).dt.date
     for day in sorted(set(dates)):
         part = table.filter(pa.array((dates == day).to_numpy()))
-        storage.write_parquet(settings, f"{storage.partition_prefix(storage.CLEAN, day)}part-00000.parquet", part)
+        storage.write_parquet(settings, f"{layout.partition_prefix(layout.CLEAN, day)}part-00000.parquet", part)
     return min(dates), max(dates)
 
 
@@ -50,7 +50,8 @@ def test_encode_train_evaluate_steps_log_model_metrics_and_plots(settings) -> No
 
     import mlflow
 
-    from pipelines import encoding, evaluate, train
+    from pipelines.features import encoding
+    from pipelines.model import evaluate, train
 
     settings = dataclasses.replace(settings, horizon_days=3, lookback_days=30, seq_len=20, asof_step_days=2,
                                    eval_asof_step_days=3, validation_asof_count=1, test_asof_count=2, epochs=2,

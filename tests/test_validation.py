@@ -8,10 +8,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipelines import sources, storage, validation
 from pipelines.config import load_settings
-from pipelines.synthetic import generate_taobao
-from pipelines.validation import ValidationError, flag_rows, validate_partition
+from pipelines.data import sources, validation
+from pipelines.data.synthetic import generate_taobao
+from pipelines.data.validation import ValidationError, flag_rows, validate_partition
+from pipelines.platform import storage
 
 D = dt.date(2017, 11, 25)
 T0 = 1511568000  # D 00:00 UTC

@@ -42,7 +42,7 @@ class RegistryError(RuntimeError):
 
 
 def _client(settings: Settings) -> Any:
-    from pipelines.tracking import client
+    from pipelines.platform.tracking import client
 
     return client(settings)
 
@@ -108,7 +108,7 @@ def decide(challenger: float, baselines: dict[str, float], champion: float | Non
 
 def _default_evaluator() -> ChampionEvaluator | None:
     try:
-        from pipelines import evaluate
+        from pipelines.model import evaluate
     except ImportError:
         return None
     return getattr(evaluate, "evaluate_model_uri", None)

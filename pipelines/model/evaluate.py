@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.config import Settings
-from pipelines.encoding import RESERVED
+from pipelines.features.encoding import RESERVED
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def score_pyfunc_on_examples(pyfunc: Any, events: pd.DataFrame, examples: pa.Tab
 def _load_test(dataset: Any) -> tuple[pa.Table, pd.DataFrame]:
     import pyarrow.parquet as pq
 
-    from pipelines.encoding import read_split
+    from pipelines.features.encoding import read_split
 
     examples = read_split(dataset, "test")
     events = pq.read_table(dataset.root / "test_events" / "part-00000.parquet").to_pandas()
@@ -240,8 +240,8 @@ def _load_test(dataset: Any) -> tuple[pa.Table, pd.DataFrame]:
 def choose_decay_feature(dataset: Any, ks: tuple[int, ...]) -> str:
     """The decayed-frequency half-life that is best (NDCG@first k) on the validation split: the
     baseline gets the same tuning chance the model gets."""
-    from pipelines.baselines import fit_baselines, score_decayed_frequency
-    from pipelines.encoding import read_split, to_model_inputs
+    from pipelines.features.encoding import read_split, to_model_inputs
+    from pipelines.model.baselines import fit_baselines, score_decayed_frequency
 
     val = read_split(dataset, "validation")
     if val.num_rows == 0:
@@ -263,8 +263,8 @@ def evaluate_dataset(dataset: Any, model_scores: np.ndarray | None, ks: tuple[in
 
     Returns ``{"summaries", "per_example", "labels", "known", "inputs", "examples", "scores"}``.
     """
-    from pipelines.baselines import fit_baselines, score_all
-    from pipelines.encoding import read_split, to_model_inputs
+    from pipelines.features.encoding import read_split, to_model_inputs
+    from pipelines.model.baselines import fit_baselines, score_all
 
     examples = read_split(dataset, "test") if examples is None else examples
     inputs, labels, known = to_model_inputs(examples, dataset.vocab.n_categories, dataset.config.seq_len)
@@ -289,7 +289,7 @@ def flatten_metrics(summaries: dict[str, dict[str, float]], *, model_prefix: str
 
 
 def _open_local(settings: Settings, dataset_uri: str, workdir: Path) -> Any:
-    from pipelines.encoding import download_dataset
+    from pipelines.features.encoding import download_dataset
 
     return download_dataset(settings, dataset_uri, workdir / "dataset")
 
@@ -299,7 +299,7 @@ def evaluate_model_uri(settings: Settings, dataset_uri: str, model_uri: str) -> 
     split of ``dataset_uri``, through the public scoring contract."""
     import mlflow
 
-    from pipelines.encoding import to_model_inputs
+    from pipelines.features.encoding import to_model_inputs
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     settings.work_dir.mkdir(parents=True, exist_ok=True)

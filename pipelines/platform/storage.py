@@ -1,9 +1,8 @@
 """Object storage at the edge: the only module that talks to S3 (through boto3).
 
-Keys follow the layout in DESIGN.md; build them with :func:`partition_prefix` rather than by
-hand. Partitions are replaced as a whole: :func:`delete_prefix` first, then the parts, then (for
-predictions) the ``_SUCCESS`` manifest last, so a reader that checks the manifest never sees a
-half-written partition.
+Keys come from :mod:`pipelines.platform.layout`; nothing here knows what they mean. Partitions
+are replaced as a whole: callers write the parts and, for predictions, the ``_SUCCESS`` manifest
+last, so a reader that checks the manifest never sees a half-written partition.
 """
 
 from __future__ import annotations
@@ -12,26 +11,22 @@ import datetime as dt
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines.config import Settings
 
-if TYPE_CHECKING:
-    import pyarrow as pa
-
-RAW = "raw/events"
-QUARANTINE = "quarantine/events"
-CLEAN = "clean/events"
-REPORTS = "reports/validation"
-PREDICTIONS = "predictions"
-SUCCESS = "_SUCCESS"
+_DELETE_BATCH = 1000  # the S3 API's limit for one DeleteObjects call
 
 
 class StorageError(RuntimeError):
-    """Object storage could not be reached or a key is missing; the message names the key."""
+    """Object storage could not be reached, a key is missing or a write failed; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -50,9 +45,13 @@ class S3Uri:
         return f"s3://{self.bucket}/{self.key}"
 
 
-def partition_prefix(area: str, date: dt.date) -> str:
-    """``area/dt=YYYY-MM-DD/`` for one of RAW, QUARANTINE, CLEAN, PREDICTIONS."""
-    return f"{area}/dt={date.isoformat()}/"
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object: its key, ETag and size in bytes."""
+
+    key: str
+    etag: str
+    size: int
 
 
 def uri(settings: Settings, key: str) -> str:
@@ -61,7 +60,7 @@ def uri(settings: Settings, key: str) -> str:
 
 @lru_cache(maxsize=8)
 def _client(endpoint_url: str, region: str, access_key_id: str | None) -> Any:
-    import boto3
+    import boto3  # boto3 costs ~0.3 s to import: only when storage is really used
     from botocore.config import Config
 
     # A session of its own: boto3's default session caches the first credentials it resolves,
@@ -81,6 +80,11 @@ def s3_client(settings: Settings) -> Any:
     return _client(settings.s3_endpoint_url, settings.s3_region, os.environ.get("AWS_ACCESS_KEY_ID"))
 
 
+def reset_clients() -> None:
+    """Forget cached clients (after the credentials in the environment changed)."""
+    _client.cache_clear()
+
+
 def ensure_bucket(settings: Settings, bucket: str | None = None) -> None:
     """Create the bucket if it does not exist yet (idempotent)."""
     client = s3_client(settings)
@@ -91,13 +95,18 @@ def ensure_bucket(settings: Settings, bucket: str | None = None) -> None:
         client.create_bucket(Bucket=name)
 
 
+def list_objects(settings: Settings, prefix: str) -> list[ObjectInfo]:
+    """Every object under ``prefix`` in the bucket with its ETag and size, sorted by key."""
+    client = s3_client(settings)
+    found: list[ObjectInfo] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix):
+        found.extend(ObjectInfo(o["Key"], o.get("ETag", ""), int(o.get("Size", 0))) for o in page.get("Contents", []))
+    return sorted(found, key=lambda o: o.key)
+
+
 def list_keys(settings: Settings, prefix: str) -> list[str]:
     """All keys under ``prefix`` in the bucket, sorted."""
-    client = s3_client(settings)
-    keys: list[str] = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix):
-        keys.extend(obj["Key"] for obj in page.get("Contents", []))
-    return sorted(keys)
+    return [o.key for o in list_objects(settings, prefix)]
 
 
 def list_partitions(settings: Settings, area: str) -> list[dt.date]:
@@ -124,16 +133,33 @@ def exists(settings: Settings, key: str) -> bool:
     return True
 
 
+def delete_keys(settings: Settings, keys: Iterable[str]) -> int:
+    """Delete ``keys`` in batches; returns how many were deleted.
+
+    Raises :class:`StorageError` naming the keys S3 reports as not deleted (DeleteObjects answers
+    200 even when single keys fail)."""
+    client = s3_client(settings)
+    keys = list(keys)
+    for start in range(0, len(keys), _DELETE_BATCH):
+        chunk = keys[start:start + _DELETE_BATCH]
+        answer = client.delete_objects(Bucket=settings.bucket, Delete={"Objects": [{"Key": k} for k in chunk]})
+        errors = answer.get("Errors") or []
+        if errors:
+            listed = ", ".join(f"{e.get('Key')} ({e.get('Code')}: {e.get('Message')})" for e in errors[:5])
+            raise StorageError(f"s3://{settings.bucket}: {len(errors)} of {len(chunk)} keys not deleted: {listed}")
+    return len(keys)
+
+
+def delete_key(settings: Settings, key: str) -> None:
+    """Delete one object; a missing key is not an error."""
+    s3_client(settings).delete_object(Bucket=settings.bucket, Key=key)
+
+
 def delete_prefix(settings: Settings, prefix: str) -> int:
     """Delete every object under ``prefix``; returns how many were deleted."""
     if not prefix or not prefix.endswith("/"):
         raise ValueError(f"refusing to delete a prefix that is not a folder: {prefix!r}")
-    client = s3_client(settings)
-    keys = list_keys(settings, prefix)
-    for start in range(0, len(keys), 1000):
-        chunk = keys[start:start + 1000]
-        client.delete_objects(Bucket=settings.bucket, Delete={"Objects": [{"Key": k} for k in chunk]})
-    return len(keys)
+    return delete_keys(settings, list_keys(settings, prefix))
 
 
 def put_bytes(settings: Settings, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
@@ -149,17 +175,27 @@ def get_bytes(settings: Settings, key: str) -> bytes:
         raise StorageError(f"missing object s3://{settings.bucket}/{key}") from exc
 
 
-def upload_file(settings: Settings, path: str, key: str) -> str:
+def upload_file(settings: Settings, path: str | Path, key: str) -> str:
     s3_client(settings).upload_file(str(path), settings.bucket, key)
     return uri(settings, key)
 
 
-def download_file(settings: Settings, key: str, path: str) -> str:
+def download_file(settings: Settings, key: str, path: str | Path) -> str:
     client = s3_client(settings)
     try:
         client.download_file(settings.bucket, key, str(path))
     except client.exceptions.ClientError as exc:
         raise StorageError(f"cannot download s3://{settings.bucket}/{key}: {exc}") from exc
+    return str(path)
+
+
+def download_uri(settings: Settings, source: str, path: str | Path) -> str:
+    """Download ``s3://bucket/key`` (any bucket on the configured endpoint) to ``path``."""
+    loc = S3Uri.parse(source)
+    try:
+        s3_client(settings).download_file(loc.bucket, loc.key, str(path))
+    except Exception as exc:  # botocore raises several error types for a missing key or bucket
+        raise StorageError(f"{source}: cannot download ({exc})") from exc
     return str(path)
 
 
@@ -178,16 +214,12 @@ def put_text(settings: Settings, key: str, text: str) -> str:
 
 def write_parquet(settings: Settings, key: str, table: pa.Table) -> str:
     """Write one Arrow table as a Parquet object; returns its s3:// URI."""
-    import pyarrow.parquet as pq
-
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     return put_bytes(settings, key, buffer.getvalue())
 
 
 def read_parquet(settings: Settings, key: str, columns: list[str] | None = None) -> pa.Table:
-    import pyarrow.parquet as pq
-
     return pq.read_table(io.BytesIO(get_bytes(settings, key)), columns=columns)
 
 

@@ -12,9 +12,9 @@ import datetime as dt
 from collections import Counter
 from typing import Any
 
-from pipelines import storage
 from pipelines.config import Settings
-from pipelines.flows import to_date
+from pipelines.platform import layout, storage
+from pipelines.platform.dates import to_date
 
 
 class PredictionsNotFound(LookupError):
@@ -27,14 +27,14 @@ def _to_cli_date(value: dt.date | str) -> dt.date:
 
 def published_dates(settings: Settings) -> list[dt.date]:
     """Dates whose prediction partition has a ``_SUCCESS`` manifest, sorted."""
-    return [d for d in storage.list_partitions(settings, storage.PREDICTIONS)
-            if storage.exists(settings, storage.partition_prefix(storage.PREDICTIONS, d) + storage.SUCCESS)]
+    return [d for d in storage.list_partitions(settings, layout.PREDICTIONS)
+            if storage.exists(settings, layout.partition_prefix(layout.PREDICTIONS, d) + layout.SUCCESS)]
 
 
 def read_manifest(settings: Settings, date: dt.date | str) -> dict[str, Any]:
     """The ``_SUCCESS`` manifest of day D; raises :class:`PredictionsNotFound` when D is not published."""
     day = _to_cli_date(date)
-    key = storage.partition_prefix(storage.PREDICTIONS, day) + storage.SUCCESS
+    key = layout.partition_prefix(layout.PREDICTIONS, day) + layout.SUCCESS
     try:
         return dict(storage.get_json(settings, key))
     except storage.StorageError:

@@ -38,8 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines import storage
 from pipelines.config import Settings
+from pipelines.platform import layout, storage
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("taobao", "ciao", "csv", "parquet")
 TS_FORMATS = ("unix_s", "unix_ms", "iso")
-UNPLACED = f"{storage.QUARANTINE}/unplaced"
+UNPLACED = f"{layout.QUARANTINE}/unplaced"
 LANDING_REPORTS = "reports/landing"
 # Timestamps before this or after now + 1 day are implausible for any source (always quarantined).
 PLAUSIBLE_FROM = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
@@ -669,7 +669,7 @@ def _split_parquet(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime
 def _delete_previous(settings: Settings, name: str) -> int:
     """Remove earlier landings of ``name`` from every raw partition (landing replaces, never appends)."""
     suffixes = (f"/{name}.csv", f"/{name}.parquet", f"/{name}.meta.json")
-    keys = [k for k in storage.list_keys(settings, storage.RAW + "/") if k.endswith(suffixes)]
+    keys = [k for k in storage.list_keys(settings, layout.RAW + "/") if k.endswith(suffixes)]
     client = storage.s3_client(settings)
     for start in range(0, len(keys), 1000):
         chunk = keys[start:start + 1000]
@@ -684,7 +684,7 @@ def _publish(settings: Settings, name: str, source: str, spec: SourceSpec, stats
     _delete_previous(settings, name)
     keys: list[str] = []
     for day in sorted(stats.files):
-        prefix = storage.partition_prefix(storage.RAW, day)
+        prefix = layout.partition_prefix(layout.RAW, day)
         key = f"{prefix}{name}{stats.suffix}"
         storage.upload_file(settings, str(stats.files[day]), key)
         meta = {"name": name, "source": source, "format": spec.fmt, "spec": spec.to_dict(),
@@ -742,7 +742,7 @@ def list_raw_files(settings: Settings, date: dt.date) -> tuple[list[RawFile], li
     Sidecars are cached per process by key and ETag (the volume check reads the sidecars of the
     last partitions for every partition it validates).
     """
-    prefix = storage.partition_prefix(storage.RAW, date)
+    prefix = layout.partition_prefix(layout.RAW, date)
     client = storage.s3_client(settings)
     etags: dict[str, str] = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix):

@@ -1,10 +1,12 @@
-"""MLflow run bookkeeping for the training DAG: one run per DAG run, resumed by every task.
+"""MLflow at the edge: the only module that builds an MLflow client or sets the tracking URI.
 
-The first task calls :func:`start_or_resume_run` with the Airflow dag id and run id; it returns
-the MLflow run id, which travels to the other tasks through XCom. A retried or re-run task calls
-it again and gets the *same* run (found by its ``airflow.dag_run_id`` tag), so retries never scatter
-a training over several runs. Tasks log into the run by id with :class:`mlflow.MlflowClient`
-(never through the global "active run", which a worker may share between tasks).
+Run bookkeeping for the training DAG: one run per DAG run, resumed by every task. The first task
+calls :func:`start_or_resume_run` with the Airflow dag id and run id; it returns the MLflow run
+id, which travels to the other tasks through XCom. A retried or re-run task calls it again and
+gets the *same* run (found by its ``airflow.dag_run_id`` tag), so retries never scatter a
+training over several runs. Everything logs into a run **by id** (never through MLflow's global
+"active run", which a worker may share between tasks): :func:`log_model` too, through
+``mlflow.models.Model.log(run_id=...)``.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import subprocess
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,24 +31,58 @@ TAG_CODE_VERSION = "code_version"
 TAG_DATA_START = "data.start"
 TAG_DATA_END = "data.end"
 TAG_VALIDATION = "validation.summary"
-CODE_VERSION_VAR = "IM_CODE_VERSION"
 MAX_TAG_CHARS = 5000
 
 
 def client(settings: Settings) -> Any:
     """An :class:`mlflow.MlflowClient` for the configured tracking (and registry) server."""
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # mlflow takes seconds to import: only when tracking is used
 
     return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
 
 
-def code_version() -> str:
-    """``IM_CODE_VERSION`` if set (CI/images set it), else the git commit of this checkout (with
-    ``-dirty`` when it has changes), else the package version."""
-    explicit = os.environ.get(CODE_VERSION_VAR)
-    if explicit:
-        return explicit
-    root = Path(__file__).resolve().parents[1]
+def configure(settings: Settings) -> None:
+    """Point MLflow's module-level API (model logging, loading, registration) at the configured
+    server. Idempotent; called by the functions here that need it, never by stage code."""
+    import mlflow
+
+    if mlflow.get_tracking_uri() != settings.mlflow_tracking_uri:
+        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+
+
+def load_pyfunc(settings: Settings, model_uri: str) -> Any:
+    """Load a pyfunc model (``runs:/...``, ``models:/name/version``) from the configured server."""
+    import mlflow.pyfunc
+
+    configure(settings)
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+def log_model(settings: Settings, run_id: str, flavor: Any, **kwargs: Any) -> str:
+    """Log a model of ``flavor`` (e.g. ``mlflow.pyfunc``) into run ``run_id`` by id (no active run);
+    ``kwargs`` go to the flavor's ``save_model``. Returns the logged model's URI."""
+    from mlflow.models import Model
+
+    configure(settings)
+    info = Model.log(artifact_path=None, flavor=flavor, run_id=run_id, **kwargs)
+    return str(info.model_uri)
+
+
+def register_model(settings: Settings, model_uri: str, tags: Mapping[str, str]) -> Any:
+    """A new version of ``settings.model_name`` from ``model_uri``, with ``tags``."""
+    import mlflow
+
+    configure(settings)
+    return mlflow.register_model(model_uri, settings.model_name, tags=dict(tags))
+
+
+def code_version(settings: Settings) -> str:
+    """``settings.code_version`` if set (CI and images set ``IM_CODE_VERSION``), else the git commit
+    of this checkout (with ``-dirty`` when it has changes), else the package version."""
+    if settings.code_version:
+        return settings.code_version
+    root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=5, check=True).stdout.strip()
@@ -111,7 +148,7 @@ def start_or_resume_run(settings: Settings, *, dag_id: str, dag_run_id: str,
         TAG_DAG_ID: dag_id,
         TAG_DAG_RUN_ID: dag_run_id,
         TAG_LOGICAL_DATE: _iso(logical_date),
-        TAG_CODE_VERSION: code_version(),
+        TAG_CODE_VERSION: code_version(settings),
         TAG_DATA_START: _iso(data_start),
         TAG_DATA_END: _iso(data_end),
     }
@@ -133,6 +170,21 @@ def start_or_resume_run(settings: Settings, *, dag_id: str, dag_run_id: str,
 def finish_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
     """Mark the run FINISHED (or FAILED/KILLED): the last task of the DAG calls it."""
     client(settings).set_terminated(run_id, status=status)
+
+
+def log_metrics(settings: Settings, run_id: str, metrics: Mapping[str, float], *, step: int = 0) -> None:
+    """Log many metrics in one call (one timestamp)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client(settings).log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in sorted(metrics.items())])
+
+
+def log_params(settings: Settings, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log many params in one call (values as strings)."""
+    from mlflow.entities import Param
+
+    client(settings).log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())])
 
 
 def log_validation_summary(settings: Settings, run_id: str, summary: dict[str, Any]) -> None:

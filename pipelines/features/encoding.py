@@ -402,8 +402,8 @@ def encode_step(settings: Settings, start: dt.date, end: dt.date, *, mlflow_run_
     ``metadata.json``, ``baseline_stats.json`` and ``test_events/part-00000.parquet``. The folder
     is replaced whole on rerun. With ``mlflow_run_id`` the counts are logged to that run.
     """
-    from pipelines import events as events_mod
-    from pipelines import storage
+    from pipelines.data import events as events_mod
+    from pipelines.platform import storage
 
     events = events_mod.read_clean_events(settings, start, end)
     log.info("encoding %d clean events of %s..%s", events.num_rows, start, end)
@@ -458,7 +458,7 @@ class LocalDataset:
 
 def download_dataset(settings: Settings, dataset_uri: str, dest: Path) -> LocalDataset:
     """Copy ``dataset_uri`` (``s3://bucket/features/<id>/``) to ``dest`` and open it."""
-    from pipelines import storage
+    from pipelines.platform import storage
 
     parsed = storage.S3Uri.parse(dataset_uri)
     if parsed.bucket != settings.bucket:

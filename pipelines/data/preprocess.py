@@ -31,8 +31,8 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipelines import storage
 from pipelines.config import Settings
+from pipelines.platform import layout, storage
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -204,7 +204,7 @@ def preprocess_partition(settings: Settings, date: dt.date) -> PreprocessResult:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from pipelines import validation
+    from pipelines.data import validation
 
     handover = validation.read_handover(settings, date)
     if handover is not None:
@@ -235,7 +235,7 @@ def preprocess_partition(settings: Settings, date: dt.date) -> PreprocessResult:
         raise PreprocessError(f"dt={date}: counts do not reconcile: rows in {rows_in} != clean {clean.num_rows} + "
                               f"quarantined {q_validation} + noise {q_noise} + duplicates {exact + near}")
 
-    clean_prefix = storage.partition_prefix(storage.CLEAN, date)
+    clean_prefix = layout.partition_prefix(layout.CLEAN, date)
     storage.delete_prefix(settings, clean_prefix)
     clean_keys: list[str] = []
     if clean.num_rows:
@@ -244,7 +244,7 @@ def preprocess_partition(settings: Settings, date: dt.date) -> PreprocessResult:
         clean_keys.append(key)
     if bad is not None:
         validation._write_quarantine(settings, date, bad)
-    q_key = f"{storage.partition_prefix(storage.QUARANTINE, date)}preprocess.parquet"
+    q_key = f"{layout.partition_prefix(layout.QUARANTINE, date)}preprocess.parquet"
     if q_noise:
         table = noise.select(["source_file", "row", "user_id", "item_id", "category_id", "behavior", "ts", "value"])
         table = table.set_column(0, "source_file", table["source_file"].cast(pa.string()))
@@ -273,7 +273,7 @@ def preprocess_partition(settings: Settings, date: dt.date) -> PreprocessResult:
 
 
 def _cmd_preprocess(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.validation import ValidationError, date_range
+    from pipelines.data.validation import ValidationError, date_range
 
     try:
         dates = date_range(dt.date.fromisoformat(args.date), dt.date.fromisoformat(args.to) if args.to else None)

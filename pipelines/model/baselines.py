@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.encoding import DECAY_HALF_LIVES, HIST_FEATURES, RESERVED
+from pipelines.features.encoding import DECAY_HALF_LIVES, HIST_FEATURES, RESERVED
 
 BASELINE_NAMES = ("popularity", "last_day", "decayed_frequency", "markov")
 _TIE = 1e-6  # weight of popularity as tie-breaker: never outranks a real signal

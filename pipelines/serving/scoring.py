@@ -29,9 +29,10 @@ import zlib
 from functools import lru_cache
 from typing import Any
 
-from pipelines import storage
 from pipelines.config import Settings
-from pipelines.flows import MissingInputError, to_date
+from pipelines.data.events import MissingInputError
+from pipelines.platform import layout, storage
+from pipelines.platform.dates import end_of_day, lookback_window, to_date
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def shard_of(user_id: str, shards: int) -> int:
 def resolve_champion(settings: Settings) -> dict[str, Any]:
     """The version behind ``<model_name>@champion``, pinned: {"model_name", "model_version",
     "model_uri" (``models:/<name>/<version>``), "run_id"}. Raises :class:`NoChampionError`."""
-    from pipelines.registry import CHAMPION, version_by_alias
+    from pipelines.model.registry import CHAMPION, version_by_alias
 
     version = version_by_alias(settings, CHAMPION)
     if version is None:
@@ -78,11 +79,6 @@ def resolve_champion(settings: Settings) -> dict[str, Any]:
     return resolved
 
 
-def window(settings: Settings, date: dt.date) -> tuple[dt.date, dt.date]:
-    """The look-back window [D - lookback_days + 1, D] of scoring date D."""
-    return date - dt.timedelta(days=settings.lookback_days - 1), date
-
-
 def plan_shards(settings: Settings, date: dt.date | str, model: dict[str, Any]) -> list[dict[str, Any]]:
     """Check the input, clear ``predictions/dt=D/`` (``_SUCCESS`` first) and return the shards.
 
@@ -91,16 +87,16 @@ def plan_shards(settings: Settings, date: dt.date | str, model: dict[str, Any]) 
     as_of_date, key and model_version (JSON-able, for Airflow task mapping).
     """
     day = to_date(date)
-    start, end = window(settings, day)
-    clean = storage.list_partitions(settings, storage.CLEAN)
+    start, end = lookback_window(day, settings.lookback_days)
+    clean = storage.list_partitions(settings, layout.CLEAN)
     if day not in clean:
         in_window = [d.isoformat() for d in clean if start <= d <= end]
         raise MissingInputError(
-            f"no clean events for {day}: s3://{settings.bucket}/{storage.partition_prefix(storage.CLEAN, day)} "
+            f"no clean events for {day}: s3://{settings.bucket}/{layout.partition_prefix(layout.CLEAN, day)} "
             f"is empty (clean partitions in the look-back window [{start}, {end}]: {in_window or 'none'}); "
             f"land, validate and preprocess {day} first")
-    prefix = storage.partition_prefix(storage.PREDICTIONS, day)
-    success_key = prefix + storage.SUCCESS
+    prefix = layout.partition_prefix(layout.PREDICTIONS, day)
+    success_key = prefix + layout.SUCCESS
     # _SUCCESS goes first: from this moment no reader trusts the old partition.
     storage.s3_client(settings).delete_object(Bucket=settings.bucket, Key=success_key)
     removed = storage.delete_prefix(settings, prefix)
@@ -128,10 +124,10 @@ def _read_shard_events(settings: Settings, day: dt.date, shard: int, shards: int
     import pyarrow.compute as pc
 
     from pipelines.contracts import EVENT_SCHEMA
-    from pipelines.events import iter_clean_events
+    from pipelines.data.events import iter_clean_events
 
     schema = pa.schema([EVENT_SCHEMA.field(c) for c in MODEL_INPUT_COLUMNS])
-    start, end = window(settings, day)
+    start, end = lookback_window(day, settings.lookback_days)
     known: dict[str, bool] = {}
     tables = []
     for table in iter_clean_events(settings, start, end, MODEL_INPUT_COLUMNS):
@@ -185,13 +181,12 @@ def score_shard(settings: Settings, date: dt.date | str, model: dict[str, Any], 
     import pyarrow as pa
 
     from pipelines.contracts import PREDICTION_SCHEMA
-    from pipelines.events import end_of_day
-    from pipelines.interests import describe_user, params_from_settings, user_interests
+    from pipelines.serving.interests import describe_user, params_from_settings, user_interests
 
     started = time.monotonic()
     day = to_date(date)
     number, shards = int(shard["shard"]), int(shard["shards"])
-    key = shard.get("key") or storage.partition_prefix(storage.PREDICTIONS, day) + PART_TEMPLATE.format(shard=number)
+    key = shard.get("key") or layout.partition_prefix(layout.PREDICTIONS, day) + PART_TEMPLATE.format(shard=number)
     as_of = end_of_day(day)
     params = params_from_settings(settings)
 
@@ -261,7 +256,7 @@ def publish_partition(settings: Settings, date: dt.date | str, model: dict[str, 
     created_at, shards) plus "uri".
     """
     day = to_date(date)
-    prefix = storage.partition_prefix(storage.PREDICTIONS, day)
+    prefix = layout.partition_prefix(layout.PREDICTIONS, day)
     if not shard_results:
         raise ScoringError(f"no shard results for {day}: nothing to publish at s3://{settings.bucket}/{prefix}")
     shards = int(shard_results[0]["shards"])
@@ -270,8 +265,8 @@ def publish_partition(settings: Settings, date: dt.date | str, model: dict[str, 
         raise ScoringError(f"shard results for {day} cover shards {numbers}, expected 0..{shards - 1}")
     expected_keys = sorted(r["key"] for r in shard_results)
     present = storage.list_keys(settings, prefix)
-    if storage.SUCCESS in {k.rsplit("/", 1)[-1] for k in present}:
-        raise ScoringError(f"s3://{settings.bucket}/{prefix}{storage.SUCCESS} already exists: another run "
+    if layout.SUCCESS in {k.rsplit("/", 1)[-1] for k in present}:
+        raise ScoringError(f"s3://{settings.bucket}/{prefix}{layout.SUCCESS} already exists: another run "
                            f"published {day} meanwhile; rerun the whole day")
     missing = sorted(set(expected_keys) - set(present))
     extra = sorted(set(present) - set(expected_keys))
@@ -298,7 +293,7 @@ def publish_partition(settings: Settings, date: dt.date | str, model: dict[str, 
         "shards": shards,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
     }
-    uri = storage.put_json(settings, prefix + storage.SUCCESS, manifest)
+    uri = storage.put_json(settings, prefix + layout.SUCCESS, manifest)
     log.info("published %s: %d rows in %d parts from %s version %s", uri, total, len(expected_keys),
              model["model_name"], model["model_version"])
     return {**manifest, "uri": storage.uri(settings, prefix)}

@@ -8,19 +8,19 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import storage
 from pipelines.config import Settings
 from pipelines.contracts import EVENT_SCHEMA
+from pipelines.platform import layout, storage
+from pipelines.platform.dates import end_of_day
 
 
-def end_of_day(date: dt.date) -> dt.datetime:
-    """The first instant after ``date`` (UTC): events strictly before it belong to ``date`` or earlier."""
-    return dt.datetime.combine(date + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+class MissingInputError(RuntimeError):
+    """No data where a step needs it; the message names the partitions looked for."""
 
 
 def clean_dates(settings: Settings, start: dt.date | None, end: dt.date) -> list[dt.date]:
     """Clean partitions with ``start <= dt <= end`` (``start`` None = from the first)."""
-    return [d for d in storage.list_partitions(settings, storage.CLEAN)
+    return [d for d in storage.list_partitions(settings, layout.CLEAN)
             if (start is None or d >= start) and d <= end]
 
 
@@ -30,7 +30,7 @@ def iter_clean_events(settings: Settings, start: dt.date | None, end: dt.date,
     end of ``end`` only (a partition never holds later events, but the filter makes it a rule)."""
     cutoff = pa.scalar(end_of_day(end), type=EVENT_SCHEMA.field("ts").type)
     for date in clean_dates(settings, start, end):
-        for table in storage.iter_parquet_prefix(settings, storage.partition_prefix(storage.CLEAN, date), columns):
+        for table in storage.iter_parquet_prefix(settings, layout.partition_prefix(layout.CLEAN, date), columns):
             if "ts" in table.column_names:
                 table = table.filter(pc.less(table["ts"], cutoff))
             yield table

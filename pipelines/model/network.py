@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.encoding import N_HIST, RESERVED, EncodingConfig, Vocab
+from pipelines.features.encoding import N_HIST, RESERVED, EncodingConfig, Vocab
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def score_events(model: Any, vocab: Vocab, config: EncodingConfig, events: pd.Da
     """The scoring contract on an in-memory Keras model: one row per user in ``events`` with
     ``user_id``, ``categories`` (best first, real ids, at most ``top_n``) and ``scores``. Only
     events strictly before ``as_of`` (and within the look-back) are used; unknown ids are OOV."""
-    from pipelines.encoding import encode_examples, to_model_inputs
+    from pipelines.features.encoding import encode_examples, to_model_inputs
 
     as_of = pd.Timestamp(as_of)
     as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")

@@ -40,11 +40,11 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipelines import services as svc
+from pipelines.devstack import services as svc
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BUCKET = "interest-migration"
 ADMIN_USER = "admin"
 TRAINING_DAG = "interest_migration_training"
@@ -801,7 +801,7 @@ def ensure_demo_data(cfg: StackConfig, *, users: int, days: int, categories: int
         saved = json.loads(done.read_text())
         log.info("reusing synthetic data in %s", out_dir)
         return DemoData(Path(saved["events_path"]), Path(saved["truth_path"]), params, fingerprint)
-    from pipelines import synthetic
+    from pipelines.data import synthetic
 
     log.info("generating synthetic Taobao-format data (%s) into %s", params, out_dir)
     data = synthetic.generate_taobao(out_dir, users=users, days=days, categories=categories, start=start,
@@ -979,7 +979,7 @@ def _wait_backfill(api: AirflowApi, backfill_id: int, timeout: float) -> None:
 
 def _champion_version(settings: Any) -> str | None:
     """The version the ``champion`` alias points at, or None."""
-    from pipelines import tracking
+    from pipelines.platform import tracking
 
     try:
         return str(tracking.client(settings).get_model_version_by_alias(settings.model_name, "champion").version)
@@ -1006,7 +1006,7 @@ def _gate_reason(api: AirflowApi, run_id: str) -> str:
 def demo_summary(cfg: StackConfig, settings: Any, runs: Mapping[str, Mapping[str, str]]) -> str:
     """DAG runs and states, model versions and aliases, prediction partitions and their row counts,
     the URLs and where the credentials are."""
-    from pipelines import storage, tracking
+    from pipelines.platform import layout, storage, tracking
 
     lines = ["", "Summary", "  DAG runs:"]
     for dag_id, states in runs.items():
@@ -1027,14 +1027,14 @@ def demo_summary(cfg: StackConfig, settings: Any, runs: Mapping[str, Mapping[str
     except Exception as exc:  # noqa: BLE001 - the summary reports what it cannot read
         lines.append(f"  registered model {settings.model_name}: not readable ({exc})")
     lines.append("  prediction partitions (with _SUCCESS):")
-    for date in storage.list_partitions(settings, storage.PREDICTIONS):
-        key = storage.partition_prefix(storage.PREDICTIONS, date) + storage.SUCCESS
+    for date in storage.list_partitions(settings, layout.PREDICTIONS):
+        key = layout.partition_prefix(layout.PREDICTIONS, date) + layout.SUCCESS
         if storage.exists(settings, key):
             manifest = storage.get_json(settings, key)
-            lines.append(f"    {storage.uri(settings, storage.partition_prefix(storage.PREDICTIONS, date))}  "
+            lines.append(f"    {storage.uri(settings, layout.partition_prefix(layout.PREDICTIONS, date))}  "
                          f"{manifest.get('row_count')} rows  model version {manifest.get('model_version')}")
         else:
-            lines.append(f"    {storage.partition_prefix(storage.PREDICTIONS, date)}  (no _SUCCESS: incomplete)")
+            lines.append(f"    {layout.partition_prefix(layout.PREDICTIONS, date)}  (no _SUCCESS: incomplete)")
     lines.append(summary_lines(cfg, None).replace("Stack:", "Explore (the stack stays up; `make down` stops it):"))
     return "\n".join(lines)
 
@@ -1042,7 +1042,7 @@ def demo_summary(cfg: StackConfig, settings: Any, runs: Mapping[str, Mapping[str
 def _promote_for_demo(settings: Any, out: Printer) -> str:
     """No champion exists and the gate refused the only candidate: for the demo, do what a reviewer
     can do in the MLflow UI or with `python -m pipelines promote`, and say so on the version."""
-    from pipelines import registry
+    from pipelines.model import registry
 
     challenger = registry.version_by_alias(settings, "challenger")
     if challenger is None:
@@ -1065,8 +1065,8 @@ def run_demo(cfg: StackConfig, *, retrain: bool = False, score_days: int = 3, us
     When there is no champion and the gate refused the new version, the demo promotes it by hand
     (labelled as such) unless ``strict_gate``. Returns False (after printing the failed task and
     its log tail) when a run failed."""
-    from pipelines import sources
     from pipelines.config import load_settings
+    from pipelines.data import sources
 
     if score_days < 1 or score_days > days:
         raise StackError(f"--score-days {score_days} must be between 1 and --days {days}")

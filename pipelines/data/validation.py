@@ -31,9 +31,10 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipelines import sources, storage
 from pipelines.config import Settings
 from pipelines.contracts import BEHAVIORS
+from pipelines.data import sources
+from pipelines.platform import layout, storage
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -197,7 +198,7 @@ def flag_partition(settings: Settings, date: dt.date, now: dt.datetime | None = 
     import pyarrow as pa
 
     files, orphans = sources.list_raw_files(settings, date)
-    prefix = storage.partition_prefix(storage.RAW, date)
+    prefix = layout.partition_prefix(layout.RAW, date)
     if orphans:
         raise ValidationError(f"dt={date}: rule files_have_sidecar failed: {len(orphans)} raw file(s) without "
                               f"a .meta.json sidecar ({', '.join(orphans[:3])}); land files with "
@@ -234,7 +235,7 @@ def count_exact_duplicates(valid: pa.Table) -> int:
 def _recent_volume(settings: Settings, date: dt.date) -> float | None:
     """Median rows of the last ``volume_lookback_partitions`` raw partitions before ``date`` (from the
     sidecars' row counts) that lie in the window; None with fewer than 3 of them."""
-    earlier = [d for d in storage.list_partitions(settings, storage.RAW) if d < date and in_window(settings, d)]
+    earlier = [d for d in storage.list_partitions(settings, layout.RAW) if d < date and in_window(settings, d)]
     earlier = earlier[-settings.volume_lookback_partitions:]
     if len(earlier) < 3:
         return None
@@ -364,7 +365,7 @@ def validate_partition(settings: Settings, date: dt.date, *, report_id: str) -> 
     """
     import pyarrow.compute as pc
 
-    report_prefix = f"{storage.REPORTS}/{report_id}/dt={date.isoformat()}/"
+    report_prefix = f"{layout.VALIDATION_REPORTS}/{report_id}/dt={date.isoformat()}/"
     fingerprint = raw_fingerprint(settings, date)  # before reading: a file landed meanwhile makes it stale
     try:
         flagged = flag_partition(settings, date)
@@ -479,7 +480,7 @@ def _gate_failures(gate: Any, profile: dict[str, Any], settings: Settings, volum
 def _write_quarantine(settings: Settings, date: dt.date, bad: pa.Table) -> str | None:
     import pyarrow as pa
 
-    key = f"{storage.partition_prefix(storage.QUARANTINE, date)}validation.parquet"
+    key = f"{layout.partition_prefix(layout.QUARANTINE, date)}validation.parquet"
     if bad.num_rows == 0:
         storage.s3_client(settings).delete_object(Bucket=settings.bucket, Key=key)
         return None
@@ -501,7 +502,7 @@ def raw_fingerprint(settings: Settings, date: dt.date) -> str:
     import hashlib
 
     client = storage.s3_client(settings)
-    prefix = storage.partition_prefix(storage.RAW, date)
+    prefix = layout.partition_prefix(layout.RAW, date)
     entries = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix):
         entries += [f"{o['Key']}|{o.get('ETag', '')}|{o.get('Size', 0)}" for o in page.get("Contents", [])]
@@ -511,7 +512,7 @@ def raw_fingerprint(settings: Settings, date: dt.date) -> str:
 
 
 def handover_key(date: dt.date) -> str:
-    return f"{storage.partition_prefix(VALIDATED, date)}valid.parquet"
+    return f"{layout.partition_prefix(VALIDATED, date)}valid.parquet"
 
 
 def write_handover(settings: Settings, date: dt.date, valid: pa.Table, *, rows: int, reasons: dict[str, int],
@@ -648,7 +649,7 @@ def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
         print(f"dt={date}: {res.rows} rows, {res.quarantined} quarantined {res.reasons or ''}, "
               f"{res.duplicate_rows} duplicates")
     print(f"validated {len(dates) - failed}/{len(dates)} partitions: {totals['rows']} rows, "
-          f"{totals['quarantined']} quarantined; reports under s3://{settings.bucket}/{storage.REPORTS}/{report_id}/")
+          f"{totals['quarantined']} quarantined; reports under s3://{settings.bucket}/{layout.VALIDATION_REPORTS}/{report_id}/")
     return 1 if failed else 0
 
 

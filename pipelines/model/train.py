@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.config import Settings
-from pipelines.encoding import N_HIST, LocalDataset, read_split, to_model_inputs
+from pipelines.features.encoding import N_HIST, LocalDataset, read_split, to_model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,8 @@ def _ndcg_callback(val_inputs: dict[str, np.ndarray], val_labels: np.ndarray, va
                    patience: int) -> Any:
     import keras
 
-    from pipelines.evaluate import example_metrics
-    from pipelines.model import predict_proba
+    from pipelines.model.evaluate import example_metrics
+    from pipelines.model.network import predict_proba
 
     class ValidationNdcgStopping(keras.callbacks.Callback):
         """Early stopping on validation NDCG@k; restores the best weights at the end."""
@@ -151,7 +151,7 @@ def fit_model(dataset: LocalDataset, settings: Settings, *, use_repeat: bool = T
     the decayed-frequency score (:class:`pipelines.model.MigrationScorer`)."""
     import keras
 
-    from pipelines.model import build_model
+    from pipelines.model.network import build_model
 
     keras.utils.set_random_seed(settings.seed)
     vocab, config = dataset.vocab, dataset.config
@@ -223,7 +223,7 @@ def log_pyfunc(result: FitResult, dataset: LocalDataset, workdir: Path, run_id: 
     import mlflow
     from mlflow.models import infer_signature
 
-    from pipelines.model import InterestMigrationPyfunc, score_events
+    from pipelines.model.network import InterestMigrationPyfunc, score_events
 
     artifacts = save_model_artifacts(result, dataset, workdir / "artifacts")
     events, as_of = input_example(dataset)
@@ -249,7 +249,7 @@ def train_step(settings: Settings, dataset_uri: str, *, mlflow_run_id: str) -> d
     "examples_per_second", "val_ndcg"}``."""
     import mlflow
 
-    from pipelines.encoding import download_dataset
+    from pipelines.features.encoding import download_dataset
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     client = mlflow.MlflowClient(settings.mlflow_tracking_uri)

@@ -1,0 +1,60 @@
+"""Dates and day boundaries, all in UTC: the one place that parses a date or walks a window."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+
+def to_date(value: str | dt.date | dt.datetime, name: str = "date") -> dt.date:
+    """``YYYY-MM-DD`` (or a date/datetime) to a date; a bad value raises ValueError naming ``name``."""
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value)[:10])
+    except ValueError as exc:
+        raise ValueError(f"{name}={value!r} is not a date YYYY-MM-DD") from exc
+
+
+def parse_date(value: str | dt.date | dt.datetime | None, name: str) -> dt.date | None:
+    """Like :func:`to_date`, but empty/None stays None (an open window bound)."""
+    if value is None or value == "":
+        return None
+    return to_date(value, name)
+
+
+def date_range(start: dt.date, end: dt.date | None = None) -> list[dt.date]:
+    """Every date from ``start`` to ``end`` inclusive (just ``start`` when ``end`` is None).
+
+    Raises ValueError when ``end`` is before ``start``."""
+    end = start if end is None else end
+    if end < start:
+        raise ValueError(f"end {end} is before start {start}")
+    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def start_of_day(date: dt.date) -> dt.datetime:
+    """Midnight UTC at the start of ``date``."""
+    return dt.datetime.combine(date, dt.time(), tzinfo=dt.UTC)
+
+
+def end_of_day(date: dt.date) -> dt.datetime:
+    """The first instant after ``date`` (UTC): events strictly before it belong to ``date`` or earlier."""
+    return start_of_day(date + dt.timedelta(days=1))
+
+
+def floor_day(ts: dt.datetime) -> dt.datetime:
+    """Midnight UTC of the day ``ts`` falls in."""
+    return start_of_day(ts.astimezone(dt.UTC).date())
+
+
+def lookback_window(date: dt.date, lookback_days: int) -> tuple[dt.date, dt.date]:
+    """The look-back window ``[D - lookback_days + 1, D]`` of day D (scoring and its input)."""
+    return date - dt.timedelta(days=lookback_days - 1), date
+
+
+def utc_day_us(date: dt.date) -> tuple[int, int]:
+    """``[start, end)`` of the UTC day ``date`` in microseconds since the epoch."""
+    lo = int(start_of_day(date).timestamp()) * 1_000_000
+    return lo, lo + 86_400_000_000

@@ -1,0 +1,126 @@
+"""Every key in the bucket, defined once: areas (prefixes), partition folders and file names.
+
+Stages never write a prefix or a file name by hand; they call these functions, so the storage
+layout described in ``docs/design.md`` is exactly this module::
+
+    raw/events/dt=D/<name>.{csv,parquet} + <name>.meta.json     landed source rows, unchanged
+    quarantine/events/dt=D/{validation,preprocess}.parquet       rows set aside, with a reason
+    quarantine/events/unplaced/<name>.parquet                    rows landing could not date
+    staging/validated/dt=D/valid.parquet                         validation -> preprocess hand-over
+    clean/events/dt=D/part-00000.parquet                         canonical events
+    reports/{landing,validation,preprocess}/...                  what each data step did
+    features/<dataset id>/...                                    encoded training examples
+    predictions/dt=D/part-NNNNN.parquet + _SUCCESS               the published contract
+    mlflow-artifacts/...                                         MLflow's artifact store
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+RAW = "raw/events"
+QUARANTINE = "quarantine/events"
+UNPLACED = f"{QUARANTINE}/unplaced"
+CLEAN = "clean/events"
+VALIDATED = "staging/validated"
+LANDING_REPORTS = "reports/landing"
+VALIDATION_REPORTS = "reports/validation"
+PREPROCESS_REPORTS = "reports/preprocess"
+FEATURES = "features"
+PREDICTIONS = "predictions"
+MLFLOW_ARTIFACTS = "mlflow-artifacts"
+STACK_HEALTHCHECK = "_stack/healthcheck"
+
+SUCCESS = "_SUCCESS"
+META_SUFFIX = ".meta.json"
+HANDOVER_FILE = "valid.parquet"
+CLEAN_PART = "part-00000.parquet"
+QUARANTINE_FILES = {"validation": "validation.parquet", "preprocess": "preprocess.parquet"}
+PREDICTION_PART = "part-{shard:05d}.parquet"
+
+# An encoded dataset folder (features/<id>/ in the bucket, or a local copy of it).
+DATASET_SPLIT_PART = "{split}/part-{index:05d}.parquet"
+DATASET_TEST_EVENTS = "test_events/part-00000.parquet"
+DATASET_VOCAB = "vocab.json"
+DATASET_METADATA = "metadata.json"
+DATASET_BASELINE_STATS = "baseline_stats.json"
+
+
+def partition_prefix(area: str, date: dt.date) -> str:
+    """``<area>/dt=YYYY-MM-DD/`` for one of RAW, QUARANTINE, VALIDATED, CLEAN, PREDICTIONS."""
+    return f"{area}/dt={date.isoformat()}/"
+
+
+def area_prefix(area: str) -> str:
+    """``<area>/``: everything of one area (for listings)."""
+    return f"{area}/"
+
+
+def raw_key(date: dt.date, name: str, suffix: str) -> str:
+    """A landed raw file, ``raw/events/dt=D/<name><suffix>`` (suffix ``.csv`` or ``.parquet``)."""
+    return f"{partition_prefix(RAW, date)}{name}{suffix}"
+
+
+def raw_meta_key(date: dt.date, name: str) -> str:
+    """The sidecar of a landed raw file: ``raw/events/dt=D/<name>.meta.json``."""
+    return f"{partition_prefix(RAW, date)}{name}{META_SUFFIX}"
+
+
+def meta_key_of(data_key: str) -> str:
+    """The sidecar key of a landed raw data key (same stem, ``.meta.json``)."""
+    return data_key.rsplit(".", 1)[0] + META_SUFFIX
+
+
+def unplaced_key(name: str) -> str:
+    """Rows of landing ``name`` that could not be dated: ``quarantine/events/unplaced/<name>.parquet``."""
+    return f"{UNPLACED}/{name}.parquet"
+
+
+def landing_report_key(name: str) -> str:
+    return f"{LANDING_REPORTS}/{name}.json"
+
+
+def quarantine_key(date: dt.date, stage: str) -> str:
+    """Rows of day D set aside by ``stage`` (``validation`` or ``preprocess``)."""
+    return partition_prefix(QUARANTINE, date) + QUARANTINE_FILES[stage]
+
+
+def handover_key(date: dt.date) -> str:
+    """Validated rows of day D handed to preprocessing."""
+    return partition_prefix(VALIDATED, date) + HANDOVER_FILE
+
+
+def clean_key(date: dt.date) -> str:
+    return partition_prefix(CLEAN, date) + CLEAN_PART
+
+
+def validation_report_prefix(report_id: str, date: dt.date) -> str:
+    """``reports/validation/<report id>/dt=D/`` (result.json, ge_result.json, summary.md)."""
+    return f"{VALIDATION_REPORTS}/{report_id}/dt={date.isoformat()}/"
+
+
+def preprocess_report_key(date: dt.date) -> str:
+    return f"{PREPROCESS_REPORTS}/dt={date.isoformat()}.json"
+
+
+def dataset_prefix(dataset_id: str) -> str:
+    """``features/<dataset id>/``: one encoded dataset."""
+    return f"{FEATURES}/{dataset_id}/"
+
+
+def prediction_part_key(date: dt.date, shard: int) -> str:
+    return partition_prefix(PREDICTIONS, date) + PREDICTION_PART.format(shard=shard)
+
+
+def success_key(date: dt.date) -> str:
+    """The manifest of a published prediction partition (written last)."""
+    return partition_prefix(PREDICTIONS, date) + SUCCESS
+
+
+def mlflow_artifacts_uri(bucket: str) -> str:
+    return f"s3://{bucket}/{MLFLOW_ARTIFACTS}"
+
+
+def predictions_uri(bucket: str) -> str:
+    """The URI of the predictions asset downstream DAGs are scheduled on."""
+    return f"s3://{bucket}/{PREDICTIONS}"
