@@ -1,9 +1,9 @@
 """One command line for every step: ``python -m pipelines <step> ...`` (also ``interest-migration``).
 
-Each stage module that offers steps defines ``register_cli(subparsers)``, adding its
-sub-commands with ``set_defaults(func=handler)``; a handler takes the parsed arguments and the
-:class:`~pipelines.config.Settings` and returns an exit code. Stage modules keep heavy imports
-(TensorFlow, MLflow, Great Expectations) inside functions, so ``--help`` stays fast.
+Each stage package has a ``cli`` module whose ``register_cli(subparsers)`` adds its sub-commands
+with ``set_defaults(func=handler)``; a handler takes the parsed arguments and the
+:class:`~pipelines.config.Settings` and returns an exit code. The conventions every command
+follows (``--date`` / ``--start --end``, ``--json``, errors on stderr) are in :mod:`pipelines.cli`.
 """
 
 from __future__ import annotations
@@ -13,29 +13,26 @@ import importlib
 import logging
 import sys
 
-from pipelines.config import ConfigError, load_settings, settings_table
+from pipelines.cli import add_json, emit, fail
+from pipelines.config import ConfigError, Settings, load_settings, settings_table
 
-STAGE_MODULES = (
-    "pipelines.data.sources",
-    "pipelines.data.synthetic",
-    "pipelines.data.validation",
-    "pipelines.data.preprocess",
-    "pipelines.features.encoding",
-    "pipelines.model.train",
-    "pipelines.model.evaluate",
-    "pipelines.model.registry",
-    "pipelines.serving.scoring",
-    "pipelines.serving.predictions",
-    "pipelines.devstack.stack",
+STAGE_CLIS = (
+    "pipelines.flows_cli",
+    "pipelines.data.cli",
+    "pipelines.features.cli",
+    "pipelines.model.cli",
+    "pipelines.serving.cli",
+    "pipelines.devstack.cli",
 )
 
 
-def _cmd_config(args: argparse.Namespace, settings: object) -> int:
+def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     """Print every setting: variable, current value, default and meaning."""
-    current = settings.describe()  # type: ignore[attr-defined]
-    for var, default, doc in settings_table():
-        name = var.removeprefix("IM_").lower()
-        print(f"{var:<38} {current[name]!s:<32} (default {default or '-'}) {doc}")
+    current = settings.describe()
+    rows = [{"variable": var, "value": current[var.removeprefix("IM_").lower()], "default": default, "meaning": doc}
+            for var, default, doc in settings_table()]
+    emit(args, rows, lambda: "\n".join(
+        f"{r['variable']:<38} {r['value']!s:<32} (default {r['default'] or '-'}) {r['meaning']}" for r in rows))
     return 0
 
 
@@ -44,17 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="<step>")
     config = sub.add_parser("config", help="print the effective settings (IM_* variables)")
+    add_json(config)
     config.set_defaults(func=_cmd_config)
-    for name in STAGE_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        register = getattr(module, "register_cli", None)
-        if register is not None:
-            register(sub)
+    for name in STAGE_CLIS:
+        importlib.import_module(name).register_cli(sub)
     return parser
 
 
@@ -71,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        return fail(f"configuration: {exc}", 2)
     return int(args.func(args, settings) or 0)
 
 

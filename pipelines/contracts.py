@@ -1,4 +1,4 @@
-"""Public schemas: the canonical event (after adapters) and the prediction row (DESIGN.md).
+"""Public schemas: the canonical event (after adapters) and the prediction row (docs/design.md).
 
 These are contracts other systems read; change them only in the open (README, "Contracts").
 """
@@ -18,7 +18,8 @@ EVENT_SCHEMA = pa.schema(
         pa.field("value", pa.float64(), nullable=True),
     ]
 )
-EVENT_COLUMNS = [f.name for f in EVENT_SCHEMA]
+# The columns a model's scoring contract reads (pyfunc ``predict`` input): the event without value.
+MODEL_INPUT_COLUMNS = ["user_id", "item_id", "category_id", "behavior", "ts"]
 
 # Behaviours the product knows; adapters map source codes onto these.
 BEHAVIORS = ("view", "cart", "fav", "buy", "review")

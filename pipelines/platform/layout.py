@@ -94,6 +94,11 @@ def clean_key(date: dt.date) -> str:
     return partition_prefix(CLEAN, date) + CLEAN_PART
 
 
+def validation_run_prefix(report_id: str) -> str:
+    """``reports/validation/<report id>/``: the reports of every partition one validation run checked."""
+    return f"{VALIDATION_REPORTS}/{report_id}/"
+
+
 def validation_report_prefix(report_id: str, date: dt.date) -> str:
     """``reports/validation/<report id>/dt=D/`` (result.json, ge_result.json, summary.md)."""
     return f"{VALIDATION_REPORTS}/{report_id}/dt={date.isoformat()}/"

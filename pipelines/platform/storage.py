@@ -7,11 +7,13 @@ last, so a reader that checks the manifest never sees a half-written partition.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -93,6 +95,35 @@ def ensure_bucket(settings: Settings, bucket: str | None = None) -> None:
         client.head_bucket(Bucket=name)
     except client.exceptions.ClientError:
         client.create_bucket(Bucket=name)
+
+
+def wait_writable(endpoint_url: str, bucket: str, key: str, credentials: Mapping[str, str], *,
+                  region: str = "us-east-1", timeout: float = 60.0) -> None:
+    """Wait until a freshly started S3 server at ``endpoint_url`` has ``bucket`` (created when
+    missing) and accepts a write of ``key``. Signs with ``credentials`` (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``), not this process's environment: the server was just given them.
+    Raises :class:`StorageError` with the last error when ``timeout`` passes."""
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=endpoint_url, region_name=region,
+        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+        config=Config(s3={"addressing_style": "path"}))
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            client.head_bucket(Bucket=bucket)
+            client.put_object(Bucket=bucket, Key=key, Body=b"ok")
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"; reported below
+            last = exc
+            with contextlib.suppress(Exception):
+                client.create_bucket(Bucket=bucket)
+            time.sleep(1)
+    raise StorageError(f"S3 at {endpoint_url} did not accept writes to bucket {bucket!r}: {last}")
 
 
 def list_objects(settings: Settings, prefix: str) -> list[ObjectInfo]:

@@ -59,13 +59,23 @@ def load_pyfunc(settings: Settings, model_uri: str) -> Any:
     return mlflow.pyfunc.load_model(model_uri)
 
 
-def log_model(settings: Settings, run_id: str, flavor: Any, **kwargs: Any) -> str:
-    """Log a model of ``flavor`` (e.g. ``mlflow.pyfunc``) into run ``run_id`` by id (no active run);
-    ``kwargs`` go to the flavor's ``save_model``. Returns the logged model's URI."""
+def log_model(settings: Settings, run_id: str, flavor: Any, *, name: str, **kwargs: Any) -> str:
+    """Log a model of ``flavor`` (e.g. ``mlflow.pyfunc``) as ``name`` into run ``run_id`` by id (no
+    active run), so ``runs:/<run_id>/<name>`` finds it; ``kwargs`` go to the flavor's ``save_model``.
+    Returns the logged model's URI (``models:/<model id>``)."""
     from mlflow.models import Model
 
     configure(settings)
-    info = Model.log(artifact_path=None, flavor=flavor, run_id=run_id, **kwargs)
+    mlflow_client = client(settings)
+    run = mlflow_client.get_run(run_id)
+    # Without an active run, Model.log creates the logged model in the *default* experiment, where
+    # ``runs:/<run>/<name>`` (a search in the run's experiment) cannot find it: create it in the
+    # run's experiment first and log into it.
+    logged = mlflow_client.create_logged_model(
+        experiment_id=run.info.experiment_id, name=name, source_run_id=run_id,
+        params={key: str(value) for key, value in run.data.params.items()})
+    info = Model.log(artifact_path=None, flavor=flavor, run_id=run_id, name=name, model_id=logged.model_id,
+                     **kwargs)
     return str(info.model_uri)
 
 
