@@ -32,6 +32,7 @@ def _peak_mb() -> float:
 
 
 def _phase(name: str, env: dict[str, str], args: dict[str, Any], queue: Any) -> None:
+    # Each phase imports only what it runs, so the peak memory of its child process is its own.
     os.environ.update(env)
     import logging
 
@@ -50,7 +51,7 @@ def _phase(name: str, env: dict[str, str], args: dict[str, Any], queue: Any) -> 
                               start=START, seed=1)
         out = {"rows": gen.rows, "path": str(gen.events_path), "bytes": gen.events_path.stat().st_size}
     elif name == "land":
-        from pipelines.data.sources import land_events
+        from pipelines.data.landing import land_events
 
         res = land_events(settings, args["path"], "taobao", name="bench")
         out = {"rows": res.rows, "dates": [d.isoformat() for d in res.dates]}

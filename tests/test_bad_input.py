@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 
 from pipelines.__main__ import main
+from pipelines.data.events import read_clean_events
+from pipelines.data.formats import SourceError
+from pipelines.data.landing import land_events
 from pipelines.data.preprocess import preprocess_partition
-from pipelines.data.sources import SourceError, land_events
-from pipelines.data.validation import ValidationError, validate_partition
+from pipelines.data.rules import ValidationError
+from pipelines.data.validation import validate_partition
 from pipelines.platform import storage
 
 pytestmark = pytest.mark.services
@@ -64,10 +67,16 @@ def test_cli_exits_non_zero_with_one_line_message(settings, tmp_path: Path, monk
     monkeypatch.setenv("IM_WORK_DIR", str(tmp_path / "work"))
     path = _write(tmp_path, "empty.csv", "")
     assert main(["land", "--source", str(path), "--format", "taobao"]) == 1
-    out = capsys.readouterr().out
-    assert out.startswith("land failed:") and "empty file" in out and "Traceback" not in out
+    err = capsys.readouterr().err
+    assert err.startswith("error: land failed:") and "empty file" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
     assert main(["validate", "--date", "2017-11-25"]) == 1
-    assert "partition_not_empty failed" in capsys.readouterr().out
+    assert "partition_not_empty failed" in capsys.readouterr().err
+    # Bad day arguments are usage errors (exit 2), also one line on stderr.
+    assert main(["preprocess"]) == 2
+    assert capsys.readouterr().err.startswith("error: preprocess: give the day with --date")
+    assert main(["validate", "--date", "2017-11-25", "--end", "2017-11-26"]) == 2
+    assert "not both" in capsys.readouterr().err
 
 
 # --- rows that are quarantined with the right reason ------------------------------------------
@@ -155,8 +164,6 @@ def test_mixed_time_zones_are_normalised_to_utc(settings, tmp_path: Path) -> Non
     assert res.rows_by_date == {"2017-11-24": 1, "2017-11-25": 3}
     assert res.quarantine_reasons == {"unparseable_timestamp": 1}
     pre = preprocess_partition(settings, D)
-    from pipelines.data.events import read_clean_events
-
     ts = sorted(t.isoformat() for t in read_clean_events(settings, D, D)["ts"].to_pylist())
     assert pre.clean == 3 and ts == ["2017-11-25T00:30:00+00:00", "2017-11-25T01:00:00+00:00",
                                      "2017-11-25T02:00:00+00:00"]

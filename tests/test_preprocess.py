@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from pipelines.__main__ import main
 from pipelines.config import load_settings
 from pipelines.contracts import EVENT_SCHEMA
-from pipelines.data import sources
+from pipelines.data import rules, validation
 from pipelines.data.events import read_clean_events
+from pipelines.data.landing import land_events
 from pipelines.data.preprocess import clean_events, preprocess_partition
 from pipelines.data.synthetic import generate_taobao
 from pipelines.platform import storage
@@ -56,9 +59,9 @@ def test_diversity_crawler_rule() -> None:
 @pytest.mark.services
 def test_preprocess_synthetic_partition_reconciles_and_replaces(settings, tmp_path: Path) -> None:
     gen = generate_taobao(tmp_path / "gen", users=150, days=4, categories=30, start=D, seed=2)
-    land = sources.land_events(settings, gen.events_path, "taobao", name="synthetic")
+    land = land_events(settings, gen.events_path, "taobao", name="synthetic")
     # The same file landed again under another name: every row of the second copy is an exact duplicate.
-    sources.land_events(settings, gen.events_path, "taobao", name="synthetic_copy")
+    land_events(settings, gen.events_path, "taobao", name="synthetic_copy")
     res = preprocess_partition(settings, D)
     day_rows = land.rows_by_date[D.isoformat()]
     assert res.rows_in == 2 * day_rows
@@ -72,7 +75,7 @@ def test_preprocess_synthetic_partition_reconciles_and_replaces(settings, tmp_pa
 
     # Rerun after removing the copy: the partition is replaced whole, not appended to.
     storage.delete_prefix(settings, "raw/events/dt=2017-11-25/") and None
-    sources.land_events(settings, gen.events_path, "taobao", name="synthetic")
+    land_events(settings, gen.events_path, "taobao", name="synthetic")
     again = preprocess_partition(settings, D)
     assert again.rows_in == day_rows
     assert storage.list_keys(settings, "clean/events/dt=2017-11-25/") == ["clean/events/dt=2017-11-25/part-00000.parquet"]
@@ -86,7 +89,7 @@ def test_preprocess_quarantines_validation_failures_and_noise(settings, tmp_path
     lines += [f"7777,{i},7,pv,{T0 + 100 + i // 5}" for i in range(3000)]  # crawler: 3000 in a few minutes
     src = tmp_path / "noisy.csv"
     src.write_text("\n".join(lines) + "\n")
-    sources.land_events(settings, src, "taobao")
+    land_events(settings, src, "taobao")
     res = preprocess_partition(settings, D)
     assert res.reasons == {"unknown_behavior": 1, "crawler_rate": 3000}
     assert res.clean == 200 and res.rows_in == 3201 == res.clean + res.quarantined + res.duplicates_dropped
@@ -97,12 +100,10 @@ def test_preprocess_quarantines_validation_failures_and_noise(settings, tmp_path
 
 @pytest.mark.services
 def test_preprocess_reuses_validated_handover_until_raw_files_change(settings, tmp_path: Path, monkeypatch) -> None:
-    from pipelines.data import validation
-
     lines = [f"{u},{u},7,pv,{T0 + u}" for u in range(1, 301)] + [f"1,2,7,zap,{T0 + 3}"] + [f"5,5,7,pv,{T0 + 5}"]
     src = tmp_path / "handover.csv"
     src.write_text("\n".join(lines) + "\n")
-    sources.land_events(settings, src, "taobao")
+    land_events(settings, src, "taobao")
     val = validation.validate_partition(settings, D, report_id="h")
     assert val.handover_key == "staging/validated/dt=2017-11-25/valid.parquet"
     assert storage.read_parquet(settings, val.handover_key).num_rows == val.valid_rows == 301
@@ -112,7 +113,7 @@ def test_preprocess_reuses_validated_handover_until_raw_files_change(settings, t
     def no_flagging(*args, **kwargs):
         raise AssertionError("raw partition flagged again despite a fresh hand-over")
 
-    monkeypatch.setattr(validation, "flag_partition", no_flagging)
+    monkeypatch.setattr(rules, "flag_partition", no_flagging)
     reused = preprocess_partition(settings, D)
     assert reused.to_dict() == reference.to_dict()
     assert reused.reasons == {"unknown_behavior": 1} and reused.exact_duplicates == 1 and reused.clean == 300
@@ -120,10 +121,35 @@ def test_preprocess_reuses_validated_handover_until_raw_files_change(settings, t
 
     # ... and once the raw files change (re-landed with one more row), the stale hand-over is ignored.
     src.write_text("\n".join(lines + [f"9,9,7,buy,{T0 + 9}"]) + "\n")
-    sources.land_events(settings, src, "taobao")
+    land_events(settings, src, "taobao")
     fresh = preprocess_partition(settings, D)
     assert fresh.rows_in == 303 and fresh.clean == 301
     assert fresh.rows_in == fresh.clean + fresh.quarantined + fresh.duplicates_dropped
     # A missing hand-over (e.g. validation ran elsewhere and it was cleaned up) falls back the same way.
     storage.delete_prefix(settings, "staging/validated/")
     assert preprocess_partition(settings, D).to_dict() == fresh.to_dict()
+
+
+@pytest.mark.services
+def test_cli_lands_validates_and_preprocesses_a_window(settings, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("IM_S3_ENDPOINT_URL", settings.s3_endpoint_url)
+    monkeypatch.setenv("IM_BUCKET", settings.bucket)
+    monkeypatch.setenv("IM_WORK_DIR", str(tmp_path / "work"))
+    out_dir = tmp_path / "gen"
+    assert main(["generate", "--out", str(out_dir), "--users", "60", "--days", "3", "--categories", "20",
+                 "--start", D.isoformat(), "--seed", "4"]) == 0
+    assert capsys.readouterr().out.startswith("generated ")
+    assert main(["land", "--source", str(out_dir / "events.csv"), "--format", "taobao", "--json"]) == 0
+    landed = json.loads(capsys.readouterr().out)
+    assert landed["name"] == "events" and landed["dates"][0] == D.isoformat()
+    # A window as --start/--end ...
+    last = (D + dt.timedelta(days=2)).isoformat()
+    assert main(["validate", "--start", D.isoformat(), "--end", last, "--report-id", "cli", "--json"]) == 0
+    validated = json.loads(capsys.readouterr().out)
+    assert [p["date"] for p in validated["partitions"]] == landed["dates"] and validated["failed"] == {}
+    assert validated["totals"]["rows"] == landed["rows"]
+    assert validated["reports"] == f"s3://{settings.bucket}/reports/validation/cli/"
+    # ... or in the old spelling --date/--to, with the readable lines.
+    assert main(["preprocess", "--date", D.isoformat(), "--to", last]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and lines[-1].startswith(f"preprocessed 3/3 partitions: {landed['rows']} in = ")

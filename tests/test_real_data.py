@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from pipelines.config import Settings, load_settings
+from pipelines.data.landing import land_events
 from pipelines.data.preprocess import preprocess_partition
-from pipelines.data.sources import land_events
 from pipelines.data.validation import validate_partition
 from pipelines.platform import storage
 

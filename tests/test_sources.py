@@ -1,4 +1,5 @@
-"""Source adapters: timestamp parsing, spec building, and landing into raw/events/dt=D/ on real S3."""
+"""Source formats and landing: timestamp parsing, spec building, landing into raw/events/dt=D/ on real S3,
+and reading the landed files back."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.data import sources
-from pipelines.data.sources import SourceError, build_spec, canonicalize, land_events, parse_ts
+from pipelines.data import formats, raw
+from pipelines.data.canonical import canonicalize, parse_ts
+from pipelines.data.formats import SourceError, build_spec
+from pipelines.data.landing import land_events
 from pipelines.platform import storage
 
 D1 = 1511568000  # 2017-11-25 00:00 UTC
@@ -44,9 +47,9 @@ def test_build_spec_explains_bad_maps() -> None:
 
 
 def test_canonicalize_taobao_maps_behaviours() -> None:
-    raw = pa.table({c: pa.array(v) for c, v in zip(sources.TAOBAO_COLUMNS, [
+    source = pa.table({c: pa.array(v) for c, v in zip(formats.TAOBAO_COLUMNS, [
         ["1", "2"], ["10", "11"], ["5", "5"], ["pv", "like"], [str(D1), str(D1 + 60)]], strict=True)})
-    canon = canonicalize(raw, sources.TAOBAO_SPEC)
+    canon = canonicalize(source, formats.TAOBAO_SPEC)
     assert canon["behavior"].to_pylist() == ["view", None]
     assert canon["behavior_raw"].to_pylist() == ["pv", "like"]
     assert canon["value"].null_count == 2
@@ -71,6 +74,7 @@ def test_land_taobao_splits_by_utc_date_and_replaces(settings, tmp_path: Path) -
     assert meta["format"] == "taobao" and meta["rows"] == 1
     unplaced = storage.read_parquet(settings, result.quarantine_key).to_pydict()
     assert sorted(unplaced["reason"]) == ["implausible_timestamp", "unparseable_timestamp", "wrong_column_count"]
+    assert sorted(unplaced) == ["detail", "line", "raw", "reason", "source"]
     assert "4,100,7" in unplaced["raw"]
     assert storage.get_json(settings, "reports/landing/UserBehavior_small.json")["rows"] == 3
 
@@ -101,10 +105,10 @@ def test_land_ciao_keeps_header_and_columns(settings, tmp_path: Path) -> None:
                    f"1,2,3,5,4,{D1}\n1,3,3,0,4,{D1}\n")
     result = land_events(settings, src, "ciao")
     assert result.rows == 2
-    raw = sources.list_raw_files(settings, dt.date(2017, 11, 25))[0][0]
-    table = sources.read_raw_file(settings, raw)
-    assert table.column_names == sources.CIAO_COLUMNS and table["rating"].to_pylist() == ["5", "0"]
-    canon = canonicalize(table, raw.spec)
+    landed = raw.list_raw_files(settings, dt.date(2017, 11, 25))[0][0]
+    table = raw.read_raw_file(settings, landed)
+    assert table.column_names == formats.CIAO_COLUMNS and table["rating"].to_pylist() == ["5", "0"]
+    canon = canonicalize(table, landed.spec)
     assert canon["behavior"].to_pylist() == ["review", "review"] and canon["value"].to_pylist() == [5.0, 0.0]
 
 
@@ -118,10 +122,10 @@ def test_land_generic_csv_with_column_map_file_and_parquet(settings, tmp_path: P
     map_file.write_text("columns: {user_id: uid, item_id: sku, category_id: cat, behavior: event, ts: when, "
                         "value: price}\nbehavior_map: {click: view, purchase: buy}\nts_format: iso\n"
                         "delimiter: ';'\n")
-    result = land_events(settings, src, "csv", **sources.read_column_map_file(map_file))
+    result = land_events(settings, src, "csv", **formats.read_column_map_file(map_file))
     assert result.rows == 2 and result.dates == [dt.date(2017, 11, 25)]
-    raw = sources.list_raw_files(settings, dt.date(2017, 11, 25))[0][0]
-    canon = canonicalize(sources.read_raw_file(settings, raw), raw.spec)
+    landed = raw.list_raw_files(settings, dt.date(2017, 11, 25))[0][0]
+    canon = canonicalize(raw.read_raw_file(settings, landed), landed.spec)
     assert canon["behavior"].to_pylist() == ["view", "buy"]
     assert canon["ts"].to_pylist() == [(D1 + 3600) * 10**6, (D1 + 3600) * 10**6]
 

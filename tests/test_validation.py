@@ -9,10 +9,13 @@ import pyarrow as pa
 import pytest
 
 from pipelines.config import load_settings
-from pipelines.data import sources, validation
+from pipelines.data import expectations, formats, validation
+from pipelines.data.canonical import canonicalize
+from pipelines.data.landing import land_events
+from pipelines.data.rules import FlaggedPartition, ValidationError, flag_rows, split_flagged
 from pipelines.data.synthetic import generate_taobao
-from pipelines.data.validation import ValidationError, flag_rows, validate_partition
-from pipelines.platform import storage
+from pipelines.data.validation import validate_partition
+from pipelines.platform import storage, tracking
 
 D = dt.date(2017, 11, 25)
 T0 = 1511568000  # D 00:00 UTC
@@ -20,8 +23,8 @@ T0 = 1511568000  # D 00:00 UTC
 
 def _canon(rows: list[tuple[str, str, str, str, str]]) -> pa.Table:
     cols = list(zip(*rows, strict=True))
-    raw = pa.table({c: pa.array(v) for c, v in zip(sources.TAOBAO_COLUMNS, cols, strict=True)})
-    return sources.canonicalize(raw, sources.TAOBAO_SPEC)
+    raw = pa.table({c: pa.array(v) for c, v in zip(formats.TAOBAO_COLUMNS, cols, strict=True)})
+    return canonicalize(raw, formats.TAOBAO_SPEC)
 
 
 def test_row_rules_name_the_first_failure() -> None:
@@ -39,20 +42,33 @@ def test_row_rules_name_the_first_failure() -> None:
         ("1", "2", "3", "pv", str(T0 + 86400)),       # in window, wrong partition
         ("u1", "2", "3", "like", "x"),                # several failures: first in priority order wins
     ])
-    reason, rules = flag_rows(canon, sources.TAOBAO_SPEC, D, settings)
+    reason, rules = flag_rows(canon, formats.TAOBAO_SPEC, D, settings)
     assert reason.to_pylist() == [None, "null_user_id", "bad_id_format", "unknown_behavior",
                                   "unparseable_timestamp", "implausible_timestamp", "implausible_timestamp",
                                   "implausible_timestamp", "outside_window", "wrong_partition", "bad_id_format"]
     assert rules.to_pylist()[-1] == "bad_id_format,unknown_behavior,unparseable_timestamp"
 
 
+def test_split_flagged_sets_a_partition_outside_the_window_aside() -> None:
+    settings = load_settings(environ={}, window_start=D, window_end=D)
+    canon = _canon([("1", "2", "3", "pv", str(T0 + 10)), ("1", "2", "3", "like", str(T0 + 20))])
+    reason, rules = flag_rows(canon, formats.TAOBAO_SPEC, D, settings)
+    canon = canon.append_column("reason", reason).append_column("rules", rules)
+    valid, bad, reasons = split_flagged(FlaggedPartition(D, canon, [], in_window=True))
+    assert valid.num_rows == 1 and bad.num_rows == 1 and reasons == {"unknown_behavior": 1}
+    # Wholly outside the window: rows that passed are set aside, a row's first failure stays its reason.
+    valid, bad, reasons = split_flagged(FlaggedPartition(D, canon, [], in_window=False))
+    assert valid.num_rows == 0 and reasons == {"outside_window": 1, "unknown_behavior": 1}
+    assert bad["rules"].to_pylist() == [None, "unknown_behavior"]
+
+
 def test_profile_gate_fails_on_each_batch_rule() -> None:
     settings = load_settings(environ={})
-    ok = validation.run_profile_gate({"rows": 1000, "bad_row_share": 0.01, "duplicate_share": 0.0,
-                                      "volume_ratio": None}, settings)
+    ok = expectations.run_profile_gate({"rows": 1000, "bad_row_share": 0.01, "duplicate_share": 0.0,
+                                        "volume_ratio": None}, settings)
     assert ok.success
-    bad = validation.run_profile_gate({"rows": 1000, "bad_row_share": 0.2, "duplicate_share": 0.9,
-                                       "volume_ratio": 0.05}, settings)
+    bad = expectations.run_profile_gate({"rows": 1000, "bad_row_share": 0.2, "duplicate_share": 0.9,
+                                         "volume_ratio": 0.05}, settings)
     failed = {r.expectation_config.meta["rule"] for r in bad.results if not r.success}
     assert failed == {"bad_row_share", "duplicate_share", "volume"}
 
@@ -60,7 +76,7 @@ def test_profile_gate_fails_on_each_batch_rule() -> None:
 @pytest.fixture()
 def landed(settings, tmp_path: Path):
     gen = generate_taobao(tmp_path / "gen", users=120, days=6, categories=30, start=D, seed=11)
-    land = sources.land_events(settings, gen.events_path, "taobao", name="synthetic")
+    land = land_events(settings, gen.events_path, "taobao", name="synthetic")
     return gen, land
 
 
@@ -83,14 +99,14 @@ def test_bad_rows_are_quarantined_and_a_bad_batch_fails(settings, tmp_path: Path
     good = [f"{u},{100 + u},7,pv,{T0 + u}" for u in range(1, 301)]
     src = tmp_path / "mixed.csv"
     src.write_text("\n".join(good + [f"5,6,7,like,{T0 + 5}", f"x9,6,7,pv,{T0 + 6}"]) + "\n")
-    sources.land_events(settings, src, "taobao")
+    land_events(settings, src, "taobao")
     res = validate_partition(settings, D, report_id="r")
     assert res.quarantined == 2 and res.reasons == {"unknown_behavior": 1, "bad_id_format": 1}
     q = storage.read_parquet(settings, res.quarantine_key).to_pydict()
     assert sorted(q["reason"]) == ["bad_id_format", "unknown_behavior"] and "x9" in q["user_id"]
 
     src.write_text("\n".join(good[:100] + [f"{u},6,7,like,{T0 + u}" for u in range(200)]) + "\n")
-    sources.land_events(settings, src, "taobao")
+    land_events(settings, src, "taobao")
     with pytest.raises(ValidationError, match=r"bad_row_share failed: 66\.67% of 300 rows.*limit 5\.00%") as err:
         validate_partition(settings, D, report_id="r")
     assert "raw/events/dt=2017-11-25/mixed.csv" in str(err.value)
@@ -106,7 +122,7 @@ def test_volume_collapse_fails_against_recent_partitions(settings, tmp_path: Pat
         lines += [f"{u},{u},7,pv,{T0 + day * 86400 + u}" for u in range(1, n + 1)]
     src = tmp_path / "vol.csv"
     src.write_text("\n".join(lines) + "\n")
-    sources.land_events(settings, src, "taobao")
+    land_events(settings, src, "taobao")
     with pytest.raises(ValidationError, match=r"rule volume failed: 20 rows = 0\.05 x the median 400"):
         validate_partition(settings, D + dt.timedelta(days=3), report_id="v")
     # Two earlier partitions are not enough history to judge volume.
@@ -124,11 +140,17 @@ def test_empty_partition_and_outside_window(settings, landed) -> None:
 
 
 @pytest.mark.services
-def test_log_to_mlflow_records_key_numbers(settings, landed) -> None:
-    import mlflow
+def test_raw_file_without_sidecar_fails_the_batch(settings, landed) -> None:
+    storage.put_bytes(settings, "raw/events/dt=2017-11-25/dropped_by_hand.csv", f"1,2,3,pv,{T0}\n".encode())
+    with pytest.raises(ValidationError, match=r"rule files_have_sidecar failed: 1 raw file\(s\) without a "
+                                              r"\.meta\.json sidecar \(raw/events/dt=2017-11-25/dropped_by_hand\.csv\)"):
+        validate_partition(settings, D, report_id="orphan")
 
+
+@pytest.mark.services
+def test_log_to_mlflow_records_key_numbers(settings, landed) -> None:
     res = validate_partition(settings, D, report_id="m")
-    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    client = tracking.client(settings)
     exp = client.get_experiment_by_name("validation-test") or client.get_experiment(
         client.create_experiment("validation-test"))
     run = client.create_run(exp.experiment_id)

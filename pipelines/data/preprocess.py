@@ -3,7 +3,7 @@
 For partition D, :func:`preprocess_partition` takes the rows that passed validation from its
 hand-over (``staging/validated/dt=D/valid.parquet``, used while the raw files and window are
 unchanged) or else recomputes the validation row flags
-(:func:`pipelines.validation.flag_partition`, the same pure rules, so both steps agree), then on
+(:func:`pipelines.data.rules.flag_partition`, the same pure rules, so both steps agree), then on
 the rows that passed:
 
 1. removes exact duplicates (every canonical field equal) and near-exact duplicates (same user,
@@ -25,24 +25,27 @@ run vectorised (NumPy over integer codes that sort like the strings), one partit
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.config import Settings
+from pipelines.contracts import EVENT_SCHEMA
+from pipelines.data import handover, rules
+from pipelines.data.quarantine import PREPROCESS, write_quarantine, write_validation_quarantine
 from pipelines.platform import layout, storage
-
-if TYPE_CHECKING:
-    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
-PREPROCESS_REPORTS = "reports/preprocess"
 NOISE_REASONS = ("crawler_rate", "crawler_diversity", "burst")
 DUPLICATE_FATES = ("duplicate_exact", "duplicate_near")
 FATES = ("clean", *DUPLICATE_FATES, *NOISE_REASONS)
+NOISE_COLUMNS = ["source_file", "row", "user_id", "item_id", "category_id", "behavior", "ts", "value"]
 
 
 class PreprocessError(RuntimeError):
@@ -73,13 +76,9 @@ class PreprocessResult:
         return out
 
 
-def _codes(column: pa.ChunkedArray | pa.Array, *, ordered: bool = False) -> Any:
+def _codes(column: pa.ChunkedArray | pa.Array, *, ordered: bool = False) -> np.ndarray:
     """Dense int64 codes of a string column (equal strings, equal codes); with ``ordered`` the codes
     also sort like the strings (byte order), so sorting by codes equals sorting by the strings."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     encoded = arr if pa.types.is_dictionary(arr.type) else pc.dictionary_encode(arr)
     codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
@@ -90,10 +89,8 @@ def _codes(column: pa.ChunkedArray | pa.Array, *, ordered: bool = False) -> Any:
     return rank[codes]
 
 
-def _runs(*keys: Any) -> Any:
+def _runs(*keys: np.ndarray) -> np.ndarray:
     """Start flags of runs of equal consecutive rows over the sorted key arrays (first row: True)."""
-    import numpy as np
-
     change = np.zeros(len(keys[0]), dtype=bool)
     if len(change):
         change[0] = True
@@ -102,10 +99,8 @@ def _runs(*keys: Any) -> Any:
     return change
 
 
-def _run_lengths_per_row(starts: Any) -> Any:
+def _run_lengths_per_row(starts: np.ndarray) -> np.ndarray:
     """For start flags of runs, each row's run length."""
-    import numpy as np
-
     idx = np.flatnonzero(starts)
     lengths = np.diff(np.r_[idx, len(starts)])
     return np.repeat(lengths, lengths)
@@ -121,12 +116,6 @@ def clean_events(valid: pa.Table, settings: Settings) -> tuple[pa.Table, pa.Tabl
     by (user, item, category, behaviour, time, value) finds duplicates and per-user item counts,
     one by (user, time, item) over the remaining rows gives hourly/second counts and the output order.
     """
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from pipelines.contracts import EVENT_SCHEMA
-
     n = valid.num_rows
     clean_code, exact_code, near_code, rate_code, div_code, burst_code = range(len(FATES))
     fate = np.zeros(n, dtype=np.int64)
@@ -199,32 +188,20 @@ def preprocess_partition(settings: Settings, date: dt.date) -> PreprocessResult:
     ``quarantine/events/dt=date/preprocess.parquet``. Uses validation's hand-over when it matches
     the raw files; otherwise flags the raw partition itself and rewrites validation's quarantine
     file from the same rules. Raises :class:`PreprocessError` if counts do not reconcile and
-    :class:`pipelines.validation.ValidationError` if the raw partition cannot be read.
+    :class:`pipelines.data.rules.ValidationError` if the raw partition cannot be read.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from pipelines.data import validation
-
-    handover = validation.read_handover(settings, date)
-    if handover is not None:
+    validated = handover.read_handover(settings, date)
+    if validated is not None:
         # Validation already read and flagged these raw files (same ETags, same window).
-        valid, meta = handover
+        valid, meta = validated
         rows_in = int(meta["rows"])
         reasons = {k: int(v) for k, v in meta["reasons"].items()}
         q_validation = sum(reasons.values())
         bad = None
     else:
-        flagged = validation.flag_partition(settings, date)
-        canon = flagged.canon
-        if not flagged.in_window:
-            canon = canon.set_column(canon.column_names.index("reason"), "reason",
-                                     pc.if_else(pc.is_null(canon["reason"]), "outside_window", canon["reason"]))
-        bad_mask = pc.is_valid(canon["reason"])
-        bad = canon.filter(bad_mask)
-        valid = canon.filter(pc.invert(bad_mask))
-        rows_in = canon.num_rows
-        reasons = dict(validation._count(canon["reason"]))
+        flagged = rules.flag_partition(settings, date)
+        valid, bad, reasons = rules.split_flagged(flagged)
+        rows_in = flagged.rows
         q_validation = bad.num_rows
     clean, noise, counts = clean_events(valid, settings)
 
@@ -235,25 +212,15 @@ def preprocess_partition(settings: Settings, date: dt.date) -> PreprocessResult:
         raise PreprocessError(f"dt={date}: counts do not reconcile: rows in {rows_in} != clean {clean.num_rows} + "
                               f"quarantined {q_validation} + noise {q_noise} + duplicates {exact + near}")
 
-    clean_prefix = layout.partition_prefix(layout.CLEAN, date)
-    storage.delete_prefix(settings, clean_prefix)
+    storage.delete_prefix(settings, layout.partition_prefix(layout.CLEAN, date))
     clean_keys: list[str] = []
     if clean.num_rows:
-        key = f"{clean_prefix}part-00000.parquet"
+        key = layout.clean_key(date)
         storage.write_parquet(settings, key, clean)
         clean_keys.append(key)
     if bad is not None:
-        validation._write_quarantine(settings, date, bad)
-    q_key = f"{layout.partition_prefix(layout.QUARANTINE, date)}preprocess.parquet"
-    if q_noise:
-        table = noise.select(["source_file", "row", "user_id", "item_id", "category_id", "behavior", "ts", "value"])
-        table = table.set_column(0, "source_file", table["source_file"].cast(pa.string()))
-        table = table.set_column(6, "ts", pc.cast(table["ts"], pa.timestamp("us", tz="UTC")))
-        table = table.append_column("reason", noise["fate"]).append_column(
-            "stage", pa.array(["preprocess"] * q_noise))
-        storage.write_parquet(settings, q_key, table)
-    else:
-        storage.s3_client(settings).delete_object(Bucket=settings.bucket, Key=q_key)
+        write_validation_quarantine(settings, date, bad)
+    q_key = write_quarantine(settings, date, PREPROCESS, _noise_rows(noise))
     for r in NOISE_REASONS:
         if counts.get(r):
             reasons[r] = counts[r]
@@ -262,45 +229,15 @@ def preprocess_partition(settings: Settings, date: dt.date) -> PreprocessResult:
         date=date, rows_in=rows_in, clean=clean.num_rows, quarantined=q_validation + q_noise,
         quarantined_validation=q_validation, quarantined_noise=q_noise, duplicates_dropped=exact + near,
         exact_duplicates=exact, near_duplicates=near, reasons=reasons, clean_keys=clean_keys,
-        quarantine_key=q_key if q_noise else None, users=users)
-    storage.put_json(settings, f"{PREPROCESS_REPORTS}/dt={date.isoformat()}.json", result.to_dict())
+        quarantine_key=q_key, users=users)
+    storage.put_json(settings, layout.preprocess_report_key(date), result.to_dict())
     log.info("preprocessed dt=%s: %d in = %d clean + %d quarantined + %d duplicates %s", date, rows_in,
              result.clean, result.quarantined, result.duplicates_dropped, reasons or "")
     return result
 
 
-# --- command line -------------------------------------------------------------------------------
-
-
-def _cmd_preprocess(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.data.validation import ValidationError, date_range
-
-    try:
-        dates = date_range(dt.date.fromisoformat(args.date), dt.date.fromisoformat(args.to) if args.to else None)
-    except ValueError as exc:
-        print(f"preprocess: bad date: {exc}")
-        return 2
-    failed = 0
-    total = {"rows_in": 0, "clean": 0, "quarantined": 0, "duplicates_dropped": 0}
-    for date in dates:
-        try:
-            res = preprocess_partition(settings, date)
-        except (ValidationError, PreprocessError) as exc:
-            failed += 1
-            print(f"dt={date}: FAILED: {exc}")
-            continue
-        for k in total:
-            total[k] += getattr(res, k)
-        print(f"dt={date}: {res.rows_in} in = {res.clean} clean + {res.quarantined} quarantined + "
-              f"{res.duplicates_dropped} duplicates {res.reasons or ''}")
-    print(f"preprocessed {len(dates) - failed}/{len(dates)} partitions: {total['rows_in']} in = {total['clean']} "
-          f"clean + {total['quarantined']} quarantined + {total['duplicates_dropped']} duplicates")
-    return 1 if failed else 0
-
-
-def register_cli(subparsers: Any) -> None:
-    """``python -m pipelines preprocess --date D [--to D2]``."""
-    p = subparsers.add_parser("preprocess", help="dedupe and de-noise raw partitions into clean/events/dt=.../")
-    p.add_argument("--date", required=True, help="first partition date YYYY-MM-DD")
-    p.add_argument("--to", default=None, help="last partition date (inclusive)")
-    p.set_defaults(func=_cmd_preprocess)
+def _noise_rows(noise: pa.Table) -> pa.Table:
+    """The quarantine view of noise rows: :data:`NOISE_COLUMNS` (``ts`` as a timestamp), ``reason`` = fate."""
+    rows = noise.select(NOISE_COLUMNS)
+    rows = rows.set_column(rows.column_names.index("ts"), "ts", pc.cast(rows["ts"], pa.timestamp("us", tz="UTC")))
+    return rows.append_column("reason", noise["fate"])

@@ -15,7 +15,6 @@ close to Taobao's (~89% views), and a little exploration noise for every user.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import logging
@@ -24,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from pipelines.platform.dates import start_of_day
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +91,6 @@ def generate_taobao(
     ``mean_events_per_user_day``. Deterministic for a given ``seed``. Returns
     :class:`GeneratedData`.
     """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
     if users <= 0 or days <= 0 or categories < 4:
         raise ValueError(f"need users > 0, days > 0 and categories >= 4 (got {users}, {days}, {categories})")
     rng = np.random.default_rng(seed)
@@ -157,7 +157,7 @@ def generate_taobao(
     behavior_cdf = np.cumsum(BEHAVIOR_MIX)
     cat_cdf = np.cumsum(cat_pop)
     rows = 0
-    epoch0 = int(dt.datetime.combine(start, dt.time(), tzinfo=dt.UTC).timestamp())
+    epoch0 = int(start_of_day(start).timestamp())
     with pacsv.CSVWriter(sink, schema, write_options=options) as writer:
         for day in range(days):
             day_rows = 0
@@ -190,10 +190,8 @@ def _day_chunk(rng: np.random.Generator, day: int, sl: slice, activity: np.ndarr
                base_w: np.ndarray, new_cats: np.ndarray, new_w: np.ndarray, shift_day: np.ndarray,
                shift_strength: float, explore_rate: float, cat_cdf: np.ndarray, cat_ids: np.ndarray,
                item_base: np.ndarray, item_cdf: np.ndarray, user_ids: np.ndarray, behavior_arr: np.ndarray,
-               behavior_cdf: np.ndarray, epoch0: int, schema: Any) -> Any:
+               behavior_cdf: np.ndarray, epoch0: int, schema: pa.Schema) -> pa.Table:
     """Events of one day for users ``sl``: a table in the Taobao column order (time-sorted per user)."""
-    import pyarrow as pa
-
     act = activity[sl]
     n_user = len(act)
     # Active today with probability ~ activity; active users draw a count around their rate.
@@ -254,37 +252,3 @@ def _day_chunk(rng: np.random.Generator, day: int, sl: slice, activity: np.ndarr
 def read_truth(path: Path) -> dict[str, Any]:
     """The planted-shift ground truth written beside the events (``truth.json``)."""
     return dict(json.loads(Path(path).read_text()))
-
-
-# --- command line ------------------------------------------------------------------------------
-
-
-def _cmd_generate(args: argparse.Namespace, settings: Any) -> int:
-    try:
-        result = generate_taobao(
-            Path(args.out), users=args.users, days=args.days, categories=args.categories,
-            start=dt.date.fromisoformat(args.start), seed=args.seed if args.seed is not None else settings.seed,
-            mean_events_per_user_day=args.events_per_user_day, shift_share=args.shift_share,
-            compress=args.gzip)
-    except (ValueError, OSError) as exc:
-        print(f"generate failed: {exc}")
-        return 1
-    print(f"generated {result.rows} events ({result.users} users, {result.days} days, "
-          f"{result.categories} categories, {result.shifted_users} planted shifts) -> {result.events_path}; "
-          f"truth -> {result.truth_path}")
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    """``python -m pipelines generate --out DIR --users N --days N ...``."""
-    p = subparsers.add_parser("generate", help="write synthetic Taobao-format logs with planted interest shifts")
-    p.add_argument("--out", required=True, help="output folder (events.csv[.gz] + truth.json)")
-    p.add_argument("--users", type=int, default=2000)
-    p.add_argument("--days", type=int, default=30)
-    p.add_argument("--categories", type=int, default=200)
-    p.add_argument("--start", default="2017-11-01", help="first day (UTC), YYYY-MM-DD")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: IM_SEED)")
-    p.add_argument("--events-per-user-day", type=float, default=5.0)
-    p.add_argument("--shift-share", type=float, default=0.3, help="share of users with a planted shift")
-    p.add_argument("--gzip", action="store_true", help="write events.csv.gz")
-    p.set_defaults(func=_cmd_generate)

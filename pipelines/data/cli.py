@@ -1,0 +1,207 @@
+"""Data commands: ``generate`` (synthetic logs), ``land`` (a source file -> raw/), ``validate`` and
+``preprocess`` (raw partitions -> quarantine/, reports/ and clean/).
+
+``validate`` and ``preprocess`` take ``--date D`` or ``--start A --end B`` (the older ``--date A
+--to B`` still works). Each command prints one line per partition and a summary (``--json``: one
+JSON document), and exits non-zero with a one-line ``error: ...`` on stderr for bad input. The
+handlers import the stage modules when they run (validation brings Great Expectations), so
+``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from pipelines.cli import UsageError, add_days, add_json, days_of, emit, fail
+from pipelines.config import Settings
+from pipelines.data.formats import FORMATS, TS_FORMATS, SourceError, read_column_map_file
+from pipelines.platform import layout, storage
+from pipelines.platform.dates import to_date
+
+# --- generate ------------------------------------------------------------------------------------
+
+
+def _cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.data.synthetic import generate_taobao
+
+    try:
+        result = generate_taobao(
+            Path(args.out), users=args.users, days=args.days, categories=args.categories,
+            start=to_date(args.start, "--start"), seed=args.seed if args.seed is not None else settings.seed,
+            mean_events_per_user_day=args.events_per_user_day, shift_share=args.shift_share,
+            compress=args.gzip)
+    except (ValueError, OSError) as exc:
+        return fail(f"generate failed: {exc}")
+    emit(args, result.to_dict(),
+         f"generated {result.rows} events ({result.users} users, {result.days} days, "
+         f"{result.categories} categories, {result.shifted_users} planted shifts) -> {result.events_path}; "
+         f"truth -> {result.truth_path}")
+    return 0
+
+
+# --- land ----------------------------------------------------------------------------------------
+
+
+def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
+    """``KEY=VALUE`` flags as a dict; raises :class:`SourceError` naming the flag for a malformed one."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise SourceError(f"{flag} {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _land_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of ``land_events`` from the column-map file and the flags (flags win)."""
+    options: dict[str, Any] = read_column_map_file(Path(args.column_map)) if args.column_map else {}
+    column_map = _pairs(args.map, "--map")
+    if column_map:
+        options["column_map"] = {**options.get("column_map", {}), **column_map}
+    behavior_map = _pairs(args.behavior_map, "--behavior-map")
+    if behavior_map:
+        options["behavior_map"] = {**options.get("behavior_map", {}), **behavior_map}
+    for name in ("ts_format", "timezone", "behavior_constant", "delimiter"):
+        if getattr(args, name):
+            options[name] = getattr(args, name)
+    if args.no_header:
+        options["has_header"] = False
+    return options
+
+
+def _cmd_land(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.data.landing import land_events
+
+    try:
+        result = land_events(settings, args.source, args.format, name=args.name, **_land_options(args))
+    except SourceError as exc:
+        return fail(f"land failed: {exc}")
+    except storage.StorageError as exc:
+        return fail(f"land failed (storage): {exc}")
+    span = f"{result.dates[0]}..{result.dates[-1]}" if result.dates else "no dates"
+    emit(args, result.to_dict(),
+         f"landed {result.rows} of {result.rows_read} rows from {result.source} as '{result.name}' into "
+         f"{len(result.dates)} partitions ({span}); quarantined {result.quarantined} "
+         f"{result.quarantine_reasons or ''}")
+    return 0
+
+
+# --- validate and preprocess ---------------------------------------------------------------------
+
+
+def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.data.rules import ValidationError
+    from pipelines.data.validation import validate_partition
+
+    try:
+        dates = days_of(args)
+    except UsageError as exc:
+        return fail(f"validate: {exc}", 2)
+    report_id = args.report_id or dt.datetime.now(dt.UTC).strftime("manual-%Y%m%dT%H%M%SZ")
+    results: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}
+    for date in dates:
+        try:
+            res = validate_partition(settings, date, report_id=report_id)
+        except ValidationError as exc:
+            failed[date.isoformat()] = str(exc)
+            fail(f"dt={date}: FAILED: {exc}")
+            continue
+        results.append(res.to_dict())
+        if not args.json:
+            print(f"dt={date}: {res.rows} rows, {res.quarantined} quarantined {res.reasons or ''}, "
+                  f"{res.duplicate_rows} duplicates")
+    rows = sum(r["rows"] for r in results)
+    quarantined = sum(r["quarantined"] for r in results)
+    reports = storage.uri(settings, layout.validation_run_prefix(report_id))
+    emit(args, {"report_id": report_id, "reports": reports, "partitions": results, "failed": failed,
+                "totals": {"rows": rows, "quarantined": quarantined}},
+         f"validated {len(dates) - len(failed)}/{len(dates)} partitions: {rows} rows, "
+         f"{quarantined} quarantined; reports under {reports}")
+    return 1 if failed else 0
+
+
+def _cmd_preprocess(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.data.preprocess import PreprocessError, preprocess_partition
+    from pipelines.data.rules import ValidationError
+
+    try:
+        dates = days_of(args)
+    except UsageError as exc:
+        return fail(f"preprocess: {exc}", 2)
+    results: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}
+    total = {"rows_in": 0, "clean": 0, "quarantined": 0, "duplicates_dropped": 0}
+    for date in dates:
+        try:
+            res = preprocess_partition(settings, date)
+        except (ValidationError, PreprocessError) as exc:
+            failed[date.isoformat()] = str(exc)
+            fail(f"dt={date}: FAILED: {exc}")
+            continue
+        results.append(res.to_dict())
+        for key in total:
+            total[key] += getattr(res, key)
+        if not args.json:
+            print(f"dt={date}: {res.rows_in} in = {res.clean} clean + {res.quarantined} quarantined + "
+                  f"{res.duplicates_dropped} duplicates {res.reasons or ''}")
+    emit(args, {"partitions": results, "failed": failed, "totals": total},
+         f"preprocessed {len(dates) - len(failed)}/{len(dates)} partitions: {total['rows_in']} in = "
+         f"{total['clean']} clean + {total['quarantined']} quarantined + {total['duplicates_dropped']} duplicates")
+    return 1 if failed else 0
+
+
+# --- registration --------------------------------------------------------------------------------
+
+
+def register_cli(subparsers: Any) -> None:
+    """``generate``, ``land``, ``validate`` and ``preprocess`` (see the module docstring)."""
+    gen = subparsers.add_parser("generate", help="write synthetic Taobao-format logs with planted interest shifts")
+    gen.add_argument("--out", required=True, help="output folder (events.csv[.gz] + truth.json)")
+    gen.add_argument("--users", type=int, default=2000, help="number of users (default 2000)")
+    gen.add_argument("--days", type=int, default=30, help="number of days (default 30)")
+    gen.add_argument("--categories", type=int, default=200, help="number of categories, at least 4 (default 200)")
+    gen.add_argument("--start", default="2017-11-01", metavar="YYYY-MM-DD",
+                     help="first day of the generated logs (UTC; default 2017-11-01)")
+    gen.add_argument("--seed", type=int, default=None, help="random seed (default: IM_SEED)")
+    gen.add_argument("--events-per-user-day", type=float, default=5.0,
+                     help="mean events per user and day (default 5.0)")
+    gen.add_argument("--shift-share", type=float, default=0.3, help="share of users with a planted shift (default 0.3)")
+    gen.add_argument("--gzip", action="store_true", help="write events.csv.gz")
+    add_json(gen)
+    gen.set_defaults(func=_cmd_generate)
+
+    land = subparsers.add_parser("land", help="land a source file under raw/events/dt=.../ (by UTC event date)")
+    land.add_argument("--source", required=True, help="local path or s3://bucket/key")
+    land.add_argument("--format", required=True, choices=FORMATS, help="source format (see docs/data.md)")
+    land.add_argument("--name", default=None, help="landing name (default: the file name); same name replaces")
+    land.add_argument("--column-map", default=None, metavar="FILE",
+                      help="JSON/YAML column-map file (csv/parquet; see docs/data.md)")
+    land.add_argument("--map", action="append", metavar="FIELD=COLUMN",
+                      help="canonical field to source column, repeatable (e.g. --map ts=event_time)")
+    land.add_argument("--behavior-map", action="append", metavar="CODE=BEHAVIOR",
+                      help="source behaviour code to canonical behaviour, repeatable (e.g. click=view)")
+    land.add_argument("--behavior-constant", default=None, help="every row has this behaviour (e.g. review)")
+    land.add_argument("--ts-format", default=None, choices=TS_FORMATS,
+                      help="how timestamps are written (default: the format's, unix_s for csv/parquet)")
+    land.add_argument("--timezone", default=None, help="zone of timestamps without an offset (default UTC)")
+    land.add_argument("--delimiter", default=None, help="csv field delimiter (default ',')")
+    land.add_argument("--no-header", action="store_true", help="csv: the file has no header line")
+    add_json(land)
+    land.set_defaults(func=_cmd_land)
+
+    validate = subparsers.add_parser("validate", help="validate raw partitions (quarantine bad rows, gate batches)")
+    add_days(validate)
+    validate.add_argument("--report-id", default=None, metavar="ID",
+                          help="folder under reports/validation/ (default: manual-<time>)")
+    add_json(validate)
+    validate.set_defaults(func=_cmd_validate)
+
+    preprocess = subparsers.add_parser("preprocess", help="dedupe and de-noise raw partitions into clean/events/dt=.../")
+    add_days(preprocess)
+    add_json(preprocess)
+    preprocess.set_defaults(func=_cmd_preprocess)

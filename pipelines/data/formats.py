@@ -1,0 +1,171 @@
+"""Source formats: how to read a source (:class:`SourceSpec`) and which columns hold the canonical fields.
+
+Formats:
+
+- ``taobao``: UserBehavior raw, headerless ``user_id,item_id,category_id,behavior_type,timestamp``
+  (pv/cart/fav/buy, Unix seconds), plain or gzip.
+- ``ciao``: review logs with header ``user_id,item_id,category_id,rating,helpfulness,timestamp``;
+  each row is a ``review`` with ``value`` = rating (1-5).
+- ``csv`` / ``parquet``: any columns, with a user-given column map and behaviour map
+  (a JSON/YAML file, see docs/data.md, or CLI flags): :func:`build_spec`, :func:`read_column_map_file`.
+
+A spec travels with every landed raw file (its sidecar), so validation and preprocessing read
+the file the way it was landed; :mod:`pipelines.data.canonical` applies it to the rows. Nothing
+here touches storage or the data, so the command line can import it cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.contracts import BEHAVIORS
+
+FORMATS = ("taobao", "ciao", "csv", "parquet")
+TS_FORMATS = ("unix_s", "unix_ms", "iso")
+DIGITS = r"^[0-9]{1,20}$"
+GENERIC_ID = r"^[A-Za-z0-9_.:\-]{1,128}$"
+BATCH_BYTES = 16 << 20  # CSV block size when reading a source or a landed raw file
+
+CANONICAL_FIELDS = ("user_id", "item_id", "category_id", "behavior", "ts", "value")
+TAOBAO_COLUMNS = ["user_id", "item_id", "category_id", "behavior_type", "timestamp"]
+CIAO_COLUMNS = ["user_id", "item_id", "category_id", "rating", "helpfulness", "timestamp"]
+TAOBAO_BEHAVIORS = {"pv": "view", "cart": "cart", "fav": "fav", "buy": "buy"}
+
+
+class SourceError(ValueError):
+    """A source file cannot be landed at all; the message names the file, the rule and the numbers."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """How to read one source: its columns, map to canonical fields, behaviours and time format.
+
+    ``column_map`` maps canonical field -> source column (``behavior`` may be absent when
+    ``behavior_constant`` is set, ``value`` is optional). ``behavior_map`` maps source codes to
+    canonical behaviours (empty: codes are canonical already).
+    """
+
+    fmt: str
+    column_map: dict[str, str]
+    behavior_map: dict[str, str] = field(default_factory=dict)
+    behavior_constant: str | None = None
+    ts_format: str = "unix_s"
+    timezone: str = "UTC"
+    has_header: bool = True
+    delimiter: str = ","
+    columns: list[str] | None = None  # expected source columns in order (None: read the header)
+    id_pattern: str = GENERIC_ID
+    value_range: tuple[float, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["value_range"] = list(self.value_range) if self.value_range else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SourceSpec:
+        data = dict(data)
+        if data.get("value_range") is not None:
+            data["value_range"] = tuple(float(v) for v in data["value_range"])
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def needs_plain_fields(self) -> bool:
+        """Whether a field holding a delimiter, quote or line break marks a mangled row (Taobao)."""
+        return self.fmt == "taobao"
+
+
+TAOBAO_SPEC = SourceSpec(
+    fmt="taobao",
+    column_map={"user_id": "user_id", "item_id": "item_id", "category_id": "category_id",
+                "behavior": "behavior_type", "ts": "timestamp"},
+    behavior_map=dict(TAOBAO_BEHAVIORS), ts_format="unix_s", has_header=False,
+    columns=list(TAOBAO_COLUMNS), id_pattern=DIGITS)
+CIAO_SPEC = SourceSpec(
+    fmt="ciao",
+    column_map={"user_id": "user_id", "item_id": "item_id", "category_id": "category_id",
+                "ts": "timestamp", "value": "rating"},
+    behavior_constant="review", ts_format="unix_s", has_header=True, columns=list(CIAO_COLUMNS),
+    id_pattern=DIGITS, value_range=(1.0, 5.0))
+
+
+# --- spec building -----------------------------------------------------------------------------
+
+
+def build_spec(fmt: str, column_map: dict[str, str] | None = None,
+               behavior_map: dict[str, str] | None = None, **options: Any) -> SourceSpec:
+    """The :class:`SourceSpec` of ``fmt``; for ``csv``/``parquet`` from ``column_map`` (required) plus
+    options from a column-map file (``behavior_constant``, ``ts_format``, ``timezone``, ``has_header``,
+    ``delimiter``, ``id_pattern``, ``value_range``). Raises :class:`SourceError` on a bad map."""
+    if fmt not in FORMATS:
+        raise SourceError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if fmt == "taobao":
+        base = TAOBAO_SPEC
+    elif fmt == "ciao":
+        base = CIAO_SPEC
+    else:
+        if not column_map:
+            raise SourceError(f"format {fmt!r} needs a column map (canonical field -> source column), "
+                              "e.g. --column-map map.yaml or --map user_id=uid --map ts=event_time ...")
+        base = SourceSpec(fmt=fmt, column_map={}, has_header=True)
+    cmap = dict(base.column_map if column_map is None else column_map)
+    unknown = sorted(set(cmap) - set(CANONICAL_FIELDS))
+    if unknown:
+        raise SourceError(f"column map: unknown canonical field(s) {unknown}; allowed: {list(CANONICAL_FIELDS)}")
+    bconst = options.pop("behavior_constant", base.behavior_constant)
+    required = ["user_id", "item_id", "category_id", "ts"] + ([] if bconst else ["behavior"])
+    missing = [f for f in required if f not in cmap]
+    if missing:
+        raise SourceError(f"column map: no source column for canonical field(s) {missing}")
+    bmap = dict(base.behavior_map if behavior_map is None else behavior_map)
+    bad = sorted({v for v in bmap.values() if v not in BEHAVIORS} | ({bconst} - set(BEHAVIORS) if bconst else set()))
+    if bad:
+        raise SourceError(f"behaviour map: {bad} not canonical behaviours {list(BEHAVIORS)}")
+    ts_format = options.pop("ts_format", base.ts_format)
+    if ts_format not in TS_FORMATS:
+        raise SourceError(f"ts_format {ts_format!r}: expected one of {', '.join(TS_FORMATS)}")
+    value_range = options.pop("value_range", base.value_range)
+    spec = SourceSpec(
+        fmt=fmt, column_map=cmap, behavior_map=bmap, behavior_constant=bconst, ts_format=ts_format,
+        timezone=options.pop("timezone", base.timezone), has_header=bool(options.pop("has_header", base.has_header)),
+        delimiter=options.pop("delimiter", base.delimiter), columns=options.pop("columns", base.columns),
+        id_pattern=options.pop("id_pattern", base.id_pattern),
+        value_range=tuple(float(v) for v in value_range) if value_range else None)
+    if options:
+        raise SourceError(f"column map: unknown option(s) {sorted(options)}")
+    try:
+        re.compile(spec.id_pattern)
+    except re.error as exc:
+        raise SourceError(f"id_pattern {spec.id_pattern!r} is not a regular expression: {exc}") from exc
+    return spec
+
+
+def read_column_map_file(path: Path) -> dict[str, Any]:
+    """Parse a column-map file (JSON or YAML; format in docs/data.md) into keyword arguments of
+    :func:`build_spec`: ``column_map``, ``behavior_map`` and options."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SourceError(f"column map file {path}: cannot read ({exc.strerror})") from exc
+    try:
+        data = (yaml.safe_load(text) or {}) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except Exception as exc:  # yaml/json errors carry line numbers in their text
+        raise SourceError(f"column map file {path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("columns"), dict):
+        raise SourceError(f"column map file {path}: expected a mapping with a 'columns' mapping "
+                          "(canonical field -> source column)")
+    out: dict[str, Any] = {"column_map": {str(k): str(v) for k, v in data.pop("columns").items()}}
+    if "behavior_map" in data:
+        out["behavior_map"] = {str(k): str(v) for k, v in (data.pop("behavior_map") or {}).items()}
+    if "source_columns" in data:
+        out["columns"] = [str(c) for c in data.pop("source_columns")]
+    out.update(data)
+    return out

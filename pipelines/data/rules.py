@@ -1,0 +1,215 @@
+"""Row rules: which rows of a raw partition are quarantined, and why (shared by validation and preprocessing).
+
+:func:`flag_rows` is a pure function of canonical candidates (:func:`~pipelines.data.canonical.canonicalize`),
+the source spec, the partition date and the settings: each row gets ``reason`` (the first rule it
+fails in :data:`ROW_RULES` order, null when it passes) and ``rules`` (all it fails).
+:func:`flag_partition` reads every landed file of a partition and flags it; :func:`split_flagged`
+divides the flagged rows into valid and quarantined, with a partition wholly outside the window
+set aside as ``outside_window``. Validation and preprocessing both call these, so the clean and
+quarantined rows of a partition always reconcile with its raw rows. Rules and reasons are
+documented in docs/data.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.config import Settings
+from pipelines.contracts import BEHAVIORS
+from pipelines.data.canonical import canonicalize, plausible_bounds_us
+from pipelines.data.formats import SourceError, SourceSpec
+from pipelines.data.raw import RawFile, list_raw_files, read_raw_file
+from pipelines.platform import layout, storage
+from pipelines.platform.dates import utc_day_us
+
+# Row rules in priority order: a row's reason is the first that fails.
+ROW_RULES = ("null_user_id", "null_item_id", "null_category_id", "bad_id_format", "unknown_behavior",
+             "unparseable_timestamp", "implausible_timestamp", "outside_window", "wrong_partition",
+             "bad_value", "value_out_of_range")
+OUTSIDE_WINDOW = "outside_window"
+CANONICAL_KEY_COLUMNS = ["user_id", "item_id", "category_id", "behavior", "ts", "value"]
+
+
+class ValidationError(RuntimeError):
+    """A batch-level rule failed; the message names the partition, file(s), rule and numbers."""
+
+
+@dataclass
+class FlaggedPartition:
+    """The canonical candidates of one raw partition with each row's failed rule (``reason``)."""
+
+    date: dt.date
+    canon: pa.Table  # canonicalize() columns + source_file, reason, rules
+    files: list[RawFile]
+    in_window: bool
+
+    @property
+    def rows(self) -> int:
+        return self.canon.num_rows
+
+
+# --- the window ----------------------------------------------------------------------------------
+
+
+def window_bounds_us(settings: Settings) -> tuple[int | None, int | None]:
+    """The window [start 00:00, end+1 00:00) in ``window_timezone``, as UTC microseconds (None = open)."""
+    zone = ZoneInfo(settings.window_timezone)
+
+    def at(d: dt.date) -> int:
+        return int(dt.datetime.combine(d, dt.time(), tzinfo=zone).timestamp()) * 1_000_000
+
+    lo = at(settings.window_start) if settings.window_start else None
+    hi = at(settings.window_end + dt.timedelta(days=1)) if settings.window_end else None
+    return lo, hi
+
+
+def in_window(settings: Settings, date: dt.date) -> bool:
+    """Whether the UTC day ``date`` overlaps the configured window (None bounds = unbounded)."""
+    lo, hi = window_bounds_us(settings)
+    d_lo, d_hi = utc_day_us(date)
+    return (lo is None or d_hi > lo) and (hi is None or d_lo < hi)
+
+
+# --- flagging ------------------------------------------------------------------------------------
+
+
+def flag_rows(canon: pa.Table, spec: SourceSpec, date: dt.date, settings: Settings,
+              now: dt.datetime | None = None) -> tuple[pa.Array, pa.Array]:
+    """Row rules over canonical candidates: (``reason`` = first failed rule or null, ``rules`` = all,
+    comma separated). Pure function of the table, the source spec, the partition date and settings."""
+    n = canon.num_rows
+    false = pa.scalar(False)
+    ts = canon["ts"]
+    lo, hi = plausible_bounds_us(now)
+    w_lo, w_hi = window_bounds_us(settings)
+    d_lo, d_hi = utc_day_us(date)
+
+    def ids_bad() -> pa.Array:
+        out = pa.array([False] * n)
+        for f in ("user_id", "item_id", "category_id"):
+            ok = pc.match_substring_regex(canon[f], spec.id_pattern)
+            out = pc.or_(out, pc.fill_null(pc.invert(ok), False))
+        return out
+
+    known = pc.is_in(canon["behavior"], value_set=pa.array(BEHAVIORS))
+    parsed = pc.is_valid(ts)
+    plausible = pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi))
+    window = pa.array([True] * n)
+    if w_lo is not None:
+        window = pc.and_(window, pc.greater_equal(ts, w_lo))
+    if w_hi is not None:
+        window = pc.and_(window, pc.less(ts, w_hi))
+    in_part = pc.and_(pc.greater_equal(ts, d_lo), pc.less(ts, d_hi))
+    value_given = pc.is_valid(canon["value_raw"])
+    value_bad = pc.and_(value_given, pc.is_null(canon["value"]))
+    if spec.value_range:
+        vlo, vhi = spec.value_range
+        out_of_range = pc.fill_null(pc.or_(pc.less(canon["value"], vlo), pc.greater(canon["value"], vhi)), False)
+    else:
+        out_of_range = pa.array([False] * n)
+    checks = {
+        "null_user_id": pc.is_null(canon["user_id"]),
+        "null_item_id": pc.is_null(canon["item_id"]),
+        "null_category_id": pc.is_null(canon["category_id"]),
+        "bad_id_format": ids_bad(),
+        "unknown_behavior": pc.invert(pc.fill_null(known, false)),
+        "unparseable_timestamp": pc.invert(parsed),
+        "implausible_timestamp": pc.and_(parsed, pc.invert(pc.fill_null(plausible, false))),
+        OUTSIDE_WINDOW: pc.and_(pc.fill_null(plausible, false), pc.invert(pc.fill_null(window, false))),
+        "wrong_partition": pc.and_(pc.fill_null(plausible, false), pc.invert(pc.fill_null(in_part, false))),
+        "bad_value": value_bad,
+        "value_out_of_range": out_of_range,
+    }
+    reason = pa.nulls(n, pa.string())
+    rules = pa.nulls(n, pa.string())
+    for name in reversed(ROW_RULES):
+        reason = pc.if_else(checks[name], pa.scalar(name), reason)
+    for name in ROW_RULES:
+        mask = checks[name]
+        if not pc.any(mask).as_py():
+            continue
+        joined = pc.binary_join_element_wise(rules, pa.scalar(name), ",", null_handling="skip")
+        rules = pc.if_else(mask, joined, rules)
+    return reason, rules
+
+
+def flag_partition(settings: Settings, date: dt.date, now: dt.datetime | None = None) -> FlaggedPartition:
+    """Read every landed file of ``raw/events/dt=date/`` and flag its rows (see :func:`flag_rows`).
+
+    Raises :class:`ValidationError` for an empty partition, a data file without sidecar, or an
+    unreadable file / changed columns (batch-level: the message names the file and the rule).
+    """
+    files, orphans = list_raw_files(settings, date)
+    if orphans:
+        raise ValidationError(f"dt={date}: rule files_have_sidecar failed: {len(orphans)} raw file(s) without "
+                              f"a .meta.json sidecar ({', '.join(orphans[:3])}); land files with "
+                              "`python -m pipelines land`")
+    if not files:
+        prefix = layout.partition_prefix(layout.RAW, date)
+        raise ValidationError(f"dt={date}: rule partition_not_empty failed: no landed files under "
+                              f"{storage.uri(settings, prefix)}")
+    parts: list[pa.Table] = []
+    for raw in files:
+        try:
+            table = read_raw_file(settings, raw)
+        except SourceError as exc:
+            raise ValidationError(f"dt={date}: rule readable_file failed: {exc}") from exc
+        canon = canonicalize(table, raw.spec)
+        reason, rules = flag_rows(canon, raw.spec, date, settings, now)
+        # One dictionary entry per file instead of the key repeated on every row.
+        source = pa.DictionaryArray.from_arrays(pa.array(np.zeros(canon.num_rows, np.int32)), pa.array([raw.key]))
+        canon = canon.append_column("source_file", source)
+        canon = canon.append_column("reason", reason).append_column("rules", rules)
+        parts.append(canon)
+    canon_all = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+    return FlaggedPartition(date=date, canon=canon_all, files=files, in_window=in_window(settings, date))
+
+
+def mark_outside_window(flagged: FlaggedPartition) -> pa.Table:
+    """The flagged rows, where a partition wholly outside the configured window has every row that
+    passed the rules set aside as ``outside_window`` (out of scope, not broken: not an error)."""
+    canon = flagged.canon
+    if flagged.in_window:
+        return canon
+    reason = pc.if_else(pc.is_null(canon["reason"]), OUTSIDE_WINDOW, canon["reason"])
+    return canon.set_column(canon.column_names.index("reason"), "reason", reason)
+
+
+def split_flagged(flagged: FlaggedPartition) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """(valid rows, quarantined rows, quarantined rows per reason) of a flagged partition, after
+    :func:`mark_outside_window`."""
+    canon = mark_outside_window(flagged)
+    bad_mask = pc.is_valid(canon["reason"])
+    return canon.filter(pc.invert(bad_mask)), canon.filter(bad_mask), count_reasons(canon["reason"])
+
+
+# --- counting ------------------------------------------------------------------------------------
+
+
+def count_reasons(reason: pa.ChunkedArray | pa.Array) -> dict[str, int]:
+    """Rows per non-null reason."""
+    counts = pc.value_counts(reason.drop_null())
+    return {str(c["values"]): int(c["counts"]) for c in counts.to_pylist() if c["values"] is not None}
+
+
+def count_exact_duplicates(valid: pa.Table) -> int:
+    """Rows that repeat an earlier row on every canonical field (user, item, category, behaviour, ts, value)."""
+    if valid.num_rows == 0:
+        return 0
+    groups = valid.select(CANONICAL_KEY_COLUMNS).group_by(CANONICAL_KEY_COLUMNS, use_threads=True).aggregate([])
+    return valid.num_rows - groups.num_rows
+
+
+def count_items_with_several_categories(valid: pa.Table) -> int:
+    """Items listed under more than one category among ``valid`` rows (reported, not a rule)."""
+    if valid.num_rows == 0:
+        return 0
+    pairs = valid.select(["item_id", "category_id"]).group_by(["item_id", "category_id"]).aggregate([])
+    per_item = pairs.group_by("item_id").aggregate([("category_id", "count")])
+    return int(pc.sum(pc.greater(per_item["category_id_count"], 1)).as_py() or 0)
