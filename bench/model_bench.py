@@ -12,12 +12,12 @@ Nothing is written to the repository; scratch files go to a temporary folder.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import sys
 import tempfile
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +28,15 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 
-from pipelines.config import load_settings  # noqa: E402
+from pipelines.config import Settings, _parse, load_settings  # noqa: E402
 from pipelines.contracts import EVENT_SCHEMA  # noqa: E402
+from pipelines.features.dataset import Dataset  # noqa: E402
+from pipelines.features.encoding import encode_events  # noqa: E402
+from pipelines.features.examples import to_model_inputs  # noqa: E402
+from pipelines.model.evaluate import evaluate_dataset  # noqa: E402
+from pipelines.model.metrics import EMERGING_KS, bootstrap_ci, comparison_table  # noqa: E402
+from pipelines.model.network import predict_proba  # noqa: E402
+from pipelines.model.train import fit_model  # noqa: E402
 
 CIAO_SETTINGS = dict(horizon_days=90, lookback_days=20000, seq_len=50, asof_step_days=30, eval_asof_step_days=30,
                      validation_asof_count=4, test_asof_count=24, min_category_count=1, batch_size=512, epochs=12,
@@ -65,11 +72,6 @@ def _table(user, item, category, behavior, ts, value) -> pa.Table:
 
 
 def run(data: str, overrides: dict, n_boot: int, use_repeat: bool = True, fit_options: dict | None = None) -> dict:
-    from pipelines.features.encoding import encode_events, write_local_dataset
-    from pipelines.model.evaluate import EMERGING_KS, bootstrap_ci, comparison_table, evaluate_dataset
-    from pipelines.model.network import predict_proba
-    from pipelines.model.train import fit_model
-
     if not DATA.is_dir():
         raise SystemExit(f"real data folder {DATA} is absent")
     base = CIAO_SETTINGS if data == "ciao" else TAOBAO_SETTINGS
@@ -80,11 +82,9 @@ def run(data: str, overrides: dict, n_boot: int, use_repeat: bool = True, fit_op
     encoded = encode_events(events, settings)
     encode_s = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as tmp:
-        dataset = write_local_dataset(encoded, Path(tmp) / "dataset")
+        dataset = Dataset.write(encoded, Path(tmp) / "dataset")
         fit = fit_model(dataset, settings, use_repeat=use_repeat, **(fit_options or {}))
-        test = encoded["examples"]["test"]
-        from pipelines.features.encoding import to_model_inputs
-
+        test = encoded.examples["test"]
         inputs, _, _ = to_model_inputs(test, dataset.vocab.n_categories, dataset.config.seq_len)
         t0 = time.perf_counter()
         probs = predict_proba(fit.model, inputs)
@@ -104,9 +104,9 @@ def run(data: str, overrides: dict, n_boot: int, use_repeat: bool = True, fit_op
     report = {
         "data": data, "settings": {k: str(v) for k, v in base.items()} | {k: str(v) for k, v in overrides.items()},
         "fit_options": {k: str(v) for k, v in (fit_options or {}).items()},
-        "examples": {s: encoded["examples"][s].num_rows for s in encoded["examples"]},
-        "test_users": int(len(set(users))), "test_asof": [t.date().isoformat() for t in encoded["asof"]["test"]],
-        "categories": len(encoded["vocab"].categories), "encode_seconds": encode_s,
+        "examples": encoded.counts(),
+        "test_users": int(len(set(users))), "test_asof": [t.date().isoformat() for t in encoded.asof["test"]],
+        "categories": len(encoded.vocab.categories), "encode_seconds": encode_s,
         "train_seconds": fit.train_seconds, "examples_per_second": fit.examples_per_second,
         "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run, "val_ndcg": fit.best_val_ndcg,
         "predict_seconds": predict_s, "new_category_share": float(np.mean(per["model"]["has_new"])),
@@ -141,19 +141,19 @@ def run(data: str, overrides: dict, n_boot: int, use_repeat: bool = True, fit_op
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", choices=("ciao", "taobao"), required=True)
+    parser.add_argument("--data", choices=("ciao", "taobao"), required=True,
+                        help="real data set under ../shared/data: ciao (90-day horizon) or taobao (1-day)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a setting, e.g. --set sequence_encoder=gru")
     parser.add_argument("--no-repeat", action="store_true", help="ablation: model without the repeat path")
     parser.add_argument("--fit", action="append", default=[], metavar="NAME=VALUE",
                         help="fit_model option, e.g. --fit listwise_weight=1.0 --fit residual_base=true")
-    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="bootstrap resamples of the users for the intervals (default 1000)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from pipelines.config import Settings, _parse
-
-    hints = __import__("typing").get_type_hints(Settings)
+    hints = typing.get_type_hints(Settings)
     overrides = {}
     for item in args.set:
         name, _, raw = item.partition("=")
@@ -174,5 +174,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    _ = dt  # dates in reports are ISO strings
     sys.exit(main())

@@ -2,11 +2,13 @@
 
 ``FrequencyModel`` ranks categories by the user's decayed frequency blended with global
 popularity (variant ``good``), or by *least* popular first (variant ``bad``: a deliberately worse
-challenger). It follows the pyfunc scoring contract of HELPERS.md: input events (raw ids, tz-aware
-``ts``), params ``as_of`` / ``top_n``, output one row per input user with ``categories``/``scores``.
+challenger). It follows the pyfunc scoring contract (:mod:`pipelines.model.pyfunc`): input events
+(raw ids, tz-aware ``ts``), params ``as_of`` / ``top_n``, output one row per input user with
+``categories``/``scores``.
 
 It is pickled *by value* (cloudpickle), so loading it needs no import of this module, and it is
-logged to the real MLflow server of the test session. Nothing here is a mock.
+logged through :mod:`pipelines.platform.tracking` to the real MLflow server of the test session.
+Nothing here is a mock.
 """
 
 from __future__ import annotations
@@ -17,20 +19,21 @@ import math
 import sys
 from typing import Any
 
+import cloudpickle
+import mlflow
 import pandas as pd
+import pyarrow as pa
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ParamSchema, ParamSpec
 
 from pipelines.config import Settings
+from pipelines.contracts import EVENT_SCHEMA
+from pipelines.platform import layout, storage, tracking
 
 PARAMS_EXAMPLE = {"as_of": "2024-01-04T00:00:00+00:00", "top_n": 50}
 
 
-def _pyfunc_base() -> type:
-    import mlflow
-
-    return mlflow.pyfunc.PythonModel
-
-
-class FrequencyModel(_pyfunc_base()):  # type: ignore[misc]
+class FrequencyModel(mlflow.pyfunc.PythonModel):
     """Decayed user frequency + global popularity (``good``) or anti-popularity (``bad``)."""
 
     def __init__(self, variant: str = "good", half_life_days: float = 3.0) -> None:
@@ -81,46 +84,34 @@ def isolate(settings: Settings) -> Settings:
 
 def log_model(settings: Settings, *, variant: str = "good", metrics: dict[str, float] | None = None,
               run_id: str | None = None) -> tuple[str, str]:
-    """Log a :class:`FrequencyModel` at artifact path ``model`` of a run (a new one unless ``run_id``),
-    with signature (params, no input schema: MLflow datetime columns refuse tz-aware values) and an
-    input example, plus ``metrics``. Returns (run_id, ``runs:/<run_id>/model``)."""
-    import cloudpickle
-    import mlflow
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec
-
+    """Log a :class:`FrequencyModel` at artifact path ``model`` of a run (a new, finished one unless
+    ``run_id``), with signature (params, no input schema: MLflow datetime columns refuse tz-aware
+    values) and an input example, plus ``metrics``. Returns (run_id, ``runs:/<run_id>/model``)."""
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
-    mlflow.set_experiment(settings.mlflow_experiment)
+    created = run_id is None
+    if run_id is None:
+        run_id = str(tracking.client(settings).create_run(tracking.ensure_experiment(settings)).info.run_id)
     signature = ModelSignature(inputs=None, outputs=None, params=ParamSchema(
         [ParamSpec("as_of", "string", PARAMS_EXAMPLE["as_of"]), ParamSpec("top_n", "long", 50)]))
-    with mlflow.start_run(run_id=run_id) as run:
-        mlflow.pyfunc.log_model(name="model", python_model=FrequencyModel(variant), signature=signature,
-                                input_example=(example_events(), PARAMS_EXAMPLE))
-        if metrics:
-            mlflow.log_metrics(metrics)
-    return run.info.run_id, f"runs:/{run.info.run_id}/model"
+    tracking.log_model(settings, run_id, mlflow.pyfunc, name="model", python_model=FrequencyModel(variant),
+                       signature=signature, input_example=(example_events(), PARAMS_EXAMPLE))
+    if metrics:
+        tracking.log_metrics(settings, run_id, metrics)
+    if created:
+        tracking.finish_run(settings, run_id)
+    return run_id, f"runs:/{run_id}/model"
 
 
 def register_as_champion(settings: Settings, *, variant: str = "good") -> str:
     """Log, register and alias a model ``champion`` directly (no gate); returns the version."""
-    import mlflow
-
-    from pipelines.platform.tracking import client
-
     _, uri = log_model(settings, variant=variant)
-    version = mlflow.register_model(uri, settings.model_name).version
-    client(settings).set_registered_model_alias(settings.model_name, "champion", str(version))
-    return str(version)
+    version = str(tracking.register_model(settings, uri, {}).version)
+    tracking.client(settings).set_registered_model_alias(settings.model_name, "champion", version)
+    return version
 
 
-def clean_events(days: dict[dt.date, list[tuple[str, str, str, str, int]]]) -> dict[dt.date, Any]:
+def clean_events(days: dict[dt.date, list[tuple[str, str, str, str, int]]]) -> dict[dt.date, pa.Table]:
     """Arrow tables in EVENT_SCHEMA per day from (user, item, category, behavior, hour) tuples."""
-    import pyarrow as pa
-
-    from pipelines.contracts import EVENT_SCHEMA
-
     tables = {}
     for day, rows in days.items():
         ts = [dt.datetime.combine(day, dt.time(hour), tzinfo=dt.UTC) for *_, hour in rows]
@@ -130,9 +121,7 @@ def clean_events(days: dict[dt.date, list[tuple[str, str, str, str, int]]]) -> d
     return tables
 
 
-def write_clean(settings: Settings, tables: dict[dt.date, Any], part: str = "part-00000.parquet") -> None:
+def write_clean(settings: Settings, tables: dict[dt.date, pa.Table], part: str = "part-00000.parquet") -> None:
     """Write the tables as clean partitions ``clean/events/dt=D/<part>``."""
-    from pipelines.platform import layout, storage
-
     for day, table in tables.items():
         storage.write_parquet(settings, layout.partition_prefix(layout.CLEAN, day) + part, table)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.features.encoding import HIST_FEATURES, N_HIST
+from pipelines.features.examples import HIST_FEATURES, N_HIST
 from pipelines.model.baselines import BASELINE_NAMES, fit_baselines, score_all
 
 V = 6  # padding, OOV, categories 2..5

@@ -1,4 +1,5 @@
-"""Encoding: vocabularies, as-of planning, examples and dense inputs (pure functions, tiny data)."""
+"""Features: vocabularies, as-of planning, examples and dense inputs (pure functions, tiny data), and
+the dataset folder written and read back locally."""
 
 from __future__ import annotations
 
@@ -9,17 +10,21 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from pipelines.config import load_settings
 from pipelines.contracts import EVENT_SCHEMA
-from pipelines.features.encoding import (
+from pipelines.features.asof import plan_asof_times
+from pipelines.features.dataset import Dataset
+from pipelines.features.encoding import encode_events
+from pipelines.features.examples import (
     HIST_FEATURES,
     N_HIST,
-    OOV,
     EncodingConfig,
-    build_vocab,
     encode_examples,
-    plan_asof_times,
+    history_features,
     to_model_inputs,
 )
+from pipelines.features.vocab import OOV, build_vocab
+from pipelines.platform import layout
 
 T0 = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
 
@@ -99,3 +104,42 @@ def test_dense_inputs_are_right_aligned_with_known_mask_and_multi_hot_labels() -
     assert known[u].sum() == 2 and labels[u, vocab.category_index(["c"])[0]] == 1.0
     v = out["user_id"].to_pylist().index("v")
     assert known[v, OOV] == 1.0  # an unknown category is history too, in the OOV bucket
+
+
+def test_history_features_of_no_history_are_empty() -> None:
+    cats, feats = history_features(np.zeros(0, np.int32), np.zeros(0), horizon_days=3)
+    assert cats.shape == (0,) and feats.shape == (0, N_HIST)
+
+
+def daily_events(n_users: int = 6, days: int = 20) -> pa.Table:
+    """Every user touches two categories a day, alternating with the day (enough for every split)."""
+    return events([(f"u{u}", "abc"[(u + day + k) % 3], "view", day + 0.1 + 0.3 * k)
+                   for u in range(n_users) for day in range(days) for k in range(2)])
+
+
+def test_dataset_folder_round_trip_uses_the_layout_file_names(tmp_path) -> None:
+    settings = load_settings(environ={}, horizon_days=2, lookback_days=10, seq_len=4, asof_step_days=1,
+                             eval_asof_step_days=2, validation_asof_count=1, test_asof_count=2, min_category_count=1)
+    encoded = encode_events(daily_events(), settings)
+    written = Dataset.write(encoded, tmp_path / "ds", window=(T0.date(), (T0 + dt.timedelta(days=19)).date()))
+    assert written.files("train") == [tmp_path / "ds" / "train" / "part-00000.parquet"]
+    for name in (layout.DATASET_VOCAB, layout.DATASET_METADATA, layout.DATASET_BASELINE_STATS,
+                 layout.DATASET_TEST_EVENTS, layout.DATASET_SPLIT_PART.format(split="train", index=0)):
+        assert (tmp_path / "ds" / name).is_file(), name
+    again = Dataset.open(tmp_path / "ds")
+    assert again.vocab == encoded.vocab and again.config == encoded.config
+    assert again.metadata["data_start"] == "2024-03-01" and again.metadata["data_end"] == "2024-03-20"
+    for split in ("train", "validation", "test"):
+        assert again.n_examples(split) == encoded.examples[split].num_rows > 0
+        assert again.read_split(split).equals(encoded.examples[split])
+    assert again.asof_times("test") == [t.isoformat() for t in encoded.asof["test"]]
+    test_events = again.read_test_events()
+    assert str(test_events["ts"].dt.tz) == "UTC" and len(test_events) == encoded.test_events.num_rows
+    assert set(test_events["user_id"]) == set(encoded.examples["test"]["user_id"].to_pylist())
+    assert again.stats == encoded.stats
+
+
+def test_an_incomplete_dataset_folder_names_the_missing_file(tmp_path) -> None:
+    (tmp_path / layout.DATASET_VOCAB).write_text('{"categories": [], "behaviors": []}')
+    with pytest.raises(FileNotFoundError, match=layout.DATASET_METADATA):
+        Dataset.open(tmp_path)

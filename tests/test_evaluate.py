@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.model.evaluate import bootstrap_ci, comparison_table, example_metrics, summarize
+from pipelines.model.metrics import bootstrap_ci, comparison_table, example_metrics, summarize
 
 
 def case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,14 +1,22 @@
-"""Model: shapes, save/load round trip, and behaviour on a tiny planted pattern."""
+"""Model: shapes, save/load round trip, and behaviour on a tiny planted pattern; the pyfunc class
+is where old and new model versions look for it."""
 
 from __future__ import annotations
 
 import datetime as dt
+import pickle
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.features.encoding import N_HIST, EncodingConfig, build_vocab, encode_examples, to_model_inputs
+from pipelines.config import load_settings
+from pipelines.features.examples import N_HIST, EncodingConfig, encode_examples, to_model_inputs
+from pipelines.features.vocab import build_vocab
+from pipelines.model.network import DEFAULT_ENCODER, build_model, load_keras_model
+from pipelines.model.pyfunc import InterestMigrationPyfunc, events_to_table, score_events
+from pipelines.model.train import ranking_loss
 
 L = 8
 
@@ -27,8 +35,6 @@ def tiny_inputs(batch: int, n_categories: int, seed: int = 0) -> dict[str, np.nd
 
 @pytest.mark.parametrize("encoder", ["attention", "gru"])
 def test_output_is_one_probability_per_category_and_survives_save_load(encoder: str, tmp_path) -> None:
-    from pipelines.model.network import build_model, load_keras_model
-
     model = build_model(7, 7, L, embed_dim=8, encoder=encoder)
     x = tiny_inputs(4, 7)
     probs = np.asarray(model.predict(x, verbose=0))
@@ -40,8 +46,6 @@ def test_output_is_one_probability_per_category_and_survives_save_load(encoder: 
 
 
 def test_bad_encoder_name_is_an_error() -> None:
-    from pipelines.model.network import build_model
-
     with pytest.raises(ValueError, match="encoder"):
         build_model(5, 5, L, encoder="lstm-ish")
 
@@ -60,16 +64,12 @@ def shoe_events() -> pd.DataFrame:
 
 
 def test_a_user_who_only_buys_shoes_ranks_shoes_first_and_unknown_ids_do_not_crash() -> None:
-    import keras
-
-    from pipelines.model.network import _events_table, build_model, score_events
-
     keras.utils.set_random_seed(0)
     frame = shoe_events()
     vocab = build_vocab(list(frame["category_id"]) + ["hats", "socks"], 1)
     config = EncodingConfig(horizon_days=4, lookback_days=30, seq_len=L)
     asofs = [dt.datetime(2024, 1, d, tzinfo=dt.UTC) for d in (5, 7, 9)]
-    examples = encode_examples(_events_table(frame), asofs, vocab, config)
+    examples = encode_examples(events_to_table(frame), asofs, vocab, config)
     x, y, _ = to_model_inputs(examples, vocab.n_categories, L)
     model = build_model(vocab.n_categories, vocab.n_behaviors, L, embed_dim=8, age_scale=4.0)
     model.compile(optimizer=keras.optimizers.Adam(0.02), loss="binary_crossentropy")
@@ -86,8 +86,6 @@ def test_a_user_who_only_buys_shoes_ranks_shoes_first_and_unknown_ids_do_not_cra
 
 
 def test_residual_base_starts_from_decayed_frequency_and_survives_save_load(tmp_path) -> None:
-    from pipelines.model.network import build_model, load_keras_model
-
     model = build_model(7, 7, L, embed_dim=8, encoder="gru", residual_base=True)
     scorer = model.get_layer("migration_scorer")
     assert scorer.get_config()["residual_base"] is True
@@ -112,10 +110,6 @@ def test_residual_base_starts_from_decayed_frequency_and_survives_save_load(tmp_
 
 
 def test_listwise_loss_prefers_the_labelled_category_on_top_and_keeps_bce() -> None:
-    import keras
-
-    from pipelines.model.train import ranking_loss
-
     y = np.array([[0, 0, 1, 0, 0]], np.float32)
     good = np.array([[0.0, 0.0, 0.6, 0.3, 0.3]], np.float32)
     bad = np.array([[0.0, 0.0, 0.3, 0.6, 0.3]], np.float32)
@@ -124,3 +118,18 @@ def test_listwise_loss_prefers_the_labelled_category_on_top_and_keeps_bce() -> N
     bce = float(keras.losses.BinaryCrossentropy()(y, good))
     assert float(loss(y, good)) > bce  # the listwise term adds to the BCE
     assert float(ranking_loss(0.0)(y, good)) == pytest.approx(bce)
+
+
+def test_the_default_encoder_is_the_settings_default() -> None:
+    assert DEFAULT_ENCODER == load_settings(environ={}).sequence_encoder == "gru"
+    model = build_model(5, 5, L, embed_dim=8)
+    assert model.get_layer("sequence_encoder").get_config()["encoder"] == DEFAULT_ENCODER
+
+
+def test_model_versions_pickled_before_the_split_still_find_the_pyfunc_class() -> None:
+    # Versions logged when the model lived in pipelines/model.py pickled the class by reference
+    # as pipelines.model.InterestMigrationPyfunc; new ones name pipelines.model.pyfunc.
+    old_reference = b"cpipelines.model\nInterestMigrationPyfunc\n."
+    assert pickle.loads(old_reference) is InterestMigrationPyfunc
+    assert InterestMigrationPyfunc.__module__ == "pipelines.model.pyfunc"
+    assert pickle.loads(pickle.dumps(InterestMigrationPyfunc)) is InterestMigrationPyfunc

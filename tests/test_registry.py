@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import math
 
 import pandas as pd
 import pytest
 
+from pipelines.__main__ import main
 from pipelines.model import registry
-from pipelines.platform import storage
+from pipelines.platform import storage, tracking
 from pipelines.platform.tracking import client
 from tests import pyfunc_models as pm
 
@@ -67,13 +69,11 @@ def _ndcg_at_5(ranked: list[str], truth: set[str]) -> float:
 
 def evaluate_uri(settings, dataset_uri: str, model_uri: str) -> dict[str, float]:
     """A real (small) evaluation: load the pyfunc, score the test users, mean NDCG@5 against truth."""
-    import mlflow
-
     assert dataset_uri == storage.uri(settings, DATASET_PREFIX)
     events = storage.read_parquet(settings, DATASET_PREFIX + "events.parquet").to_pandas()
     truth = storage.get_json(settings, DATASET_PREFIX + "truth.json")
-    output = mlflow.pyfunc.load_model(model_uri).predict(events.drop(columns="value"),
-                                                          params={"as_of": AS_OF, "top_n": 10})
+    output = tracking.load_pyfunc(settings, model_uri).predict(events.drop(columns="value"),
+                                                                params={"as_of": AS_OF, "top_n": 10})
     ranked = dict(zip(output["user_id"], output["categories"], strict=True))
     return {"ndcg_at_5": sum(_ndcg_at_5(list(ranked[u]), set(c)) for u, c in truth.items()) / len(truth)}
 
@@ -89,12 +89,17 @@ def _trained_run(settings, dataset_uri: str, variant: str) -> tuple[str, str]:
     """Log a model and its evaluation metrics as the training DAG would; returns (run_id, model_uri)."""
     run_id, uri = pm.log_model(settings, variant=variant)
     model_metric = evaluate_uri(settings, dataset_uri, uri)["ndcg_at_5"]
-    import mlflow
-
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({"model/ndcg_at_5": model_metric,
-                            "baseline/popularity/ndcg_at_5": _popularity_baseline(settings)})
+    tracking.log_metrics(settings, run_id, {"model/ndcg_at_5": model_metric,
+                                            "baseline/popularity/ndcg_at_5": _popularity_baseline(settings)})
     return run_id, uri
+
+
+def _trained_and_gated(settings, dataset_uri: str, variant: str, evaluator=evaluate_uri) -> tuple[str, str, dict]:
+    """A trained run (see :func:`_trained_run`) through the registry gate; returns (run_id, model_uri, decision)."""
+    run_id, uri = _trained_run(settings, dataset_uri, variant)
+    result = registry.register_step(settings, mlflow_run_id=run_id, model_uri=uri, dataset_uri=dataset_uri,
+                                    evaluate_champion=evaluator)
+    return run_id, uri, result
 
 
 @pytest.fixture()
@@ -106,9 +111,7 @@ def gate_settings(settings):
 @pytest.mark.services
 def test_first_good_model_becomes_champion_with_the_decision_on_the_version(gate_settings):
     settings, dataset_uri = gate_settings
-    run_id, uri = _trained_run(settings, dataset_uri, "good")
-    result = registry.register_step(settings, mlflow_run_id=run_id, model_uri=uri, dataset_uri=dataset_uri,
-                                    evaluate_champion=evaluate_uri)
+    run_id, uri, result = _trained_and_gated(settings, dataset_uri, "good")
     assert result["decision"] == "promoted" and result["model_version"] == "1"
     assert result["champion"] is None and result["best_baseline"] == "popularity"
     mlflow_client = client(settings)
@@ -128,14 +131,10 @@ def test_first_good_model_becomes_champion_with_the_decision_on_the_version(gate
 @pytest.mark.services
 def test_worse_challenger_is_registered_but_not_promoted(gate_settings):
     settings, dataset_uri = gate_settings
-    good_run, good_uri = _trained_run(settings, dataset_uri, "good")
-    registry.register_step(settings, mlflow_run_id=good_run, model_uri=good_uri, dataset_uri=dataset_uri,
-                           evaluate_champion=evaluate_uri)
+    _trained_and_gated(settings, dataset_uri, "good")
     # Judge against the champion alone: with no baseline margin to pass, only the champion can stop it.
     lenient = dataclasses.replace(settings, gate_margin_vs_baselines=-1.0)
-    bad_run, bad_uri = _trained_run(lenient, dataset_uri, "bad")
-    result = registry.register_step(lenient, mlflow_run_id=bad_run, model_uri=bad_uri, dataset_uri=dataset_uri,
-                                    evaluate_champion=evaluate_uri)
+    _, _, result = _trained_and_gated(lenient, dataset_uri, "bad")
     assert result["decision"] == "rejected" and result["model_version"] == "2"
     assert result["champion_version"] == "1" and result["champion"] > result["challenger"]
     assert "evaluated on the challenger's test set" in result["champion_source"]
@@ -154,9 +153,7 @@ def test_worse_challenger_is_registered_but_not_promoted(gate_settings):
 @pytest.mark.services
 def test_model_losing_to_baselines_is_not_champion_even_without_one(gate_settings):
     settings, dataset_uri = gate_settings
-    run_id, uri = _trained_run(settings, dataset_uri, "bad")
-    result = registry.register_step(settings, mlflow_run_id=run_id, model_uri=uri, dataset_uri=dataset_uri,
-                                    evaluate_champion=evaluate_uri)
+    _, _, result = _trained_and_gated(settings, dataset_uri, "bad")
     assert result["decision"] == "rejected" and "does not beat best baseline" in result["reason"]
     assert registry.version_by_alias(settings, "champion") is None
     assert registry.version_by_alias(settings, "challenger").version == "1"
@@ -165,16 +162,12 @@ def test_model_losing_to_baselines_is_not_champion_even_without_one(gate_setting
 @pytest.mark.services
 def test_champion_falls_back_to_its_recorded_metric_and_says_so(gate_settings):
     settings, dataset_uri = gate_settings
-    good_run, good_uri = _trained_run(settings, dataset_uri, "good")
-    registry.register_step(settings, mlflow_run_id=good_run, model_uri=good_uri, dataset_uri=dataset_uri,
-                           evaluate_champion=evaluate_uri)
+    _trained_and_gated(settings, dataset_uri, "good")
 
     def broken(settings, dataset_uri, model_uri):
         raise RuntimeError("test set unreadable")
 
-    second_run, second_uri = _trained_run(settings, dataset_uri, "good")
-    result = registry.register_step(settings, mlflow_run_id=second_run, model_uri=second_uri,
-                                    dataset_uri=dataset_uri, evaluate_champion=broken)
+    _, _, result = _trained_and_gated(settings, dataset_uri, "good", evaluator=broken)
     assert "recorded on its own training run" in result["champion_source"]
     assert "test set unreadable" in result["champion_source"]
     # Equal score is not "beating" the champion (strictly more than champion + margin).
@@ -193,8 +186,6 @@ def test_missing_gate_metric_names_it(gate_settings):
 
 @pytest.mark.services
 def test_promote_command_moves_the_alias_and_prints_the_previous(gate_settings, monkeypatch, capsys):
-    from pipelines.__main__ import main
-
     settings, _ = gate_settings
     first = pm.register_as_champion(settings)
     pm.register_as_champion(settings)  # version 2 is champion now
@@ -204,4 +195,8 @@ def test_promote_command_moves_the_alias_and_prints_the_previous(gate_settings, 
     assert "version 2 -> 1" in capsys.readouterr().out
     assert registry.version_by_alias(settings, "champion").version == first
     assert main(["promote", "--version", "99"]) == 1
-    assert "has no version 99" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "has no version 99" in captured.err and captured.out == ""  # errors go to stderr
+    assert main(["promote", "--version", "2", "--reason", "roll forward", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"model_name": settings.model_name, "alias": "champion",
+                                                   "previous": first, "current": "2"}

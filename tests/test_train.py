@@ -1,8 +1,17 @@
-"""Training and evaluation steps end to end on the real embedded services (SeaweedFS + MLflow)."""
+"""Training and evaluation steps end to end on the real embedded services (SeaweedFS + MLflow), and
+the logged model loading where this checkout is not importable."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +19,11 @@ import pyarrow as pa
 import pytest
 
 from pipelines.contracts import EVENT_SCHEMA
+from pipelines.features import encoding
+from pipelines.model import evaluate, train
+from pipelines.platform import layout, storage, tracking
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def synthetic_events(n_users: int = 40, days: int = 36, n_categories: int = 8, seed: int = 0) -> pa.Table:
@@ -34,8 +48,6 @@ def synthetic_events(n_users: int = 40, days: int = 36, n_categories: int = 8, s
 
 
 def _land_clean(settings, table: pa.Table) -> tuple[dt.date, dt.date]:
-    from pipelines.platform import layout, storage
-
     dates = pd.to_datetime(table["ts"].to_pandas()).dt.date
     for day in sorted(set(dates)):
         part = table.filter(pa.array((dates == day).to_numpy()))
@@ -45,22 +57,13 @@ def _land_clean(settings, table: pa.Table) -> tuple[dt.date, dt.date]:
 
 @pytest.mark.services
 @pytest.mark.slow
-def test_encode_train_evaluate_steps_log_model_metrics_and_plots(settings) -> None:
-    import dataclasses
-
-    import mlflow
-
-    from pipelines.features import encoding
-    from pipelines.model import evaluate, train
-
+def test_encode_train_evaluate_steps_log_model_metrics_and_plots(settings, tmp_path) -> None:
     settings = dataclasses.replace(settings, horizon_days=3, lookback_days=30, seq_len=20, asof_step_days=2,
                                    eval_asof_step_days=3, validation_asof_count=1, test_asof_count=2, epochs=2,
                                    batch_size=64, embed_dim=16)
     start, end = _land_clean(settings, synthetic_events())
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_experiment(settings.mlflow_experiment)
-    run_id = mlflow.MlflowClient().create_run(
-        mlflow.get_experiment_by_name(settings.mlflow_experiment).experiment_id).info.run_id
+    mlflow_client = tracking.client(settings)
+    run_id = mlflow_client.create_run(tracking.ensure_experiment(settings)).info.run_id
 
     encoded = encoding.encode_step(settings, start, end, mlflow_run_id=run_id)
     assert encoded["dataset_uri"] == f"s3://{settings.bucket}/features/{run_id}/"
@@ -70,7 +73,7 @@ def test_encode_train_evaluate_steps_log_model_metrics_and_plots(settings) -> No
     assert trained["model_uri"] == f"runs:/{run_id}/model"
 
     # the scoring contract: raw ids, unknown ids do not crash, only events before as_of count
-    model = mlflow.pyfunc.load_model(trained["model_uri"])
+    model = tracking.load_pyfunc(settings, trained["model_uri"])
     events = pd.DataFrame({"user_id": ["u1", "u1", "new-user", "u1"], "item_id": ["x", "y", "z", "w"],
                            "category_id": ["c1", "never-seen", "c2", "c3"], "behavior": ["view", "teleport", "buy", "buy"],
                            "ts": pd.to_datetime(["2024-01-30T10:00", "2024-01-30T11:00", "2024-01-29T00:00",
@@ -87,14 +90,64 @@ def test_encode_train_evaluate_steps_log_model_metrics_and_plots(settings) -> No
                 "baseline/popularity/ndcg_at_5", "baseline/last_day/recall_at_5",
                 "baseline/decayed_frequency/ndcg_at_5", "baseline/markov/explore_recall_at_3"):
         assert key in metrics and 0.0 <= metrics[key] <= 1.0, key
-    run = mlflow.MlflowClient().get_run(run_id)
+    run = mlflow_client.get_run(run_id)
     assert run.data.metrics["model/ndcg_at_5"] == pytest.approx(metrics["model/ndcg_at_5"])
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "plots")}
+    artifacts = {a.path for a in mlflow_client.list_artifacts(run_id, "plots")}
     assert {"plots/roc.png", "plots/recall_at_k.png", "plots/reliability.png",
             "plots/sample_users_interest.png"} <= artifacts
-    assert {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")} >= {
+    assert {a.path for a in mlflow_client.list_artifacts(run_id, "evaluation")} >= {
         "evaluation/comparison.csv", "evaluation/comparison_table.json"}
 
     # the registry's path: the same model metrics for any pyfunc URI, keys without the prefix
     again = evaluate.evaluate_model_uri(settings, encoded["dataset_uri"], trained["model_uri"])
     assert again["ndcg_at_5"] == pytest.approx(metrics["model/ndcg_at_5"])
+
+    # the logged model carries its code and names only real packages: it loads and predicts where
+    # this checkout is neither on sys.path nor installed
+    requirements = (Path(mlflow_client.download_artifacts(run_id, "model/requirements.txt", str(tmp_path)))
+                    .read_text().split())
+    assert not [r for r in requirements if "interest" in r or "pipelines" in r], requirements
+    assert {r.split("==")[0] for r in requirements} >= {"mlflow", "tensorflow-cpu", "keras", "pandas", "pyarrow",
+                                                        "numpy"}
+    outside = _predict_outside_checkout(settings, trained["model_uri"], tmp_path / "outside")
+    assert outside["pipelines_file"].startswith(outside["model_path"])
+    assert "/code/pipelines/" in outside["pipelines_file"]
+    assert outside["users"] > 0 and outside["top_n"] == min(50, encoded["categories"])
+
+
+# Runs with ``python -I -S``: no PYTHONPATH, no current folder, no site folder (so none of its
+# .pth files, among them the editable install of this project); only the plain site-packages
+# folder is added, so mlflow, keras and the rest import but ``pipelines`` cannot.
+_OUTSIDE = textwrap.dedent("""
+    import importlib.util, json, sys
+    sys.path.append(SITE_PACKAGES)
+    assert importlib.util.find_spec("pipelines") is None, "pipelines is importable outside the model"
+    import mlflow.pyfunc
+    from mlflow.models import Model
+    path = mlflow.artifacts.download_artifacts(MODEL_URI, dst_path=DEST)
+    logged = Model.load(path)
+    events, params = logged.load_input_example(path), logged.load_input_example_params(path)
+    out = mlflow.pyfunc.load_model(path).predict(events, params=params)
+    import pipelines
+    print("RESULT " + json.dumps({"model_path": path, "pipelines_file": pipelines.__file__,
+                                  "users": int(out["user_id"].nunique()),
+                                  "top_n": max(len(c) for c in out["categories"])}))
+""")
+
+
+def _predict_outside_checkout(settings, model_uri: str, workdir: Path) -> dict:
+    """Download, load and call ``predict`` on the logged input example in a child Python whose
+    working directory is ``workdir`` and whose import path holds neither the repo nor its
+    editable install; returns what the child reports (model folder, where ``pipelines`` came from)."""
+    workdir.mkdir()
+    values = {"SITE_PACKAGES": sysconfig.get_paths()["purelib"], "MODEL_URI": model_uri,
+              "DEST": str(workdir / "model")}
+    script = "".join(f"{name} = {json.dumps(value)}\n" for name, value in values.items()) + _OUTSIDE
+    env = {**os.environ, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", script], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    result = json.loads(line.removeprefix("RESULT "))
+    assert not result["pipelines_file"].startswith(str(REPO_ROOT)), result
+    return result

@@ -1,7 +1,7 @@
 """Baselines scored exactly like the model: global popularity, the user's last active day, decayed
 user frequency and first-order Markov over categories.
 
-Each baseline turns the dense example inputs of :func:`pipelines.encoding.to_model_inputs` into a
+Each baseline turns the dense example inputs of :func:`pipelines.features.examples.to_model_inputs` into a
 score matrix [B, V] (higher = more likely). Ties are broken by a tiny share of popularity, so
 every list is full. Columns 0 (padding) and 1 (OOV) score 0 and are never ranked by evaluation.
 """
@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.features.encoding import DECAY_HALF_LIVES, HIST_FEATURES, RESERVED
+from pipelines.features.examples import DECAY_HALF_LIVES, HIST_FEATURES
+from pipelines.features.vocab import RESERVED
 
 BASELINE_NAMES = ("popularity", "last_day", "decayed_frequency", "markov")
+DECAY_FEATURES = ("decay_short", "decay_mid", "decay_long")  # the history features decayed_frequency may rank by
 _TIE = 1e-6  # weight of popularity as tie-breaker: never outranks a real signal
 _MARKOV_SMOOTHING = 1.0
 
@@ -34,8 +36,8 @@ class BaselineModels:
 
 
 def fit_baselines(stats: dict[str, Any], n_categories: int, decay_feature: str = "decay_mid") -> BaselineModels:
-    """Baselines from the training statistics of :func:`pipelines.encoding.baseline_statistics`."""
-    if decay_feature not in ("decay_short", "decay_mid", "decay_long"):
+    """Baselines from the training statistics of :func:`pipelines.features.examples.baseline_statistics`."""
+    if decay_feature not in DECAY_FEATURES:
         raise ValueError(f"decay_feature={decay_feature!r} is not one of decay_short, decay_mid, decay_long")
     counts = np.asarray(stats["label_counts"], np.float64)
     if counts.shape != (n_categories,):

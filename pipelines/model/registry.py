@@ -12,18 +12,18 @@ gives it the alias ``challenger``, and moves ``champion`` to it only when, on th
 The decision and every number behind it are written on the version (tags ``gate.*`` and the
 description) and on the run, so a reviewer sees in the MLflow UI why a version was or was not
 promoted. People promote or roll back by moving the alias (:func:`promote_version`, or
-``python -m pipelines promote --version N``); the scoring DAG follows the alias.
+``python -m pipelines promote --version N``, :mod:`pipelines.model.cli`); the scoring DAG follows the alias.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from pipelines.config import Settings
+from pipelines.platform import tracking
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,6 @@ class RegistryError(RuntimeError):
     """The registry step cannot decide (missing metric, unknown version); the message says what."""
 
 
-def _client(settings: Settings) -> Any:
-    from pipelines.platform.tracking import client
-
-    return client(settings)
-
-
 def _is_not_found(exc: Exception) -> bool:
     code = getattr(exc, "error_code", "") or ""
     return "RESOURCE_DOES_NOT_EXIST" in code or "NOT_FOUND" in code or "not found" in str(exc).lower()
@@ -57,7 +51,7 @@ def version_by_alias(settings: Settings, alias: str) -> Any | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return _client(settings).get_model_version_by_alias(settings.model_name, alias)
+        return tracking.client(settings).get_model_version_by_alias(settings.model_name, alias)
     except MlflowException as exc:
         if _is_not_found(exc):
             return None
@@ -106,45 +100,43 @@ def decide(challenger: float, baselines: dict[str, float], champion: float | Non
     return ok, "; ".join(reasons)
 
 
-def _default_evaluator() -> ChampionEvaluator | None:
-    try:
-        from pipelines.model import evaluate
-    except ImportError:
-        return None
-    return getattr(evaluate, "evaluate_model_uri", None)
+def _default_evaluator() -> ChampionEvaluator:
+    # Imported here, not at the top: evaluation pulls in scikit-learn, SciPy and matplotlib, and
+    # serving imports this module only to look up the champion.
+    from pipelines.model.evaluate import evaluate_model_uri
+
+    return evaluate_model_uri
 
 
 def _champion_metric(settings: Settings, champion: Any, dataset_uri: str,
-                     evaluator: ChampionEvaluator | None) -> tuple[float | None, str]:
+                     evaluator: ChampionEvaluator) -> tuple[float | None, str]:
     """The champion's gate metric and where it came from (evaluated / recorded ...)."""
     uri = f"models:/{settings.model_name}/{champion.version}"
-    why = "evaluate.evaluate_model_uri is not available"
-    if evaluator is not None:
-        try:
-            metrics = evaluator(settings, dataset_uri, uri)
-            if settings.gate_metric in metrics:
-                return float(metrics[settings.gate_metric]), f"evaluated on the challenger's test set {dataset_uri}"
-            why = f"evaluation returned no {settings.gate_metric!r} (keys: {sorted(metrics)})"
-        except Exception as exc:  # recorded in the decision, then the fallback is used
-            why = f"evaluating {uri} failed: {type(exc).__name__}: {exc}"[:500]
-            log.warning("champion evaluation failed, falling back to its recorded metric: %s", why)
+    try:
+        metrics = evaluator(settings, dataset_uri, uri)
+        if settings.gate_metric in metrics:
+            return float(metrics[settings.gate_metric]), f"evaluated on the challenger's test set {dataset_uri}"
+        why = f"evaluation returned no {settings.gate_metric!r} (keys: {sorted(metrics)})"
+    except Exception as exc:  # recorded in the decision, then the fallback is used
+        why = f"evaluating {uri} failed: {type(exc).__name__}: {exc}"[:500]
+        log.warning("champion evaluation failed, falling back to its recorded metric: %s", why)
     recorded = None
     if champion.run_id:
-        recorded = _client(settings).get_run(champion.run_id).data.metrics.get(MODEL_PREFIX + settings.gate_metric)
+        recorded = tracking.client(settings).get_run(champion.run_id).data.metrics.get(MODEL_PREFIX + settings.gate_metric)
     if recorded is None:
         return None, f"recorded metric missing on run {champion.run_id} ({why})"
     return float(recorded), f"recorded on its own training run {champion.run_id} ({why}); not the same test set"
 
 
 def _existing_version(settings: Settings, run_id: str) -> Any | None:
-    versions = _client(settings).search_model_versions(f"name='{settings.model_name}' and run_id='{run_id}'")
+    versions = tracking.client(settings).search_model_versions(f"name='{settings.model_name}' and run_id='{run_id}'")
     return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
 def _ensure_registered_model(settings: Settings) -> None:
     from mlflow.exceptions import MlflowException
 
-    mlflow_client = _client(settings)
+    mlflow_client = tracking.client(settings)
     try:
         mlflow_client.get_registered_model(settings.model_name)
     except MlflowException as exc:
@@ -170,19 +162,15 @@ def register_step(settings: Settings, *, mlflow_run_id: str, model_uri: str, dat
     A retry for the same run reuses the version it already registered. ``evaluate_champion``
     (settings, dataset_uri, model_uri) -> metrics defaults to ``evaluate.evaluate_model_uri``.
     """
-    import mlflow
-
-    mlflow_client = _client(settings)
+    mlflow_client = tracking.client(settings)
     run = mlflow_client.get_run(mlflow_run_id)
     challenger_value, baselines = gate_metrics(dict(run.data.metrics), settings.gate_metric)
 
     _ensure_registered_model(settings)
     version = _existing_version(settings, mlflow_run_id)
     if version is None:
-        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-        mlflow.set_registry_uri(settings.mlflow_tracking_uri)
-        version = mlflow.register_model(model_uri, settings.model_name,
-                                        tags={"source_run_id": mlflow_run_id, "dataset_uri": dataset_uri})
+        version = tracking.register_model(settings, model_uri,
+                                          {"source_run_id": mlflow_run_id, "dataset_uri": dataset_uri})
         log.info("registered %s version %s from %s", settings.model_name, version.version, model_uri)
     else:
         log.info("run %s already registered as %s version %s; reusing it", mlflow_run_id, settings.model_name,
@@ -282,7 +270,7 @@ def decision_description(result: dict[str, Any]) -> str:
 
 
 def _record_decision(settings: Settings, run_id: str, result: dict[str, Any]) -> None:
-    mlflow_client = _client(settings)
+    mlflow_client = tracking.client(settings)
     tags = decision_tags(result)
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(settings.model_name, result["model_version"], key, value)
@@ -298,7 +286,7 @@ def promote_version(settings: Settings, version: str | int, *, alias: str = CHAM
     """
     from mlflow.exceptions import MlflowException
 
-    mlflow_client = _client(settings)
+    mlflow_client = tracking.client(settings)
     try:
         mlflow_client.get_model_version(settings.model_name, str(version))
     except MlflowException as exc:
@@ -312,23 +300,3 @@ def promote_version(settings: Settings, version: str | int, *, alias: str = CHAM
                                         f"{reason} at {now} (previous: {previous or 'none'})")
     log.info("moved %s@%s from version %s to %s", settings.model_name, alias, previous, version)
     return {"model_name": settings.model_name, "alias": alias, "previous": previous, "current": str(version)}
-
-
-def _cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        moved = promote_version(settings, args.version, alias=args.alias, reason=args.reason)
-    except RegistryError as exc:
-        print(f"error: {exc}")
-        return 1
-    print(f"{moved['model_name']}@{moved['alias']}: version {moved['previous'] or 'none'} -> {moved['current']}")
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    """``python -m pipelines promote --version N [--alias champion]``."""
-    parser = subparsers.add_parser("promote", help="move the champion alias to a model version by hand "
-                                                   "(promotion or rollback); prints the previous version")
-    parser.add_argument("--version", required=True, help="registered model version number")
-    parser.add_argument("--alias", default=CHAMPION, help="alias to move (default: champion)")
-    parser.add_argument("--reason", default="manual", help="recorded on the version")
-    parser.set_defaults(func=_cmd_promote)

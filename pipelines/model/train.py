@@ -1,13 +1,12 @@
 """Training: stream the example shards with ``tf.data``, fit the Keras model with early stopping on
 validation NDCG, and log it to the MLflow run as a pyfunc model (the scoring contract).
 
-:func:`fit_model` is the pure-ish core (local dataset folder in, fitted model and timings out);
-:func:`train_step` is the edge (S3 download, MLflow logging).
+:func:`fit_model` is the core (local dataset folder in, fitted model and timings out);
+:func:`train_step` is the edge (S3 download, MLflow logging through :mod:`pipelines.platform.tracking`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -17,10 +16,31 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import keras
+import mlflow
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import tensorflow as tf
+from keras import ops
+from mlflow.models import infer_signature
 
 from pipelines.config import Settings
-from pipelines.features.encoding import N_HIST, LocalDataset, read_split, to_model_inputs
+from pipelines.contracts import MODEL_INPUT_COLUMNS
+from pipelines.features.dataset import Dataset
+from pipelines.features.examples import N_HIST, to_model_inputs
+from pipelines.model.metrics import example_metrics
+from pipelines.model.network import build_model, predict_proba
+from pipelines.model.pyfunc import (
+    DEFAULT_TOP_N,
+    InterestMigrationPyfunc,
+    copy_package_source,
+    pip_requirements,
+    score_events,
+    scoring_signature,
+)
+from pipelines.platform import tracking
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +54,6 @@ def iter_batches(files: list[Path], n_categories: int, seq_len: int, batch_size:
                  seed: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
     """(inputs, labels) batches from Parquet shards, read ``_READ_ROWS`` rows at a time (bounded
     memory); with ``shuffle`` the shard order and the rows inside each read are permuted."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(files)) if shuffle else np.arange(len(files))
     for i in order:
@@ -50,10 +67,8 @@ def iter_batches(files: list[Path], n_categories: int, seq_len: int, batch_size:
 
 
 def make_tf_dataset(files: list[Path], n_categories: int, seq_len: int, batch_size: int, *, shuffle: bool,
-                    seed: int) -> Any:
+                    seed: int) -> tf.data.Dataset:
     """A ``tf.data.Dataset`` streaming :func:`iter_batches` (a new shuffle seed each epoch)."""
-    import tensorflow as tf
-
     epoch = {"n": 0}
 
     def generator() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
@@ -69,7 +84,7 @@ def make_tf_dataset(files: list[Path], n_categories: int, seq_len: int, batch_si
 
 @dataclasses.dataclass
 class FitResult:
-    model: Any
+    model: keras.Model
     best_epoch: int
     epochs_run: int
     best_val_ndcg: float
@@ -79,41 +94,36 @@ class FitResult:
     history: dict[str, list[float]]
 
 
-def _ndcg_callback(val_inputs: dict[str, np.ndarray], val_labels: np.ndarray, val_known: np.ndarray, k: int,
-                   patience: int) -> Any:
-    import keras
+class ValidationNdcgStopping(keras.callbacks.Callback):
+    """Early stopping on validation NDCG@k; restores the best weights at the end."""
 
-    from pipelines.model.evaluate import example_metrics
-    from pipelines.model.network import predict_proba
+    def __init__(self, val_inputs: dict[str, np.ndarray], val_labels: np.ndarray, val_known: np.ndarray, k: int,
+                 patience: int) -> None:
+        super().__init__()
+        self.val_inputs, self.val_labels, self.val_known = val_inputs, val_labels, val_known
+        self.k, self.patience = k, patience
+        self.best, self.best_epoch, self.wait, self.best_weights = -1.0, 0, 0, None
+        self.values: list[float] = []
 
-    class ValidationNdcgStopping(keras.callbacks.Callback):
-        """Early stopping on validation NDCG@k; restores the best weights at the end."""
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        k = self.k
+        probs = predict_proba(self.model, self.val_inputs)
+        value = float(np.nanmean(example_metrics(probs, self.val_labels, self.val_known, (k,))[f"ndcg_at_{k}"]))
+        self.values.append(value)
+        if logs is not None:
+            logs[f"val_ndcg_at_{k}"] = value
+        log.info("epoch %d: val ndcg@%d %.4f (best %.4f)", epoch + 1, k, value, self.best)
+        if value > self.best:
+            self.best, self.best_epoch, self.wait = value, epoch + 1, 0
+            self.best_weights = self.model.get_weights()
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                self.model.stop_training = True
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.best, self.best_epoch, self.wait, self.best_weights = -1.0, 0, 0, None
-            self.values: list[float] = []
-
-        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            probs = predict_proba(self.model, val_inputs)
-            value = float(np.nanmean(example_metrics(probs, val_labels, val_known, (k,))[f"ndcg_at_{k}"]))
-            self.values.append(value)
-            if logs is not None:
-                logs[f"val_ndcg_at_{k}"] = value
-            log.info("epoch %d: val ndcg@%d %.4f (best %.4f)", epoch + 1, k, value, self.best)
-            if value > self.best:
-                self.best, self.best_epoch, self.wait = value, epoch + 1, 0
-                self.best_weights = self.model.get_weights()
-            else:
-                self.wait += 1
-                if self.wait >= patience:
-                    self.model.stop_training = True
-
-        def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-            if self.best_weights is not None:
-                self.model.set_weights(self.best_weights)
-
-    return ValidationNdcgStopping()
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
 
 
 def ranking_loss(listwise_weight: float) -> Any:
@@ -121,9 +131,6 @@ def ranking_loss(listwise_weight: float) -> Any:
     ``listwise_weight`` x a listwise softmax cross-entropy over the categories (target = the
     label set, normalised), which rewards putting the touched categories at the top of the list.
     The model outputs probabilities; the logits are recovered as log(p) - log(1 - p)."""
-    import keras
-
-    ops = keras.ops
     bce = keras.losses.BinaryCrossentropy()
     if listwise_weight <= 0:
         return bce
@@ -143,22 +150,18 @@ def ranking_loss(listwise_weight: float) -> Any:
     return loss
 
 
-def fit_model(dataset: LocalDataset, settings: Settings, *, use_repeat: bool = True,
+def fit_model(dataset: Dataset, settings: Settings, *, use_repeat: bool = True,
               listwise_weight: float = LISTWISE_WEIGHT, residual_base: bool = RESIDUAL_BASE) -> FitResult:
     """Fit the model on the dataset's training shards, early-stopping on validation NDCG@k (first
     of ``settings.eval_ks``), seeded by ``settings.seed``. ``listwise_weight`` adds a listwise
     softmax loss to the BCE (:func:`ranking_loss`); ``residual_base`` starts the repeat path from
-    the decayed-frequency score (:class:`pipelines.model.MigrationScorer`)."""
-    import keras
-
-    from pipelines.model.network import build_model
-
+    the decayed-frequency score (:class:`pipelines.model.network.MigrationScorer`)."""
     keras.utils.set_random_seed(settings.seed)
     vocab, config = dataset.vocab, dataset.config
-    n_train = int(dataset.metadata["examples"]["train"])
+    n_train = dataset.n_examples("train")
     if n_train == 0:
         raise ValueError(f"dataset {dataset.root} has no training examples")
-    val = read_split(dataset, "validation")
+    val = dataset.read_split("validation")
     if val.num_rows == 0:
         raise ValueError(f"dataset {dataset.root} has no validation examples (needed for early stopping)")
     val_inputs, val_labels, val_known = to_model_inputs(val, vocab.n_categories, config.seq_len)
@@ -168,7 +171,7 @@ def fit_model(dataset: LocalDataset, settings: Settings, *, use_repeat: bool = T
     model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=ranking_loss(listwise_weight))
     train_ds = make_tf_dataset(dataset.files("train"), vocab.n_categories, config.seq_len, settings.batch_size,
                                shuffle=True, seed=settings.seed)
-    stopper = _ndcg_callback(val_inputs, val_labels, val_known, settings.eval_ks[0], settings.patience)
+    stopper = ValidationNdcgStopping(val_inputs, val_labels, val_known, settings.eval_ks[0], settings.patience)
     log.info("training on %d examples, %d categories, encoder %s, up to %d epochs", n_train, vocab.n_categories,
              settings.sequence_encoder, settings.epochs)
     started = time.perf_counter()
@@ -181,7 +184,7 @@ def fit_model(dataset: LocalDataset, settings: Settings, *, use_repeat: bool = T
                      train_examples=n_train, history={k: [float(x) for x in v] for k, v in history.history.items()})
 
 
-def save_model_artifacts(result: FitResult, dataset: LocalDataset, out_dir: Path) -> dict[str, str]:
+def save_model_artifacts(result: FitResult, dataset: Dataset, out_dir: Path) -> dict[str, str]:
     """Write ``model.keras``, ``vocab.json`` and ``encoding.json``; returns the pyfunc artifacts map."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"keras_model": out_dir / "model.keras", "vocab": out_dir / "vocab.json",
@@ -192,101 +195,52 @@ def save_model_artifacts(result: FitResult, dataset: LocalDataset, out_dir: Path
     return {k: str(v) for k, v in paths.items()}
 
 
-def input_example(dataset: LocalDataset, max_rows: int = 20) -> tuple[Any, str]:
-    """A few raw test events (scoring-contract input) and an as-of time for them."""
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    events = pq.read_table(dataset.root / "test_events" / "part-00000.parquet").to_pandas()
-    events = events[["user_id", "item_id", "category_id", "behavior", "ts"]].head(max_rows).reset_index(drop=True)
-    events["ts"] = pd.to_datetime(events["ts"], utc=True)
-    as_of = dataset.metadata["asof"]["test"][-1]
-    return events, as_of
+def input_example(dataset: Dataset, max_rows: int = 20) -> tuple[pd.DataFrame, str]:
+    """A few raw test events (scoring-contract input) and an as-of time for them (the last test one)."""
+    events = dataset.read_test_events()[list(MODEL_INPUT_COLUMNS)].head(max_rows).reset_index(drop=True)
+    return events, dataset.asof_times("test")[-1]
 
 
-def scoring_signature(outputs: Any) -> Any:
-    """The pyfunc signature of the scoring contract. ``ts`` is declared AnyType because MLflow's
-    datetime column type rejects timezone-aware values, and the contract's ts is UTC-aware;
-    ``as_of`` defaults to empty, which :meth:`predict` rejects (it must be given)."""
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
-
-    inputs = Schema([ColSpec("string", "user_id"), ColSpec("string", "item_id"), ColSpec("string", "category_id"),
-                     ColSpec("string", "behavior"), ColSpec(AnyType(), "ts")])
-    params = ParamSchema([ParamSpec("as_of", "string", ""), ParamSpec("top_n", "long", 50)])
-    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
-
-
-def log_pyfunc(result: FitResult, dataset: LocalDataset, workdir: Path, run_id: str) -> str:
-    """Log the fitted model as an MLflow pyfunc at artifact path ``model`` of ``run_id`` (with
-    signature, input example and the Keras model + vocabularies as artifacts); returns the URI."""
-    import mlflow
-    from mlflow.models import infer_signature
-
-    from pipelines.model.network import InterestMigrationPyfunc, score_events
-
+def log_pyfunc(settings: Settings, result: FitResult, dataset: Dataset, workdir: Path, run_id: str) -> str:
+    """Log the fitted model as an MLflow pyfunc at artifact path ``model`` of ``run_id`` (by id, no
+    active run), with signature, input example, the Keras model + vocabularies as artifacts and the
+    ``pipelines`` source as code, so it loads where this project is not installed; returns its URI."""
     artifacts = save_model_artifacts(result, dataset, workdir / "artifacts")
+    code = copy_package_source(workdir / "code")
     events, as_of = input_example(dataset)
-    params = {"as_of": as_of, "top_n": 50}
-    sample_out = score_events(result.model, dataset.vocab, dataset.config, events, as_of, 50)
+    params = {"as_of": as_of, "top_n": DEFAULT_TOP_N}
+    sample_out = score_events(result.model, dataset.vocab, dataset.config, events, as_of, DEFAULT_TOP_N)
     signature = scoring_signature(infer_signature(events, sample_out, params=params).outputs)
-    import keras
-    import tensorflow as tf
-
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=InterestMigrationPyfunc(), artifacts=artifacts, signature=signature,
-            input_example=(events, params),
-            pip_requirements=[f"mlflow=={mlflow.__version__}", f"tensorflow-cpu=={tf.__version__}",
-                              f"keras=={keras.__version__}", "pandas", "pyarrow", "interest-migration"])
-    log.info("logged pyfunc model %s", info.model_uri)
-    return info.model_uri
+    uri = tracking.log_model(settings, run_id, mlflow.pyfunc, name="model", python_model=InterestMigrationPyfunc(),
+                             artifacts=artifacts, signature=signature, input_example=(events, params),
+                             pip_requirements=pip_requirements(), code_paths=[str(code)])
+    log.info("logged pyfunc model %s", uri)
+    return uri
 
 
 def train_step(settings: Settings, dataset_uri: str, *, mlflow_run_id: str) -> dict[str, Any]:
     """Download ``dataset_uri``, fit, log the pyfunc model at ``runs:/<run>/model`` plus training
     params/metrics; returns ``{"model_uri", "logged_model_uri", "best_epoch", "train_seconds",
     "examples_per_second", "val_ndcg"}``."""
-    import mlflow
-
-    from pipelines.features.encoding import download_dataset
-
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.work_dir) as tmp:
-        dataset = download_dataset(settings, dataset_uri, Path(tmp) / "dataset")
+        dataset = Dataset.download(settings, dataset_uri, Path(tmp) / "dataset")
         result = fit_model(dataset, settings)
-        logged = log_pyfunc(result, dataset, Path(tmp), mlflow_run_id)
+        logged = log_pyfunc(settings, result, dataset, Path(tmp), mlflow_run_id)
     k = settings.eval_ks[0]
-    params = {"model.embed_dim": settings.embed_dim, "model.encoder": settings.sequence_encoder,
-              "model.learning_rate": settings.learning_rate, "model.batch_size": settings.batch_size,
-              "model.max_epochs": settings.epochs, "model.patience": settings.patience, "model.seed": settings.seed,
-              "data.horizon_days": settings.horizon_days, "data.lookback_days": settings.lookback_days,
-              "data.seq_len": settings.seq_len, "data.min_category_count": settings.min_category_count,
-              "model.listwise_weight": LISTWISE_WEIGHT, "model.residual_base": RESIDUAL_BASE}
-    for key, value in params.items():
-        client.log_param(mlflow_run_id, key, str(value))
-    metrics = {"train/best_epoch": result.best_epoch, "train/epochs_run": result.epochs_run,
-               "train/seconds": result.train_seconds, "train/examples_per_second": result.examples_per_second,
-               f"train/val_ndcg_at_{k}": result.best_val_ndcg}
-    for key, value in metrics.items():
-        client.log_metric(mlflow_run_id, key, float(value))
+    tracking.log_params(settings, mlflow_run_id, {
+        "model.embed_dim": settings.embed_dim, "model.encoder": settings.sequence_encoder,
+        "model.learning_rate": settings.learning_rate, "model.batch_size": settings.batch_size,
+        "model.max_epochs": settings.epochs, "model.patience": settings.patience, "model.seed": settings.seed,
+        "data.horizon_days": settings.horizon_days, "data.lookback_days": settings.lookback_days,
+        "data.seq_len": settings.seq_len, "data.min_category_count": settings.min_category_count,
+        "model.listwise_weight": LISTWISE_WEIGHT, "model.residual_base": RESIDUAL_BASE})
+    tracking.log_metrics(settings, mlflow_run_id, {
+        "train/best_epoch": result.best_epoch, "train/epochs_run": result.epochs_run,
+        "train/seconds": result.train_seconds, "train/examples_per_second": result.examples_per_second,
+        f"train/val_ndcg_at_{k}": result.best_val_ndcg})
     for step, loss in enumerate(result.history.get("loss", [])):
-        client.log_metric(mlflow_run_id, "train/loss", loss, step=step)
+        tracking.log_metrics(settings, mlflow_run_id, {"train/loss": loss}, step=step)
     return {"model_uri": f"runs:/{mlflow_run_id}/model", "logged_model_uri": logged,
             "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
             "examples_per_second": result.examples_per_second, "val_ndcg": result.best_val_ndcg}
-
-
-def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    print(json.dumps(train_step(settings, args.dataset_uri, mlflow_run_id=args.mlflow_run_id), indent=2))
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    """``python -m pipelines train --dataset-uri S3 --mlflow-run-id ID``."""
-    parser = subparsers.add_parser("train", help="fit the model on an encoded dataset and log it to MLflow")
-    parser.add_argument("--dataset-uri", required=True)
-    parser.add_argument("--mlflow-run-id", required=True)
-    parser.set_defaults(func=_cmd_train)

@@ -1,0 +1,129 @@
+"""The scoring contract: the MLflow pyfunc model every consumer loads, and what it is logged with.
+
+``InterestMigrationPyfunc.predict(events, params={"as_of": ISO, "top_n": 50})`` takes raw events
+(columns :data:`~pipelines.contracts.MODEL_INPUT_COLUMNS`, raw ids, UTC-aware ``ts``) and returns
+one row per user in the input: ``user_id``, ``categories`` (best first, real ids, at most
+``top_n``) and ``scores``. Only events strictly before ``as_of`` (and within the look-back)
+count; ids the vocabulary does not know land in the OOV bucket and are never returned.
+
+A logged model carries the Keras model and the vocabularies as artifacts, the source of the
+``pipelines`` package as its code (:data:`PACKAGE_DIR`, so it loads where this checkout is not
+installed) and only real packages as requirements (:func:`pip_requirements`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from mlflow.models import ModelSignature
+from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
+
+from pipelines.contracts import EVENT_SCHEMA, MODEL_INPUT_COLUMNS
+from pipelines.features.examples import EncodingConfig, encode_examples, to_model_inputs
+from pipelines.features.vocab import RESERVED, Vocab
+from pipelines.model.network import load_keras_model, predict_proba
+
+DEFAULT_TOP_N = 50
+# The folder of the ``pipelines`` package: logged as the model's code (``code_paths``).
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+# Distributions the model needs at load time besides its own code (pinned to the installed versions).
+_RUNTIME_DISTRIBUTIONS = ("mlflow", "tensorflow-cpu", "keras", "pandas", "pyarrow", "numpy")
+
+
+def events_to_table(events: pd.DataFrame) -> pa.Table:
+    """The scoring input (a DataFrame with :data:`MODEL_INPUT_COLUMNS`) as an EVENT_SCHEMA table:
+    ids as strings, ``ts`` as UTC microseconds, ``value`` empty. Raises ValueError naming the
+    missing columns."""
+    missing = [c for c in MODEL_INPUT_COLUMNS if c not in events.columns]
+    if missing:
+        raise ValueError(f"events input lacks column(s) {missing}; expected {list(MODEL_INPUT_COLUMNS)}")
+    frame = pd.DataFrame({c: events[c].astype(str) for c in ("user_id", "item_id", "category_id", "behavior")})
+    ts = pd.to_datetime(events["ts"], utc=True)
+    frame["ts"] = ts.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+    frame["value"] = pd.Series(np.nan, index=frame.index, dtype="float64")
+    return pa.Table.from_pandas(frame.reset_index(drop=True), schema=EVENT_SCHEMA, preserve_index=False)
+
+
+def score_events(model: keras.Model, vocab: Vocab, config: EncodingConfig, events: pd.DataFrame,
+                 as_of: pd.Timestamp | str, top_n: int) -> pd.DataFrame:
+    """The scoring contract on an in-memory Keras model: one row per user in ``events`` with
+    ``user_id``, ``categories`` (best first, real ids, at most ``top_n``) and ``scores``. Only
+    events strictly before ``as_of`` (and within the look-back) are used; unknown ids are OOV."""
+    as_of = pd.Timestamp(as_of)
+    as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
+    examples = encode_examples(events_to_table(events), [as_of.to_pydatetime()], vocab, config, with_labels=False)
+    inputs, _, _ = to_model_inputs(examples, vocab.n_categories, config.seq_len)
+    probs = predict_proba(model, inputs)
+    ids = vocab.category_ids()
+    n = max(0, min(int(top_n), vocab.n_categories - RESERVED))
+    order = np.argsort(-probs[:, RESERVED:], axis=1, kind="stable")[:, :n] + RESERVED
+    return pd.DataFrame({
+        "user_id": examples["user_id"].to_pylist(),
+        "categories": [list(ids[row]) for row in order],
+        "scores": [probs[i, row].astype(float).tolist() for i, row in enumerate(order)],
+    })
+
+
+class InterestMigrationPyfunc(mlflow.pyfunc.PythonModel):
+    """The scoring contract: ``predict(events_df, params={"as_of": ISO, "top_n": 50})``.
+
+    Artifacts: ``keras_model`` (model.keras), ``vocab`` (vocab.json), ``encoding`` (encoding.json).
+    """
+
+    def load_context(self, context: Any) -> None:
+        self.model = load_keras_model(context.artifacts["keras_model"])
+        self.vocab = Vocab.from_dict(json.loads(Path(context.artifacts["vocab"]).read_text()))
+        self.config = EncodingConfig(**json.loads(Path(context.artifacts["encoding"]).read_text()))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+                ) -> pd.DataFrame:
+        params = params or {}
+        if not params.get("as_of"):
+            raise ValueError("params['as_of'] (ISO-8601 UTC timestamp) is required")
+        return score_events(self.model, self.vocab, self.config, model_input, pd.Timestamp(params["as_of"]),
+                            int(params.get("top_n") or DEFAULT_TOP_N))
+
+
+def scoring_signature(outputs: Any) -> ModelSignature:
+    """The pyfunc signature of the scoring contract. ``ts`` is declared AnyType because MLflow's
+    datetime column type rejects timezone-aware values, and the contract's ts is UTC-aware;
+    ``as_of`` defaults to empty, which :meth:`InterestMigrationPyfunc.predict` rejects (it must
+    be given)."""
+    inputs = Schema([ColSpec("string", "user_id"), ColSpec("string", "item_id"), ColSpec("string", "category_id"),
+                     ColSpec("string", "behavior"), ColSpec(AnyType(), "ts")])
+    params = ParamSchema([ParamSpec("as_of", "string", ""), ParamSpec("top_n", "long", DEFAULT_TOP_N)])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def copy_package_source(dest: Path) -> Path:
+    """A copy of the ``pipelines`` package under ``dest`` (``dest/pipelines``, without caches):
+    the ``code_paths`` entry of a logged model. Returns the copy's folder."""
+    target = dest / PACKAGE_DIR.name
+    shutil.copytree(PACKAGE_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
+
+
+def pip_requirements() -> list[str]:
+    """What a logged model installs: MLflow, TensorFlow (as ``tensorflow-cpu``), Keras, pandas,
+    pyarrow and numpy at their installed versions. The ``pipelines`` code travels with the model
+    (``code_paths``), so no requirement names this project (no index serves it)."""
+    return [f"{name}=={_installed_version(name)}" for name in _RUNTIME_DISTRIBUTIONS]
+
+
+def _installed_version(distribution: str) -> str:
+    # A GPU or macOS environment installs TensorFlow as "tensorflow": pin tensorflow-cpu to its version.
+    for name in dict.fromkeys((distribution, distribution.removesuffix("-cpu"))):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    raise PackageNotFoundError(distribution)
