@@ -8,6 +8,7 @@ LocalExecutor task is running (the case where killing the scheduler alone leaves
 from __future__ import annotations
 
 import json
+import os
 import socket
 import stat
 import time
@@ -16,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.config import ConfigError, load_settings
+from pipelines.devstack import airflow_api, credentials, demo, environment, lifecycle
 from pipelines.devstack import services as svc
-from pipelines.devstack import stack as ds
+from pipelines.devstack.config import StackConfig, StackError, default_config, isolated_config
+from pipelines.platform import layout, storage, tracking
 
 SLEEPY_DAG = '''
 """A DAG whose task sleeps, to check that `stack down` ends running task processes."""
@@ -59,19 +63,25 @@ def _stack_pids(root: Path) -> list[str]:
 
 
 def test_default_config_reads_ports_and_root_from_env(tmp_path):
-    cfg = ds.default_config(tmp_path, environ={"IM_STACK_S3_PORT": "9100", "IM_STACK_AIRFLOW_PORT": "9101",
-                                               "IM_STACK_PORT_BASE": "20000"})
+    settings = load_settings(environ={"IM_STACK_S3_PORT": "9100", "IM_STACK_AIRFLOW_PORT": "9101",
+                                      "IM_STACK_PORT_BASE": "20000"})
+    cfg = default_config(settings, tmp_path)
     assert (cfg.s3_port, cfg.mlflow_port, cfg.airflow_port) == (9100, 5000, 9101)
     assert cfg.root == (tmp_path / ".local").resolve()
     internal = sorted(cfg.internal_ports.values())
     assert internal == list(range(20000, 20000 + len(internal)))
     assert 8080 not in cfg.all_ports().values() or cfg.airflow_port == 8080
-    with pytest.raises(ds.StackError, match="IM_STACK_MLFLOW_PORT='five'"):
-        ds.default_config(tmp_path, environ={"IM_STACK_MLFLOW_PORT": "five"})
+    # A bad port is named by the settings, before any stack is built.
+    with pytest.raises(ConfigError, match="IM_STACK_MLFLOW_PORT='five'"):
+        default_config(load_settings(environ={"IM_STACK_MLFLOW_PORT": "five"}), tmp_path)
+    with pytest.raises(ConfigError, match="IM_STACK_PORT_BASE='65530' is out of range"):
+        default_config(load_settings(environ={"IM_STACK_PORT_BASE": "65530"}), tmp_path)
+    other_root = default_config(load_settings(environ={"IM_STACK_ROOT_DIR": str(tmp_path / "elsewhere")}), tmp_path)
+    assert other_root.root == (tmp_path / "elsewhere").resolve()
 
 
 def test_default_ports_never_reuse_weeds_defaults(tmp_path):
-    cfg = ds.default_config(tmp_path, environ={})
+    cfg = default_config(load_settings(environ={}), tmp_path)
     ports = list(cfg.all_ports().values())
     assert len(ports) == len(set(ports)), "two listeners on one port"
     assert (cfg.s3_port, cfg.mlflow_port, cfg.airflow_port) == (8333, 5000, 8080)
@@ -79,41 +89,47 @@ def test_default_ports_never_reuse_weeds_defaults(tmp_path):
 
 
 def test_secrets_are_private_generated_once_and_stable(tmp_path):
-    cfg = ds.isolated_config(tmp_path / "stack", with_airflow=False)
-    values, created = ds.ensure_secrets(cfg)
-    assert sorted(created) == sorted(ds.SECRET_FILES)
+    cfg = isolated_config(tmp_path / "stack", with_airflow=False)
+    values, created = credentials.ensure_secrets(cfg)
+    assert sorted(created) == sorted(credentials.SECRET_FILES)
     assert stat.S_IMODE(cfg.secrets_dir.stat().st_mode) == 0o700
-    for name in ds.SECRET_FILES:
+    for name in credentials.SECRET_FILES:
         assert stat.S_IMODE((cfg.secrets_dir / name).stat().st_mode) == 0o600, name
-    again, created_again = ds.ensure_secrets(cfg)
+    again, created_again = credentials.ensure_secrets(cfg)
     assert created_again == [] and again == values
-    assert len(ds.admin_password(cfg)) >= 16
-    env_file = ds.write_env_file(cfg, ds.stack_environment(cfg, values, environ={"IM_EPOCHS": "2"}))
+    assert len(credentials.admin_password(cfg)) >= 16
+    caller = {"IM_EPOCHS": "2", "IM_STACK_S3_PORT": "9999", "IM_NOT_A_SETTING": "x"}
+    env_file = environment.write_env_file(cfg, environment.stack_environment(cfg, values, environ=caller))
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
-    parsed = ds.read_env_file(env_file)
+    parsed = environment.read_env_file(env_file)
     assert parsed["AWS_SECRET_ACCESS_KEY"] == values["s3_secret_key"]
     assert parsed["IM_EPOCHS"] == "2" and parsed["IM_S3_ENDPOINT_URL"] == cfg.s3_endpoint_url
+    # Only variables that name a setting reach the tasks, never the stack's own.
+    assert "IM_STACK_S3_PORT" not in parsed and "IM_NOT_A_SETTING" not in parsed
+    # `stack env` shows secrets as reads of their files, never their values.
+    shown = "\n".join(environment.export_lines(cfg))
+    assert values["s3_secret_key"] not in shown and str(cfg.secrets_dir / "s3_secret_key") in shown
 
 
 def test_port_in_use_names_the_port_and_starts_nothing(tmp_path):
-    cfg = ds.isolated_config(tmp_path / "stack")
+    cfg = isolated_config(tmp_path / "stack")
     with socket.socket() as holder:
         holder.bind((svc.LOOPBACK, cfg.mlflow_port))
         holder.listen()
-        with pytest.raises(ds.StackError) as info:
-            ds.up(cfg, out=lambda _: None)
+        with pytest.raises(StackError) as info:
+            lifecycle.up(cfg, out=lambda _: None)
     message = str(info.value)
     assert f"{cfg.mlflow_port} (MLflow)" in message and "already in use" in message
     assert "IM_STACK_MLFLOW_PORT" in message
     assert _stack_pids(cfg.root) == []
 
 
-def _trigger_sleepy(cfg: ds.StackConfig) -> None:
-    api = ds.AirflowApi(cfg)
+def _trigger_sleepy(cfg: StackConfig) -> None:
+    api = airflow_api.AirflowApi(cfg)
     api.call("POST", "/dags/sleepy/dagRuns", body={"dag_run_id": "nap1", "logical_date": None})
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        states = ds._task_states(api, "sleepy", "nap1")
+        states = airflow_api.task_states(api, "sleepy", "nap1")
         if states.get("nap") == "running":
             return
         time.sleep(2)
@@ -126,63 +142,58 @@ def _trigger_sleepy(cfg: ds.StackConfig) -> None:
 def test_up_status_down_up_keeps_data_and_leaves_nothing(tmp_path):
     repo = tmp_path / "repo"
     (repo / "dags").mkdir(parents=True)
-    (repo / "plugins").mkdir()
     (repo / "dags" / "sleepy.py").write_text(SLEEPY_DAG)
-    cfg = ds.isolated_config(tmp_path / "stack", repo)
+    cfg = isolated_config(tmp_path / "stack", repo)
     printed: list[str] = []
     try:
         began = time.monotonic()
-        ds.up(cfg, out=printed.append)
+        lifecycle.up(cfg, out=printed.append)
         first_up = time.monotonic() - began
-        password = ds.admin_password(cfg)
-        secret, _ = ds.ensure_secrets(cfg)
+        password = credentials.admin_password(cfg)
+        secret, _ = credentials.ensure_secrets(cfg)
         first_output = "\n".join(printed)
         assert password in first_output and secret["s3_secret_key"] in first_output
         assert cfg.airflow_url in first_output and str(cfg.secrets_dir) in first_output
 
-        report = ds.status(cfg)
+        report = lifecycle.status(cfg)
         assert report["up"], report
-        assert set(report["processes"]) == {"seaweedfs", "mlflow", *ds.AIRFLOW_COMPONENTS}
+        assert set(report["processes"]) == {"seaweedfs", "mlflow", *lifecycle.AIRFLOW_COMPONENTS}
         state = json.loads(cfg.state_file.read_text())
         assert state["ports"]["Airflow API/UI"] == cfg.airflow_port
         health = json.load(urllib.request.urlopen(f"{cfg.airflow_url}/api/v2/monitor/health"))
         assert health["scheduler"]["status"] == "healthy"
 
         # Data in S3 and MLflow, written as a user of the stack would (through stack.env).
-        from pipelines.config import load_settings
-        from pipelines.platform import storage
-
-        env = ds.read_env_file(cfg.env_file)
+        env = environment.read_env_file(cfg.env_file)
         settings = load_settings(environ=env)
         storage.reset_clients()
-        import os
         saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
         os.environ.update({k: env[k] for k in saved})
         try:
             storage.put_text(settings, "keep/me.txt", "still here")
-            import mlflow
-            client = mlflow.MlflowClient(tracking_uri=cfg.mlflow_url)
+            assert settings.mlflow_tracking_uri == cfg.mlflow_url
+            client = tracking.client(settings)
             experiment = client.create_experiment("kept")
 
             _trigger_sleepy(cfg)
             began = time.monotonic()
-            ds.down(cfg, out=printed.append)
+            lifecycle.down(cfg, out=printed.append)
             first_down = time.monotonic() - began
             assert _stack_pids(cfg.root) == []
             assert not cfg.state_file.exists()
-            assert ds.status(cfg)["up"] is False
+            assert lifecycle.status(cfg)["up"] is False
 
             printed.clear()
             began = time.monotonic()
-            ds.up(cfg, out=printed.append)
+            lifecycle.up(cfg, out=printed.append)
             second_up = time.monotonic() - began
             second_output = "\n".join(printed)
             assert password not in second_output and secret["s3_secret_key"] not in second_output
-            assert ds.admin_password(cfg) == password
+            assert credentials.admin_password(cfg) == password
             storage.reset_clients()
             assert storage.get_bytes(settings, "keep/me.txt") == b"still here"
             assert client.get_experiment(experiment).name == "kept"
-            runs = ds.AirflowApi(cfg).get("/dags/sleepy/dagRuns")["dag_runs"]
+            runs = airflow_api.AirflowApi(cfg).get("/dags/sleepy/dagRuns")["dag_runs"]
             assert [r["dag_run_id"] for r in runs] == ["nap1"]
         finally:
             for key, value in saved.items():
@@ -201,7 +212,7 @@ def test_up_status_down_up_keeps_data_and_leaves_nothing(tmp_path):
         assert secret_values
         print(f"first up {first_up:.1f}s, down with a running task {first_down:.1f}s, second up {second_up:.1f}s")
     finally:
-        ds.down(cfg, out=lambda _: None)
+        lifecycle.down(cfg, out=lambda _: None)
     assert _stack_pids(cfg.root) == []
 
 
@@ -211,11 +222,6 @@ def test_up_status_down_up_keeps_data_and_leaves_nothing(tmp_path):
 def test_stack_run_twice_trains_once_and_rescores_without_duplicates(tmp_path, monkeypatch):
     """`make run`'s driver end to end on the real DAGs, twice: the second run reuses the data and
     the successful training run, re-scores the same days and replaces (not adds) partitions."""
-    import os
-
-    from pipelines.config import load_settings
-    from pipelines.platform import layout, storage
-
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "IM_S3_ENDPOINT_URL", "IM_MLFLOW_TRACKING_URI",
                 "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "IM_BUCKET", "IM_WORK_DIR"):
         monkeypatch.setenv(key, os.environ.get(key, ""))  # run_demo sets them; restored afterwards
@@ -224,35 +230,34 @@ def test_stack_run_twice_trains_once_and_rescores_without_duplicates(tmp_path, m
     monkeypatch.setenv("IM_EPOCHS", "1")
     monkeypatch.setenv("IM_HORIZON_DAYS", "1")  # 12 days hold train, validation and test as-of times
     monkeypatch.setenv("IM_GATE_MARGIN_VS_BASELINES", "-1")
-    cfg = ds.isolated_config(tmp_path / "stack")
+    cfg = isolated_config(tmp_path / "stack")
     size = {"users": 200, "days": 12, "categories": 24, "seed": 5, "score_days": 3, "timeout": 1500}
     try:
         first: list[str] = []
-        assert ds.run_demo(cfg, out=first.append, **size), "\n".join(first)
+        assert demo.run_demo(cfg, out=first.append, **size), "\n".join(first)
         storage.reset_clients()
-        settings = load_settings(environ=ds.read_env_file(cfg.env_file))
-        api = ds.AirflowApi(cfg)
+        settings = load_settings(environ=environment.read_env_file(cfg.env_file))
+        api = airflow_api.AirflowApi(cfg)
         partitions = storage.list_partitions(settings, layout.PREDICTIONS)
         assert len(partitions) == 3  # a backfill over three consecutive days
         keys_before = storage.list_keys(settings, layout.PREDICTIONS + "/")
-        manifests = [storage.get_json(settings, layout.partition_prefix(layout.PREDICTIONS, d) + layout.SUCCESS)
-                     for d in partitions]
+        manifests = [storage.get_json(settings, layout.success_key(d)) for d in partitions]
         assert all(m["row_count"] > 0 for m in manifests)
         summary = "\n".join(first)
         assert "champion" in summary and cfg.airflow_url in summary and cfg.mlflow_url in summary
 
         second: list[str] = []
-        assert ds.run_demo(cfg, out=second.append, **size), "\n".join(second)
+        assert demo.run_demo(cfg, out=second.append, **size), "\n".join(second)
         assert any("already succeeded" in line for line in second)
-        training_runs = api.get(f"/dags/{ds.TRAINING_DAG}/dagRuns")["dag_runs"]
+        training_runs = api.get(f"/dags/{demo.TRAINING_DAG}/dagRuns")["dag_runs"]
         assert len(training_runs) == 1
-        scoring_runs = api.get(f"/dags/{ds.SCORING_DAG}/dagRuns")["dag_runs"]
+        scoring_runs = api.get(f"/dags/{demo.SCORING_DAG}/dagRuns")["dag_runs"]
         assert len(scoring_runs) == 3 and all(r["state"] == "success" for r in scoring_runs)
         assert storage.list_partitions(settings, layout.PREDICTIONS) == partitions
         assert len(storage.list_keys(settings, layout.PREDICTIONS + "/")) == len(keys_before)
-        versions = ds._champion_version(settings)
+        versions = demo.champion_version(settings)
         assert versions == "1"
     finally:
-        ds.down(cfg, out=lambda _: None)
+        lifecycle.down(cfg, out=lambda _: None)
         storage.reset_clients()
     assert _stack_pids(cfg.root) == []

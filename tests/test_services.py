@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
-from pipelines.platform import layout, storage
+from pipelines.platform import layout, storage, tracking
 
 pytestmark = pytest.mark.services
 
 
 def test_s3_round_trip_and_partition_listing(settings):
-    storage.put_text(settings, "clean/events/dt=2024-01-02/a.txt", "x")
-    storage.put_json(settings, "clean/events/dt=2024-01-01/b.json", {"n": 1})
-    assert storage.list_partitions(settings, layout.CLEAN) == [
-        __import__("datetime").date(2024, 1, 1), __import__("datetime").date(2024, 1, 2)]
-    assert storage.get_json(settings, "clean/events/dt=2024-01-01/b.json") == {"n": 1}
-    assert storage.delete_prefix(settings, "clean/events/") == 2
-    assert storage.list_keys(settings, "clean/") == []
+    first, second = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
+    storage.put_text(settings, layout.partition_prefix(layout.CLEAN, second) + "a.txt", "x")
+    storage.put_json(settings, layout.partition_prefix(layout.CLEAN, first) + "b.json", {"n": 1})
+    assert storage.list_partitions(settings, layout.CLEAN) == [first, second]
+    assert storage.get_json(settings, layout.partition_prefix(layout.CLEAN, first) + "b.json") == {"n": 1}
+    assert storage.delete_prefix(settings, layout.area_prefix(layout.CLEAN)) == 2
+    assert storage.list_keys(settings, layout.area_prefix(layout.CLEAN)) == []
 
 
 def test_missing_object_names_the_key(settings):
@@ -27,7 +29,7 @@ def test_missing_object_names_the_key(settings):
 def test_mlflow_logs_artifact_to_s3(settings, tmp_path):
     import mlflow
 
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    tracking.configure(settings)
     mlflow.set_experiment("services-smoke")
     note = tmp_path / "note.txt"
     note.write_text("hello")

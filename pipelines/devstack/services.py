@@ -1,9 +1,9 @@
 """Start and stop the embedded services (SeaweedFS S3, MLflow server) as local processes.
 
-Used by the development stack (``pipelines.devstack``, ``make up``) and by the test suite
-(``tests/conftest.py``, on free ports so it never collides with a running ``make up``). Each
-service runs in its own process group so stopping it also ends every child it spawned.
-Everything binds to 127.0.0.1.
+Used by the development stack (:mod:`pipelines.devstack.lifecycle`, ``make up``) and by the test
+suite (``tests/conftest.py``, on free ports so it never collides with a running ``make up``). Each
+service runs in its own process group so stopping it also ends every child it spawned (found
+through ``/proc``: Linux only). Everything binds to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pipelines.platform import layout, storage
 
 LOOPBACK = "127.0.0.1"
 
@@ -43,6 +45,7 @@ def free_port() -> int:
 
 
 def port_in_use(port: int) -> bool:
+    """Whether something accepts connections on ``port`` of 127.0.0.1."""
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((LOOPBACK, port)) == 0
@@ -171,6 +174,7 @@ def wait_healthy(proc: Process, timeout: float = 120.0, accept: tuple[int, ...] 
 
 
 def tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a log file, for error messages."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -178,6 +182,7 @@ def tail(path: Path, lines: int = 20) -> str:
 
 
 def check_ports_free(ports: Mapping[str, int]) -> None:
+    """Raise :class:`ServiceError` naming every port of ``ports`` (name -> port) that is taken."""
     busy = {name: port for name, port in ports.items() if port_in_use(port)}
     if busy:
         listing = ", ".join(f"{name} {port}" for name, port in busy.items())
@@ -231,28 +236,12 @@ def start_seaweedfs(data_dir: Path, ports: Mapping[str, int], env: Mapping[str, 
 
 
 def _wait_bucket(endpoint: str, bucket: str, env: Mapping[str, str], timeout: float = 60.0) -> None:
-    import boto3
-    from botocore.config import Config
-
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-                          config=Config(s3={"addressing_style": "path"}))
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            client.head_bucket(Bucket=bucket)
-            client.put_object(Bucket=bucket, Key="_stack/healthcheck", Body=b"ok")
-            return
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"; reported below
-            last = exc
-            try:
-                client.create_bucket(Bucket=bucket)
-            except Exception:  # noqa: BLE001
-                pass
-            time.sleep(1)
-    raise ServiceError(f"SeaweedFS at {endpoint} did not accept writes to bucket {bucket!r}: {last}")
+    """Wait until ``bucket`` exists (creating it if needed) and accepts a write, signing with the
+    credentials in ``env`` (not this process's environment: the server was just given them)."""
+    try:
+        storage.wait_writable(endpoint, bucket, layout.STACK_HEALTHCHECK, env, timeout=timeout)
+    except storage.StorageError as exc:
+        raise ServiceError(f"SeaweedFS: {exc}") from exc
 
 
 def start_mlflow(port: int, backend_db: Path, artifacts_destination: str, env: Mapping[str, str],
