@@ -12,12 +12,11 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.in constraints.txt pyproject.toml
+$(STAMP): constraints.txt pyproject.toml
 	@echo "==> installing the pinned stack into $(VENV) (first time: a few minutes)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.in -c constraints.txt
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	@touch $(STAMP)
 	@echo "==> installed"
 
@@ -39,7 +38,7 @@ env: ## print `export ...` lines to use the running stack from a shell: eval "$$
 	@$(PY) -m pipelines stack env
 
 lint: install ## ruff over the package, DAGs and tests
-	$(VENV)/bin/ruff check pipelines dags plugins tests bench
+	$(VENV)/bin/ruff check pipelines dags tests bench
 
 test: install lint ## run every test (starts its own services on free ports, stops them after)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -130,7 +130,7 @@ def write_events(settings: Settings, events: Iterator[tuple[dt.date, Any]]) -> i
     """Write each (day, table) as ``clean/events/dt=D/part-00000.parquet``; returns the row count."""
     rows = 0
     for day, table in events:
-        storage.write_parquet(settings, layout.partition_prefix(layout.CLEAN, day) + "part-00000.parquet", table)
+        storage.write_parquet(settings, layout.clean_key(day), table)
         rows += table.num_rows
     return rows
 
@@ -138,27 +138,28 @@ def write_events(settings: Settings, events: Iterator[tuple[dt.date, Any]]) -> i
 def register_baseline(settings: Settings) -> None:
     """Log :class:`VectorFrequencyModel` as a pyfunc, register it and make it champion."""
     import cloudpickle
-    import mlflow
+    import mlflow.pyfunc
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec
 
+    from pipelines.model import registry
+    from pipelines.platform import tracking
+
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_experiment("scoring-bench")
     signature = ModelSignature(inputs=None, outputs=None, params=ParamSchema(
         [ParamSpec("as_of", "string", "1970-01-01T00:00:00+00:00"), ParamSpec("top_n", "long", 50)]))
-    with mlflow.start_run() as run:
-        mlflow.pyfunc.log_model(name="model", python_model=VectorFrequencyModel(), signature=signature)
-    version = mlflow.register_model(f"runs:/{run.info.run_id}/model", settings.model_name).version
-    mlflow.MlflowClient().set_registered_model_alias(settings.model_name, "champion", str(version))
+    run_id = tracking.start_or_resume_run(settings, dag_id="scoring_bench", dag_run_id="baseline", logical_date=None,
+                                          data_start=None, data_end=None)
+    tracking.log_model(settings, run_id, mlflow.pyfunc, name="model", python_model=VectorFrequencyModel(),
+                       signature=signature)
+    version = tracking.register_model(settings, f"runs:/{run_id}/model", {"source_run_id": run_id}).version
+    registry.promote_version(settings, str(version), reason="scoring benchmark")
 
 
 def train_keras(spec: dict[str, Any]) -> dict[str, Any]:
     """The product's training path on the clean events of ``[train_start, train_end]``: MLflow run,
     ``encode_step``, ``train_step``, register the model and move ``champion`` to it. ``spec`` holds
     the settings overrides (JSON-able) and the window; returns timings, counts and the version."""
-    import mlflow
-
     from pipelines.features import encoding
     from pipelines.model import registry, train
     from pipelines.platform import tracking
@@ -174,9 +175,7 @@ def train_keras(spec: dict[str, Any]) -> dict[str, Any]:
     t1 = time.monotonic()
     trained = train.train_step(settings, encoded["dataset_uri"], mlflow_run_id=run_id)
     t2 = time.monotonic()
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
-    version = str(mlflow.register_model(trained["model_uri"], settings.model_name).version)
+    version = str(tracking.register_model(settings, trained["model_uri"], {"source_run_id": run_id}).version)
     registry.promote_version(settings, version, reason="scoring benchmark")
     tracking.finish_run(settings, run_id)
     t3 = time.monotonic()

@@ -19,11 +19,15 @@ scheduled on. A rerun for D replaces the partition whole.
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, dag, get_current_context, task
 
-PREDICTIONS = Asset(f"s3://{os.environ.get('IM_BUCKET', 'interest-migration')}/predictions",
+from pipelines.config import load_settings
+from pipelines.platform.layout import predictions_uri
+
+# Light: reads IM_* variables only (a bad value fails the parse with a message naming it).
+SETTINGS = load_settings()
+PREDICTIONS = Asset(predictions_uri(SETTINGS.bucket),
                     extra={"contract": "predictions/dt=YYYY-MM-DD/part-*.parquet + _SUCCESS"})
 
 DEFAULT_ARGS = {
@@ -47,9 +51,8 @@ def _as_of_date() -> dt.date:
 @dag(
     dag_id="interest_migration_scoring",
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=dt.datetime.fromisoformat(os.environ.get("IM_SCORING_START_DATE", "2000-01-01")).replace(
-        tzinfo=dt.UTC),
-    catchup=os.environ.get("IM_SCORING_CATCHUP", "false").lower() in ("1", "true", "yes"),
+    start_date=dt.datetime.combine(SETTINGS.scoring_start_date, dt.time(), tzinfo=dt.UTC),
+    catchup=SETTINGS.scoring_catchup,
     max_active_runs=2,
     default_args=DEFAULT_ARGS,
     tags=["interest-migration", "scoring"],
@@ -60,7 +63,6 @@ def interest_migration_scoring():
     def prepare_input() -> dict:
         """Validate and clean day D's raw partition (if landed); check the look-back window has data."""
         from pipelines import flows
-        from pipelines.config import load_settings
 
         context = get_current_context()
         return flows.prepare_scoring_input(load_settings(), _as_of_date(), report_id=context["dag_run"].run_id)
@@ -68,35 +70,31 @@ def interest_migration_scoring():
     @task
     def resolve_model(prepared: dict) -> dict:
         """Follow the champion alias once and pin the exact version for every shard."""
-        from pipelines.config import load_settings
-        from pipelines.serving import scoring
+        from pipelines import flows
 
-        return scoring.resolve_champion(load_settings())
+        return flows.resolve_champion(load_settings())
 
     @task
     def plan_shards(model: dict) -> list[dict]:
         """Withdraw the old partition's manifest and parts; one shard spec per mapped task."""
-        from pipelines.config import load_settings
-        from pipelines.serving import scoring
+        from pipelines import flows
 
-        return scoring.plan_shards(load_settings(), _as_of_date(), model)
+        return flows.plan_scoring(load_settings(), _as_of_date(), model)
 
     @task(max_active_tis_per_dagrun=4)
     def score_shard(model: dict, shard: dict) -> dict:
         """Score one shard of users in bounded batches; write predictions/dt=D/part-<shard>.parquet."""
-        from pipelines.config import load_settings
-        from pipelines.serving import scoring
+        from pipelines import flows
 
-        return scoring.score_shard(load_settings(), _as_of_date(), model, shard)
+        return flows.score_shard(load_settings(), _as_of_date(), model, shard)
 
     @task(outlets=[PREDICTIONS])
     def publish(model: dict, shard_results: list[dict]) -> dict:
         """Check every part, then write the _SUCCESS manifest last and emit the asset event."""
-        from pipelines.config import load_settings
-        from pipelines.serving import scoring
+        from pipelines import flows
 
         date = _as_of_date()
-        manifest = scoring.publish_partition(load_settings(), date, model, list(shard_results))
+        manifest = flows.publish_predictions(load_settings(), date, model, list(shard_results))
         get_current_context()["outlet_events"][PREDICTIONS].extra = {
             "as_of_date": date.isoformat(), "model_version": str(model["model_version"])}
         return manifest

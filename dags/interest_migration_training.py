@@ -49,19 +49,13 @@ def interest_migration_training():
         """Resolve the data window and open (or resume) this DAG run's MLflow run."""
         from pipelines import flows
         from pipelines.config import load_settings
-        from pipelines.platform import tracking
 
         context = get_current_context()
-        settings = load_settings()
-        params = context["params"]
-        start, end = flows.resolve_window(settings, params.get("data_start"), params.get("data_end"))
         dag_run = context["dag_run"]
-        logical = context.get("logical_date") or dag_run.run_after
-        run_id = tracking.start_or_resume_run(
-            settings, dag_id=dag_run.dag_id, dag_run_id=dag_run.run_id, logical_date=logical,
-            data_start=start, data_end=end)
-        return {"mlflow_run_id": run_id, "data_start": start.isoformat(), "data_end": end.isoformat(),
-                "report_id": dag_run.run_id}
+        return flows.start_training(
+            load_settings(), dag_id=dag_run.dag_id, dag_run_id=dag_run.run_id,
+            logical_date=context.get("logical_date") or dag_run.run_after,
+            data_start=context["params"].get("data_start"), data_end=context["params"].get("data_end"))
 
     @task
     def validate(run: dict) -> dict:
@@ -69,9 +63,7 @@ def interest_migration_training():
         from pipelines import flows
         from pipelines.config import load_settings
 
-        return flows.validate_window(load_settings(), flows.parse_date(run["data_start"], "data_start"),
-                                     flows.parse_date(run["data_end"], "data_end"),
-                                     report_id=run["report_id"], mlflow_run_id=run["mlflow_run_id"])
+        return flows.validate_training_data(load_settings(), run)
 
     @task
     def preprocess(run: dict, validated: dict) -> dict:
@@ -79,8 +71,7 @@ def interest_migration_training():
         from pipelines import flows
         from pipelines.config import load_settings
 
-        return flows.preprocess_window(load_settings(), flows.parse_date(run["data_start"], "data_start"),
-                                       flows.parse_date(run["data_end"], "data_end"))
+        return flows.preprocess_training_data(load_settings(), run)
 
     @task
     def encode(run: dict, cleaned: dict) -> dict:
@@ -88,26 +79,23 @@ def interest_migration_training():
         from pipelines import flows
         from pipelines.config import load_settings
 
-        return flows.encode_window(load_settings(), flows.parse_date(run["data_start"], "data_start"),
-                                   flows.parse_date(run["data_end"], "data_end"),
-                                   mlflow_run_id=run["mlflow_run_id"])
+        return flows.encode_training_data(load_settings(), run)
 
     @task
     def train(run: dict, dataset: dict) -> dict:
         """Fit the Keras model with early stopping; log it to the run as a pyfunc model."""
+        from pipelines import flows
         from pipelines.config import load_settings
-        from pipelines.model import train as training
 
-        return training.train_step(load_settings(), dataset["dataset_uri"], mlflow_run_id=run["mlflow_run_id"])
+        return flows.train_model(load_settings(), run, dataset)
 
     @task
     def evaluate(run: dict, dataset: dict, model: dict) -> dict:
         """Metrics of the model and every baseline on the held-out as-of times, plots, table."""
+        from pipelines import flows
         from pipelines.config import load_settings
-        from pipelines.model import evaluate as evaluation
 
-        return evaluation.evaluate_step(load_settings(), dataset["dataset_uri"], model["model_uri"],
-                                        mlflow_run_id=run["mlflow_run_id"])
+        return flows.evaluate_model(load_settings(), run, dataset, model)
 
     @task
     def register(run: dict, dataset: dict, model: dict, metrics: dict) -> dict:
@@ -115,8 +103,7 @@ def interest_migration_training():
         from pipelines import flows
         from pipelines.config import load_settings
 
-        return flows.register_and_close(load_settings(), mlflow_run_id=run["mlflow_run_id"],
-                                        model_uri=model["model_uri"], dataset_uri=dataset["dataset_uri"])
+        return flows.register_and_close(load_settings(), run, dataset, model)
 
     run = start_run()
     dataset = encode(run, preprocess(run, validate(run)))

@@ -1,7 +1,12 @@
-"""Multi-partition steps the DAG tasks call: each loops one stage function over a date window.
+"""The task bodies of both DAGs: one function per Airflow task, so every task is a single call.
 
-Each function is what one Airflow task does, so the task body stays a single call. They return
-small JSON-able dicts (counts, URIs) for XCom; the data itself stays in object storage.
+Training (``interest_migration_training``) passes a small *run* dict between its tasks
+(:func:`start_training`: the MLflow run id, the data window and the report id). Scoring
+(``interest_migration_scoring``) works on one day D. Every function takes the settings first
+and returns a small JSON-able dict for XCom; the data itself stays in object storage.
+
+The model stage (TensorFlow) is imported only by the tasks that train, evaluate or score, so the
+data tasks of a worker do not pay for it.
 """
 
 from __future__ import annotations
@@ -11,11 +16,15 @@ import logging
 from typing import Any
 
 from pipelines.config import Settings
+from pipelines.data import preprocess, validation
 from pipelines.data.events import MissingInputError
-from pipelines.platform import layout, storage
-from pipelines.platform.dates import date_range, lookback_window, parse_date
+from pipelines.platform import layout, storage, tracking
+from pipelines.platform.dates import date_range, lookback_window, parse_date, to_date
 
 log = logging.getLogger(__name__)
+
+
+# --- training ----------------------------------------------------------------------------------
 
 
 def resolve_window(settings: Settings, data_start: str | None, data_end: str | None) -> tuple[dt.date, dt.date]:
@@ -34,16 +43,33 @@ def resolve_window(settings: Settings, data_start: str | None, data_end: str | N
     return (start or landed[0], end or landed[-1])
 
 
+def start_training(settings: Settings, *, dag_id: str, dag_run_id: str, logical_date: Any,
+                   data_start: str | None, data_end: str | None) -> dict[str, Any]:
+    """Resolve the data window and open (or resume) this DAG run's MLflow run; returns the *run*
+    dict the other training tasks take: mlflow_run_id, data_start, data_end, report_id."""
+    start, end = resolve_window(settings, data_start, data_end)
+    run_id = tracking.start_or_resume_run(settings, dag_id=dag_id, dag_run_id=dag_run_id,
+                                          logical_date=logical_date, data_start=start, data_end=end)
+    return {"mlflow_run_id": run_id, "data_start": start.isoformat(), "data_end": end.isoformat(),
+            "report_id": dag_run_id}
+
+
+def _run_window(run: dict[str, Any]) -> tuple[dt.date, dt.date]:
+    return to_date(run["data_start"], "data_start"), to_date(run["data_end"], "data_end")
+
+
+def _landed_days(settings: Settings, start: dt.date, end: dt.date) -> list[dt.date]:
+    raw_dates = set(storage.list_partitions(settings, layout.RAW))
+    return [d for d in date_range(start, end) if d in raw_dates]
+
+
 def validate_window(settings: Settings, start: dt.date, end: dt.date, *, report_id: str,
                     mlflow_run_id: str | None = None) -> dict[str, Any]:
     """Validate every landed raw partition in [start, end]; returns totals and per-day results.
 
     A batch-level failure of any partition raises (the task fails with the validator's message).
     """
-    from pipelines.data import validation
-
-    raw_dates = set(storage.list_partitions(settings, layout.RAW))
-    days = [d for d in date_range(start, end) if d in raw_dates]
+    days = _landed_days(settings, start, end)
     if not days:
         raise MissingInputError(f"no raw partitions in [{start}, {end}] under s3://{settings.bucket}/{layout.RAW}/")
     results = []
@@ -53,18 +79,39 @@ def validate_window(settings: Settings, start: dt.date, end: dt.date, *, report_
         results.append(result)
     summary = {"partitions": [d.isoformat() for d in days], "totals": _totals(results)}
     if mlflow_run_id:
-        from pipelines.platform import tracking
-
         validation.log_to_mlflow(results, mlflow_run_id, settings)
         tracking.log_validation_summary(settings, mlflow_run_id, {**summary, "per_partition": results})
     return summary
 
 
-def encode_window(settings: Settings, start: dt.date, end: dt.date, *, mlflow_run_id: str) -> dict[str, Any]:
-    """Encode the clean events of [start, end] and record the examples as the run's dataset input."""
-    from pipelines.features import encoding
-    from pipelines.platform import tracking
+def preprocess_window(settings: Settings, start: dt.date, end: dt.date) -> dict[str, Any]:
+    """Preprocess every landed raw partition in [start, end] into clean/; returns totals."""
+    days = _landed_days(settings, start, end)
+    results = []
+    for i, day in enumerate(days, 1):
+        result = preprocess.preprocess_partition(settings, day).to_dict()
+        log.info("preprocessed %s (%d/%d): %s", day, i, len(days), _short(result))
+        results.append(result)
+    return {"partitions": [d.isoformat() for d in days], "totals": _totals(results)}
 
+
+def validate_training_data(settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
+    """Task ``validate``: the run's window, with the summary logged to its MLflow run."""
+    start, end = _run_window(run)
+    return validate_window(settings, start, end, report_id=run["report_id"], mlflow_run_id=run["mlflow_run_id"])
+
+
+def preprocess_training_data(settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
+    """Task ``preprocess``: clean partitions of the run's window."""
+    return preprocess_window(settings, *_run_window(run))
+
+
+def encode_training_data(settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
+    """Task ``encode``: examples of the run's window, recorded as the run's dataset input."""
+    from pipelines.features import encoding
+
+    start, end = _run_window(run)
+    mlflow_run_id = run["mlflow_run_id"]
     result = encoding.encode_step(settings, start, end, mlflow_run_id=mlflow_run_id)
     tracking.log_dataset_input(
         settings, mlflow_run_id, source_uri=result["dataset_uri"], name=f"examples {start}..{end}",
@@ -74,54 +121,114 @@ def encode_window(settings: Settings, start: dt.date, end: dt.date, *, mlflow_ru
     return result
 
 
-def register_and_close(settings: Settings, *, mlflow_run_id: str, model_uri: str, dataset_uri: str) -> dict[str, Any]:
-    """Run the registry gate, then mark the DAG run's MLflow run FINISHED (the last task's job)."""
-    from pipelines.model import registry
-    from pipelines.platform import tracking
+def train_model(settings: Settings, run: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any]:
+    """Task ``train``: fit on the encoded dataset and log the pyfunc model to the run."""
+    from pipelines.model import train
 
-    decision = registry.register_step(settings, mlflow_run_id=mlflow_run_id, model_uri=model_uri,
-                                      dataset_uri=dataset_uri)
-    tracking.finish_run(settings, mlflow_run_id)
+    return train.train_step(settings, dataset["dataset_uri"], mlflow_run_id=run["mlflow_run_id"])
+
+
+def evaluate_model(settings: Settings, run: dict[str, Any], dataset: dict[str, Any],
+                   model: dict[str, Any]) -> dict[str, Any]:
+    """Task ``evaluate``: the model and every baseline on the held-out as-of times."""
+    from pipelines.model import evaluate
+
+    return evaluate.evaluate_step(settings, dataset["dataset_uri"], model["model_uri"],
+                                  mlflow_run_id=run["mlflow_run_id"])
+
+
+def register_and_close(settings: Settings, run: dict[str, Any], dataset: dict[str, Any],
+                       model: dict[str, Any]) -> dict[str, Any]:
+    """Task ``register``: run the registry gate, then mark the MLflow run FINISHED (the last task)."""
+    from pipelines.model import registry
+
+    decision = registry.register_step(settings, mlflow_run_id=run["mlflow_run_id"], model_uri=model["model_uri"],
+                                      dataset_uri=dataset["dataset_uri"])
+    tracking.finish_run(settings, run["mlflow_run_id"])
     return decision
 
 
-def preprocess_window(settings: Settings, start: dt.date, end: dt.date) -> dict[str, Any]:
-    """Preprocess every landed raw partition in [start, end] into clean/; returns totals."""
-    from pipelines.data import preprocess
+def run_training(settings: Settings, *, data_start: str | None, data_end: str | None, run_name: str,
+                 progress: Any = log.info) -> dict[str, Any]:
+    """The training DAG's tasks in this process, in order (``python -m pipelines training``): one
+    MLflow run named by ``run_name`` (a rerun with the same name resumes it), the gate at the end.
+    Returns every task's result by task id."""
+    run = start_training(settings, dag_id="cli", dag_run_id=run_name, logical_date=None,
+                         data_start=data_start, data_end=data_end)
+    progress(f"MLflow run {run['mlflow_run_id']} for {run['data_start']}..{run['data_end']}")
+    results: dict[str, Any] = {"start_run": run}
+    try:
+        results["validate"] = validate_training_data(settings, run)
+        progress(f"validate: {results['validate']['totals']}")
+        results["preprocess"] = preprocess_training_data(settings, run)
+        progress(f"preprocess: {results['preprocess']['totals']}")
+        results["encode"] = encode_training_data(settings, run)
+        progress(f"encode: {results['encode']['examples']} examples in {results['encode']['dataset_uri']}")
+        results["train"] = train_model(settings, run, results["encode"])
+        progress(f"train: {results['train']['model_uri']}")
+        results["evaluate"] = evaluate_model(settings, run, results["encode"], results["train"])
+        progress("evaluate: done")
+        results["register"] = register_and_close(settings, run, results["encode"], results["train"])
+    except BaseException:
+        tracking.finish_run(settings, run["mlflow_run_id"], status="FAILED")
+        raise
+    return results
 
-    raw_dates = set(storage.list_partitions(settings, layout.RAW))
-    days = [d for d in date_range(start, end) if d in raw_dates]
-    results = []
-    for i, day in enumerate(days, 1):
-        result = preprocess.preprocess_partition(settings, day).to_dict()
-        log.info("preprocessed %s (%d/%d): %s", day, i, len(days), _short(result))
-        results.append(result)
-    return {"partitions": [d.isoformat() for d in days], "totals": _totals(results)}
+
+# --- scoring -----------------------------------------------------------------------------------
 
 
 def prepare_scoring_input(settings: Settings, date: dt.date, *, report_id: str) -> dict[str, Any]:
-    """Make sure clean events exist for the scoring look-back window ending at ``date``.
+    """Task ``prepare_input``: make sure clean events exist for the look-back window ending at D.
 
-    The day ``date`` itself is (re)validated and (re)cleaned when its raw partition exists, so a
+    The day D itself is (re)validated and (re)cleaned when its raw partition exists, so a
     late-landed file is picked up; earlier days are cleaned only when their clean partition is
     missing. Raises :class:`MissingInputError` when the window holds no clean data at all.
     """
     start, _ = lookback_window(date, settings.lookback_days)
+    window = date_range(start, date)
     raw_dates = set(storage.list_partitions(settings, layout.RAW))
     clean_dates = set(storage.list_partitions(settings, layout.CLEAN))
-    todo = [d for d in date_range(start, date) if d in raw_dates and (d == date or d not in clean_dates)]
-    done: list[str] = []
+    todo = [d for d in window if d in raw_dates and (d == date or d not in clean_dates)]
     for day in todo:
-        validate_window(settings, day, day, report_id=report_id)
-        preprocess_window(settings, day, day)
-        done.append(day.isoformat())
-    available = sorted(set(storage.list_partitions(settings, layout.CLEAN)) & set(date_range(start, date)))
+        validation.validate_partition(settings, day, report_id=report_id)
+        preprocess.preprocess_partition(settings, day)
+    available = sorted(set(storage.list_partitions(settings, layout.CLEAN)) & set(window))
     if not available:
         raise MissingInputError(
             f"no clean events for the look-back window [{start}, {date}] (raw partitions there: none); "
             f"land data for these days first")
-    return {"as_of_date": date.isoformat(), "cleaned_now": done,
+    return {"as_of_date": date.isoformat(), "cleaned_now": [d.isoformat() for d in todo],
             "clean_partitions": [d.isoformat() for d in available]}
+
+
+def resolve_champion(settings: Settings) -> dict[str, Any]:
+    """Task ``resolve_model``: the champion version, pinned for every shard of the day."""
+    from pipelines.serving import scoring
+
+    return scoring.resolve_champion(settings)
+
+
+def plan_scoring(settings: Settings, date: dt.date, model: dict[str, Any]) -> list[dict[str, Any]]:
+    """Task ``plan_shards``: one shard spec per mapped scoring task."""
+    from pipelines.serving import scoring
+
+    return scoring.plan_shards(settings, date, model)
+
+
+def score_shard(settings: Settings, date: dt.date, model: dict[str, Any], shard: dict[str, Any]) -> dict[str, Any]:
+    """Task ``score_shard`` (mapped): score one shard's users and write its part."""
+    from pipelines.serving import scoring
+
+    return scoring.score_shard(settings, date, model, shard)
+
+
+def publish_predictions(settings: Settings, date: dt.date, model: dict[str, Any],
+                        shard_results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Task ``publish``: check every part, then write the ``_SUCCESS`` manifest last."""
+    from pipelines.serving import scoring
+
+    return scoring.publish_partition(settings, date, model, shard_results)
 
 
 def _short(result: dict[str, Any]) -> str:

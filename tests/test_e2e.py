@@ -45,7 +45,7 @@ def _airflow(env: dict[str, str], *args: str, timeout: int = 900) -> subprocess.
 def e2e(services, tmp_path_factory):
     """A bucket with landed synthetic data and an Airflow home whose tasks talk to it."""
     from pipelines.config import load_settings
-    from pipelines.data import sources, synthetic
+    from pipelines.data import landing, synthetic
 
     root = tmp_path_factory.mktemp("e2e")
     settings = load_settings(environ={}, s3_endpoint_url=services.s3_endpoint_url,
@@ -54,7 +54,7 @@ def e2e(services, tmp_path_factory):
                              mlflow_experiment="e2e")
     storage.ensure_bucket(settings)
     data = synthetic.generate_taobao(root / "data", users=300, days=DAYS, categories=40, start=START, seed=7)
-    sources.land_events(settings, data.events_path, "taobao", name="synthetic")
+    landing.land_events(settings, data.events_path, "taobao", name="synthetic")
 
     env = dict(os.environ)
     env.update(services.env)
@@ -118,7 +118,10 @@ def _differences(before: pa.Table, after: pa.Table) -> list[str]:
     return out
 
 
-def test_training_then_three_scoring_days_then_rerun(e2e):
+@pytest.fixture(scope="module")
+def trained_and_scored(e2e):
+    """Training through the DAG (a champion, by the gate or by the reviewer's manual promotion),
+    then the three scoring days; shared by the tests below, whatever order they run in."""
     from mlflow import MlflowClient
 
     settings, env, _ = e2e
@@ -138,9 +141,13 @@ def test_training_then_three_scoring_days_then_rerun(e2e):
                               env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout + proc.stderr
     assert client.get_registered_model(settings.model_name).aliases["champion"] == version.version
-
     for day in SCORING_DAYS:
         _airflow(env, "dags", "test", "interest_migration_scoring", day.isoformat())
+    return settings, env
+
+
+def test_training_then_three_scoring_days_then_rerun(trained_and_scored):
+    settings, env = trained_and_scored
     for day in SCORING_DAYS:
         manifest, table = _read_partition(settings, day)
         assert table.schema.names == PREDICTION_SCHEMA.names
@@ -162,24 +169,22 @@ def test_training_then_three_scoring_days_then_rerun(e2e):
     assert after_manifest["created_at"] >= before_manifest["created_at"]
 
 
-def test_events_after_d_do_not_change_d(e2e):
+def test_events_after_d_do_not_change_d(trained_and_scored):
     """Land extra events dated after D, rescore D: the predictions are identical."""
-    settings, env, _ = e2e
+    from pipelines.data import landing
+
+    settings, env = trained_and_scored
     day = SCORING_DAYS[0]
-    if not storage.exists(settings, layout.partition_prefix(layout.PREDICTIONS, day) + layout.SUCCESS):
-        pytest.skip("needs the partitions of the previous test")
     _, before = _read_partition(settings, day)
     users = before.column("user_id").to_pylist()[:50]
     later = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(6), tzinfo=dt.UTC)
     csv_path = Path(settings.work_dir) / "late.csv"
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     csv_path.write_text("".join(f"{u},999999,123456,buy,{int(later.timestamp())}\n" for u in users))
-    from pipelines.data import sources
-
-    sources.land_events(settings, csv_path, "taobao", name="late")
+    landing.land_events(settings, csv_path, "taobao", name="late")
     _airflow(env, "dags", "test", "interest_migration_scoring", day.isoformat())
     _, after = _read_partition(settings, day)
     assert _differences(before, after) == []
     # Sanity: the late events really landed, in the next day's raw partition.
-    assert any("late" in k for k in storage.list_keys(settings, layout.partition_prefix(layout.RAW,
-                                                                                          day + dt.timedelta(days=1))))
+    next_day = layout.partition_prefix(layout.RAW, day + dt.timedelta(days=1))
+    assert any("late" in k for k in storage.list_keys(settings, next_day))

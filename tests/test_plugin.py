@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from pipelines.ui import plugin as plugin_module
 
 
 def _load_plugin_module():
-    spec = importlib.util.spec_from_file_location("im_plugin", REPO_ROOT / "plugins" / "interest_migration_plugin.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return plugin_module
+
+
+def test_plugin_is_registered_through_the_airflow_entry_point():
+    points = importlib.metadata.entry_points(group="airflow.plugins")
+    assert any(p.value == "pipelines.ui.plugin:InterestMigrationPlugin" for p in points), list(points)
 
 
 def test_plugin_declares_views_app_and_macro():

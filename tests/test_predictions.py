@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 
 import pyarrow as pa
 import pytest
@@ -85,6 +86,11 @@ def test_cli_scores_and_prints_user_and_summary(published, monkeypatch, capsys):
     assert "user alice as of 2024-03-02" in out and "migration score:" in out
     assert "users scored: 3" in out and "top emerging (users):" in out
     assert main(["predictions", "--date", "2024-03-09"]) == 1
-    assert "no published predictions for 2024-03-09" in capsys.readouterr().out
+    assert "no published predictions for 2024-03-09" in capsys.readouterr().err
     assert main(["score", "--date", "2024-03-09"]) == 1
-    assert "no clean events for 2024-03-09" in capsys.readouterr().out
+    assert "no clean events for 2024-03-09" in capsys.readouterr().err
+    # Programs read --json: one JSON document, the manifest and the user's row.
+    assert main(["score", "--date", D1.isoformat(), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["row_count"] == 3
+    assert main(["predictions", "--date", D2.isoformat(), "--user", "alice", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["user"]["user_id"] == "alice"

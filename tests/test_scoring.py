@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from pipelines.contracts import PREDICTION_COLUMNS, PREDICTION_SCHEMA
+from pipelines.data.events import MissingInputError
 from pipelines.platform import layout, storage
 from pipelines.serving import scoring
 from tests import pyfunc_models as pm
@@ -156,7 +157,7 @@ def test_no_champion_is_a_clear_error(scoring_settings):
 @pytest.mark.services
 def test_missing_clean_input_is_a_clear_error(scoring_settings):
     model = {"model_name": scoring_settings.model_name, "model_version": "1", "model_uri": "models:/x/1"}
-    with pytest.raises(scoring.MissingInputError, match="no clean events for 2024-01-09"):
+    with pytest.raises(MissingInputError, match="no clean events for 2024-01-09"):
         scoring.plan_shards(scoring_settings, dt.date(2024, 1, 9), model)
 
 

@@ -4,7 +4,7 @@ Nothing here touches storage, MLflow or the clock: inputs are event frames, the 
 numbers; outputs are lists and floats. The scoring step (``pipelines.scoring``) feeds it one batch
 of users at a time, together with the model's predicted categories.
 
-Definitions (the same words as DESIGN.md):
+Definitions (the same words as docs/design.md):
 - *history share*: a category's share of the user's weighted events in the look-back window
   (no decay): it says whether the user has ever really been into the category.
 - *current interest*: the same, with every event's weight halved each ``half_life_days`` before

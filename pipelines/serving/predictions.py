@@ -7,12 +7,16 @@ is never read). ``python -m pipelines predictions --date D [--user U] [--summary
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 from collections import Counter
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from pipelines.config import Settings
+from pipelines.contracts import PREDICTION_SCHEMA
 from pipelines.platform import layout, storage
 from pipelines.platform.dates import to_date
 
@@ -21,20 +25,16 @@ class PredictionsNotFound(LookupError):
     """No published partition (no ``_SUCCESS``) for the date, or no row for the user."""
 
 
-def _to_cli_date(value: dt.date | str) -> dt.date:
-    return to_date(value, "--date")
-
-
 def published_dates(settings: Settings) -> list[dt.date]:
     """Dates whose prediction partition has a ``_SUCCESS`` manifest, sorted."""
     return [d for d in storage.list_partitions(settings, layout.PREDICTIONS)
-            if storage.exists(settings, layout.partition_prefix(layout.PREDICTIONS, d) + layout.SUCCESS)]
+            if storage.exists(settings, layout.success_key(d))]
 
 
 def read_manifest(settings: Settings, date: dt.date | str) -> dict[str, Any]:
     """The ``_SUCCESS`` manifest of day D; raises :class:`PredictionsNotFound` when D is not published."""
-    day = _to_cli_date(date)
-    key = layout.partition_prefix(layout.PREDICTIONS, day) + layout.SUCCESS
+    day = to_date(date, "date")
+    key = layout.success_key(day)
     try:
         return dict(storage.get_json(settings, key))
     except storage.StorageError:
@@ -49,11 +49,6 @@ def read_predictions(settings: Settings, date: dt.date | str, *, user_ids: list[
                      columns: list[str] | None = None) -> Any:
     """The prediction rows of day D as one Arrow table (only the manifest's files; optionally only
     ``user_ids`` and ``columns``). Raises :class:`PredictionsNotFound` when D is not published."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from pipelines.contracts import PREDICTION_SCHEMA
-
     manifest = read_manifest(settings, date)
     schema = PREDICTION_SCHEMA if columns is None else pa.schema([PREDICTION_SCHEMA.field(c) for c in columns])
     tables = []
@@ -69,7 +64,7 @@ def user_view(settings: Settings, date: dt.date | str, user_id: str) -> dict[str
     """One user's prediction row of day D as a dict; raises :class:`PredictionsNotFound`."""
     table = read_predictions(settings, date, user_ids=[user_id])
     if table.num_rows == 0:
-        raise PredictionsNotFound(f"user {user_id!r} has no prediction for {_to_cli_date(date)} (not active in the "
+        raise PredictionsNotFound(f"user {user_id!r} has no prediction for {to_date(date, 'date')} (not active in the "
                                   f"look-back window, or unknown id)")
     return dict(table.to_pylist()[0])
 
@@ -77,8 +72,6 @@ def user_view(settings: Settings, date: dt.date | str, user_id: str) -> dict[str
 def summarize(rows: Any, top: int = 10) -> dict[str, Any]:
     """Pure summary of a prediction table: users, migration mean/median/p90, top emerging and
     fading categories (how many users have each in their list)."""
-    import numpy as np
-
     users = rows.num_rows
     migration = np.asarray(rows["migration_score"].to_numpy(zero_copy_only=False), dtype=float)
     emerging = Counter(c for cats in rows["emerging_categories"].to_pylist() for c in cats)
@@ -137,26 +130,3 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  top emerging (users): {ranked(summary['top_emerging'])}",
         f"  top fading (users):   {ranked(summary['top_fading'])}",
     ])
-
-
-def _cmd_predictions(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        if args.user:
-            print(format_user(user_view(settings, args.date, args.user)))
-        if args.summary or not args.user:
-            print(format_summary(summarize_day(settings, args.date, args.top)))
-    except (PredictionsNotFound, ValueError) as exc:
-        print(f"error: {exc}")
-        return 1
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    """``python -m pipelines predictions --date D [--user U] [--summary] [--top N]``."""
-    parser = subparsers.add_parser("predictions", help="read published predictions: one user's current vs "
-                                                       "predicted interests, or the day's summary")
-    parser.add_argument("--date", required=True, help="as-of date D (YYYY-MM-DD)")
-    parser.add_argument("--user", help="user id to show")
-    parser.add_argument("--summary", action="store_true", help="print the day's summary (default without --user)")
-    parser.add_argument("--top", type=int, default=10, help="categories in the summary's top lists")
-    parser.set_defaults(func=_cmd_predictions)

@@ -20,27 +20,26 @@ the output.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import io
 import logging
 import time
 import zlib
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from pipelines.config import Settings
-from pipelines.data.events import MissingInputError
-from pipelines.platform import layout, storage
+from pipelines.contracts import EVENT_SCHEMA, MODEL_INPUT_COLUMNS, PREDICTION_SCHEMA
+from pipelines.data.events import MissingInputError, iter_clean_events
+from pipelines.model.registry import CHAMPION, version_by_alias
+from pipelines.platform import layout, storage, tracking
 from pipelines.platform.dates import end_of_day, lookback_window, to_date
+from pipelines.serving.interests import describe_user, params_from_settings, user_interests
 
 log = logging.getLogger(__name__)
-
-MODEL_INPUT_COLUMNS = ["user_id", "item_id", "category_id", "behavior", "ts"]
-PART_TEMPLATE = "part-{shard:05d}.parquet"
-
-__all__ = ["MissingInputError", "NoChampionError", "ScoringError", "resolve_champion", "plan_shards",
-           "score_shard", "publish_partition", "score_date", "shard_of"]
 
 
 class NoChampionError(RuntimeError):
@@ -59,8 +58,6 @@ def shard_of(user_id: str, shards: int) -> int:
 def resolve_champion(settings: Settings) -> dict[str, Any]:
     """The version behind ``<model_name>@champion``, pinned: {"model_name", "model_version",
     "model_uri" (``models:/<name>/<version>``), "run_id"}. Raises :class:`NoChampionError`."""
-    from pipelines.model.registry import CHAMPION, version_by_alias
-
     version = version_by_alias(settings, CHAMPION)
     if version is None:
         raise NoChampionError(
@@ -96,36 +93,26 @@ def plan_shards(settings: Settings, date: dt.date | str, model: dict[str, Any]) 
             f"is empty (clean partitions in the look-back window [{start}, {end}]: {in_window or 'none'}); "
             f"land, validate and preprocess {day} first")
     prefix = layout.partition_prefix(layout.PREDICTIONS, day)
-    success_key = prefix + layout.SUCCESS
     # _SUCCESS goes first: from this moment no reader trusts the old partition.
-    storage.s3_client(settings).delete_object(Bucket=settings.bucket, Key=success_key)
+    storage.delete_key(settings, layout.success_key(day))
     removed = storage.delete_prefix(settings, prefix)
     if removed:
         log.info("cleared %d old objects under s3://%s/%s", removed, settings.bucket, prefix)
     shards = settings.scoring_shards
     return [{"shard": i, "shards": shards, "as_of_date": day.isoformat(),
-             "key": prefix + PART_TEMPLATE.format(shard=i), "model_version": model["model_version"]}
+             "key": layout.prediction_part_key(day, i), "model_version": model["model_version"]}
             for i in range(shards)]
 
 
 @lru_cache(maxsize=2)
-def _load_model(tracking_uri: str, model_uri: str) -> Any:
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    log.info("loading %s", model_uri)
-    return mlflow.pyfunc.load_model(model_uri)
+def _load_model(settings: Settings, model_uri: str) -> Any:
+    # Keyed on the settings and the pinned version: every shard and batch of a day reuses one load.
+    log.info("loading %s from %s", model_uri, settings.mlflow_tracking_uri)
+    return tracking.load_pyfunc(settings, model_uri)
 
 
 def _read_shard_events(settings: Settings, day: dt.date, shard: int, shards: int) -> Any:
     """Clean events of the look-back window for the users of one shard, as one Arrow table."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from pipelines.contracts import EVENT_SCHEMA
-    from pipelines.data.events import iter_clean_events
-
     schema = pa.schema([EVENT_SCHEMA.field(c) for c in MODEL_INPUT_COLUMNS])
     start, end = lookback_window(day, settings.lookback_days)
     known: dict[str, bool] = {}
@@ -177,16 +164,10 @@ def score_shard(settings: Settings, date: dt.date | str, model: dict[str, Any], 
     "write_seconds"}. An empty shard writes an empty
     part (so :func:`publish_partition` can check that every shard ran).
     """
-    import numpy as np
-    import pyarrow as pa
-
-    from pipelines.contracts import PREDICTION_SCHEMA
-    from pipelines.serving.interests import describe_user, params_from_settings, user_interests
-
     started = time.monotonic()
     day = to_date(date)
     number, shards = int(shard["shard"]), int(shard["shards"])
-    key = shard.get("key") or layout.partition_prefix(layout.PREDICTIONS, day) + PART_TEMPLATE.format(shard=number)
+    key = shard.get("key") or layout.prediction_part_key(day, number)
     as_of = end_of_day(day)
     params = params_from_settings(settings)
 
@@ -197,7 +178,7 @@ def score_shard(settings: Settings, date: dt.date | str, model: dict[str, Any], 
     user_column = frame["user_id"].to_numpy()
     users = sorted(set(user_column.tolist()))
     log.info("shard %d/%d of %s: %d users, %d events", number, shards, day, len(users), len(frame))
-    predictor = _load_model(settings.mlflow_tracking_uri, model["model_uri"]) if users else None
+    predictor = _load_model(settings, model["model_uri"]) if users else None
     naive_ts = predictor is not None and _naive_ts_wanted(predictor)
 
     columns: dict[str, list[Any]] = {name: [] for name in PREDICTION_SCHEMA.names}
@@ -238,10 +219,7 @@ def score_shard(settings: Settings, date: dt.date | str, model: dict[str, Any], 
 
 
 def _part_rows_and_versions(settings: Settings, key: str) -> tuple[int, set[str], set[dt.date]]:
-    import pyarrow.parquet as pq
-
-    data = storage.get_bytes(settings, key)
-    table = pq.read_table(io.BytesIO(data), columns=["model_version", "as_of_date"])
+    table = storage.read_parquet(settings, key, columns=["model_version", "as_of_date"])
     return table.num_rows, set(table["model_version"].to_pylist()), set(table["as_of_date"].to_pylist())
 
 
@@ -293,7 +271,7 @@ def publish_partition(settings: Settings, date: dt.date | str, model: dict[str, 
         "shards": shards,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
     }
-    uri = storage.put_json(settings, prefix + layout.SUCCESS, manifest)
+    uri = storage.put_json(settings, layout.success_key(day), manifest)
     log.info("published %s: %d rows in %d parts from %s version %s", uri, total, len(expected_keys),
              model["model_name"], model["model_version"])
     return {**manifest, "uri": storage.uri(settings, prefix)}
@@ -305,22 +283,3 @@ def score_date(settings: Settings, date: dt.date | str) -> dict[str, Any]:
     shards = plan_shards(settings, date, model)
     results = [score_shard(settings, date, model, shard) for shard in shards]
     return publish_partition(settings, date, model, results)
-
-
-def _cmd_score(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        manifest = score_date(settings, args.date)
-    except (NoChampionError, MissingInputError, ScoringError, ValueError) as exc:
-        print(f"error: {exc}")
-        return 1
-    print(f"{manifest['uri']}: {manifest['row_count']} users scored by {manifest['model_name']} "
-          f"version {manifest['model_version']} ({len(manifest['files'])} parts)")
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    """``python -m pipelines score --date D``."""
-    parser = subparsers.add_parser("score", help="score every user active in the look-back window of day D "
-                                                 "with the champion; writes predictions/dt=D/")
-    parser.add_argument("--date", required=True, help="scoring date D (YYYY-MM-DD); events up to end of D")
-    parser.set_defaults(func=_cmd_score)

@@ -1,5 +1,8 @@
 """Airflow UI extension: a "Predictions" page and an "MLflow" link in the Airflow navigation.
 
+Airflow finds it through the ``airflow.plugins`` entry point of this package (pyproject.toml),
+so any environment with the package installed has it; no plugins folder is needed.
+
 The page (served by the Airflow API server under ``/interest-migration/``) lists every published
 prediction partition from its ``_SUCCESS`` manifest (rows, model version, created_at) and the
 registered model's aliases, so an operator sees what downstream systems are reading without
@@ -10,11 +13,14 @@ Heavy imports happen per request, never when Airflow loads plugins.
 from __future__ import annotations
 
 import html
-import os
 
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
+
+from pipelines.config import load_settings
+from pipelines.platform import layout
+from pipelines.platform.dates import to_date
 
 URL_PREFIX = "/interest-migration"
 
@@ -23,15 +29,13 @@ app = FastAPI(title="interest-migration predictions", docs_url=None, redoc_url=N
 
 def partition_overview(limit: int = 60) -> dict:
     """Published partitions (newest first) and the model aliases, read from S3 and MLflow."""
-    from pipelines.config import load_settings
-    from pipelines.platform import layout, storage
+    from pipelines.platform import storage, tracking
 
     settings = load_settings()
     rows = []
     for date in reversed(storage.list_partitions(settings, layout.PREDICTIONS)[-limit:]):
-        key = layout.partition_prefix(layout.PREDICTIONS, date) + layout.SUCCESS
         try:
-            manifest = storage.get_json(settings, key)
+            manifest = storage.get_json(settings, layout.success_key(date))
         except storage.StorageError:
             rows.append({"as_of_date": date.isoformat(), "status": "incomplete (no _SUCCESS)"})
             continue
@@ -40,9 +44,7 @@ def partition_overview(limit: int = 60) -> dict:
                      "created_at": manifest.get("created_at")})
     aliases: dict[str, str] = {}
     try:
-        from mlflow import MlflowClient
-
-        model = MlflowClient(settings.mlflow_tracking_uri).get_registered_model(settings.model_name)
+        model = tracking.client(settings).get_registered_model(settings.model_name)
         aliases = {alias: str(version) for alias, version in (model.aliases or {}).items()}
     except Exception as exc:  # noqa: BLE001 - the page still shows partitions when MLflow is down
         aliases = {"error": f"{type(exc).__name__}: {exc}"[:200]}
@@ -77,12 +79,13 @@ def page() -> str:
 
 
 def _mlflow_ui_url() -> str:
-    return os.environ.get("IM_MLFLOW_UI_URL") or os.environ.get("IM_MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    settings = load_settings()
+    return settings.mlflow_ui_url or settings.mlflow_tracking_uri
 
 
 def im_predictions_prefix(ds: str) -> str:
     """Macro: ``s3://<bucket>/predictions/dt=<ds>/`` for templated fields of downstream DAGs."""
-    return f"s3://{os.environ.get('IM_BUCKET', 'interest-migration')}/predictions/dt={ds}/"
+    return f"s3://{load_settings().bucket}/{layout.partition_prefix(layout.PREDICTIONS, to_date(ds, 'ds'))}"
 
 
 class InterestMigrationPlugin(AirflowPlugin):
