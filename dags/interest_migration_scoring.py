@@ -62,7 +62,7 @@ def interest_migration_scoring():
     @task
     def prepare_input() -> dict:
         """Validate and clean day D's raw partition (if landed); check the look-back window has data."""
-        from pipelines import flows
+        from pipelines.flows import scoring as flows
 
         context = get_current_context()
         return flows.prepare_scoring_input(load_settings(), _as_of_date(), report_id=context["dag_run"].run_id)
@@ -70,28 +70,28 @@ def interest_migration_scoring():
     @task
     def resolve_model(prepared: dict) -> dict:
         """Follow the champion alias once and pin the exact version for every shard."""
-        from pipelines import flows
+        from pipelines.flows import scoring as flows
 
         return flows.resolve_champion(load_settings())
 
     @task
     def plan_shards(model: dict) -> list[dict]:
         """Withdraw the old partition's manifest and parts; one shard spec per mapped task."""
-        from pipelines import flows
+        from pipelines.flows import scoring as flows
 
         return flows.plan_scoring(load_settings(), _as_of_date(), model)
 
     @task(max_active_tis_per_dagrun=4)
     def score_shard(model: dict, shard: dict) -> dict:
         """Score one shard of users in bounded batches; write predictions/dt=D/part-<shard>.parquet."""
-        from pipelines import flows
+        from pipelines.flows import scoring as flows
 
         return flows.score_shard(load_settings(), _as_of_date(), model, shard)
 
     @task(outlets=[PREDICTIONS])
     def publish(model: dict, shard_results: list[dict]) -> dict:
         """Check every part, then write the _SUCCESS manifest last and emit the asset event."""
-        from pipelines import flows
+        from pipelines.flows import scoring as flows
 
         date = _as_of_date()
         manifest = flows.publish_predictions(load_settings(), date, model, list(shard_results))

@@ -47,8 +47,8 @@ def interest_migration_training():
     @task
     def start_run() -> dict:
         """Resolve the data window and open (or resume) this DAG run's MLflow run."""
-        from pipelines import flows
         from pipelines.config import load_settings
+        from pipelines.flows import training as flows
 
         context = get_current_context()
         dag_run = context["dag_run"]
@@ -60,48 +60,48 @@ def interest_migration_training():
     @task
     def validate(run: dict) -> dict:
         """Great Expectations gate: row failures quarantined, batch failures fail this task."""
-        from pipelines import flows
         from pipelines.config import load_settings
+        from pipelines.flows import training as flows
 
         return flows.validate_training_data(load_settings(), run)
 
     @task
     def preprocess(run: dict, validated: dict) -> dict:
         """De-duplicate, normalise, set aside crawler-like users; write clean partitions."""
-        from pipelines import flows
         from pipelines.config import load_settings
+        from pipelines.flows import training as flows
 
         return flows.preprocess_training_data(load_settings(), run)
 
     @task
     def encode(run: dict, cleaned: dict) -> dict:
         """Vocabularies and (user, as-of) examples, time-split, written to object storage."""
-        from pipelines import flows
         from pipelines.config import load_settings
+        from pipelines.flows import training as flows
 
         return flows.encode_training_data(load_settings(), run)
 
     @task
     def train(run: dict, dataset: dict) -> dict:
         """Fit the Keras model with early stopping; log it to the run as a pyfunc model."""
-        from pipelines import flows
         from pipelines.config import load_settings
+        from pipelines.flows import training as flows
 
         return flows.train_model(load_settings(), run, dataset)
 
     @task
     def evaluate(run: dict, dataset: dict, model: dict) -> dict:
         """Metrics of the model and every baseline on the held-out as-of times, plots, table."""
-        from pipelines import flows
         from pipelines.config import load_settings
+        from pipelines.flows import training as flows
 
         return flows.evaluate_model(load_settings(), run, dataset, model)
 
     @task
     def register(run: dict, dataset: dict, model: dict, metrics: dict) -> dict:
         """Register the version as challenger; promote to champion only through the gate; close the run."""
-        from pipelines import flows
         from pipelines.config import load_settings
+        from pipelines.flows import training as flows
 
         return flows.register_and_close(load_settings(), run, dataset, model)
 

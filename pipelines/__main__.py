@@ -17,7 +17,7 @@ from pipelines.cli import add_json, emit, fail
 from pipelines.config import ConfigError, Settings, load_settings, settings_table
 
 STAGE_CLIS = (
-    "pipelines.flows_cli",
+    "pipelines.flows.cli",
     "pipelines.data.cli",
     "pipelines.features.cli",
     "pipelines.model.cli",

@@ -11,7 +11,7 @@ from pipelines.config import Settings
 
 
 def _cmd_training(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines import flows
+    from pipelines.flows import training as flows
 
     try:
         days = days_of(args)
