@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 BEHAVIOR_CODES = ("pv", "cart", "fav", "buy")
 BEHAVIOR_MIX = (0.89, 0.055, 0.03, 0.025)
 TRUTH_FILE = "truth.json"
+TAOBAO_SCHEMA = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("category_id", pa.int64()),
+                           ("behavior_type", pa.string()), ("timestamp", pa.int64())])
 
 
 @dataclass(frozen=True)
@@ -47,16 +49,18 @@ class GeneratedData:
     categories: int
     start: dt.date
     shifted_users: int
+    late_path: Path | None = None  # events that arrive after the rest (the migrations generator's noise)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["events_path"] = str(self.events_path)
         out["truth_path"] = str(self.truth_path)
+        out["late_path"] = str(self.late_path) if self.late_path else None
         out["start"] = self.start.isoformat()
         return out
 
 
-def _zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+def zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
     """Zipf-like weights over ``n`` things in a random order (so id order says nothing)."""
     w = 1.0 / np.arange(1, n + 1) ** exponent
     rng.shuffle(w)
@@ -103,7 +107,7 @@ def generate_taobao(
     cat_ids = rng.choice(np.arange(10_000, 5_000_000), size=categories, replace=False)
     cat_family = rng.integers(0, n_fam, size=categories)
     cat_family[:n_fam] = np.arange(n_fam)  # every family has at least one category
-    cat_pop = _zipf_weights(categories, 1.0, rng)
+    cat_pop = zipf_weights(categories, 1.0, rng)
     item_base = 1_000_000 + np.arange(categories, dtype=np.int64) * items_per_category * 7
     item_zipf = 1.0 / np.arange(1, items_per_category + 1) ** 1.1
     item_cdf = np.cumsum(item_zipf / item_zipf.sum())
@@ -149,8 +153,7 @@ def generate_taobao(
         })
 
     events_path = out_dir / ("events.csv.gz" if compress else "events.csv")
-    schema = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("category_id", pa.int64()),
-                        ("behavior_type", pa.string()), ("timestamp", pa.int64())])
+    schema = TAOBAO_SCHEMA
     options = pacsv.WriteOptions(include_header=False, quoting_style="none")
     sink = pa.CompressedOutputStream(str(events_path), "gzip") if compress else pa.OSFile(str(events_path), "wb")
     behavior_arr = np.array(BEHAVIOR_CODES, dtype=object)
@@ -224,14 +227,22 @@ def _day_chunk(rng: np.random.Generator, day: int, sl: slice, activity: np.ndarr
     item_rank = np.minimum(np.searchsorted(item_cdf, rng.random(total)), len(item_cdf) - 1)
     items = item_base[cat] + item_rank
     behavior = behavior_arr[np.minimum(np.searchsorted(behavior_cdf, rng.random(total)), 3)]
+    return place_in_day(rng, day, uidx, n_user, user_ids[sl], cat_ids[cat], items, behavior, epoch0)
 
-    # Sessions: 1-3 per user-day starting at a random second; events ~90 s apart within one.
+
+def place_in_day(rng: np.random.Generator, day: int, uidx: np.ndarray, n_user: int, user_ids: np.ndarray,
+                 categories: np.ndarray, items: np.ndarray, behavior: np.ndarray, epoch0: int) -> pa.Table:
+    """Timestamps for one day's events (``uidx`` indexes ``user_ids``): 1-3 sessions per user-day
+    starting at a random second, events ~90 s apart within one; a Taobao-column table time-sorted
+    per user."""
+    total = len(uidx)
     sessions = rng.integers(1, 4, size=n_user)
     sess_of_event = (rng.random(total) * sessions[uidx]).astype(np.int64)
     sess_start = rng.integers(0, 86_400 - 3_600, size=(n_user, 3))
     gaps = rng.exponential(90.0, size=total).astype(np.int64) + 1
     order = np.lexsort((sess_of_event, uidx))
-    uidx, sess_of_event, cat, items, behavior = (a[order] for a in (uidx, sess_of_event, cat, items, behavior))
+    uidx, sess_of_event, categories, items, behavior = (
+        a[order] for a in (uidx, sess_of_event, categories, items, behavior))
     key = uidx * 4 + sess_of_event
     csum = np.cumsum(gaps)
     first = np.r_[True, key[1:] != key[:-1]]
@@ -241,12 +252,12 @@ def _day_chunk(rng: np.random.Generator, day: int, sl: slice, activity: np.ndarr
     ts = epoch0 + day * 86_400 + secs
     order = np.lexsort((ts, uidx))
     return pa.table({
-        "user_id": pa.array(user_ids[sl][uidx[order]], pa.int64()),
+        "user_id": pa.array(user_ids[uidx[order]], pa.int64()),
         "item_id": pa.array(items[order], pa.int64()),
-        "category_id": pa.array(cat_ids[cat[order]], pa.int64()),
+        "category_id": pa.array(categories[order], pa.int64()),
         "behavior_type": pa.array(behavior[order].tolist(), pa.string()),
         "timestamp": pa.array(ts[order], pa.int64()),
-    }, schema=schema)
+    }, schema=TAOBAO_SCHEMA)
 
 
 def read_truth(path: Path) -> dict[str, Any]:
