@@ -7,8 +7,13 @@ layout described in ``docs/design.md`` is exactly this module::
     quarantine/events/dt=D/{validation,preprocess}.parquet       rows set aside, with a reason
     quarantine/events/unplaced/<name>.parquet                    rows landing could not date
     staging/validated/dt=D/valid.parquet                         validation -> preprocess hand-over
+    staging/scoring/dt=D/shard-NNNNN.parquet                     scoring input of one shard (plan -> shards)
     clean/events/dt=D/part-00000.parquet                         canonical events
     reports/{landing,validation,preprocess}/...                  what each data step did
+    reports/migration/dt=D/...                                   population migration flows of day D
+    reports/monitoring/dt=D/metrics.{json,parquet}               day D's predictions against outcomes
+    inbox/events/<file> + <file stem>.manifest.json              files waiting to be landed (ingest DAG)
+    inbox/{processed,failed}/<batch>/...                         what the ingest DAG did with them
     features/<dataset id>/...                                    encoded training examples
     predictions/dt=D/part-NNNNN.parquet + _SUCCESS               the published contract
     mlflow-artifacts/...                                         MLflow's artifact store
@@ -30,6 +35,12 @@ FEATURES = "features"
 PREDICTIONS = "predictions"
 MLFLOW_ARTIFACTS = "mlflow-artifacts"
 STACK_HEALTHCHECK = "_stack/healthcheck"
+MIGRATION_REPORTS = "reports/migration"
+MONITORING_REPORTS = "reports/monitoring"
+INBOX = "inbox/events"
+INBOX_PROCESSED = "inbox/processed"
+INBOX_FAILED = "inbox/failed"
+RETRAINING_REQUESTS = "requests/retraining"
 
 SUCCESS = "_SUCCESS"
 META_SUFFIX = ".meta.json"
@@ -37,6 +48,8 @@ HANDOVER_FILE = "valid.parquet"
 CLEAN_PART = "part-00000.parquet"
 QUARANTINE_FILES = {"validation": "validation.parquet", "preprocess": "preprocess.parquet"}
 PREDICTION_PART = "part-{shard:05d}.parquet"
+SCORING_STAGING = "staging/scoring"
+SCORING_INPUT_PART = "shard-{shard:05d}.parquet"
 
 # An encoded dataset folder (features/<id>/ in the bucket, or a local copy of it).
 DATASET_SPLIT_PART = "{split}/part-{index:05d}.parquet"
@@ -44,6 +57,14 @@ DATASET_TEST_EVENTS = "test_events/part-00000.parquet"
 DATASET_VOCAB = "vocab.json"
 DATASET_METADATA = "metadata.json"
 DATASET_BASELINE_STATS = "baseline_stats.json"
+
+# reports/migration/dt=D/: flows, top flows against the week before, per-category table, chart.
+MIGRATION_FILES = {"summary": "summary.json", "flows": "flows.parquet", "top_flows": "top_flows.parquet",
+                   "categories": "categories.parquet", "chart": "interest_by_category.png"}
+# reports/monitoring/dt=D/: written by the outcome-monitoring DAG, read by the UI plugin.
+MONITORING_FILES = {"metrics": "metrics.json", "table": "metrics.parquet"}
+INBOX_MANIFEST_SUFFIX = ".manifest.json"
+INBOX_OUTCOMES = {"processed": INBOX_PROCESSED, "failed": INBOX_FAILED}
 
 
 def partition_prefix(area: str, date: dt.date) -> str:
@@ -117,6 +138,16 @@ def prediction_part_key(date: dt.date, shard: int) -> str:
     return partition_prefix(PREDICTIONS, date) + PREDICTION_PART.format(shard=shard)
 
 
+def scoring_staging_prefix(date: dt.date) -> str:
+    """``staging/scoring/dt=D/``: the per-shard scoring inputs of day D (removed after publishing)."""
+    return partition_prefix(SCORING_STAGING, date)
+
+
+def scoring_input_key(date: dt.date, shard: int) -> str:
+    """The look-back events of one shard's users for day D: ``staging/scoring/dt=D/shard-NNNNN.parquet``."""
+    return scoring_staging_prefix(date) + SCORING_INPUT_PART.format(shard=shard)
+
+
 def success_key(date: dt.date) -> str:
     """The manifest of a published prediction partition (written last)."""
     return partition_prefix(PREDICTIONS, date) + SUCCESS
@@ -129,3 +160,41 @@ def mlflow_artifacts_uri(bucket: str) -> str:
 def predictions_uri(bucket: str) -> str:
     """The URI of the predictions asset downstream DAGs are scheduled on."""
     return f"s3://{bucket}/{PREDICTIONS}"
+
+
+def migration_report_key(date: dt.date, name: str) -> str:
+    """One file of day D's migration report (``name`` a key of MIGRATION_FILES):
+    ``reports/migration/dt=D/<file>``."""
+    return partition_prefix(MIGRATION_REPORTS, date) + MIGRATION_FILES[name]
+
+
+def monitoring_report_key(date: dt.date, name: str) -> str:
+    """One file of day D's monitoring report (``metrics`` or ``table``): ``reports/monitoring/dt=D/<file>``."""
+    return partition_prefix(MONITORING_REPORTS, date) + MONITORING_FILES[name]
+
+
+def inbox_key(file_name: str) -> str:
+    """A file dropped into the inbox (data file or its manifest): ``inbox/events/<file name>``."""
+    return f"{INBOX}/{file_name}"
+
+
+def inbox_manifest_name(data_file_name: str) -> str:
+    """The manifest that announces ``data_file_name``: its name up to the first dot + ``.manifest.json``
+    (``export.csv.gz`` -> ``export.manifest.json``)."""
+    return data_file_name.split(".", 1)[0] + INBOX_MANIFEST_SUFFIX
+
+
+def inbox_outcome_key(outcome: str, batch_id: str, file_name: str) -> str:
+    """Where an inbox file goes once handled (outcome ``processed`` or ``failed``):
+    ``inbox/<outcome>/<batch id>/<file name>``."""
+    return f"{INBOX_OUTCOMES[outcome]}/{batch_id}/{file_name}"
+
+
+def raw_events_uri(bucket: str) -> str:
+    """The URI of the landed-raw-events asset the ingest DAG emits (``s3://<bucket>/raw/events``)."""
+    return f"s3://{bucket}/{RAW}"
+
+
+def retraining_requests_uri(bucket: str) -> str:
+    """The URI of the asset a retraining request is an event of; the training DAG is scheduled on it."""
+    return f"s3://{bucket}/{RETRAINING_REQUESTS}"

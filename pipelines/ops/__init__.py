@@ -1,0 +1,1 @@
+"""Operations: ingestion from the inbox, alerts, retraining cadence and population migration reports."""
