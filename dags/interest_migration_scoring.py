@@ -13,7 +13,12 @@ mapped shards, and publishes the partition.
 **Produces**: `predictions/dt=D/part-*.parquet` with the public prediction contract, then the
 `_SUCCESS` manifest (model version, row count, files) last, and an event on the asset
 `s3://<bucket>/predictions` (extra: `as_of_date`, `model_version`) that downstream DAGs can be
-scheduled on. A rerun for D replaces the partition whole.
+scheduled on. A rerun for D replaces the partition whole. Then `report_migration` writes the
+population migration report of D under `reports/migration/dt=D/` (flows between categories, the
+top flows against the week before, the share of users migrating per category, a bar chart).
+
+**Alerts** (`IM_NOTIFY_CHANNEL`): a failed run notifies; with `IM_SCORING_DEADLINE=HH:MM` a run for
+D still unfinished at HH:MM UTC on D+1 notifies as a late partition (see docs/operations.md).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import datetime as dt
 from airflow.sdk import Asset, CronDataIntervalTimetable, dag, get_current_context, task
 
 from pipelines.config import load_settings
+from pipelines.ops import callbacks
+from pipelines.ops.options import ops_options
 from pipelines.platform.layout import predictions_uri
 
 # Light: reads IM_* variables only (a bad value fails the parse with a message naming it).
@@ -57,6 +64,8 @@ def _as_of_date() -> dt.date:
     default_args=DEFAULT_ARGS,
     tags=["interest-migration", "scoring"],
     doc_md=__doc__,
+    on_failure_callback=callbacks.on_dag_failure,
+    deadline=callbacks.scoring_deadline(ops_options(SETTINGS)),
 )
 def interest_migration_scoring():
     @task
@@ -99,9 +108,16 @@ def interest_migration_scoring():
             "as_of_date": date.isoformat(), "model_version": str(model["model_version"])}
         return manifest
 
+    @task
+    def report_migration(manifest: dict) -> dict:
+        """Population migration of D from the published partition: reports/migration/dt=D/."""
+        from pipelines.ops import migration_report
+
+        return migration_report.write_report(load_settings(), _as_of_date())
+
     model = resolve_model(prepare_input())
     results = score_shard.partial(model=model).expand(shard=plan_shards(model))
-    publish(model, results)
+    report_migration(publish(model, results))
 
 
 interest_migration_scoring()

@@ -1,8 +1,12 @@
 """
 ### Interest-migration training
 
-**Triggered** by hand (Trigger DAG, optionally with config), by `make run`, or by the CLI
-`airflow dags trigger interest_migration_training -c '{"data_start": "...", "data_end": "..."}'`.
+**Runs** when triggered (Trigger DAG, optionally with config; `make run`; the CLI
+`airflow dags trigger interest_migration_training -c '{"data_start": "...", "data_end": "..."}'`),
+on every event of the asset `s3://<bucket>/requests/retraining` (the outcome-monitoring alert, or
+a person: Assets -> Create event) and, when `IM_TRAINING_SCHEDULE` is a cron expression (the team
+deployment: weekly), on that schedule. Without a config window, `IM_TRAINING_WINDOW_DAYS` = N > 0
+trains on the last N landed days up to the run's data interval end; 0 = every landed day.
 
 **Does**: validate -> preprocess -> encode -> train -> evaluate -> register, over the landed raw
 partitions in the window `[data_start, data_end]` (empty = every landed day). Every task logs into
@@ -13,6 +17,9 @@ quarantined rows under `quarantine/events/dt=*/`, an MLflow run with metrics, co
 plots, and a new version of the registered model `interest_migration` with alias `challenger`;
 the version becomes `champion` only when it beats the current champion and the baselines on the
 gate metric. The decision and its numbers are written on the model version.
+
+**Alerts** (`IM_NOTIFY_CHANNEL`): a failed run marks its MLflow run FAILED and notifies; a version
+the gate keeps out of `champion` notifies too (see docs/operations.md).
 """
 
 from __future__ import annotations
@@ -20,6 +27,13 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import Param, dag, get_current_context, task
+
+from pipelines.config import load_settings
+from pipelines.ops import callbacks, retraining
+from pipelines.ops.options import ops_options
+
+# Light: reads IM_* variables only (a bad value fails the parse with a message naming it).
+SETTINGS = load_settings()
 
 DEFAULT_ARGS = {
     "owner": "interest-migration",
@@ -31,7 +45,7 @@ DEFAULT_ARGS = {
 
 @dag(
     dag_id="interest_migration_training",
-    schedule=None,
+    schedule=retraining.training_schedule(ops_options(SETTINGS), SETTINGS.bucket),
     start_date=dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
@@ -42,6 +56,7 @@ DEFAULT_ARGS = {
     },
     tags=["interest-migration", "training"],
     doc_md=__doc__,
+    on_failure_callback=callbacks.on_training_failure,
 )
 def interest_migration_training():
     @task
@@ -52,10 +67,12 @@ def interest_migration_training():
 
         context = get_current_context()
         dag_run = context["dag_run"]
+        settings = load_settings()
+        window = retraining.training_window(settings, context)  # config window, else the sliding one
         return flows.start_training(
-            load_settings(), dag_id=dag_run.dag_id, dag_run_id=dag_run.run_id,
+            settings, dag_id=dag_run.dag_id, dag_run_id=dag_run.run_id,
             logical_date=context.get("logical_date") or dag_run.run_after,
-            data_start=context["params"].get("data_start"), data_end=context["params"].get("data_end"))
+            data_start=window["data_start"], data_end=window["data_end"])
 
     @task
     def validate(run: dict) -> dict:
@@ -97,7 +114,7 @@ def interest_migration_training():
 
         return flows.evaluate_model(load_settings(), run, dataset, model)
 
-    @task
+    @task(on_success_callback=callbacks.on_register_success)
     def register(run: dict, dataset: dict, model: dict, metrics: dict) -> dict:
         """Register the version as challenger; promote to champion only through the gate; close the run."""
         from pipelines.config import load_settings
