@@ -4,10 +4,11 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEAM_STAMP := $(VENV)/.installed-team
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run up down status env test test-fast lint bench bench-data bench-model bench-scoring clean distclean
+.PHONY: help install install-team run up down status env up-team down-team status-team test test-fast test-team lint bench bench-data bench-model bench-scoring clean distclean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -22,6 +23,12 @@ $(STAMP): constraints.txt pyproject.toml
 
 install: $(STAMP) ## create .venv with the locked versions (constraints.txt)
 
+$(TEAM_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,team]"
+	@touch $(TEAM_STAMP)
+
+install-team: $(TEAM_STAMP) ## add the team stack's packages (Celery provider, Redis, PostgreSQL drivers/servers)
+
 run: install ## install, start the stack, load demo data, train, backfill scoring, print a summary
 	$(PY) -m pipelines stack run
 
@@ -34,17 +41,29 @@ down: ## stop every process of the stack (data in .local/ is kept)
 status: ## show which services run, their URLs and health
 	$(PY) -m pipelines stack status
 
+up-team: install-team ## the team stack: PostgreSQL, Redis, SeaweedFS, MLflow, Airflow with CeleryExecutor and 2 workers (state in .local/team/)
+	$(PY) -m pipelines stack up --team
+
+down-team: ## stop every process of the team stack, workers included (data in .local/team/ is kept)
+	@if [ -x $(PY) ]; then $(PY) -m pipelines stack down --team; else echo "nothing installed, nothing running"; fi
+
+status-team: ## show which team stack processes run, their URLs and health
+	$(PY) -m pipelines stack status --team
+
 env: ## print `export ...` lines to use the running stack from a shell: eval "$$(make -s env)"
 	@$(PY) -m pipelines stack env
 
 lint: install ## ruff over the package, DAGs and tests
 	$(VENV)/bin/ruff check pipelines dags tests bench
 
-test: install lint ## run every test (starts its own services on free ports, stops them after)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+test: install lint ## run every test but the team stack's (starts its own services on free ports, stops them after)
+	$(VENV)/bin/pytest -m "not teamstack" $(PYTEST_ARGS)
+
+test-team: install-team ## the team stack suite: PostgreSQL + Redis + 2 Celery workers, training, backfill, a killed worker
+	$(VENV)/bin/pytest -m teamstack $(PYTEST_ARGS)
 
 test-fast: install ## tests that need no service, no Airflow and no long run
-	$(VENV)/bin/pytest -m "not services and not airflow and not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not services and not airflow and not slow and not teamstack" $(PYTEST_ARGS)
 
 bench: bench-data bench-scoring bench-model ## every benchmark (prints its figures)
 

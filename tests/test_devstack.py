@@ -62,6 +62,18 @@ def _stack_pids(root: Path) -> list[str]:
     return found
 
 
+def assert_no_secret_in_logs(cfg: StackConfig, secret: dict[str, str]) -> None:
+    """No value of ``secret`` appears in any log file the stack or its tasks wrote."""
+    values = credentials.secret_values(secret)
+    assert values
+    files = [*cfg.logs_dir.rglob("*.log"), *(cfg.airflow_home / "logs").rglob("*.log")]
+    assert files
+    for log_file in files:
+        text = log_file.read_text(errors="replace")
+        leaked = [name for name, value in secret.items() if any(v in text for v in credentials.secret_values({name: value}))]
+        assert not leaked, f"{log_file} contains {leaked}"
+
+
 def test_default_config_reads_ports_and_root_from_env(tmp_path):
     settings = load_settings(environ={"IM_STACK_S3_PORT": "9100", "IM_STACK_AIRFLOW_PORT": "9101",
                                       "IM_STACK_PORT_BASE": "20000"})
@@ -92,6 +104,7 @@ def test_secrets_are_private_generated_once_and_stable(tmp_path):
     cfg = isolated_config(tmp_path / "stack", with_airflow=False)
     values, created = credentials.ensure_secrets(cfg)
     assert sorted(created) == sorted(credentials.SECRET_FILES)
+    assert stat.S_IMODE(cfg.root.stat().st_mode) == 0o700
     assert stat.S_IMODE(cfg.secrets_dir.stat().st_mode) == 0o700
     for name in credentials.SECRET_FILES:
         assert stat.S_IMODE((cfg.secrets_dir / name).stat().st_mode) == 0o600, name
@@ -152,8 +165,12 @@ def test_up_status_down_up_keeps_data_and_leaves_nothing(tmp_path):
         password = credentials.admin_password(cfg)
         secret, _ = credentials.ensure_secrets(cfg)
         first_output = "\n".join(printed)
-        assert password in first_output and secret["s3_secret_key"] in first_output
-        assert cfg.airflow_url in first_output and str(cfg.secrets_dir) in first_output
+        # The first start says where the credentials are, never what they are.
+        leaked = [v for v in credentials.secret_values(secret) if v in first_output]
+        assert not leaked, "the first `up` printed a secret"
+        assert cfg.airflow_url in first_output and str(cfg.passwords_file) in first_output
+        assert str(cfg.secrets_dir / "s3_secret_key") in first_output
+        assert stat.S_IMODE(cfg.root.stat().st_mode) == 0o700
 
         report = lifecycle.status(cfg)
         assert report["up"], report
@@ -204,12 +221,7 @@ def test_up_status_down_up_keeps_data_and_leaves_nothing(tmp_path):
             storage.reset_clients()
 
         # No credential in any log the stack wrote.
-        secret_values = [password, *secret.values()]
-        for log_file in [*cfg.logs_dir.rglob("*.log"), *(cfg.airflow_home / "logs").rglob("*.log")]:
-            text = log_file.read_text(errors="replace")
-            leaked = [name for name, value in secret.items() if value in text]
-            assert not leaked and password not in text, f"{log_file} contains {leaked or 'the admin password'}"
-        assert secret_values
+        assert_no_secret_in_logs(cfg, secret)
         print(f"first up {first_up:.1f}s, down with a running task {first_down:.1f}s, second up {second_up:.1f}s")
     finally:
         lifecycle.down(cfg, out=lambda _: None)

@@ -132,6 +132,26 @@ def wait_until_ready(cfg: StackConfig, procs: Mapping[str, services.Process], ex
                      f"logs in {cfg.logs_dir}")
 
 
+def wait_workers_ready(procs: Mapping[str, services.Process], timeout: float = 180.0) -> None:
+    """Wait until every Celery worker in ``procs`` logged ``<name>@<host> ready.`` (connected to
+    the broker and consuming). Raises :class:`StackError` when one exits or the time runs out."""
+    deadline = time.monotonic() + timeout
+    waiting = dict(procs)
+    while waiting:
+        for name, proc in list(waiting.items()):
+            if proc.popen.poll() is not None:
+                raise StackError(f"Celery {name} exited with code {proc.popen.returncode} during start; "
+                                 f"log {proc.log_path}:\n{services.tail(proc.log_path)}")
+            text = proc.log_path.read_text(errors="replace") if proc.log_path.exists() else ""
+            if f"{name}@" in text and " ready." in text:
+                del waiting[name]
+        if waiting and time.monotonic() > deadline:
+            raise StackError(f"Celery worker(s) {', '.join(waiting)} not ready within {timeout:.0f}s; logs in "
+                             f"{next(iter(waiting.values())).log_path.parent}")
+        if waiting:
+            time.sleep(1)
+
+
 def ensure_unpaused(api: AirflowApi, dag_id: str) -> None:
     dag = api.get(f"/dags/{dag_id}")
     if dag.get("is_paused"):

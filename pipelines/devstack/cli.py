@@ -1,5 +1,6 @@
 """``python -m pipelines stack up|down|status|env|run`` (``make up``, ``make down``, ``make status``,
-``make env``, ``make run``).
+``make env``, ``make run``); with ``--team`` the same commands act on the team stack (``make up-team``,
+``make down-team``, ``make status-team``: PostgreSQL, Redis, CeleryExecutor with ``--workers`` workers).
 
 The stack's folder and ports come from the settings (``IM_STACK_*``); once it runs, ``status``,
 ``env`` and ``run`` use what ``stack.json`` recorded at ``up``. Errors go to stderr as one
@@ -14,15 +15,22 @@ import json
 from pipelines.cli import Handler, add_json, fail
 from pipelines.config import Settings, env_name
 from pipelines.devstack import lifecycle, processes
-from pipelines.devstack.config import StackError, default_config, port_variables
+from pipelines.devstack.config import DEFAULT_WORKERS, StackConfig, StackError, default_config, port_variables
 from pipelines.devstack.environment import export_lines
 from pipelines.devstack.services import ServiceError
 from pipelines.devstack.state import running_config
 
 
+def _config(args: argparse.Namespace, settings: Settings) -> StackConfig:
+    return default_config(settings, team=getattr(args, "team", False),
+                          workers=getattr(args, "workers", DEFAULT_WORKERS))
+
+
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    if args.workers < 1:
+        return fail(f"--workers {args.workers}: at least one worker")
     try:
-        lifecycle.up(default_config(settings))
+        lifecycle.up(_config(args, settings))
     except (StackError, ServiceError) as exc:
         return fail(f"stack up failed: {exc}")
     return 0
@@ -30,14 +38,14 @@ def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_down(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        lifecycle.down(default_config(settings))
+        lifecycle.down(running_config(_config(args, settings)))
     except StackError as exc:
         return fail(f"stack down: {exc}")
     return 0
 
 
 def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    cfg = running_config(default_config(settings))
+    cfg = running_config(_config(args, settings))
     try:
         report = lifecycle.status(cfg)
     except StackError as exc:
@@ -60,7 +68,7 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_env(args: argparse.Namespace, settings: Settings) -> int:
-    cfg = running_config(default_config(settings))
+    cfg = running_config(_config(args, settings))
     if not cfg.env_file.exists():
         return fail(f"no {cfg.env_file} yet: run `make up` first")
     print("\n".join(export_lines(cfg)))
@@ -96,14 +104,23 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         parser.set_defaults(func=handler)
         return parser
 
-    command("up", _cmd_up, "start the stack and wait until every service answers",
-            "Start the stack (credentials are generated and printed on the first start).")
-    command("down", _cmd_down, "stop every stack process (data is kept)",
-            "Stop every process of the stack, leftovers included; data stays.")
-    add_json(command("status", _cmd_status, "show each process, its health and the URLs",
-                     "Show each process, its health and the URLs; exit code 1 when the stack is not fully up."))
-    command("env", _cmd_env, "print `export` lines for the stack (secrets read from their files)",
-            "Print `export` lines for the running stack: eval \"$(make -s env)\".")
+    def team_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument("--team", action="store_true", help="the team stack (PostgreSQL, Redis, CeleryExecutor; "
+                            "state in <stack folder>/team) instead of the embedded one")
+        return parser
+
+    up = team_flag(command("up", _cmd_up, "start the stack and wait until every service answers",
+                           "Start the stack (credentials are generated on the first start; it prints where "
+                           "they are, never their values)."))
+    up.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                    help=f"Celery workers of the team stack ({DEFAULT_WORKERS})")
+    team_flag(command("down", _cmd_down, "stop every stack process (data is kept)",
+                      "Stop every process of the stack, leftovers (workers, task runners) included; data stays."))
+    add_json(team_flag(command("status", _cmd_status, "show each process, its health and the URLs",
+                               "Show each process, its health and the URLs; exit code 1 when the stack is not "
+                               "fully up.")))
+    team_flag(command("env", _cmd_env, "print `export` lines for the stack (secrets read from their files)",
+                      "Print `export` lines for the running stack: eval \"$(make -s env)\"."))
     run = command("run", _cmd_run, "the demo: up, synthetic data, train, backfill scoring, summary",
                   "The demo: up, synthetic data, train, backfill scoring, summary. Idempotent: a second run "
                   "reuses the data and the training run.")

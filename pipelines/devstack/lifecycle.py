@@ -1,9 +1,11 @@
-"""Start, stop and check the stack: :func:`up`, :func:`down`, :func:`status`.
+"""Start, stop and check a stack: :func:`up`, :func:`down`, :func:`status`.
 
-``up`` starts SeaweedFS, MLflow and Airflow's components (api-server, scheduler, dag-processor,
-triggerer), each in its own process group with the stack's marker in its environment, records
-them in ``stack.json`` as they start, and waits until every service really answers. ``down``
-stops the recorded groups, then ends whatever still carries the marker.
+``up`` starts (team stack: PostgreSQL and Redis first) SeaweedFS, MLflow and Airflow's processes
+(:mod:`.topology`: api-server, scheduler, dag-processor, triggerer, loopback log servers and, for
+the team stack, the Celery workers), each in its own process group with the stack's marker and
+only its own secrets in its environment, records them in ``stack.json`` as they start, and waits
+until every service really answers. ``down`` stops the recorded groups, then ends whatever still
+carries the marker.
 """
 
 from __future__ import annotations
@@ -15,20 +17,24 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from pipelines.devstack import airflow_api, processes, services
-from pipelines.devstack.config import Printer, StackConfig, StackError, port_variables
-from pipelines.devstack.credentials import ADMIN_USER, admin_password, ensure_secrets
-from pipelines.devstack.environment import stack_environment, write_env_file
+from pipelines.devstack import airflow_api, backends, credentials, processes, services, topology
+from pipelines.devstack.config import TEAM_FOLDER, Printer, StackConfig, StackError, port_variables
+from pipelines.devstack.credentials import ADMIN_USER, ensure_secrets
+from pipelines.devstack.environment import (
+    mlflow_backend_uri,
+    process_environment,
+    stack_environment,
+    write_env_file,
+)
 from pipelines.devstack.state import config_record, read_state, record_process, write_state
 from pipelines.platform import layout
 
 log = logging.getLogger(__name__)
 
-AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
-STOP_ORDER = ("scheduler", "triggerer", "dag-processor", "api-server", "mlflow", "seaweedfs")
+AIRFLOW_COMPONENTS = topology.AIRFLOW_COMPONENTS
 STATE_FOLDERS = ("seaweedfs", "mlflow", "airflow", "logs", "work")
 
 
@@ -55,9 +61,8 @@ def expected_dags(cfg: StackConfig) -> list[str]:
 
 def is_up(cfg: StackConfig) -> bool:
     """Whether every process recorded in ``stack.json`` still runs."""
-    state = read_state(cfg)
-    recorded = state.get("processes", {})
-    wanted = {"seaweedfs", "mlflow", *(AIRFLOW_COMPONENTS if state.get("with_airflow") else ())}
+    recorded = read_state(cfg).get("processes", {})
+    wanted = topology.expected_processes(cfg)
     return bool(recorded) and wanted <= recorded.keys() and all(processes.is_running(p) for p in recorded.values())
 
 
@@ -80,45 +85,57 @@ def up(cfg: StackConfig, *, out: Printer = print, environ: Mapping[str, str] | N
     started_at = time.monotonic()
     for sub in STATE_FOLDERS:
         (cfg.root / sub).mkdir(parents=True, exist_ok=True)
+    if cfg.team and cfg.root.name == TEAM_FOLDER:
+        credentials.make_private_dir(cfg.root.parent)  # .local/ itself: 0700 too
     secret, created = ensure_secrets(cfg)
-    client_env = stack_environment(cfg, secret, environ)
-    write_env_file(cfg, client_env)
-    base_env = {**(os.environ if environ is None else environ), **client_env, processes.MARKER_VAR: str(cfg.root)}
+    credentials.write_derived_files(cfg, secret)
+    write_env_file(cfg, stack_environment(cfg, secret, environ))
+    caller = dict(os.environ if environ is None else environ)
 
     state: dict[str, Any] = {"root": str(cfg.root), "repo": str(cfg.repo), "with_airflow": cfg.with_airflow,
+                             "kind": cfg.kind,
                              "ports": cfg.all_ports(), "config": config_record(cfg),
                              "started": dt.datetime.now(dt.UTC).isoformat(), "processes": {}}
     write_state(cfg, state)
     try:
-        _start_services(cfg, state, base_env)
+        _start_services(cfg, state, secret, caller)
     except BaseException:
         down(cfg, out=lambda _: None)
         raise
     state["ready_seconds"] = round(time.monotonic() - started_at, 1)
     write_state(cfg, state)
     if created:
-        _print_new_credentials(cfg, secret, created, out)
+        _print_secret_locations(cfg, created, out)
     out(summary_lines(cfg, state))
     return state
 
 
-def _start_services(cfg: StackConfig, state: dict[str, Any], env: Mapping[str, str]) -> None:
-    """Start every service, recording each in ``state`` as soon as it is spawned."""
+def _start_services(cfg: StackConfig, state: dict[str, Any], secret: Mapping[str, str],
+                    environ: Mapping[str, str]) -> None:
+    """Start every service, recording each in ``state`` as soon as it is spawned; each gets the
+    environment of its row in :data:`~.environment.PROCESS_SECRETS`."""
     def record(proc: services.Process) -> None:
         record_process(state, cfg, proc)
 
+    def env_for(name: str, hostname: str = services.LOOPBACK) -> dict[str, str]:
+        return {**process_environment(cfg, secret, name, environ, hostname), processes.MARKER_VAR: str(cfg.root)}
+
+    if cfg.team:
+        _start_backends(cfg, secret, env_for("postgres"), record)
     log.info("starting SeaweedFS (S3 on %s, data in %s)", cfg.s3_endpoint_url, cfg.root / "seaweedfs")
-    services.start_seaweedfs(cfg.root / "seaweedfs", cfg.seaweed_ports(), env, cfg.bucket,
-                             cfg.logs_dir / "seaweedfs.log", record=record)
+    services.start_seaweedfs(cfg.root / "seaweedfs", cfg.seaweed_ports(), env_for("seaweedfs"), cfg.bucket,
+                             cfg.logs_dir / "seaweedfs.log", record=record,
+                             security_dir=credentials.seaweed_conf_dir(cfg))
     migrate = None
     if cfg.with_airflow:
         # The metadata DB migration is slow and independent of MLflow: run both at once.
-        log.info("migrating the Airflow metadata DB in %s", cfg.airflow_home)
-        migrate = _spawn(cfg, "airflow-db-migrate", [services.bin_path("airflow"), "db", "migrate"], env, "")
+        log.info("migrating the Airflow metadata DB (%s)", cfg.kind)
+        migrate = _spawn(cfg, "airflow-db-migrate", [services.bin_path("airflow"), "db", "migrate"],
+                         env_for("airflow-db-migrate"), "")
     artifacts = layout.mlflow_artifacts_uri(cfg.bucket)
-    log.info("starting MLflow (%s, artifacts in %s)", cfg.mlflow_url, artifacts)
-    services.start_mlflow(cfg.mlflow_port, cfg.root / "mlflow" / "mlflow.db", artifacts, env,
-                          cfg.logs_dir / "mlflow.log", record=record)
+    log.info("starting MLflow (%s, artifacts in %s, basic auth)", cfg.mlflow_url, artifacts)
+    services.start_mlflow(cfg.mlflow_port, mlflow_backend_uri(cfg), artifacts, env_for("mlflow"),
+                          cfg.logs_dir / "mlflow.log", record=record, auth=mlflow_auth(cfg, secret))
     if migrate is None:
         return
     code = migrate.popen.wait(timeout=600)
@@ -126,24 +143,49 @@ def _start_services(cfg: StackConfig, state: dict[str, Any], env: Mapping[str, s
         raise StackError(f"`airflow db migrate` failed with code {code}; log {migrate.log_path}:\n"
                          f"{services.tail(migrate.log_path)}")
     procs: dict[str, services.Process] = {}
-    for component in AIRFLOW_COMPONENTS:
-        argv = [services.bin_path("airflow"), component]
-        proc = _spawn(cfg, component, argv, env, cfg.airflow_url + airflow_api.HEALTH_PATH)
+    for spec in topology.airflow_processes(cfg):
+        proc = _spawn(cfg, spec.name, list(spec.argv), env_for(spec.name, spec.hostname), spec.health_url)
         record(proc)
-        procs[component] = proc
+        procs[spec.name] = proc
     dags = expected_dags(cfg)
     log.info("starting Airflow (%s); waiting for the scheduler and DAGs %s", cfg.airflow_url, dags)
     airflow_api.wait_until_ready(cfg, procs, dags)
+    if cfg.team:
+        airflow_api.wait_workers_ready({n: procs[n] for n in cfg.worker_names()})
 
 
-def _print_new_credentials(cfg: StackConfig, secret: Mapping[str, str], created: list[str], out: Printer) -> None:
-    """Show freshly generated credentials once; afterwards they are only in ``<root>/secrets``."""
-    lines = ["", "Generated credentials (shown only now; kept 0600 in "
-             f"{cfg.secrets_dir}, and in {cfg.env_file}):"]
-    if cfg.passwords_file.name in created and cfg.with_airflow:
-        lines.append(f"  Airflow UI   user {ADMIN_USER}  password {admin_password(cfg)}")
-    if "s3_access_key" in created or "s3_secret_key" in created:
-        lines.append(f"  S3           access key {secret['s3_access_key']}  secret key {secret['s3_secret_key']}")
+def mlflow_auth(cfg: StackConfig, secret: Mapping[str, str]) -> services.MlflowAuth:
+    """The basic-auth setup of the stack's MLflow server (from the secrets folder)."""
+    return services.MlflowAuth(
+        config_path=credentials.mlflow_auth_file(cfg), flask_secret=secret["mlflow_flask_secret"],
+        admin_user=credentials.MLFLOW_ADMIN_USER, admin_password=secret["mlflow_admin_password"],
+        client_user=credentials.MLFLOW_CLIENT_USER, client_password=secret["mlflow_client_password"])
+
+
+def _start_backends(cfg: StackConfig, secret: Mapping[str, str], env: Mapping[str, str],
+                    record: Callable[[services.Process], None]) -> None:
+    """The team stack's PostgreSQL (roles and databases created or re-passworded) and Redis."""
+    data = cfg.root / "postgres" / "data"
+    if backends.init_postgres(data, secret["postgres_superuser_password"], cfg.logs_dir / "postgres-initdb.log"):
+        log.info("created the PostgreSQL cluster in %s", data)
+    log.info("starting PostgreSQL on %s:%d and Redis on %s:%d", services.LOOPBACK, cfg.postgres_port,
+             services.LOOPBACK, cfg.redis_port)
+    backends.start_postgres(data, cfg.postgres_port, cfg.logs_dir / "postgres.log", env, record=record)
+    backends.ensure_databases(cfg.postgres_port, secret["postgres_superuser_password"],
+                              {role: secret[f"postgres_{role}_password"] for role in credentials.POSTGRES_ROLES})
+    backends.start_redis(credentials.redis_conf_file(cfg), cfg.root / "redis", cfg.redis_port,
+                         secret["redis_password"], cfg.logs_dir / "redis.log", env, record=record)
+
+
+def _print_secret_locations(cfg: StackConfig, created: list[str], out: Printer) -> None:
+    """Say once where freshly generated credentials are: their values are never printed (they
+    would end up in terminal scroll-back and CI logs)."""
+    files = credentials.secret_files(cfg)
+    lines = ["", f"Generated credentials in {cfg.secrets_dir} (folder 0700, files 0600; values not shown):"]
+    lines += [f"  {cfg.secrets_dir / name}   {files[name]}" for name in created]
+    lines.append(f"  Airflow UI login: user {ADMIN_USER}, password in {cfg.passwords_file}")
+    lines.append(f"  MLflow UI login: user {credentials.MLFLOW_ADMIN_USER}, password in "
+                 f"{cfg.secrets_dir / 'mlflow_admin_password'}")
     out("\n".join(lines))
 
 
@@ -169,7 +211,7 @@ def down(cfg: StackConfig, *, out: Printer = print, timeout: float = 30.0) -> li
     could not be ended."""
     state = read_state(cfg)
     recorded: dict[str, Any] = state.get("processes", {})
-    order = [n for n in STOP_ORDER if n in recorded] + [n for n in recorded if n not in STOP_ORDER]
+    order = sorted(recorded, key=topology.stop_rank)
     sessions = [int(p["pid"]) for p in recorded.values() if processes.is_running(p)]
     before = set(processes.find_stack_processes(cfg.root, sessions))
     stopped = []

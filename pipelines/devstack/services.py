@@ -1,13 +1,19 @@
 """Start and stop the embedded services (SeaweedFS S3, MLflow server) as local processes.
 
-Used by the development stack (:mod:`pipelines.devstack.lifecycle`, ``make up``) and by the test
-suite (``tests/conftest.py``, on free ports so it never collides with a running ``make up``). Each
-service runs in its own process group so stopping it also ends every child it spawned (found
-through ``/proc``: Linux only). Everything binds to 127.0.0.1.
+Used by the development stacks (:mod:`pipelines.devstack.lifecycle`, ``make up``, ``make up-team``)
+and by the test suite (``tests/conftest.py``, on free ports so it never collides with a running
+``make up``). Each service runs in its own process group so stopping it also ends every child it
+spawned (found through ``/proc``: Linux only). Everything binds to 127.0.0.1.
+
+Closed doors: SeaweedFS runs without WebDAV, telemetry, Iceberg and Lance listeners and, given a
+``security.toml`` folder, with JWT-signed volume and filer access (anonymous filer requests get
+401); MLflow, given an :class:`MlflowAuth`, runs its basic-auth app (anonymous calls get 401).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import signal
@@ -31,6 +37,9 @@ SEAWEED_PORT_FLAGS = (
     "s3.port.grpc", "master.port.grpc", "volume.port.grpc", "filer.port.grpc", "admin.port.grpc",
     "s3.port.iceberg", "s3.port.lance",
 )
+# Listeners the product does not use are switched off (their ports stay reserved in the layout).
+SEAWEED_DISABLED = ("s3.port.iceberg", "s3.port.lance")
+SEAWEED_OFF_FLAGS = ("-webdav=false", "-master.telemetry=false", "-admin.ui=false")
 
 
 class ServiceError(RuntimeError):
@@ -213,19 +222,23 @@ def _started(proc: Process, record: Callable[[Process], None] | None, ready: Cal
 
 
 def start_seaweedfs(data_dir: Path, ports: Mapping[str, int], env: Mapping[str, str], bucket: str,
-                    log_path: Path, record: Callable[[Process], None] | None = None) -> Process:
+                    log_path: Path, record: Callable[[Process], None] | None = None,
+                    security_dir: Path | None = None) -> Process:
     """Start ``weed mini`` (S3 API on ``ports['s3.port']``) and create ``bucket``.
 
     ``env`` must hold AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY: weed takes its S3 identity
-    from them at start. ``record`` is called with the process as soon as it is spawned.
+    from them at start. ``security_dir`` is weed's working folder, where it reads
+    ``security.toml`` (JWT keys). ``record`` is called with the process as soon as it is spawned.
     """
-    check_ports_free(ports)
+    check_ports_free({k: v for k, v in ports.items() if k not in SEAWEED_DISABLED})
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [bin_path("weed"), "mini", f"-dir={data_dir}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
-            f"-bucket={bucket}", "-admin.ui=false"]
-    argv += [f"-{flag}={port}" for flag, port in ports.items()]
-    proc = spawn("seaweedfs", argv, log_path, env, f"http://{LOOPBACK}:{ports['s3.port']}/healthz")
+            f"-bucket={bucket}", *SEAWEED_OFF_FLAGS]
+    argv += [f"-{flag}={0 if flag in SEAWEED_DISABLED else port}" for flag, port in ports.items()]
+    proc = spawn("seaweedfs", argv, log_path, env, f"http://{LOOPBACK}:{ports['s3.port']}/healthz",
+                 cwd=security_dir)
     proc.extra["s3_endpoint_url"] = f"http://{LOOPBACK}:{ports['s3.port']}"
+    proc.extra["filer_url"] = f"http://{LOOPBACK}:{ports['filer.port']}"
 
     def ready() -> None:
         # The S3 gateway answers /healthz once it is serving; any HTTP answer means it is up.
@@ -244,20 +257,79 @@ def _wait_bucket(endpoint: str, bucket: str, env: Mapping[str, str], timeout: fl
         raise ServiceError(f"SeaweedFS: {exc}") from exc
 
 
-def start_mlflow(port: int, backend_db: Path, artifacts_destination: str, env: Mapping[str, str],
-                 log_path: Path, record: Callable[[Process], None] | None = None) -> Process:
-    """Start an MLflow tracking server: SQLite backend, artifacts proxied to S3.
+@dataclass(frozen=True)
+class MlflowAuth:
+    """MLflow's basic-auth app: its configuration file (admin account, user database), the
+    session/CSRF secret, and the non-admin account created for clients once the server answers."""
+
+    config_path: Path
+    flask_secret: str
+    admin_user: str
+    admin_password: str
+    client_user: str
+    client_password: str
+
+    def client_env(self) -> dict[str, str]:
+        """What an MLflow client needs to authenticate as the client account."""
+        return {"MLFLOW_TRACKING_USERNAME": self.client_user, "MLFLOW_TRACKING_PASSWORD": self.client_password}
+
+
+def start_mlflow(port: int, backend_db: Path | str, artifacts_destination: str, env: Mapping[str, str],
+                 log_path: Path, record: Callable[[Process], None] | None = None,
+                 auth: MlflowAuth | None = None) -> Process:
+    """Start an MLflow tracking server: SQLite file (or a database URI) as backend, artifacts
+    proxied to S3, with the basic-auth app when ``auth`` is given.
 
     ``env`` must hold MLFLOW_S3_ENDPOINT_URL and the AWS credentials. The server's background
     job runner is switched off: the product does not use it and it costs several processes.
     """
     check_ports_free({"mlflow": port})
-    backend_db.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(backend_db, Path):
+        backend_db.parent.mkdir(parents=True, exist_ok=True)
+        backend_uri = f"sqlite:///{backend_db}"
+    else:
+        backend_uri = backend_db
     server_env = dict(env)
     server_env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     argv = [bin_path("mlflow"), "server", "--host", LOOPBACK, "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{backend_db}",
+            "--backend-store-uri", backend_uri,
             "--artifacts-destination", artifacts_destination, "--workers", "1"]
+    if auth is not None:
+        argv += ["--app-name", "basic-auth"]
+        server_env["MLFLOW_AUTH_CONFIG_PATH"] = str(auth.config_path)
+        server_env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = auth.flask_secret
     proc = spawn("mlflow", argv, log_path, server_env, f"http://{LOOPBACK}:{port}/health")
     proc.extra["tracking_uri"] = f"http://{LOOPBACK}:{port}"
-    return _started(proc, record, lambda: wait_healthy(proc, timeout=180))
+
+    def ready() -> None:
+        wait_healthy(proc, timeout=180)
+        if auth is not None:
+            ensure_mlflow_user(proc.extra["tracking_uri"], auth)
+
+    return _started(proc, record, ready)
+
+
+def _mlflow_call(url: str, method: str, body: Mapping[str, str], user: str, password: str) -> int:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method=method)
+    request.add_header("Content-Type", "application/json")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def ensure_mlflow_user(tracking_uri: str, auth: MlflowAuth) -> None:
+    """Create MLflow's client account (as the admin), or reset its password to the one on file.
+    Raises :class:`ServiceError` when the admin login is refused."""
+    users = f"{tracking_uri}/api/2.0/mlflow/users"
+    body = {"username": auth.client_user, "password": auth.client_password}
+    code = _mlflow_call(f"{users}/create", "POST", body, auth.admin_user, auth.admin_password)
+    if code == 400:  # RESOURCE_ALREADY_EXISTS: keep it in step with the secrets folder
+        code = _mlflow_call(f"{users}/update-password", "PATCH", body, auth.admin_user, auth.admin_password)
+    if code != 200:
+        raise ServiceError(f"MLflow at {tracking_uri} answered HTTP {code} when creating user "
+                           f"{auth.client_user!r} as {auth.admin_user!r}; is {auth.config_path} the file its "
+                           f"user database was created with?")

@@ -1,0 +1,90 @@
+"""Which processes a stack runs, with which command, and in which order they stop.
+
+One definition for both local stacks (and the one docker-compose.yml is checked against in
+tests/test_compose.py): Airflow's components with the same subcommands, the log servers bound to
+loopback addresses (Airflow's own ``serve-logs`` listens on every interface, so the components
+run with ``--skip-serve-logs`` and :mod:`.log_server` serves their logs), and, for the team
+stack, one Celery worker per ``cfg.workers`` with its own Celery hostname, task hostname
+(:meth:`~.config.StackConfig.worker_address`) and log server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from pipelines.devstack import services
+from pipelines.devstack.config import StackConfig
+
+# Airflow subcommands of the long-running components (the same in docker-compose.yml).
+AIRFLOW_COMMANDS = {
+    "api-server": ("api-server",),
+    "scheduler": ("scheduler", "--skip-serve-logs"),
+    "dag-processor": ("dag-processor",),
+    "triggerer": ("triggerer", "--skip-serve-logs"),
+}
+AIRFLOW_COMPONENTS = tuple(AIRFLOW_COMMANDS)
+WORKER_CONCURRENCY = 2
+CELERY_QUEUE = "default"
+# Stop order: who creates work first, then who does it, then what they all depend on.
+STOP_ORDER = ("scheduler", "worker", "triggerer", "dag-processor", "api-server", "log-server", "mlflow",
+              "seaweedfs", "redis", "postgres")
+
+
+@dataclasses.dataclass(frozen=True)
+class StackProcess:
+    """A long-running Airflow-side process: its name (``stack.json``, log file, environment row),
+    its command, the hostname it reports and the URL that says it is healthy (or "")."""
+
+    name: str
+    argv: tuple[str, ...]
+    hostname: str = services.LOOPBACK
+    health_url: str = ""
+
+
+def worker_command(name: str) -> tuple[str, ...]:
+    """``airflow celery worker`` for worker ``name`` (without the binary)."""
+    return ("celery", "worker", "--celery-hostname", f"{name}@%h", "--queues", CELERY_QUEUE,
+            "--concurrency", str(WORKER_CONCURRENCY), "--skip-serve-logs")
+
+
+def log_server(name: str, address: str, port: int) -> StackProcess:
+    return StackProcess(f"log-server-{name}", (sys.executable, "-m", "pipelines.devstack.log_server", address,
+                                               str(port)))
+
+
+def airflow_processes(cfg: StackConfig) -> list[StackProcess]:
+    """Every Airflow-side process of ``cfg``'s stack, in start order."""
+    airflow = services.bin_path("airflow")
+    health = cfg.airflow_url + "/api/v2/monitor/health"
+    worker_port = int(cfg.internal_ports["airflow.worker_log"])
+    trigger_port = int(cfg.internal_ports["airflow.trigger_log"])
+    procs = [StackProcess(name, (airflow, *command), health_url=health) for name, command in AIRFLOW_COMMANDS.items()]
+    procs.append(log_server("triggerer", services.LOOPBACK, trigger_port))
+    if not cfg.team:
+        # LocalExecutor: tasks run under the scheduler, which reports 127.0.0.1.
+        procs.append(log_server("scheduler", services.LOOPBACK, worker_port))
+        return procs
+    for index, name in enumerate(cfg.worker_names(), start=1):
+        address = cfg.worker_address(index)
+        procs.append(StackProcess(name, (airflow, *worker_command(name)), hostname=address))
+        procs.append(log_server(name, address, worker_port))
+    return procs
+
+
+def stop_rank(name: str) -> tuple[int, str]:
+    """Sort key of process ``name`` in :data:`STOP_ORDER` (unknown names just before the stores)."""
+    for rank, prefix in enumerate(STOP_ORDER):
+        if name == prefix or name.startswith(prefix + "-"):
+            return rank, name
+    return STOP_ORDER.index("mlflow"), name
+
+
+def expected_processes(cfg: StackConfig) -> set[str]:
+    """The names ``stack.json`` must record for the stack to count as up."""
+    names = {"seaweedfs", "mlflow"}
+    if cfg.team:
+        names |= {"postgres", "redis"}
+    if cfg.with_airflow:
+        names |= {p.name for p in airflow_processes(cfg)}
+    return names
