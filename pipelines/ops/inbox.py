@@ -108,6 +108,15 @@ def _move(settings: Settings, keys: list[str], outcome: str, batch: str, scratch
     return moved
 
 
+def _announced_data(settings: Settings, content: Any) -> list[str]:
+    """The data key a manifest names, when it names one that is in the inbox (even if the rest is bad)."""
+    name = content.get("file") if isinstance(content, dict) else None
+    if not isinstance(name, str) or not name or "/" in name or name.endswith(layout.INBOX_MANIFEST_SUFFIX):
+        return []
+    key = layout.inbox_key(name)
+    return [key] if storage.exists(settings, key) else []
+
+
 def _default_name(data_key: str, etag: str) -> str:
     stem = data_key.rsplit("/", 1)[-1].split(".", 1)[0]
     return f"{_UNSAFE.sub('_', stem)[:100]}-{re.sub(r'[^0-9a-f]', '', etag.lower())[:8]}"
@@ -122,15 +131,15 @@ def ingest_one(settings: Settings, manifest_key: str, batch: str) -> dict[str, A
     try:
         keys = [manifest_key]
         try:
-            raw = storage.get_bytes(settings, manifest_key)
             try:
-                announcement = parse_manifest(manifest_key, json.loads(raw), scratch)
+                content = json.loads(storage.get_bytes(settings, manifest_key))
             except json.JSONDecodeError as exc:
                 raise InboxError(f"s3 key {manifest_key}: not valid JSON ({exc})") from None
+            keys = [*_announced_data(settings, content), manifest_key]  # moved together, whatever happens
+            announcement = parse_manifest(manifest_key, content, scratch)
             objects = {o.key: o for o in storage.list_objects(settings, announcement.data_key)}
             if announcement.data_key not in objects:
                 raise InboxError(f"s3 key {manifest_key}: its data file {announcement.data_key} is not in the inbox")
-            keys = [announcement.data_key, manifest_key]
             name = announcement.name or _default_name(announcement.data_key, objects[announcement.data_key].etag)
             result = land_events(settings, storage.uri(settings, announcement.data_key), announcement.fmt,
                                  name=name, **announcement.options).to_dict()

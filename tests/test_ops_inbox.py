@@ -1,0 +1,119 @@
+"""The inbox on real S3: announced files are landed through the landing adapters and moved with
+their manifests; bad manifests and unreadable files go to failed/ with a reason; the deferrable
+sensor's trigger fires when a manifest appears."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import threading
+import time
+
+import pytest
+
+from pipelines.ops import inbox
+from pipelines.ops.sensors import InboxTrigger
+from pipelines.platform import layout, storage
+
+TAOBAO = "\n".join([
+    "1,101,7,pv,1511830800",    # 2017-11-28 01:00 UTC
+    "1,102,7,buy,1511834400",
+    "2,103,9,cart,1511920800",  # 2017-11-29 02:00 UTC
+]) + "\n"
+GENERIC = "uid,sku,cat,action,at\nu1,s1,shoes,view,2017-11-28T10:00:00Z\nu2,s2,bags,buy,2017-11-28T11:00:00Z\n"
+
+
+def _drop(settings, file_name: str, body: str, manifest: dict | None, manifest_name: str | None = None) -> None:
+    storage.put_text(settings, layout.inbox_key(file_name), body)
+    if manifest is not None:
+        storage.put_json(settings, layout.inbox_key(manifest_name or layout.inbox_manifest_name(file_name)), manifest)
+
+
+@pytest.mark.services
+def test_announced_files_land_and_move_bad_ones_fail_with_a_reason(settings):
+    _drop(settings, "shop-2017-11-28.csv", TAOBAO, {"file": "shop-2017-11-28.csv", "format": "taobao"})
+    _drop(settings, "crm.csv", GENERIC, {"file": "crm.csv", "format": "csv", "name": "crm-export",
+                                         "columns": {"user_id": "uid", "item_id": "sku", "category_id": "cat",
+                                                     "behavior": "action", "ts": "at"}, "ts_format": "iso"})
+    _drop(settings, "half-uploaded.csv", TAOBAO, None)                      # no manifest yet: left alone
+    _drop(settings, "weird.xlsx", "PK...", {"file": "weird.xlsx", "format": "excel"})
+    storage.put_json(settings, layout.inbox_key("ghost.manifest.json"), {"file": "ghost.csv", "format": "taobao"})
+    _drop(settings, "nomap.csv", GENERIC, {"file": "nomap.csv", "format": "csv"})
+    assert len(inbox.pending_manifests(settings)) == 5
+
+    summary = inbox.ingest_pending(settings, inbox.batch_id("manual__2017-11-30T00:00:00+00:00"))
+    assert summary["batch"] == "manual__2017-11-30T00_00_00_00_00"
+    assert summary["dates"] == ["2017-11-28", "2017-11-29"] and summary["rows_landed"] == 5
+    failed = summary["failed"]
+    assert set(failed) == {layout.inbox_key(n) for n in ("weird.manifest.json", "ghost.manifest.json",
+                                                         "nomap.manifest.json")}
+    assert "field 'format' is 'excel'" in failed[layout.inbox_key("weird.manifest.json")]
+    assert "its data file inbox/events/ghost.csv is not in the inbox" in failed[layout.inbox_key("ghost.manifest.json")]
+    assert "needs a column map" in failed[layout.inbox_key("nomap.manifest.json")]
+
+    # Landed through the adapters, under the manifest's name or <stem>-<etag>.
+    raw = storage.list_keys(settings, layout.area_prefix(layout.RAW))
+    assert layout.raw_key(dt.date(2017, 11, 28), "crm-export", ".csv") in raw
+    assert any(k.rsplit("/", 1)[-1].startswith("shop-") and k.endswith(".csv") for k in raw)
+    # The inbox keeps only the unannounced file; everything else moved, with what happened to it.
+    assert storage.list_keys(settings, layout.area_prefix(layout.INBOX)) == [layout.inbox_key("half-uploaded.csv")]
+    batch = summary["batch"]
+    processed = storage.list_keys(settings, f"{layout.INBOX_PROCESSED}/{batch}/")
+    assert sorted(k.rsplit("/", 1)[-1] for k in processed) == [
+        "crm.csv", "crm.landing.json", "crm.manifest.json", "shop-2017-11-28.csv", "shop-2017-11-28.landing.json",
+        "shop-2017-11-28.manifest.json"]
+    moved = storage.get_bytes(settings, layout.inbox_outcome_key("processed", batch, "shop-2017-11-28.csv"))
+    assert moved.decode() == TAOBAO
+    error = storage.get_json(settings, layout.inbox_outcome_key("failed", batch, "weird.error.json"))
+    assert error["manifest"] == layout.inbox_key("weird.manifest.json") and "excel" in error["error"]
+    assert storage.exists(settings, layout.inbox_outcome_key("failed", batch, "weird.xlsx"))
+
+    with pytest.raises(inbox.IngestError, match=r"3 of 5 inbox file\(s\) not landed") as info:
+        inbox.raise_for_failures(summary)
+    assert "ghost.manifest.json" in str(info.value) and "inbox/failed/" in str(info.value)
+    assert inbox.landed_event(summary) == {"dates": ["2017-11-28", "2017-11-29"], "rows": 5, "batch": batch}
+
+
+@pytest.mark.services
+def test_same_file_again_replaces_its_landing_and_an_empty_run_announces_nothing(settings):
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    for attempt in ("a", "b"):
+        _drop(settings, "shop.csv", TAOBAO, {"file": "shop.csv", "format": "taobao"})
+        summary = inbox.ingest_pending(settings, f"run-{attempt}")
+        assert summary["rows_landed"] == 3 and summary["failed"] == {}
+    # Same bytes, same default name (<stem>-<etag>): the second landing replaced the first.
+    landed = [k for k in storage.list_keys(settings, layout.area_prefix(layout.RAW)) if k.endswith(".csv")]
+    assert len(landed) == 2  # one file per UTC day, not four
+    empty = inbox.ingest_pending(settings, "run-c")
+    assert empty["files"] == 0 and empty["dates"] == []
+    with pytest.raises(AirflowSkipException, match="nothing landed in batch run-c"):
+        inbox.landed_event(empty)
+    inbox.raise_for_failures(empty)
+
+
+@pytest.mark.services
+def test_trigger_fires_when_a_manifest_appears(settings, monkeypatch):
+    for name, value in (("IM_BUCKET", settings.bucket), ("IM_S3_ENDPOINT_URL", settings.s3_endpoint_url)):
+        monkeypatch.setenv(name, value)
+    trigger = InboxTrigger(poll_seconds=0.5)
+    assert trigger.serialize() == ("pipelines.ops.sensors.InboxTrigger", {"poll_seconds": 0.5})
+
+    def drop_later() -> None:
+        time.sleep(1.5)
+        _drop(settings, "late.csv", TAOBAO, {"file": "late.csv", "format": "taobao"})
+
+    dropper = threading.Thread(target=drop_later)
+
+    async def first_event():
+        async for event in trigger.run():
+            return event
+
+    began = time.monotonic()
+    dropper.start()
+    event = asyncio.run(asyncio.wait_for(first_event(), timeout=30))
+    dropper.join()
+    assert event.payload == {"manifests": [layout.inbox_key("late.manifest.json")]}
+    assert time.monotonic() - began >= 1.5
+    json.dumps(event.payload)  # what the triggerer stores must be JSON
