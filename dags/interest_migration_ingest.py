@@ -1,10 +1,10 @@
 """
 ### Interest-migration ingest
 
-**Runs** continuously, one run at a time: `wait_for_files` waits in the triggerer (a deferrable
-sensor, no worker slot) until a manifest `*.manifest.json` appears in `inbox/events/` of the
-bucket, polling every `IM_INBOX_POLL_SECONDS`; a run that finds nothing for 23 hours is skipped
-and the next one starts. It can also be triggered by hand after a drop.
+**Runs** continuously, one run at a time: `wait_for_files` (a deferrable sensor) lists
+`inbox/events/` of the bucket for a manifest `*.manifest.json` and, while there is none, defers to
+a timer for `IM_INBOX_POLL_SECONDS` (no worker slot is held while it waits); a run that finds
+nothing for 23 hours is skipped and the next one starts. It can also be triggered by hand.
 
 **Does**: lands every announced file through the same adapters as `python -m pipelines land`
 (the manifest names the file, its format and column map; see docs/operations.md), then moves the
@@ -14,7 +14,7 @@ file and its manifest to `inbox/processed/<run>/` with what landing wrote, or to
 **Produces**: raw partitions `raw/events/dt=D/`, and an event on the asset `s3://<bucket>/raw/events`
 (extra: `dates` that received data, `rows`, `batch`) when anything landed. The daily scoring run of
 D picks the landed day up; downstream DAGs can be scheduled on the asset. `check_failures` fails
-the run (and notifies through `IM_NOTIFY_CHANNEL`) when a file could not be landed.
+the run when a file could not be landed; every failed task notifies through `IM_NOTIFY_CHANNEL`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ DEFAULT_ARGS = {
     "retries": 2,
     "retry_delay": dt.timedelta(seconds=30),
     "execution_timeout": dt.timedelta(hours=2),
+    "on_failure_callback": callbacks.on_task_failure,  # an alert once a task fails for good (no retry left)
 }
 
 
@@ -50,7 +51,6 @@ DEFAULT_ARGS = {
     default_args=DEFAULT_ARGS,
     tags=["interest-migration", "ingest"],
     doc_md=__doc__,
-    on_failure_callback=callbacks.on_dag_failure,
 )
 def interest_migration_ingest():
     wait_for_files = InboxSensor(task_id="wait_for_files", poll_seconds=ops_options(SETTINGS).inbox_poll_seconds,

@@ -42,6 +42,7 @@ DEFAULT_ARGS = {
     "retries": 2,
     "retry_delay": dt.timedelta(seconds=30),
     "execution_timeout": dt.timedelta(hours=1),
+    "on_failure_callback": callbacks.on_task_failure,  # an alert once a task fails for good (no retry left)
 }
 
 
@@ -64,7 +65,6 @@ def _as_of_date() -> dt.date:
     default_args=DEFAULT_ARGS,
     tags=["interest-migration", "scoring"],
     doc_md=__doc__,
-    on_failure_callback=callbacks.on_dag_failure,
     deadline=callbacks.scoring_deadline(ops_options(SETTINGS)),
 )
 def interest_migration_scoring():

@@ -40,6 +40,7 @@ DEFAULT_ARGS = {
     "retries": 1,
     "retry_delay": dt.timedelta(seconds=30),
     "execution_timeout": dt.timedelta(hours=2),
+    "on_failure_callback": callbacks.on_training_failure,  # MLflow run FAILED + an alert, once no retry is left
 }
 
 
@@ -56,7 +57,6 @@ DEFAULT_ARGS = {
     },
     tags=["interest-migration", "training"],
     doc_md=__doc__,
-    on_failure_callback=callbacks.on_training_failure,
 )
 def interest_migration_training():
     @task

@@ -40,7 +40,9 @@ def test_no_import_errors_and_dag_id_is_file_name(dagbag):
     for dag_id, dag in dagbag.dags.items():
         assert dag.fileloc.endswith(f"{dag_id}.py")
         assert dag.doc_md and "Produces" in dag.doc_md
-        assert dag.on_failure_callback, f"{dag_id} has no failure alert"
+        expected = callbacks.on_training_failure if dag_id.endswith("training") else callbacks.on_task_failure
+        for task in dag.tasks:
+            assert task.on_failure_callback in (expected, [expected]), f"{dag_id}.{task.task_id} has no failure alert"
 
 
 def test_training_edges_schedule_and_callbacks(dagbag):
@@ -55,7 +57,6 @@ def test_training_edges_schedule_and_callbacks(dagbag):
     assert dag.max_active_runs == 1 and dag.params["data_start"] == ""
     # Default: no time schedule, only retraining requests (an asset) start it.
     assert [a.uri for a in dag.timetable.asset_condition.objects] == ["s3://interest-migration/requests/retraining"]
-    assert dag.on_failure_callback in (callbacks.on_training_failure, [callbacks.on_training_failure])
     register = dag.get_task("register")
     assert register.on_success_callback in (callbacks.on_register_success, [callbacks.on_register_success])
 

@@ -44,16 +44,17 @@ def test_training_failure_marks_the_mlflow_run_failed_and_alerts(settings, train
         url_file = tmp_path / "hook"
         url_file.write_text(f"http://127.0.0.1:{server.server_port}/hook")
         _use(monkeypatch, settings, IM_NOTIFY_CHANNEL="webhook", IM_NOTIFY_WEBHOOK_URL_FILE=str(url_file))
-        # The context Airflow's DAG processor gives a DAG-level failure callback at the least.
-        callbacks.on_training_failure({"dag": training_dag, "run_id": run_id, "reason": "task_failure"})
+        # The keys of a task's context the callback reads (the stack test runs it inside Airflow).
+        callbacks.on_training_failure({"dag": training_dag, "run_id": run_id,
+                                       "exception": ValueError("encode: 1 day holds no split")})
         callbacks.on_training_failure({"dag": training_dag, "run_id": "never-started", "reason": "task_failure"})
     run = client.get_run(mlflow_run)
     assert run.info.status == "FAILED" and run.info.end_time is not None
     assert "interest_migration_training run manual__2024-06-01T00:00:00+00:00 failed" in run.data.tags[callbacks.TAG_FAILURE]
     assert client.get_run(other).info.status == "RUNNING"  # only the failed DAG run's MLflow run
     first, second = (body["text"] for _, _, body in server.received)
-    assert "reason: task_failure" in first and f"mlflow run: {mlflow_run}" in first
-    assert "mlflow run: none" in second
+    assert "error: ValueError: encode: 1 day holds no split" in first and f"mlflow run: {mlflow_run}" in first
+    assert "error: task_failure" in second and "mlflow run: none" in second
 
 
 @pytest.mark.services

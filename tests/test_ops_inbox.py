@@ -1,19 +1,15 @@
 """The inbox on real S3: announced files are landed through the landing adapters and moved with
 their manifests; bad manifests and unreadable files go to failed/ with a reason; the deferrable
-sensor's trigger fires when a manifest appears."""
+sensor lists the inbox and defers to a timer until a manifest appears."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import json
-import threading
-import time
 
 import pytest
 
 from pipelines.ops import inbox
-from pipelines.ops.sensors import InboxTrigger
+from pipelines.ops.sensors import InboxSensor
 from pipelines.platform import layout, storage
 
 TAOBAO = "\n".join([
@@ -94,26 +90,28 @@ def test_same_file_again_replaces_its_landing_and_an_empty_run_announces_nothing
 
 
 @pytest.mark.services
-def test_trigger_fires_when_a_manifest_appears(settings, monkeypatch):
+def test_sensor_defers_to_a_timer_until_a_manifest_appears(settings, monkeypatch):
+    from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException, TaskDeferred
+
     for name, value in (("IM_BUCKET", settings.bucket), ("IM_S3_ENDPOINT_URL", settings.s3_endpoint_url)):
         monkeypatch.setenv(name, value)
-    trigger = InboxTrigger(poll_seconds=0.5)
-    assert trigger.serialize() == ("pipelines.ops.sensors.InboxTrigger", {"poll_seconds": 0.5})
-
-    def drop_later() -> None:
-        time.sleep(1.5)
-        _drop(settings, "late.csv", TAOBAO, {"file": "late.csv", "format": "taobao"})
-
-    dropper = threading.Thread(target=drop_later)
-
-    async def first_event():
-        async for event in trigger.run():
-            return event
-
-    began = time.monotonic()
-    dropper.start()
-    event = asyncio.run(asyncio.wait_for(first_event(), timeout=30))
-    dropper.join()
-    assert event.payload == {"manifests": [layout.inbox_key("late.manifest.json")]}
-    assert time.monotonic() - began >= 1.5
-    json.dumps(event.payload)  # what the triggerer stores must be JSON
+    sensor = InboxSensor(task_id="wait_for_files", poll_seconds=30, timeout=600, soft_fail=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute({})
+    trigger = deferred.value.trigger
+    assert type(trigger).__name__ == "DateTimeTrigger" and deferred.value.method_name == "check"
+    started = deferred.value.kwargs["started"]
+    assert 25 <= (trigger.moment - dt.datetime.fromisoformat(started)).total_seconds() <= 31
+    # Resumed after the timer: still nothing, so it defers again, keeping its start time.
+    with pytest.raises(TaskDeferred) as again:
+        sensor.check({}, started=started, event=trigger.moment)
+    assert again.value.kwargs == {"started": started}
+    _drop(settings, "late.csv", TAOBAO, {"file": "late.csv", "format": "taobao"})
+    assert sensor.check({}, started=started) == [layout.inbox_key("late.manifest.json")]
+    storage.delete_key(settings, layout.inbox_key("late.manifest.json"))
+    long_ago = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=601)).isoformat()
+    with pytest.raises(AirflowSkipException, match="no manifest in the inbox after 60[0-9]s"):
+        sensor.check({}, started=long_ago)
+    strict = InboxSensor(task_id="strict", poll_seconds=30, timeout=600)
+    with pytest.raises(AirflowSensorTimeout):
+        strict.check({}, started=long_ago)

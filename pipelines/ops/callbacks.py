@@ -1,18 +1,21 @@
 """Airflow callbacks of the DAGs: failures, gate refusals and late partitions become alerts.
 
-- :func:`on_training_failure` (training DAG ``on_failure_callback``): marks the DAG run's MLflow
-  run FAILED (found by its ``airflow.dag_id`` / ``airflow.dag_run_id`` tags; without it the run
-  would stay RUNNING forever) and sends a ``failure`` alert.
-- :func:`on_dag_failure` (the other DAGs): a ``failure`` alert.
+- :func:`on_training_failure` (``on_failure_callback`` of every training task): marks the DAG
+  run's MLflow run FAILED (found by its ``airflow.dag_id`` / ``airflow.dag_run_id`` tags; without
+  it the run would stay RUNNING forever) and sends a ``failure`` alert.
+- :func:`on_task_failure` (every task of the other DAGs): a ``failure`` alert.
 - :func:`on_register_success` (``on_success_callback`` of the training DAG's ``register`` task):
   a ``gate_refused`` alert when the gate kept the new version out of ``champion``.
 - :func:`scoring_deadline` builds the scoring DAG's deadline alert ("predictions for D published
   by HH:MM UTC on D+1", ``IM_SCORING_DEADLINE``); when it is missed the triggerer awaits
   :func:`on_scoring_deadline_missed`, which sends a ``late_partition`` alert.
 
-Airflow runs DAG callbacks in the DAG processor, task callbacks in the worker and deadline
-callbacks in the triggerer; each of them loads the settings itself. This module is imported when
-DAG files are parsed, so its top level stays light (MLflow is imported only on a failure).
+Failure callbacks are task callbacks, called once a task has failed for good (no retry left):
+Airflow runs them in the worker, next to the task and with its credentials (the DAG processor,
+which runs DAG-level callbacks, holds no MLflow or S3 credentials). Deadline callbacks run in the
+triggerer and only need the notifier's settings. Each callback loads the settings itself. This
+module is imported when DAG files are parsed, so its top level stays light (MLflow is imported
+only on a failure).
 """
 
 from __future__ import annotations
@@ -42,12 +45,17 @@ def _run_identity(context: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def failure_alert(context: Mapping[str, Any]) -> Alert:
-    """The ``failure`` alert of a DAG-failure callback context."""
+    """The ``failure`` alert of a failure callback context (a task's, or a DAG's with ``reason``)."""
     dag_id, run_id = _run_identity(context)
     ti = context.get("ti") or context.get("task_instance")
-    return Alert("failure", f"{dag_id} run {run_id} failed", {
-        "dag": dag_id, "run": run_id, "reason": str(context.get("reason") or ""),
-        "failed task": str(getattr(ti, "task_id", "") or ""),
+    task = str(getattr(ti, "task_id", "") or "")
+    index = getattr(ti, "map_index", -1)
+    if task and isinstance(index, int) and index >= 0:
+        task += f"[{index}]"
+    error = context.get("exception")
+    return Alert("failure", f"{dag_id} run {run_id} failed" + (f" in task {task}" if task else ""), {
+        "dag": dag_id, "run": run_id, "failed task": task,
+        "error": f"{type(error).__name__}: {error}"[:1000] if error is not None else str(context.get("reason") or ""),
         "log": str(getattr(ti, "log_url", "") or ""),
     })
 
@@ -68,7 +76,7 @@ def mark_mlflow_run_failed(settings: Any, dag_id: str, run_id: str, reason: str)
 
 
 def on_training_failure(context: Mapping[str, Any]) -> None:
-    """DAG ``on_failure_callback`` of the training DAG: MLflow run FAILED, then a ``failure`` alert."""
+    """``on_failure_callback`` of the training tasks: MLflow run FAILED, then a ``failure`` alert."""
     settings = load_settings()
     alert = failure_alert(context)
     dag_id, run_id = _run_identity(context)
@@ -81,8 +89,8 @@ def on_training_failure(context: Mapping[str, Any]) -> None:
                                         {**alert.details, "mlflow run": mlflow_run_id or "none"}))
 
 
-def on_dag_failure(context: Mapping[str, Any]) -> None:
-    """DAG ``on_failure_callback`` of the scoring and ingest DAGs: a ``failure`` alert."""
+def on_task_failure(context: Mapping[str, Any]) -> None:
+    """``on_failure_callback`` of the scoring and ingest tasks: a ``failure`` alert."""
     notify(ops_options(load_settings()), failure_alert(context))
 
 

@@ -1,25 +1,18 @@
-"""A deferrable sensor for the inbox: waits in the triggerer (no worker slot) until a manifest
-appears in ``inbox/events/`` (see :mod:`pipelines.ops.inbox`).
+"""A deferrable sensor for the inbox: waits for a manifest in ``inbox/events/`` without holding a
+worker slot (see :mod:`pipelines.ops.inbox`).
 
-:class:`InboxSensor` checks once in the worker; when nothing is announced it defers to
-:class:`InboxTrigger`, which lists the inbox every ``poll_seconds`` from the triggerer and fires
-with the manifest keys it found. A listing error (S3 briefly away) is logged and retried at the
-next poll instead of failing the wait. Both read the bucket through :mod:`pipelines.platform.storage`
-with the settings of the process they run in.
+:class:`InboxSensor` lists the inbox in the worker; when nothing is announced it defers to a timer
+trigger (Airflow's ``DateTimeTrigger``) and lists again ``poll_seconds`` later. The listing runs
+where the task credentials are (the worker), so the triggerer needs no S3 access: it only keeps
+time. After ``timeout`` without a manifest the sensor is skipped (``soft_fail``) or fails.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator
-from airflow.triggers.base import BaseTrigger, TriggerEvent
-
-log = logging.getLogger(__name__)
 
 
 def _pending() -> list[str]:
@@ -29,31 +22,8 @@ def _pending() -> list[str]:
     return inbox.pending_manifests(load_settings())
 
 
-class InboxTrigger(BaseTrigger):
-    """Fires once with ``{"manifests": [...]}`` when the inbox holds at least one manifest."""
-
-    def __init__(self, poll_seconds: float = 60.0) -> None:
-        super().__init__()
-        self.poll_seconds = float(poll_seconds)
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return f"{type(self).__module__}.{type(self).__qualname__}", {"poll_seconds": self.poll_seconds}
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        while True:
-            try:
-                found = await asyncio.to_thread(_pending)
-            except Exception as exc:  # noqa: BLE001 - keep waiting through a storage hiccup; logged
-                log.warning("inbox listing failed, retrying in %.0fs: %s", self.poll_seconds, exc)
-                found = []
-            if found:
-                yield TriggerEvent({"manifests": found})
-                return
-            await asyncio.sleep(self.poll_seconds)
-
-
 class InboxSensor(BaseSensorOperator):
-    """Succeeds with the list of announced manifest keys; defers while the inbox is empty."""
+    """Succeeds with the announced manifest keys; defers ``poll_seconds`` at a time while none is there."""
 
     def __init__(self, *, poll_seconds: float = 60.0, **kwargs: Any) -> None:
         super().__init__(poke_interval=poll_seconds, **kwargs)
@@ -63,12 +33,20 @@ class InboxSensor(BaseSensorOperator):
         return bool(_pending())
 
     def execute(self, context: Any) -> list[str]:
+        return self.check(context, started=dt.datetime.now(dt.UTC).isoformat())
+
+    def check(self, context: Any, started: str, event: Any = None) -> list[str]:
+        """List the inbox; return what is announced, or defer until the next poll (or give up)."""
         found = _pending()
         if found:
             return found
-        self.defer(trigger=InboxTrigger(self.poll_seconds), method_name="execute_complete",
-                   timeout=dt.timedelta(seconds=self.timeout))
-        raise AssertionError("unreachable: defer raises")
+        waited = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(started)).total_seconds()
+        if waited >= self.timeout:
+            from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
 
-    def execute_complete(self, context: Any, event: dict[str, Any]) -> list[str]:
-        return list(event["manifests"])
+            message = f"no manifest in the inbox after {waited:.0f}s"
+            raise AirflowSkipException(message) if self.soft_fail else AirflowSensorTimeout(message)
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+        wake = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=min(self.poll_seconds, self.timeout - waited))
+        self.defer(trigger=DateTimeTrigger(moment=wake), method_name="check", kwargs={"started": started})
