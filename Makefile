@@ -24,7 +24,7 @@ $(STAMP): constraints.txt pyproject.toml
 install: $(STAMP) ## create .venv with the locked versions (constraints.txt)
 
 $(TEAM_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,team]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,team,teamstack]"
 	@touch $(TEAM_STAMP)
 
 install-team: $(TEAM_STAMP) ## add the team stack's packages (Celery provider, Redis, PostgreSQL drivers/servers)

@@ -109,16 +109,17 @@ def _wait_port(proc: services.Process, port: int, timeout: float) -> None:
 
 
 def ensure_databases(port: int, superuser_password: str, role_passwords: Mapping[str, str],
-                     timeout: float = 60.0) -> None:
+                     timeout: float = 60.0, host: str = services.LOOPBACK) -> None:
     """Create (or re-password) the roles and create the missing databases of :data:`DATABASES`,
-    connected as the superuser. Idempotent."""
+    connected as the superuser to ``host``:``port``. Idempotent (docker-compose.yml's
+    ``postgres-init`` job runs it too)."""
     import psycopg2  # the team extra's driver; only the team stack needs it
     from psycopg2 import sql
 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            conn = psycopg2.connect(host=services.LOOPBACK, port=port, user=POSTGRES_SUPERUSER,
+            conn = psycopg2.connect(host=host, port=port, user=POSTGRES_SUPERUSER,
                                     password=superuser_password, dbname="postgres", connect_timeout=5)
             break
         except psycopg2.OperationalError as exc:  # still starting ("the database system is starting up")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from pipelines.cli import Handler, add_json, fail
 from pipelines.config import Settings, env_name
@@ -75,6 +76,17 @@ def _cmd_env(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_compose_env(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.devstack.compose_env import write_compose_env
+
+    try:
+        path = write_compose_env(args.out, force=args.force)
+    except OSError as exc:
+        return fail(f"stack compose-env: {exc}")
+    print(f"wrote {path} (mode 0600) with generated secrets for docker-compose.yml; values not shown")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.devstack import demo
 
@@ -121,6 +133,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
                                "fully up.")))
     team_flag(command("env", _cmd_env, "print `export` lines for the stack (secrets read from their files)",
                       "Print `export` lines for the running stack: eval \"$(make -s env)\"."))
+    compose_env = command("compose-env", _cmd_compose_env, "write .env for docker-compose.yml with generated secrets",
+                          "Write docker-compose.yml's .env (mode 0600) with every secret generated; prints where, "
+                          "never a value.")
+    compose_env.add_argument("--out", type=Path, default=Path(".env"), help="file to write (.env)")
+    compose_env.add_argument("--force", action="store_true", help="replace an existing file (its secrets are in "
+                             "the volumes: PostgreSQL keeps its first password)")
     run = command("run", _cmd_run, "the demo: up, synthetic data, train, backfill scoring, summary",
                   "The demo: up, synthetic data, train, backfill scoring, summary. Idempotent: a second run "
                   "reuses the data and the training run.")

@@ -88,3 +88,37 @@ def expected_processes(cfg: StackConfig) -> set[str]:
     if cfg.with_airflow:
         names |= {p.name for p in airflow_processes(cfg)}
     return names
+
+
+# --- docker-compose.yml: the same processes as services (tests/test_compose.py holds the file to this)
+
+# Inside a container Airflow's own log server is the one to use: it listens on the container's
+# address, which only the compose network reaches, so the components keep their serve-logs.
+COMPOSE_WORKER_COMMAND = ("celery", "worker", "--queues", CELERY_QUEUE, "--concurrency", str(WORKER_CONCURRENCY))
+# Compose service -> the process roles (environment.PROCESS_SECRETS rows) it runs.
+COMPOSE_SERVICES = {
+    "airflow-apiserver": ("api-server",),
+    "airflow-scheduler": ("scheduler",),
+    "airflow-dag-processor": ("dag-processor",),
+    "airflow-triggerer": ("triggerer", "log-server"),
+    "airflow-worker": ("worker", "log-server"),
+    "mlflow": ("mlflow",),
+    "s3": ("seaweedfs",),
+}
+# A secret-bearing variable of the local stacks -> the .env variables that carry it in compose.
+COMPOSE_SECRET_SOURCES = {
+    "AWS_ACCESS_KEY_ID": ("S3_ACCESS_KEY",), "AWS_SECRET_ACCESS_KEY": ("S3_SECRET_KEY",),
+    "MLFLOW_TRACKING_PASSWORD": ("MLFLOW_CLIENT_PASSWORD",),
+    "AIRFLOW__CORE__FERNET_KEY": ("AIRFLOW_FERNET_KEY",), "AIRFLOW__API__SECRET_KEY": ("AIRFLOW_API_SECRET_KEY",),
+    "AIRFLOW__API_AUTH__JWT_SECRET": ("AIRFLOW_JWT_SECRET",),
+    "AIRFLOW__CELERY__BROKER_URL": ("REDIS_PASSWORD",), "AIRFLOW__CELERY__RESULT_BACKEND": ("REDIS_PASSWORD",),
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": ("MLFLOW_FLASK_SECRET",), "MLFLOW_AUTH_CONFIG_PATH": ("MLFLOW_ADMIN_PASSWORD",),
+    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": (),  # a file on the airflow-auth volume
+}
+
+
+def compose_command(name: str) -> tuple[str, ...]:
+    """The compose ``command`` of Airflow component ``name`` (or ``worker``)."""
+    if name == "worker":
+        return COMPOSE_WORKER_COMMAND
+    return tuple(word for word in AIRFLOW_COMMANDS[name] if word != "--skip-serve-logs")
