@@ -94,62 +94,53 @@ def _cmd_land(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.data.rules import ValidationError
-    from pipelines.data.validation import validate_partition
+    from pipelines.data.validation import validate_partitions
 
     try:
         dates = days_of(args)
     except UsageError as exc:
         return fail(f"validate: {exc}", 2)
     report_id = args.report_id or dt.datetime.now(dt.UTC).strftime("manual-%Y%m%dT%H%M%SZ")
-    results: list[dict[str, Any]] = []
-    failed: dict[str, str] = {}
-    for date in dates:
-        try:
-            res = validate_partition(settings, date, report_id=report_id)
-        except ValidationError as exc:
-            failed[date.isoformat()] = str(exc)
-            fail(f"dt={date}: FAILED: {exc}")
-            continue
-        results.append(res.to_dict())
-        if not args.json:
-            print(f"dt={date}: {res.rows} rows, {res.quarantined} quarantined {res.reasons or ''}, "
-                  f"{res.duplicate_rows} duplicates")
+    run = validate_partitions(settings, dates, report_id=report_id)
+    results = [r.to_dict() for r in run.results if r.date not in run.errors]
+    failed = {d.isoformat(): msg for d, msg in sorted(run.errors.items())}
+    for date, message in failed.items():
+        fail(f"dt={date}: FAILED: {message}")
+    if not args.json:
+        for res in run.results:
+            if res.date not in run.errors:
+                print(f"dt={res.date}: {res.rows} rows, {res.quarantined} quarantined {res.reasons or ''}, "
+                      f"{res.duplicate_rows} duplicates")
     rows = sum(r["rows"] for r in results)
     quarantined = sum(r["quarantined"] for r in results)
     reports = storage.uri(settings, layout.validation_run_prefix(report_id))
-    emit(args, {"report_id": report_id, "reports": reports, "partitions": results, "failed": failed,
-                "totals": {"rows": rows, "quarantined": quarantined}},
+    docs = storage.uri(settings, run.data_docs_key) if run.data_docs_key else None
+    emit(args, {"report_id": report_id, "reports": reports, "data_docs": docs, "partitions": results,
+                "failed": failed, "totals": {"rows": rows, "quarantined": quarantined}},
          f"validated {len(dates) - len(failed)}/{len(dates)} partitions: {rows} rows, "
-         f"{quarantined} quarantined; reports under {reports}")
+         f"{quarantined} quarantined; reports under {reports}" + (f"; Data Docs {docs}" if docs else ""))
     return 1 if failed else 0
 
 
 def _cmd_preprocess(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.data.preprocess import PreprocessError, preprocess_partition
-    from pipelines.data.rules import ValidationError
+    from pipelines.data.preprocess import preprocess_partitions
 
     try:
         dates = days_of(args)
     except UsageError as exc:
         return fail(f"preprocess: {exc}", 2)
-    results: list[dict[str, Any]] = []
-    failed: dict[str, str] = {}
+    run = preprocess_partitions(settings, dates)
+    failed = {d.isoformat(): msg for d, msg in sorted(run.errors.items())}
+    for date, message in failed.items():
+        fail(f"dt={date}: FAILED: {message}")
     total = {"rows_in": 0, "clean": 0, "quarantined": 0, "duplicates_dropped": 0}
-    for date in dates:
-        try:
-            res = preprocess_partition(settings, date)
-        except (ValidationError, PreprocessError) as exc:
-            failed[date.isoformat()] = str(exc)
-            fail(f"dt={date}: FAILED: {exc}")
-            continue
-        results.append(res.to_dict())
+    for res in run.results:
         for key in total:
             total[key] += getattr(res, key)
         if not args.json:
-            print(f"dt={date}: {res.rows_in} in = {res.clean} clean + {res.quarantined} quarantined + "
+            print(f"dt={res.date}: {res.rows_in} in = {res.clean} clean + {res.quarantined} quarantined + "
                   f"{res.duplicates_dropped} duplicates {res.reasons or ''}")
-    emit(args, {"partitions": results, "failed": failed, "totals": total},
+    emit(args, {"partitions": [r.to_dict() for r in run.results], "failed": failed, "totals": total},
          f"preprocessed {len(dates) - len(failed)}/{len(dates)} partitions: {total['rows_in']} in = "
          f"{total['clean']} clean + {total['quarantined']} quarantined + {total['duplicates_dropped']} duplicates")
     return 1 if failed else 0

@@ -1,10 +1,16 @@
-"""What validation hands to preprocessing: the rows of a partition that passed the row rules.
+"""What validation hands to preprocessing: the rows of a partition that passed the row rules, with
+what cleaning will do with each.
 
-:func:`write_handover` stores them in ``staging/validated/dt=D/valid.parquet`` with a
-fingerprint of the raw files and window they were flagged from (:func:`raw_fingerprint`), their
-row count and quarantine reasons. :func:`read_handover` gives them back while the fingerprint
-matches, on the same worker or another; otherwise preprocessing flags the raw partition again
-(with the same rules, so both ways give the same rows).
+:func:`write_handover` stores them in ``staging/validated/dt=D/valid.parquet``, in output order
+(user, time, item) with a ``fate`` column (:data:`pipelines.data.cleaning.FATES`: clean, a
+duplicate kind, or a noise reason), and in the file metadata a fingerprint of the raw files and
+window they were flagged from (:func:`raw_fingerprint`), the cleaning settings the fates were
+planned under, the partition's row count, quarantine reasons and batch failures.
+
+:func:`read_handover` gives them back while the fingerprint matches, on the same worker or another;
+preprocessing then only splits and writes when the cleaning settings are unchanged, and re-plans
+the fates from these rows otherwise. Without a usable hand-over it flags the raw partition again
+(the same rules, so every way gives the same rows).
 """
 
 from __future__ import annotations
@@ -14,47 +20,63 @@ import hashlib
 import io
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.config import Settings
+from pipelines.data.cleaning import FATES, CleaningPlan
 from pipelines.platform import layout, storage
 
 log = logging.getLogger(__name__)
 
 HANDOVER_META = b"im_handover"
 HANDOVER_COLUMNS = ["user_id", "item_id", "category_id", "behavior", "ts", "value", "source_file", "row"]
+FATE = "fate"
 
 
-def raw_fingerprint(settings: Settings, date: dt.date) -> str:
-    """A digest of ``raw/events/dt=date/`` (every key with its ETag and size) and of the settings the
-    row rules depend on (window bounds and zone): equal digests mean equal row flags."""
-    objects = storage.list_objects(settings, layout.partition_prefix(layout.RAW, date))
+def raw_fingerprint(settings: Settings, date: dt.date,
+                    objects: Sequence[storage.ObjectInfo] | None = None) -> str:
+    """A digest of ``raw/events/dt=date/`` (every key with its ETag and size; ``objects`` when the
+    caller listed them already) and of the settings the row rules depend on (window bounds and
+    zone): equal digests mean equal row flags."""
+    if objects is None:
+        objects = storage.list_objects(settings, layout.partition_prefix(layout.RAW, date))
     entries = sorted(f"{o.key}|{o.etag}|{o.size}" for o in objects)
     text = "\n".join([*entries, f"window={settings.window_start}..{settings.window_end}",
                       f"zone={settings.window_timezone}"])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def write_handover(settings: Settings, date: dt.date, valid: pa.Table, *, rows: int, reasons: dict[str, int],
-                   fingerprint: str) -> str:
-    """Write the rows that passed the row rules (``HANDOVER_COLUMNS``, ``ts`` int64 microseconds) to
-    ``staging/validated/dt=date/valid.parquet`` with the raw partition's fingerprint, its row count
-    and its quarantine reasons in the file metadata, so preprocessing need not read and flag the
-    raw files again. Returns the key."""
-    meta = {"date": date.isoformat(), "fingerprint": fingerprint, "rows": rows, "reasons": reasons}
-    table = valid.select(HANDOVER_COLUMNS)
-    table = table.replace_schema_metadata({HANDOVER_META: json.dumps(meta).encode()})
+def handover_table(date: dt.date, valid: pa.Table, plan: CleaningPlan, *, rows: int, reasons: dict[str, int],
+                   fingerprint: str, cleaning: dict[str, Any], failures: Sequence[str] = ()) -> pa.Table:
+    """The hand-over of ``valid`` rows: :data:`HANDOVER_COLUMNS` (``ts`` int64 microseconds) plus
+    ``fate`` (int8 index into :data:`FATES`), in the plan's output order, with the metadata."""
+    order = pa.array(plan.order, pa.int64())
+    table = valid.select(HANDOVER_COLUMNS).take(order)
+    table = table.append_column(FATE, pa.array(plan.fate[plan.order], pa.int8()))
+    meta = {"date": date.isoformat(), "fingerprint": fingerprint, "rows": rows, "reasons": reasons,
+            "fates": list(FATES), "cleaning": cleaning, "failures": list(failures)}
+    return table.replace_schema_metadata({HANDOVER_META: json.dumps(meta).encode()})
+
+
+def write_handover(settings: Settings, date: dt.date, table: pa.Table) -> str:
+    """Write a :func:`handover_table` to ``staging/validated/dt=date/valid.parquet``; returns the key."""
     key = layout.handover_key(date)
     storage.write_parquet(settings, key, table)
     return key
 
 
-def read_handover(settings: Settings, date: dt.date) -> tuple[pa.Table, dict[str, Any]] | None:
-    """The validated rows of ``date`` and their metadata (rows, reasons) when the hand-over exists and
-    was written for the raw files and window now in place; None otherwise (the caller re-flags)."""
+def read_handover(settings: Settings, date: dt.date, *, objects: Sequence[storage.ObjectInfo] | None = None
+                  ) -> tuple[pa.Table, dict[str, Any]] | None:
+    """The validated rows of ``date`` (output order, ``fate`` column) and their metadata (rows, reasons,
+    cleaning, failures) when the hand-over exists and was written for the raw files and window now
+    in place (``objects``: the raw partition's listing, when the caller has it); None otherwise
+    (the caller re-flags)."""
     key = layout.handover_key(date)
     try:
         data = storage.get_bytes(settings, key)
@@ -63,8 +85,23 @@ def read_handover(settings: Settings, date: dt.date) -> tuple[pa.Table, dict[str
         return None
     table = pq.read_table(io.BytesIO(data))
     meta = json.loads((table.schema.metadata or {}).get(HANDOVER_META, b"{}"))
-    if meta.get("fingerprint") != raw_fingerprint(settings, date):
+    if meta.get("fingerprint") != raw_fingerprint(settings, date, objects) or FATE not in table.column_names:
         log.info("dt=%s: hand-over %s is stale (raw files or window changed): flagging the raw files again",
                  date, key)
         return None
     return table.replace_schema_metadata(None), meta
+
+
+def input_order(table: pa.Table) -> pa.Table:
+    """Hand-over rows back in the order validation read them (file, then row in the file)."""
+    if table.num_rows == 0:
+        return table
+    files = pc.cast(table["source_file"], pa.string())
+    order = pc.sort_indices(pa.table({"f": files, "r": table["row"]}), sort_keys=[("f", "ascending"),
+                                                                                 ("r", "ascending")])
+    return table.take(order)
+
+
+def fates_of(table: pa.Table) -> np.ndarray:
+    """The ``fate`` codes of hand-over rows."""
+    return np.asarray(table[FATE].to_numpy(zero_copy_only=False), dtype=np.int8)

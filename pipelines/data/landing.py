@@ -8,7 +8,9 @@ behaviour map, timestamp format). It streams the source in bounded batches
 (:mod:`pipelines.data.routing`), so a file of any size lands in bounded memory.
 
 Rows that cannot be placed in a date partition are not dropped: they go to
-``quarantine/events/unplaced/<name>.parquet`` with a reason. A file that cannot be read at all
+``quarantine/events/unplaced/<name>.parquet`` with a reason. With a data window configured
+(``IM_WINDOW_START`` / ``IM_WINDOW_END``), rows outside it are set aside there too
+(``outside_window``): junk timestamps then never become thousands of one-row partitions. A file that cannot be read at all
 raises :class:`~pipelines.data.formats.SourceError` with the file and the rule, and nothing is
 written. A landing report goes to ``reports/landing/<name>.json``.
 """
@@ -26,8 +28,10 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.config import Settings
+from pipelines.data.fanout import map_io
 from pipelines.data.formats import SourceError, SourceSpec, build_spec
 from pipelines.data.routing import SplitStats, split_csv, split_parquet
+from pipelines.data.rules import window_bounds_us
 from pipelines.platform import layout, storage
 
 log = logging.getLogger(__name__)
@@ -73,7 +77,8 @@ def land_events(settings: Settings, source: str | Path, fmt: str, *, column_map:
 
     One raw file per UTC event date with the source rows unchanged, plus ``<name>.meta.json``
     (format, maps, row count). Rows that cannot be placed are quarantined under
-    ``quarantine/events/unplaced/<name>.parquet`` with a reason; a landing report goes to
+    ``quarantine/events/unplaced/<name>.parquet`` with a reason (with a configured window, rows
+    outside it as ``outside_window``); a landing report goes to
     ``reports/landing/<name>.json``. Landing the same ``name`` again replaces its earlier files in
     every partition. Raises :class:`SourceError` when the file cannot be read at all.
     """
@@ -89,7 +94,7 @@ def land_events(settings: Settings, source: str | Path, fmt: str, *, column_map:
         path = _resolve_source(settings, source, scratch)
         now = dt.datetime.now(dt.UTC)
         split = split_parquet if fmt == "parquet" else split_csv
-        stats = split(path, spec, scratch, now)
+        stats = split(path, spec, scratch, now, window=window_bounds_us(settings))
         result = _publish(settings, name, str(source), spec, stats, now)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -126,36 +131,34 @@ def _publish(settings: Settings, name: str, source: str, spec: SourceSpec, stats
              now: dt.datetime) -> LandResult:
     """Upload the routed scratch files with their sidecars, the unplaced rows and the landing report."""
     _delete_previous(settings, name)
-    keys: list[str] = []
-    for day in sorted(stats.files):
+
+    def upload(day: dt.date) -> str:
         key = layout.raw_key(day, name, stats.suffix)
         storage.upload_file(settings, stats.files[day], key)
         meta = {"name": name, "source": source, "format": spec.fmt, "spec": spec.to_dict(),
                 "columns": stats.columns, "file": key, "rows": stats.rows_by_date[day],
                 "landed_at": now.isoformat()}
         storage.put_json(settings, layout.raw_meta_key(day, name), meta)
-        keys.append(key)
+        return key
+
+    keys = map_io(upload, sorted(stats.files))
     q_key = layout.unplaced_key(name)
-    if stats.rejects:
-        table = pa.table({
-            "source": [source] * len(stats.rejects),
-            "raw": [r["raw"] for r in stats.rejects],
-            "reason": [r["reason"] for r in stats.rejects],
-            "detail": [r["detail"] for r in stats.rejects],
-            "line": pa.array([r["line"] for r in stats.rejects], pa.int64()),
-        })
+    rejects = stats.rejects()
+    if rejects.num_rows:
+        table = pa.table({"source": pa.array([source] * rejects.num_rows, pa.string()), "raw": rejects["raw"],
+                          "reason": rejects["reason"], "detail": rejects["detail"], "line": rejects["line"]})
         storage.write_parquet(settings, q_key, table)
     else:
         storage.delete_key(settings, q_key)
     rows = sum(stats.rows_by_date.values())
-    quarantined = len(stats.rejects)
+    quarantined = rejects.num_rows
     if rows + quarantined != stats.rows_read:
         raise AssertionError(f"landing {source}: rows read {stats.rows_read} != landed {rows} + "
                              f"quarantined {quarantined}")
     result = LandResult(name=name, fmt=spec.fmt, source=source, rows_read=stats.rows_read, rows=rows,
                         quarantined=quarantined, quarantine_reasons=dict(stats.reasons),
                         dates=sorted(stats.rows_by_date), keys=keys,
-                        quarantine_key=q_key if stats.rejects else None,
+                        quarantine_key=q_key if quarantined else None,
                         rows_by_date={d.isoformat(): n for d, n in sorted(stats.rows_by_date.items())})
     storage.put_json(settings, layout.landing_report_key(name), result.to_dict())
     return result

@@ -1,33 +1,30 @@
-"""Preprocess one raw partition into ``clean/events/dt=D/part-00000.parquet`` (canonical events).
+"""Preprocess raw partitions into ``clean/events/dt=D/part-00000.parquet`` (canonical events).
 
-For partition D, :func:`preprocess_partition` takes the rows that passed validation from its
-hand-over (``staging/validated/dt=D/valid.parquet``, used while the raw files and window are
-unchanged) or else recomputes the validation row flags
-(:func:`pipelines.data.rules.flag_partition`, the same pure rules, so both steps agree), then on
-the rows that passed:
+For partition D, :func:`preprocess_partition` (one day) and :func:`preprocess_partitions` (many
+days: hand-overs fetched ahead, writes in the background, one listing per area) take the rows
+that passed validation from its hand-over (``staging/validated/dt=D/valid.parquet``, used while
+the raw files and window are unchanged) or else recompute the validation row flags
+(:func:`pipelines.data.rules.flag_partition`, the same pure rules, so both steps agree), and clean
+them with :func:`pipelines.data.cleaning.plan_cleaning`:
 
-1. removes exact duplicates (every canonical field equal) and near-exact duplicates (same user,
-   item, category and behaviour within ``near_duplicate_seconds`` of the previous such event) —
-   counted, not quarantined: they carry no information;
-2. sets aside noise with a reason (``quarantine/events/dt=D/preprocess.parquet``):
-   ``crawler_rate`` (a user above ``crawler_max_events_per_hour`` events in one clock hour),
-   ``crawler_diversity`` (at least ``crawler_min_events_for_diversity`` events in the day with
-   distinct items/events above ``crawler_max_item_diversity``) and ``burst`` (a user's events in
-   one second beyond ``burst_max_events_per_second``);
-3. normalises types (strings, ``ts`` timestamp[us, UTC], ``value`` float64 or null) to
-   :data:`pipelines.contracts.EVENT_SCHEMA`, sorted by user then time.
+1. exact and near-exact duplicates are counted and dropped (they carry no information);
+2. noise is set aside with a reason (``quarantine/events/dt=D/preprocess.parquet``):
+   ``crawler_rate``, ``crawler_diversity``, ``burst``;
+3. the rest is written in :data:`pipelines.contracts.EVENT_SCHEMA`, sorted by user then time.
 
-Counts reconcile for every partition — rows in = clean + quarantined (validation + noise) +
-duplicates dropped — asserted here and recorded in ``reports/preprocess/dt=D.json``. The
-partition is replaced whole (its prefix is deleted first). Duplicate removal and noise rules
-run vectorised (NumPy over integer codes that sort like the strings), one partition at a time.
+The hand-over already holds each row's fate, planned by validation under the cleaning settings
+recorded with it: then preprocessing only splits and writes (it re-plans when the settings
+differ). Counts reconcile for every partition — rows in = clean + quarantined (validation +
+noise) + duplicates dropped — asserted here and recorded in ``reports/preprocess/dt=D.json``. The
+partition is replaced whole (stale parts are deleted).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,17 +32,30 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import Settings
-from pipelines.contracts import EVENT_SCHEMA
 from pipelines.data import handover, rules
-from pipelines.data.quarantine import PREPROCESS, write_quarantine, write_validation_quarantine
+from pipelines.data.cleaning import (
+    CLEAN,
+    DUPLICATE_FATES,
+    FATES,
+    NOISE_REASONS,
+    RATE,
+    clean_events,
+    cleaning_settings,
+    fate_names,
+    to_event_schema,
+)
+from pipelines.data.fanout import Background, prefetch
+from pipelines.data.quarantine import PREPROCESS, quarantine_table, validation_quarantine_table
+from pipelines.data.raw import RawPartition, list_partition_objects, list_raw_partitions
 from pipelines.platform import layout, storage
 
 log = logging.getLogger(__name__)
 
-NOISE_REASONS = ("crawler_rate", "crawler_diversity", "burst")
-DUPLICATE_FATES = ("duplicate_exact", "duplicate_near")
-FATES = ("clean", *DUPLICATE_FATES, *NOISE_REASONS)
+__all__ = ["DUPLICATE_FATES", "FATES", "NOISE_REASONS", "PreprocessError", "PreprocessResult", "PreprocessRun",
+           "clean_events", "preprocess_partition", "preprocess_partitions"]
+
 NOISE_COLUMNS = ["source_file", "row", "user_id", "item_id", "category_id", "behavior", "ts", "value"]
+PREFETCH_BYTES = 256 << 20  # hand-over bytes fetched ahead of the partition being cleaned
 
 
 class PreprocessError(RuntimeError):
@@ -76,109 +86,25 @@ class PreprocessResult:
         return out
 
 
-def _codes(column: pa.ChunkedArray | pa.Array, *, ordered: bool = False) -> np.ndarray:
-    """Dense int64 codes of a string column (equal strings, equal codes); with ``ordered`` the codes
-    also sort like the strings (byte order), so sorting by codes equals sorting by the strings."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    encoded = arr if pa.types.is_dictionary(arr.type) else pc.dictionary_encode(arr)
-    codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-    if not ordered:
-        return codes
-    rank = np.empty(len(encoded.dictionary), dtype=np.int64)
-    rank[np.asarray(pc.sort_indices(encoded.dictionary))] = np.arange(len(encoded.dictionary))
-    return rank[codes]
+@dataclass
+class PreprocessRun:
+    """What :func:`preprocess_partitions` did: a result per partition cleaned, an error per partition
+    that could not be (its raw files unreadable, or counts that did not reconcile)."""
+
+    results: list[PreprocessResult] = field(default_factory=list)
+    errors: dict[dt.date, str] = field(default_factory=dict)
 
 
-def _runs(*keys: np.ndarray) -> np.ndarray:
-    """Start flags of runs of equal consecutive rows over the sorted key arrays (first row: True)."""
-    change = np.zeros(len(keys[0]), dtype=bool)
-    if len(change):
-        change[0] = True
-        for k in keys:
-            change[1:] |= k[1:] != k[:-1]
-    return change
-
-
-def _run_lengths_per_row(starts: np.ndarray) -> np.ndarray:
-    """For start flags of runs, each row's run length."""
-    idx = np.flatnonzero(starts)
-    lengths = np.diff(np.r_[idx, len(starts)])
-    return np.repeat(lengths, lengths)
-
-
-def clean_events(valid: pa.Table, settings: Settings) -> tuple[pa.Table, pa.Table, dict[str, int]]:
-    """Dedupe and de-noise validated canonical rows (``ts`` int64 microseconds).
-
-    Returns (clean rows in :data:`EVENT_SCHEMA` sorted by user, time, item; set-aside noise rows with
-    a ``fate`` column; counts per fate: ``clean``, ``duplicate_exact``, ``duplicate_near`` and each
-    noise reason). Pure: no storage. Vectorised with NumPy over integer codes of the string columns
-    (codes that sort like the strings, so the output order needs no string sort): one stable sort
-    by (user, item, category, behaviour, time, value) finds duplicates and per-user item counts,
-    one by (user, time, item) over the remaining rows gives hourly/second counts and the output order.
-    """
-    n = valid.num_rows
-    clean_code, exact_code, near_code, rate_code, div_code, burst_code = range(len(FATES))
-    fate = np.zeros(n, dtype=np.int64)
-    out_idx = np.zeros(0, dtype=np.int64)
-    if n:
-        u = _codes(valid["user_id"], ordered=True)
-        i = _codes(valid["item_id"], ordered=True)
-        c, b = _codes(valid["category_id"]), _codes(valid["behavior"])
-        ts = np.asarray(valid["ts"].to_numpy(), dtype=np.int64)
-        value = valid["value"].to_numpy(zero_copy_only=False).astype(np.float64)
-        vkey = np.where(np.isnan(value), np.inf, value)  # null values compare equal to each other
-        n_users, n_items = int(u.max()) + 1, int(i.max()) + 1
-        ui = u * n_items + i  # < n**2: no overflow for any partition that fits in memory
-        cb = c * (int(b.max()) + 1) + b
-        order = np.lexsort((vkey, ts, cb, ui))  # stable: equal rows keep their input order
-        s_ui, s_cb, sts, sv = ui[order], cb[order], ts[order], vkey[order]
-        group_start = _runs(s_ui, s_cb)
-        exact = ~group_start & np.r_[False, (sts[1:] == sts[:-1]) & (sv[1:] == sv[:-1])]
-        fate[order[exact]] = exact_code
-        # Near duplicates: among the remaining rows, a repeat of the previous one in its group within the gap.
-        near_us = int(settings.near_duplicate_seconds) * 1_000_000
-        if near_us > 0:
-            keep_idx = np.flatnonzero(~exact)
-            k_group = ~_runs(s_ui[keep_idx], s_cb[keep_idx])
-            gap = np.r_[0, np.diff(sts[keep_idx])]
-            fate[order[keep_idx[k_group & (gap <= near_us)]]] = near_code
-        # Distinct items per user among the remaining rows (runs of user*item in the first sort).
-        live_sorted = fate[order] == clean_code
-        l_ui = s_ui[live_sorted]
-        pair_users = l_ui[_runs(l_ui)] // n_items
-        items_per_user = np.bincount(pair_users, minlength=n_users)
-        # Remaining rows in output order (user, time, item): hourly and per-second counts are runs.
-        live_idx = np.flatnonzero(fate == clean_code)
-        out = np.lexsort((i[live_idx], ts[live_idx], u[live_idx]))
-        su, sts_live = u[live_idx][out], ts[live_idx][out]
-        per_user = np.bincount(su, minlength=n_users)
-        hour_start = _runs(su, sts_live // 3_600_000_000)
-        max_hour = np.zeros(n_users, dtype=np.int64)
-        np.maximum.at(max_hour, su[hour_start], np.diff(np.r_[np.flatnonzero(hour_start), len(su)]))
-        rate_bad = max_hour > settings.crawler_max_events_per_hour
-        with np.errstate(divide="ignore", invalid="ignore"):
-            diversity = np.where(per_user > 0, items_per_user / np.maximum(per_user, 1), 0.0)
-        div_bad = (per_user >= settings.crawler_min_events_for_diversity) & (
-            diversity > settings.crawler_max_item_diversity) & ~rate_bad
-        burst = _run_lengths_per_row(_runs(su, sts_live // 1_000_000)) > settings.burst_max_events_per_second
-        sorted_fate = np.zeros(len(su), dtype=np.int64)
-        sorted_fate[burst] = burst_code
-        sorted_fate[div_bad[su]] = div_code
-        sorted_fate[rate_bad[su]] = rate_code
-        fate[live_idx[out]] = sorted_fate
-        out_idx = live_idx[out][sorted_fate == clean_code]
-    counts = {FATES[k]: int(v) for k, v in enumerate(np.bincount(fate, minlength=len(FATES))) if v}
-    clean_rows = valid.take(pa.array(out_idx, pa.int64()))
-    noisy = fate >= rate_code
-    noise = valid.filter(pa.array(noisy))
-    noise = noise.append_column("fate", pc.take(pa.array(FATES), pa.array(fate[noisy])))
-    clean = pa.table({
-        "user_id": clean_rows["user_id"], "item_id": clean_rows["item_id"],
-        "category_id": clean_rows["category_id"], "behavior": clean_rows["behavior"],
-        "ts": pc.cast(clean_rows["ts"], pa.timestamp("us", tz="UTC")),
-        "value": pc.cast(clean_rows["value"], pa.float64()),
-    }).cast(EVENT_SCHEMA)
-    return clean, noise, counts
+@dataclass
+class _Cleaned:
+    date: dt.date
+    rows_in: int
+    reasons: dict[str, int]
+    q_validation: int
+    clean: pa.Table
+    noise: pa.Table
+    counts: dict[str, int]
+    bad: pa.Table | None  # validation quarantine to rewrite (when the raw partition was flagged here)
 
 
 def preprocess_partition(settings: Settings, date: dt.date) -> PreprocessResult:
@@ -190,49 +116,116 @@ def preprocess_partition(settings: Settings, date: dt.date) -> PreprocessResult:
     file from the same rules. Raises :class:`PreprocessError` if counts do not reconcile and
     :class:`pipelines.data.rules.ValidationError` if the raw partition cannot be read.
     """
-    validated = handover.read_handover(settings, date)
-    if validated is not None:
-        # Validation already read and flagged these raw files (same ETags, same window).
-        valid, meta = validated
-        rows_in = int(meta["rows"])
-        reasons = {k: int(v) for k, v in meta["reasons"].items()}
-        q_validation = sum(reasons.values())
-        bad = None
-    else:
-        flagged = rules.flag_partition(settings, date)
+    run = preprocess_partitions(settings, [date], raise_errors=True)
+    return run.results[0]
+
+
+def preprocess_partitions(settings: Settings, dates: Iterable[dt.date], *, raise_errors: bool = False) -> PreprocessRun:
+    """Preprocess many raw partitions (see :func:`preprocess_partition`), oldest first, fetching the
+    next hand-overs while one is cleaned and writing in the background. A partition that cannot be
+    preprocessed is recorded in :attr:`PreprocessRun.errors` (with ``raise_errors``, its error is
+    raised after the writes started so far finish)."""
+    days = sorted(set(dates))
+    run = PreprocessRun()
+    if not days:
+        return run
+    raw = list_raw_partitions(settings, days)
+    existing = _existing_keys(settings, days)
+    sizes = {o.key: o.size for o in existing.get(layout.VALIDATED, [])}
+
+    def fetch(day: dt.date) -> tuple[pa.Table, dict[str, Any]] | None:
+        part = raw.get(day)
+        return handover.read_handover(settings, day, objects=part.objects if part else ())
+
+    with Background() as writes:
+        for day, validated in prefetch(fetch, days, weight=lambda d: sizes.get(layout.handover_key(d), 0),
+                                       budget=PREFETCH_BYTES):
+            try:
+                cleaned = _clean(settings, day, validated, raw.get(day))
+                result = _publish(settings, cleaned, existing, writes)
+            except (rules.ValidationError, PreprocessError) as exc:
+                if raise_errors:
+                    raise
+                run.errors[day] = str(exc)
+                log.error("preprocess dt=%s failed: %s", day, exc)
+                continue
+            run.results.append(result)
+            log.info("preprocessed dt=%s: %d in = %d clean + %d quarantined + %d duplicates %s", day,
+                     result.rows_in, result.clean, result.quarantined, result.duplicates_dropped,
+                     result.reasons or "")
+    return run
+
+
+def _existing_keys(settings: Settings, days: list[dt.date]) -> dict[str, list[storage.ObjectInfo]]:
+    """Objects now under the clean, quarantine and staging partitions of ``days``."""
+    return {area: list_partition_objects(settings, area, days)
+            for area in (layout.CLEAN, layout.QUARANTINE, layout.VALIDATED)}
+
+
+def _clean(settings: Settings, date: dt.date, validated: tuple[pa.Table, dict[str, Any]] | None,
+           part: RawPartition | None) -> _Cleaned:
+    if validated is None:
+        flagged = rules.flag_partition(settings, date, partition=part)
         valid, bad, reasons = rules.split_flagged(flagged)
-        rows_in = flagged.rows
-        q_validation = bad.num_rows
-    clean, noise, counts = clean_events(valid, settings)
+        clean, noise, counts = clean_events(valid, settings)
+        return _Cleaned(date, flagged.rows, reasons, bad.num_rows, clean, noise, counts, bad)
+    table, meta = validated
+    reasons = {k: int(v) for k, v in meta["reasons"].items()}
+    rows_in = int(meta["rows"])
+    if meta.get("cleaning") == cleaning_settings(settings) and meta.get("fates") == list(FATES):
+        # Validation planned the fates under these settings: split, nothing to compute.
+        fate = handover.fates_of(table)
+        clean = to_event_schema(table.filter(pa.array(fate == CLEAN)))
+        noisy = handover.input_order(table.filter(pa.array(fate >= RATE)))
+        noise = noisy.drop_columns([handover.FATE]).append_column("fate", fate_names(handover.fates_of(noisy)))
+        counts = {FATES[k]: int(v) for k, v in enumerate(np.bincount(fate, minlength=len(FATES))) if v}
+    else:
+        clean, noise, counts = clean_events(handover.input_order(table).drop_columns([handover.FATE]), settings)
+    return _Cleaned(date, rows_in, reasons, sum(reasons.values()), clean, noise, counts, None)
 
-    q_noise = noise.num_rows
-    exact = counts.get("duplicate_exact", 0)
-    near = counts.get("duplicate_near", 0)
-    if rows_in != clean.num_rows + q_validation + q_noise + exact + near:
-        raise PreprocessError(f"dt={date}: counts do not reconcile: rows in {rows_in} != clean {clean.num_rows} + "
-                              f"quarantined {q_validation} + noise {q_noise} + duplicates {exact + near}")
 
-    storage.delete_prefix(settings, layout.partition_prefix(layout.CLEAN, date))
-    clean_keys: list[str] = []
-    if clean.num_rows:
-        key = layout.clean_key(date)
-        storage.write_parquet(settings, key, clean)
-        clean_keys.append(key)
-    if bad is not None:
-        write_validation_quarantine(settings, date, bad)
-    q_key = write_quarantine(settings, date, PREPROCESS, _noise_rows(noise))
+def _publish(settings: Settings, c: _Cleaned, existing: dict[str, list[storage.ObjectInfo]],
+             writes: Background) -> PreprocessResult:
+    """Check the counts, then write the clean part, the quarantine files and the report (in the
+    background) and delete what the last run left that this one does not rewrite."""
+    q_noise = c.noise.num_rows
+    exact = c.counts.get("duplicate_exact", 0)
+    near = c.counts.get("duplicate_near", 0)
+    if c.rows_in != c.clean.num_rows + c.q_validation + q_noise + exact + near:
+        raise PreprocessError(f"dt={c.date}: counts do not reconcile: rows in {c.rows_in} != clean "
+                              f"{c.clean.num_rows} + quarantined {c.q_validation} + noise {q_noise} + "
+                              f"duplicates {exact + near}")
+    writing: dict[str, pa.Table] = {}
+    if c.clean.num_rows:
+        writing[layout.clean_key(c.date)] = c.clean
+    if c.bad is not None:
+        q_val = validation_quarantine_table(c.bad)
+        if q_val is not None:
+            writing[layout.quarantine_key(c.date, "validation")] = q_val
+    q_noise_table = quarantine_table(_noise_rows(c.noise), PREPROCESS)
+    q_key = layout.quarantine_key(c.date, PREPROCESS) if q_noise_table is not None else None
+    if q_noise_table is not None:
+        writing[q_key] = q_noise_table
+    stale = [o.key for o in existing[layout.CLEAN] if o.key.startswith(layout.partition_prefix(layout.CLEAN, c.date))]
+    stale += [o.key for o in existing[layout.QUARANTINE]
+              if o.key == layout.quarantine_key(c.date, PREPROCESS)
+              or (c.bad is not None and o.key == layout.quarantine_key(c.date, "validation"))]
+    stale = [k for k in stale if k not in writing]
+    if stale:
+        storage.delete_keys(settings, stale)
+    reasons = dict(c.reasons)
     for r in NOISE_REASONS:
-        if counts.get(r):
-            reasons[r] = counts[r]
-    users = len(pc.unique(clean["user_id"])) if clean.num_rows else 0
+        if c.counts.get(r):
+            reasons[r] = c.counts[r]
+    users = len(pc.unique(c.clean["user_id"])) if c.clean.num_rows else 0
     result = PreprocessResult(
-        date=date, rows_in=rows_in, clean=clean.num_rows, quarantined=q_validation + q_noise,
-        quarantined_validation=q_validation, quarantined_noise=q_noise, duplicates_dropped=exact + near,
-        exact_duplicates=exact, near_duplicates=near, reasons=reasons, clean_keys=clean_keys,
-        quarantine_key=q_key, users=users)
-    storage.put_json(settings, layout.preprocess_report_key(date), result.to_dict())
-    log.info("preprocessed dt=%s: %d in = %d clean + %d quarantined + %d duplicates %s", date, rows_in,
-             result.clean, result.quarantined, result.duplicates_dropped, reasons or "")
+        date=c.date, rows_in=c.rows_in, clean=c.clean.num_rows, quarantined=c.q_validation + q_noise,
+        quarantined_validation=c.q_validation, quarantined_noise=q_noise, duplicates_dropped=exact + near,
+        exact_duplicates=exact, near_duplicates=near, reasons=reasons,
+        clean_keys=[layout.clean_key(c.date)] if c.clean.num_rows else [], quarantine_key=q_key, users=users)
+    for key, table in writing.items():
+        writes.submit(storage.write_parquet, settings, key, table)
+    writes.submit(storage.put_json, settings, layout.preprocess_report_key(c.date), result.to_dict())
     return result
 
 

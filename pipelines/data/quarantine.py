@@ -22,17 +22,30 @@ VALIDATION_COLUMNS = ["source_file", "row", "user_id", "item_id", "category_id",
                       "value_raw", "reason", "rules"]
 
 
+def quarantine_table(rows: pa.Table, stage: str) -> pa.Table | None:
+    """The quarantine file content of ``rows`` (which hold ``source_file`` and ``reason``): ``source_file``
+    as plain strings and a ``stage`` column added; None when there are no rows."""
+    if rows.num_rows == 0:
+        return None
+    source_file = rows.column_names.index("source_file")
+    table = rows.set_column(source_file, "source_file", rows["source_file"].cast(pa.string()))
+    return table.append_column("stage", pa.array([stage] * rows.num_rows, pa.string()))
+
+
+def validation_quarantine_table(bad: pa.Table) -> pa.Table | None:
+    """The validation quarantine content of a partition's flagged rows ``bad`` (:data:`VALIDATION_COLUMNS`)."""
+    return quarantine_table(bad.select(VALIDATION_COLUMNS), VALIDATION)
+
+
 def write_quarantine(settings: Settings, date: dt.date, stage: str, rows: pa.Table) -> str | None:
     """Replace the quarantine file of ``stage`` for day ``date`` with ``rows`` (which hold
     ``source_file`` and ``reason``), adding a ``stage`` column; with no rows, delete the file.
     Returns the key, or None when nothing was set aside."""
     key = layout.quarantine_key(date, stage)
-    if rows.num_rows == 0:
+    table = quarantine_table(rows, stage)
+    if table is None:
         storage.delete_key(settings, key)
         return None
-    source_file = rows.column_names.index("source_file")
-    table = rows.set_column(source_file, "source_file", rows["source_file"].cast(pa.string()))
-    table = table.append_column("stage", pa.array([stage] * rows.num_rows, pa.string()))
     storage.write_parquet(settings, key, table)
     return key
 

@@ -1,14 +1,17 @@
 """Read landed raw files back: the files of one ``raw/events/dt=D/`` partition with their sidecars.
 
-Validation and preprocessing read raw partitions only through :func:`list_raw_files` and
-:func:`read_raw_file`; the sidecar (written by :mod:`pipelines.data.landing`) says how to parse
-each file (its :class:`~pipelines.data.formats.SourceSpec` and columns).
+Validation and preprocessing read raw partitions only through :func:`list_raw_partitions` (many
+days at once: one listing, sidecars fetched in parallel) or :func:`list_raw_files` (one day), and
+:func:`read_raw_file` / :func:`parse_raw_file`; the sidecar (written by
+:mod:`pipelines.data.landing`) says how to parse each file (its
+:class:`~pipelines.data.formats.SourceSpec` and columns).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +20,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipelines.config import Settings
+from pipelines.data.fanout import map_io
 from pipelines.data.formats import BATCH_BYTES, SourceError, SourceSpec
 from pipelines.platform import layout, storage
 
-_SIDECAR_CACHE_LIMIT = 10_000
+_SIDECAR_CACHE_LIMIT = 20_000
+FEW_DAYS = 3  # up to this many days are listed one prefix each; more, by one listing of the raw area
 
 
 @dataclass(frozen=True)
@@ -38,13 +43,61 @@ class RawFile:
 _SIDECARS: dict[tuple[str, str, str, str], dict[str, Any]] = {}
 
 
-def list_raw_files(settings: Settings, date: dt.date) -> tuple[list[RawFile], list[str]]:
-    """Landed files of ``raw/events/dt=date/`` with their sidecars, and data keys that lack one.
+@dataclass(frozen=True)
+class RawPartition:
+    """One ``raw/events/dt=D/`` partition: every object under it, its data files with their sidecars,
+    and the data keys that lack one."""
 
-    Sidecars are cached per process by key and ETag (the volume check reads the sidecars of the
-    last partitions for every partition it validates).
-    """
-    etags = {o.key: o.etag for o in storage.list_objects(settings, layout.partition_prefix(layout.RAW, date))}
+    date: dt.date
+    objects: tuple[storage.ObjectInfo, ...]
+    files: tuple[RawFile, ...]
+    orphans: tuple[str, ...]
+
+    @property
+    def rows(self) -> int:
+        """Rows landed in the partition, from the sidecars."""
+        return sum(f.rows for f in self.files)
+
+
+def _date_of(key: str) -> dt.date | None:
+    folder = key[len(layout.area_prefix(layout.RAW)):].split("/", 1)[0]
+    try:
+        return dt.date.fromisoformat(folder.removeprefix("dt="))
+    except ValueError:
+        return None
+
+
+def list_raw_partitions(settings: Settings, dates: Iterable[dt.date] | None = None) -> dict[dt.date, RawPartition]:
+    """Raw partitions by date (only ``dates`` when given, those with no object left out), their
+    sidecars read in parallel and cached per process by key and ETag. A few days are listed one
+    prefix each, many with one listing of the whole raw area."""
+    wanted = None if dates is None else set(dates)
+    if wanted is None:
+        objects = storage.list_objects(settings, layout.area_prefix(layout.RAW))
+    else:
+        objects = list_partition_objects(settings, layout.RAW, wanted)
+    by_date: dict[dt.date, list[storage.ObjectInfo]] = {}
+    for obj in objects:
+        day = _date_of(obj.key)
+        if day is not None and (wanted is None or day in wanted):
+            by_date.setdefault(day, []).append(obj)
+    metas = [o for objs in by_date.values() for o in objs if o.key.endswith(layout.META_SUFFIX)]
+    map_io(lambda o: _read_sidecar(settings, o.key, o.etag), [o for o in metas if not _cached(settings, o)])
+    return {day: _partition(settings, day, objs) for day, objs in sorted(by_date.items())}
+
+
+def list_partition_objects(settings: Settings, area: str, dates: Iterable[dt.date]) -> list[storage.ObjectInfo]:
+    """Every object under ``<area>/dt=D/`` for the ``dates``: one listing per day for a few days,
+    one listing of the area for many."""
+    days = sorted(set(dates))
+    if len(days) <= FEW_DAYS:
+        return [o for d in days for o in storage.list_objects(settings, layout.partition_prefix(area, d))]
+    prefixes = tuple(layout.partition_prefix(area, d) for d in days)
+    return [o for o in storage.list_objects(settings, layout.area_prefix(area)) if o.key.startswith(prefixes)]
+
+
+def _partition(settings: Settings, date: dt.date, objects: list[storage.ObjectInfo]) -> RawPartition:
+    etags = {o.key: o.etag for o in objects}
     files: list[RawFile] = []
     orphans: list[str] = []
     for key in sorted(etags):
@@ -57,7 +110,22 @@ def list_raw_files(settings: Settings, date: dt.date) -> tuple[list[RawFile], li
         meta = _read_sidecar(settings, meta_key, etags[meta_key])
         files.append(RawFile(key=key, name=meta["name"], spec=SourceSpec.from_dict(meta["spec"]),
                              columns=list(meta["columns"]), rows=int(meta["rows"])))
-    return files, orphans
+    return RawPartition(date=date, objects=tuple(sorted(objects, key=lambda o: o.key)), files=tuple(files),
+                        orphans=tuple(orphans))
+
+
+def list_raw_files(settings: Settings, date: dt.date) -> tuple[list[RawFile], list[str]]:
+    """Landed files of ``raw/events/dt=date/`` with their sidecars, and data keys that lack one.
+
+    Sidecars are cached per process by key and ETag (the volume check reads the sidecars of the
+    last partitions for every partition it validates).
+    """
+    part = _partition(settings, date, storage.list_objects(settings, layout.partition_prefix(layout.RAW, date)))
+    return list(part.files), list(part.orphans)
+
+
+def _cached(settings: Settings, obj: storage.ObjectInfo) -> bool:
+    return bool(obj.etag) and (settings.s3_endpoint_url, settings.bucket, obj.key, obj.etag) in _SIDECARS
 
 
 def _read_sidecar(settings: Settings, meta_key: str, etag: str) -> dict[str, Any]:
@@ -76,12 +144,16 @@ def read_raw_file(settings: Settings, raw: RawFile) -> pa.Table:
 
     Raises :class:`SourceError` when it cannot be parsed or its columns differ from the sidecar.
     """
-    data = storage.get_bytes(settings, raw.key)
+    return parse_raw_file(settings, raw, storage.get_bytes(settings, raw.key))
+
+
+def parse_raw_file(settings: Settings, raw: RawFile, data: bytes) -> pa.Table:
+    """The bytes ``data`` of the landed raw file ``raw`` parsed as :func:`read_raw_file` does."""
     try:
         if raw.key.endswith(".parquet"):
             table = pq.read_table(io.BytesIO(data))
         else:
-            if not data.strip():
+            if not data or data.isspace():
                 return pa.table({c: pa.array([], pa.string()) for c in raw.columns})
             spec = raw.spec
             table = pacsv.read_csv(

@@ -4,7 +4,8 @@ The first half of landing (:mod:`pipelines.data.landing` publishes the result): 
 and :func:`split_parquet` stream a CSV (plain or gzip) or Parquet source, write every row
 *unchanged* into ``<scratch>/dt=D.csv`` (``.parquet``) by its UTC event date, and collect the rows
 that cannot be placed in :class:`SplitStats` with a reason (``wrong_column_count``,
-``unexpected_header``, ``malformed_row``, ``unparseable_timestamp``, ``implausible_timestamp``).
+``unexpected_header``, ``malformed_row``, ``unparseable_timestamp``, ``implausible_timestamp``,
+``outside_window`` when a window is given).
 A file that cannot be read at all (empty, corrupt gzip, wrong columns) raises
 :class:`~pipelines.data.formats.SourceError` naming the file and the rule. No storage here.
 """
@@ -16,6 +17,7 @@ import datetime as dt
 import gzip
 import re
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +33,11 @@ from pipelines.data.canonical import parse_ts, plausible_bounds_us
 from pipelines.data.formats import BATCH_BYTES, SourceError, SourceSpec
 
 PARQUET_BATCH_ROWS = 500_000
+MAX_OPEN_WRITERS = 256  # day files kept open at once; older ones are closed and reopened for appending
 _GZIP_MAGIC = b"\x1f\x8b"
+_SCAN_BYTES = 8 << 20
+REJECT_SCHEMA = pa.schema([("reason", pa.string()), ("raw", pa.string()), ("detail", pa.string()),
+                           ("line", pa.int64())])
 
 Writer = Callable[[dt.date, pa.Table], None]
 
@@ -45,12 +51,30 @@ class SplitStats:
     rows_read: int = 0
     rows_by_date: dict[dt.date, int] = field(default_factory=dict)
     files: dict[dt.date, Path] = field(default_factory=dict)
-    rejects: list[dict[str, Any]] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)
+    _single: list[dict[str, Any]] = field(default_factory=list)
+    _tables: list[pa.Table] = field(default_factory=list)
 
     def reject(self, reason: str, raw: str, detail: str = "", line: int | None = None) -> None:
+        """Set one row aside."""
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
-        self.rejects.append({"reason": reason, "raw": raw, "detail": detail, "line": line})
+        self._single.append({"reason": reason, "raw": raw, "detail": detail, "line": line})
+
+    def reject_many(self, reason: str, raw: pa.Array, detail: pa.Array) -> None:
+        """Set many rows aside at once (``raw`` and ``detail``: string arrays of equal length)."""
+        if len(raw):
+            self.reasons[reason] = self.reasons.get(reason, 0) + len(raw)
+            self._tables.append(pa.table({"reason": pa.array([reason] * len(raw), pa.string()), "raw": raw,
+                                          "detail": detail, "line": pa.nulls(len(raw), pa.int64())}))
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.reasons.values())
+
+    def rejects(self) -> pa.Table:
+        """Every row set aside: ``reason``, ``raw`` (the row text), ``detail``, ``line`` (when known)."""
+        single = pa.Table.from_pylist(self._single, schema=REJECT_SCHEMA)
+        return pa.concat_tables([single, *(t.cast(REJECT_SCHEMA) for t in self._tables)])
 
 
 # --- the file itself -----------------------------------------------------------------------------
@@ -75,14 +99,18 @@ def _first_line(path: Path) -> bytes | None:
     return None
 
 
-def _check_whole_file(path: Path) -> None:
-    """Read a gzip source through once so a corrupt stream fails before anything is landed."""
+def _scan_file(path: Path, *, quote_char: bytes = b'"') -> bool:
+    """Read the whole (decompressed) file once: a corrupt gzip stream fails here, before anything is
+    landed. Returns whether ``quote_char`` occurs anywhere (without it no field of a CSV row can hold a
+    delimiter, a quote or a line break)."""
+    found = False
     try:
         with _open_binary(path) as fh:
-            while fh.read(8 << 20):
-                pass
+            while chunk := fh.read(_SCAN_BYTES):
+                found = found or quote_char in chunk
     except (OSError, EOFError, zlib.error) as exc:
         raise SourceError(f"{path}: unreadable file (corrupt or truncated gzip): {exc}") from exc
+    return found
 
 
 def _split_line(line: bytes, delimiter: str) -> list[str]:
@@ -128,16 +156,33 @@ def _is_header_row(fields: list[str], spec: SourceSpec) -> bool:
 # --- routing rows by date ------------------------------------------------------------------------
 
 
-def _raw_rows(table: pa.Table, spec: SourceSpec) -> list[str]:
-    if table.num_rows == 0:
-        return []
+def _raw_text(table: pa.Table, spec: SourceSpec) -> pa.Array:
+    """Each row's text: its fields joined by the delimiter (vectorised)."""
     cols = [pc.fill_null(pc.cast(table[c], pa.string()), "") for c in table.column_names]
-    return [spec.delimiter.join(vals) for vals in zip(*(c.to_pylist() for c in cols), strict=True)]
+    if not cols:
+        return pa.array([""] * table.num_rows, pa.string())
+    joined = pc.binary_join_element_wise(*cols, spec.delimiter)
+    return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
+
+
+def _ts_detail(table: pa.Table, spec: SourceSpec, suffix: str) -> pa.Array:
+    """``<ts column>='<text>' <suffix>`` per row (the detail of a timestamp reason)."""
+    text = pc.fill_null(pc.cast(table[spec.column_map["ts"]], pa.string()), "")
+    return pc.binary_join_element_wise(f"{spec.column_map['ts']}='", text, f"' {suffix}", "")
+
+
+def _set_aside(stats: SplitStats, reason: str, table: pa.Table, spec: SourceSpec, mask: pa.Array,
+               suffix: str) -> None:
+    if pc.any(mask).as_py():
+        rows = table.filter(mask)
+        stats.reject_many(reason, _raw_text(rows, spec), _ts_detail(rows, spec, suffix))
 
 
 def _route(batch: pa.RecordBatch | pa.Table, spec: SourceSpec, stats: SplitStats, now: dt.datetime,
-           write: Writer) -> None:
-    """Split one batch by UTC event date; quarantine rows whose date cannot be read or is implausible."""
+           write: Writer, *, window: tuple[int | None, int | None] = (None, None), check_fields: bool = True) -> None:
+    """Split one batch by UTC event date. Rows whose date cannot be read, is implausible or lies
+    outside ``window`` (UTC microseconds, None = open) are set aside with a reason; so are Taobao rows
+    with a field holding a delimiter, quote or line break (``check_fields``: the file may hold one)."""
     table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
     stats.rows_read += table.num_rows
     ts = parse_ts(table[spec.column_map["ts"]], spec.ts_format, spec.timezone)
@@ -145,7 +190,14 @@ def _route(batch: pa.RecordBatch | pa.Table, spec: SourceSpec, stats: SplitStats
     unreadable = pc.is_null(ts)
     implausible = pc.fill_null(pc.or_(pc.less(ts, lo), pc.greater_equal(ts, hi)), False)
     bad = pc.or_(unreadable, implausible)
-    if spec.needs_plain_fields:
+    outside = None
+    w_lo, w_hi = window
+    if w_lo is not None or w_hi is not None:
+        out_mask = pc.or_(pc.less(ts, w_lo if w_lo is not None else lo),
+                          pc.greater_equal(ts, w_hi if w_hi is not None else hi))
+        outside = pc.and_(pc.fill_null(out_mask, False), pc.invert(bad))
+        bad = pc.or_(bad, outside)
+    if spec.needs_plain_fields and check_fields:
         # Official Taobao rows never hold a delimiter or quote; one that does was mangled upstream.
         mangled = pa.array([False] * table.num_rows)
         for c in table.column_names:
@@ -153,28 +205,38 @@ def _route(batch: pa.RecordBatch | pa.Table, spec: SourceSpec, stats: SplitStats
             mangled = pc.or_(mangled, pc.fill_null(pc.match_substring_regex(col, r"[\",\r\n]"), False))
         mangled = pc.and_(mangled, pc.invert(bad))
         if pc.any(mangled).as_py():
-            for raw in _raw_rows(table.filter(mangled), spec):
-                stats.reject("malformed_row", raw, "a field holds a delimiter, quote or line break")
+            rows = table.filter(mangled)
+            stats.reject_many("malformed_row", _raw_text(rows, spec),
+                              pa.array(["a field holds a delimiter, quote or line break"] * rows.num_rows))
             bad = pc.or_(bad, mangled)
     if pc.any(bad).as_py():
-        for reason, mask in (("unparseable_timestamp", unreadable), ("implausible_timestamp", implausible)):
-            sel = table.filter(mask)
-            raws = pc.cast(sel[spec.column_map["ts"]], pa.string()).to_pylist()
-            for raw, ts_text in zip(_raw_rows(sel, spec), raws, strict=True):
-                stats.reject(reason, raw, f"{spec.column_map['ts']}={ts_text!r} ({spec.ts_format})")
+        fmt = f"({spec.ts_format})"
+        _set_aside(stats, "unparseable_timestamp", table, spec, unreadable, fmt)
+        _set_aside(stats, "implausible_timestamp", table, spec, implausible, fmt)
+        if outside is not None:
+            _set_aside(stats, "outside_window", table, spec, outside, f"{fmt} outside the configured window")
         keep = pc.invert(bad)
         table = table.filter(keep)
         ts = ts.filter(keep)
     if table.num_rows == 0:
         return
     days = np.floor_divide(ts.to_numpy(zero_copy_only=False), 86_400_000_000)
-    order = np.argsort(days, kind="stable")
-    sorted_days = days[order]
+    first = int(days.min())
+    offsets = days - first
+    if not offsets.any():  # one day (a daily drop): nothing to sort
+        day = dt.date(1970, 1, 1) + dt.timedelta(days=first)
+        write(day, table)
+        stats.rows_by_date[day] = stats.rows_by_date.get(day, 0) + table.num_rows
+        return
+    # A stable sort of small integers is a radix sort in NumPy: the rows of each day keep their order.
+    offsets = offsets.astype(np.int16) if int(offsets.max()) < 2**15 else offsets
+    order = np.argsort(offsets, kind="stable")
+    sorted_days = offsets[order]
     table = table.take(pa.array(order))
     cuts = np.flatnonzero(np.diff(sorted_days)) + 1
     bounds = np.r_[0, cuts, len(sorted_days)]
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        day = dt.date(1970, 1, 1) + dt.timedelta(days=int(sorted_days[a]))
+        day = dt.date(1970, 1, 1) + dt.timedelta(days=first + int(sorted_days[a]))
         write(day, table.slice(int(a), int(b - a)))
         stats.rows_by_date[day] = stats.rows_by_date.get(day, 0) + int(b - a)
 
@@ -186,11 +248,49 @@ def _flush_invalid(pending: list[tuple[str, int, int]], stats: SplitStats) -> No
     pending.clear()
 
 
-def split_csv(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime) -> SplitStats:
-    """Route the rows of a CSV source (plain or gzip) into ``scratch/dt=D.csv`` files, unchanged."""
+class _CsvDayFiles:
+    """One CSV scratch file per day, at most :data:`MAX_OPEN_WRITERS` open at once (a file of
+    thousands of days would otherwise hold thousands of open files): the least recently used is
+    closed and reopened for appending, without a second header."""
+
+    def __init__(self, scratch: Path, spec: SourceSpec, schema: pa.Schema, stats: SplitStats) -> None:
+        self.scratch, self.spec, self.schema, self.stats = scratch, spec, schema, stats
+        self.open: OrderedDict[dt.date, tuple[pa.OSFile, pacsv.CSVWriter]] = OrderedDict()
+
+    def write(self, day: dt.date, part: pa.Table) -> None:
+        handle = self.open.pop(day, None)
+        if handle is None:
+            if len(self.open) >= MAX_OPEN_WRITERS:
+                _close(self.open.popitem(last=False)[1])
+            new = day not in self.stats.files
+            target = self.scratch / f"dt={day.isoformat()}.csv"
+            self.stats.files[day] = target
+            sink = pa.OSFile(str(target), "wb" if new else "ab")
+            handle = (sink, pacsv.CSVWriter(sink, self.schema, write_options=pacsv.WriteOptions(
+                include_header=self.spec.has_header and new,
+                quoting_style="none" if self.spec.needs_plain_fields else "needed", delimiter=self.spec.delimiter)))
+        self.open[day] = handle
+        handle[1].write_table(part.cast(self.schema))
+
+    def close(self) -> None:
+        while self.open:
+            _close(self.open.popitem()[1])
+
+
+def _close(handle: tuple[pa.OSFile, pacsv.CSVWriter]) -> None:
+    handle[1].close()
+    handle[0].close()
+
+
+def split_csv(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime, *,
+              window: tuple[int | None, int | None] = (None, None)) -> SplitStats:
+    """Route the rows of a CSV source (plain or gzip) into ``scratch/dt=D.csv`` files, unchanged;
+    rows outside ``window`` (UTC microseconds, None = open) are set aside as ``outside_window``."""
+    # One pass over the bytes: a corrupt gzip fails before anything is landed, and a Taobao file
+    # without any quote character cannot hold a mangled row (so the per-field check is skipped).
     with open(path, "rb") as fh:
-        if fh.read(2) == _GZIP_MAGIC:
-            _check_whole_file(path)
+        gzipped = fh.read(2) == _GZIP_MAGIC
+    check_fields = _scan_file(path) if (gzipped or spec.needs_plain_fields) else True
     columns, skip_header = _header_columns(path, spec)
     stats = SplitStats(columns=columns, suffix=".csv")
     pending_invalid: list[tuple[str, int, int]] = []
@@ -199,18 +299,7 @@ def split_csv(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime) -> 
         pending_invalid.append((row.text, row.expected_columns, row.actual_columns))
         return "skip"
 
-    schema = pa.schema([(c, pa.string()) for c in columns])
-    quoting = "none" if spec.needs_plain_fields else "needed"
-    writers: dict[dt.date, pacsv.CSVWriter] = {}
-
-    def write(day: dt.date, part: pa.Table) -> None:
-        if day not in writers:
-            target = scratch / f"dt={day.isoformat()}.csv"
-            stats.files[day] = target
-            writers[day] = pacsv.CSVWriter(str(target), schema, write_options=pacsv.WriteOptions(
-                include_header=spec.has_header, quoting_style=quoting, delimiter=spec.delimiter))
-        writers[day].write_table(part.cast(schema))
-
+    day_files = _CsvDayFiles(scratch, spec, pa.schema([(c, pa.string()) for c in columns]), stats)
     try:
         reader = pacsv.open_csv(
             str(path),
@@ -236,19 +325,20 @@ def split_csv(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime) -> 
                     stats.reject("unexpected_header", spec.delimiter.join(head),
                                  "a header line where the format has none", line=1)
                     table = table.slice(1)
-            _route(table, spec, stats, now, write)
+            _route(table, spec, stats, now, day_files.write, window=window, check_fields=check_fields)
             _flush_invalid(pending_invalid, stats)
         _flush_invalid(pending_invalid, stats)
     except pa.ArrowInvalid as exc:
         raise SourceError(f"{path}: unreadable as {spec.fmt} CSV after {stats.rows_read} rows: {exc}") from exc
     finally:
-        for w in writers.values():
-            w.close()
+        day_files.close()
     return stats
 
 
-def split_parquet(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime) -> SplitStats:
-    """Route the rows of a Parquet source into ``scratch/dt=D.parquet`` files, unchanged."""
+def split_parquet(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime, *,
+                  window: tuple[int | None, int | None] = (None, None)) -> SplitStats:
+    """Route the rows of a Parquet source into ``scratch/dt=D.parquet`` files, unchanged; rows outside
+    ``window`` are set aside as ``outside_window``."""
     try:
         pf = pq.ParquetFile(str(path))
     except (pa.ArrowInvalid, OSError) as exc:
@@ -271,7 +361,7 @@ def split_parquet(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime)
 
     try:
         for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-            _route(batch, spec, stats, now, write)
+            _route(batch, spec, stats, now, write, window=window)
     finally:
         for w in writers.values():
             w.close()

@@ -13,6 +13,7 @@ documented in docs/data.md.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -22,9 +23,9 @@ import pyarrow.compute as pc
 
 from pipelines.config import Settings
 from pipelines.contracts import BEHAVIORS
-from pipelines.data.canonical import canonicalize, plausible_bounds_us
-from pipelines.data.formats import SourceError, SourceSpec
-from pipelines.data.raw import RawFile, list_raw_files, read_raw_file
+from pipelines.data.canonical import canonicalize, digits_mask, plausible_bounds_us
+from pipelines.data.formats import DIGITS, SourceError, SourceSpec
+from pipelines.data.raw import RawFile, RawPartition, list_raw_partitions, parse_raw_file
 from pipelines.platform import layout, storage
 from pipelines.platform.dates import utc_day_us
 
@@ -93,7 +94,9 @@ def flag_rows(canon: pa.Table, spec: SourceSpec, date: dt.date, settings: Settin
     def ids_bad() -> pa.Array:
         out = pa.array([False] * n)
         for f in ("user_id", "item_id", "category_id"):
-            ok = pc.match_substring_regex(canon[f], spec.id_pattern)
+            # The built-in digits pattern is checked without a regex engine (same answer, ~50x faster).
+            ok = (digits_mask(canon[f], 20) if spec.id_pattern == DIGITS
+                  else pc.match_substring_regex(canon[f], spec.id_pattern))
             out = pc.or_(out, pc.fill_null(pc.invert(ok), False))
         return out
 
@@ -126,39 +129,60 @@ def flag_rows(canon: pa.Table, spec: SourceSpec, date: dt.date, settings: Settin
         "bad_value": value_bad,
         "value_out_of_range": out_of_range,
     }
-    reason = pa.nulls(n, pa.string())
-    rules = pa.nulls(n, pa.string())
-    for name in reversed(ROW_RULES):
-        reason = pc.if_else(checks[name], pa.scalar(name), reason)
-    for name in ROW_RULES:
-        mask = checks[name]
-        if not pc.any(mask).as_py():
-            continue
-        joined = pc.binary_join_element_wise(rules, pa.scalar(name), ",", null_handling="skip")
-        rules = pc.if_else(mask, joined, rules)
-    return reason, rules
+    return _reasons(n, [_mask(checks[name], n) for name in ROW_RULES])
 
 
-def flag_partition(settings: Settings, date: dt.date, now: dt.datetime | None = None) -> FlaggedPartition:
+def _mask(check: pa.Array | pa.ChunkedArray, n: int) -> np.ndarray:
+    arr = check.combine_chunks() if isinstance(check, pa.ChunkedArray) else check
+    return np.zeros(n, dtype=bool) if len(arr) == 0 else pc.fill_null(arr, False).to_numpy(zero_copy_only=False)
+
+
+def _reasons(n: int, masks: list[np.ndarray]) -> tuple[pa.Array, pa.Array]:
+    """(first failed rule, all failed rules comma separated) per row from one mask per rule in
+    :data:`ROW_RULES` order; computed over the failing rows only (usually few)."""
+    failing = np.flatnonzero(np.logical_or.reduce(masks)) if masks else np.zeros(0, dtype=np.int64)
+    if len(failing) == 0:
+        return pa.nulls(n, pa.string()), pa.nulls(n, pa.string())
+    bits = np.zeros(len(failing), dtype=np.int64)
+    for k, mask in enumerate(masks):
+        bits |= mask[failing].astype(np.int64) << k
+    combos, combo_of_row = np.unique(bits, return_inverse=True)
+    names = [[ROW_RULES[k] for k in range(len(ROW_RULES)) if int(c) >> k & 1] for c in combos]
+    first = pa.array([ns[0] for ns in names], pa.string())
+    joined = pa.array([",".join(ns) for ns in names], pa.string())
+    code = np.full(n, -1, dtype=np.int64)
+    code[failing] = combo_of_row
+    index = pa.array(code, mask=code < 0)
+    return pc.take(first, index), pc.take(joined, index)
+
+
+def flag_partition(settings: Settings, date: dt.date, now: dt.datetime | None = None, *,
+                   partition: RawPartition | None = None, contents: Mapping[str, bytes] | None = None
+                   ) -> FlaggedPartition:
     """Read every landed file of ``raw/events/dt=date/`` and flag its rows (see :func:`flag_rows`).
 
-    Raises :class:`ValidationError` for an empty partition, a data file without sidecar, or an
-    unreadable file / changed columns (batch-level: the message names the file and the rule).
+    ``partition`` (its listing and sidecars) and ``contents`` (the files' bytes by key) are used
+    when the caller already has them (validation fetches many partitions at once). Raises
+    :class:`ValidationError` for an empty partition, a data file without sidecar, or an unreadable
+    file / changed columns (batch-level: the message names the file and the rule).
     """
-    files, orphans = list_raw_files(settings, date)
-    if orphans:
+    if partition is None:
+        partition = list_raw_partitions(settings, [date]).get(date) or RawPartition(date, (), (), ())
+    if partition.orphans:
+        orphans = partition.orphans
         raise ValidationError(f"dt={date}: rule files_have_sidecar failed: {len(orphans)} raw file(s) without "
                               f"a .meta.json sidecar ({', '.join(orphans[:3])}); land files with "
                               "`python -m pipelines land`")
-    if not files:
+    if not partition.files:
         prefix = layout.partition_prefix(layout.RAW, date)
         raise ValidationError(f"dt={date}: rule partition_not_empty failed: no landed files under "
                               f"{storage.uri(settings, prefix)}")
     parts: list[pa.Table] = []
-    for raw in files:
+    for raw in partition.files:
         try:
-            table = read_raw_file(settings, raw)
-        except SourceError as exc:
+            data = contents[raw.key] if contents is not None else storage.get_bytes(settings, raw.key)
+            table = parse_raw_file(settings, raw, data)
+        except (SourceError, storage.StorageError) as exc:
             raise ValidationError(f"dt={date}: rule readable_file failed: {exc}") from exc
         canon = canonicalize(table, raw.spec)
         reason, rules = flag_rows(canon, raw.spec, date, settings, now)
@@ -168,7 +192,8 @@ def flag_partition(settings: Settings, date: dt.date, now: dt.datetime | None = 
         canon = canon.append_column("reason", reason).append_column("rules", rules)
         parts.append(canon)
     canon_all = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-    return FlaggedPartition(date=date, canon=canon_all, files=files, in_window=in_window(settings, date))
+    return FlaggedPartition(date=date, canon=canon_all, files=list(partition.files),
+                            in_window=in_window(settings, date))
 
 
 def mark_outside_window(flagged: FlaggedPartition) -> pa.Table:
@@ -185,6 +210,8 @@ def split_flagged(flagged: FlaggedPartition) -> tuple[pa.Table, pa.Table, dict[s
     """(valid rows, quarantined rows, quarantined rows per reason) of a flagged partition, after
     :func:`mark_outside_window`."""
     canon = mark_outside_window(flagged)
+    if canon["reason"].null_count == canon.num_rows:  # no row fails a rule: nothing to filter
+        return canon, canon.slice(0, 0), {}
     bad_mask = pc.is_valid(canon["reason"])
     return canon.filter(pc.invert(bad_mask)), canon.filter(bad_mask), count_reasons(canon["reason"])
 

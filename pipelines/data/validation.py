@@ -1,19 +1,24 @@
-"""Validate one raw partition: row-level rules quarantine rows, batch-level rules fail the task.
+"""Validate raw partitions: row-level rules quarantine rows, batch-level rules fail the partition.
 
-For ``raw/events/dt=D/`` :func:`validate_partition` flags every landed row
-(:func:`pipelines.data.rules.flag_partition`) and
+:func:`validate_partitions` validates many days in one run (:func:`validate_partition` one): for
+each ``raw/events/dt=D/`` it flags every landed row (:func:`pipelines.data.rules.flag_partition`),
+then
 
 - writes the rows that fail a row rule to ``quarantine/events/dt=D/validation.parquet`` (the run
   continues);
-- runs the Great Expectations partition-profile gate (rows, bad-row share, duplicate share,
-  volume against recent partitions) and the recorded row-sample suite
-  (:mod:`pipelines.data.expectations`);
-- hands the valid rows to preprocessing (:func:`pipelines.data.handover.write_handover`);
-- writes ``reports/validation/<report_id>/dt=D/{result.json,ge_result.json,summary.md}``;
-- raises :class:`ValidationError` (file, rule, numbers) when the batch gate fails.
+- plans what preprocessing will do with the valid rows (:mod:`pipelines.data.cleaning`: exact
+  duplicates are counted here) and hands them over (:mod:`pipelines.data.handover`);
+- runs the Great Expectations suites once for all its days, through Checkpoints
+  (:mod:`pipelines.data.expectations`): the partition-profile gate (rows, bad-row share, duplicate
+  share, volume against recent partitions) and the recorded row sample;
+- writes ``reports/validation/<report_id>/dt=D/{result.json,ge_result.json,summary.md,data_docs.html}``
+  and the run's Data Docs index ``reports/validation/<report_id>/data_docs.html``.
 
-:func:`log_to_mlflow` records the key numbers of validated partitions on the training run.
-Rules and reasons are documented in docs/data.md.
+The raw files of the next days are fetched while one day is flagged, and the writes of one day
+overlap the next, so a long history of small days costs little more than its rows. A day that
+fails a batch rule (or cannot be read) is recorded in :attr:`ValidationRun.errors` with the file,
+rule and numbers, after its report and quarantine are written; :func:`validate_partition` raises
+:class:`ValidationError` for it. Rules and reasons are documented in docs/data.md.
 """
 
 from __future__ import annotations
@@ -21,182 +26,241 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import statistics
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from pipelines.config import Settings
-from pipelines.data import expectations
-from pipelines.data.handover import raw_fingerprint, write_handover
-from pipelines.data.quarantine import write_validation_quarantine
-from pipelines.data.raw import list_raw_files
-from pipelines.data.rules import (
-    OUTSIDE_WINDOW,
-    ValidationError,
-    count_exact_duplicates,
-    count_items_with_several_categories,
-    flag_partition,
-    in_window,
-    split_flagged,
+from pipelines.data import expectations, handover
+from pipelines.data.cleaning import EXACT, CleaningPlan, cleaning_settings, plan_cleaning
+from pipelines.data.fanout import Background, prefetch
+from pipelines.data.quarantine import validation_quarantine_table
+from pipelines.data.raw import RawPartition, list_partition_objects, list_raw_partitions
+from pipelines.data.reports import (
+    ValidationResult,
+    log_to_mlflow,
+    publish_day,
+    publish_index,
+    render_summary,
 )
-from pipelines.platform import layout, storage, tracking
+from pipelines.data.rules import OUTSIDE_WINDOW, ValidationError, flag_partition, in_window, split_flagged
+from pipelines.platform import layout, storage
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ValidationError", "ValidationResult", "ValidationRun", "log_to_mlflow", "recent_volume",
+           "render_summary", "validate_partition", "validate_partitions"]
+
 MIN_VOLUME_HISTORY = 3  # the volume rule needs this many earlier in-window partitions
+PREFETCH_BYTES = 256 << 20  # raw bytes fetched ahead of the partition being flagged
+PREFETCH_PARTITIONS = 64
 
 
 @dataclass
-class ValidationResult:
-    """Key numbers of one validated partition (``to_dict`` goes to XCom, MLflow and the report)."""
+class ValidationRun:
+    """What :func:`validate_partitions` did: a result per partition validated (passed or failed the
+    gate), an error message per partition that failed or could not be read, the Data Docs index."""
+
+    report_id: str
+    results: list[ValidationResult] = field(default_factory=list)
+    errors: dict[dt.date, str] = field(default_factory=dict)
+    data_docs_key: str | None = None
+
+    def raise_for_errors(self) -> None:
+        """Raise :class:`ValidationError` naming every failed partition (the first three in full)."""
+        if self.errors:
+            shown = "; ".join(self.errors[d] for d in sorted(self.errors)[:3])
+            more = f" (and {len(self.errors) - 3} more partitions)" if len(self.errors) > 3 else ""
+            raise ValidationError(f"{len(self.errors)} partition(s) failed validation: {shown}{more}")
+
+
+@dataclass
+class _Checked:
+    """One partition after the row rules, before the GE suites."""
 
     date: dt.date
-    report_id: str
     files: list[str]
     rows: int
     valid_rows: int
     quarantined: int
     reasons: dict[str, int]
-    bad_row_share: float
-    duplicate_rows: int
-    duplicate_share: float
-    volume_ratio: float | None
+    duplicates: int
+    several: int
     in_window: bool
-    items_with_several_categories: int
-    ge_success: bool
-    ge_row_sample_success: bool | None  # None: the row-sample suite was not run (ge_row_sample_rows = 0)
-    failures: list[str] = field(default_factory=list)
-    quarantine_key: str | None = None
-    report_prefix: str = ""
-    handover_key: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["date"] = self.date.isoformat()
-        return out
-
-
-def recent_volume(settings: Settings, date: dt.date) -> float | None:
-    """Median rows of the last ``volume_lookback_partitions`` raw partitions before ``date`` (from the
-    sidecars' row counts) that lie in the window; None with fewer than 3 of them."""
-    earlier = [d for d in storage.list_partitions(settings, layout.RAW) if d < date and in_window(settings, d)]
-    earlier = earlier[-settings.volume_lookback_partitions:]
-    if len(earlier) < MIN_VOLUME_HISTORY:
-        return None
-    volumes = []
-    for d in earlier:
-        files, _ = list_raw_files(settings, d)
-        volumes.append(sum(f.rows for f in files))
-    return float(statistics.median(volumes))
+    volume_ref: float | None
+    profile: dict[str, Any]
+    sample: pa.Table
+    spec: Any
+    quarantine_key: str | None
+    handover_key: str
 
 
 def validate_partition(settings: Settings, date: dt.date, *, report_id: str) -> ValidationResult:
     """Validate ``raw/events/dt=date/``: quarantine failing rows, gate the batch, write the report.
 
     Returns :class:`ValidationResult`; raises :class:`ValidationError` (after writing the report and
-    quarantine, so people can look) when a batch-level rule fails.
+    quarantine, so people can look) when a batch-level rule fails or the partition cannot be read.
     """
-    report_prefix = layout.validation_report_prefix(report_id, date)
-    fingerprint = raw_fingerprint(settings, date)  # before reading: a file landed meanwhile makes it stale
-    try:
-        flagged = flag_partition(settings, date)
-    except ValidationError as exc:
-        storage.put_text(settings, report_prefix + "summary.md", f"# Validation of dt={date}: FAILED\n\n{exc}\n")
-        raise
+    run = validate_partitions(settings, [date], report_id=report_id)
+    if date in run.errors:
+        raise ValidationError(run.errors[date])
+    return run.results[0]
+
+
+def validate_partitions(settings: Settings, dates: Iterable[dt.date], *, report_id: str,
+                        now: dt.datetime | None = None) -> ValidationRun:
+    """Validate every raw partition of ``dates`` in one run (see the module docstring); the Great
+    Expectations suites run once over all of them. Returns :class:`ValidationRun`."""
+    days = sorted(set(dates))
+    run = ValidationRun(report_id=report_id)
+    if not days:
+        return run
+    gx_ready = expectations.prepare_in_background()
+    raw = list_raw_partitions(settings, days)
+    history = _volume_history(settings, days, raw)
+    quarantined_before = {o.key for o in list_partition_objects(settings, layout.QUARANTINE, days)}
+    checked: list[_Checked] = []
+
+    def fetch(day: dt.date) -> dict[str, bytes] | Exception:
+        part = raw.get(day)
+        try:
+            return {f.key: storage.get_bytes(settings, f.key) for f in part.files} if part else {}
+        except storage.StorageError as exc:
+            return exc
+
+    def weight(day: dt.date) -> int:
+        part = raw.get(day)
+        return sum(o.size for o in part.objects) if part else 0
+
+    with Background() as writes:
+        for day, contents in prefetch(fetch, days, weight=weight, budget=PREFETCH_BYTES):
+            part = raw.get(day) or RawPartition(day, (), (), ())
+            try:
+                if isinstance(contents, Exception):
+                    raise ValidationError(f"dt={day}: rule readable_file failed: {contents}")
+                checked.append(_check(settings, part, contents, history, quarantined_before, writes, now))
+            except ValidationError as exc:
+                run.errors[day] = str(exc)
+                prefix = layout.validation_report_prefix(report_id, day)
+                writes.submit(storage.put_text, settings, prefix + "summary.md",
+                              f"# Validation of dt={day}: FAILED\n\n{exc}\n")
+        gx_ready.join()
+        gates = expectations.check_profiles([c.profile for c in checked], settings) if checked else {}
+        samples = [(c.date.isoformat(), c.spec, c.sample) for c in checked if c.sample.num_rows]
+        row_suites = expectations.check_samples(samples, settings, now) if samples else {}
+        for c in checked:
+            day = c.date.isoformat()
+            result = _result(settings, report_id, c, gates[day], row_suites.get(day))
+            publish_day(settings, result, gates[day], row_suites.get(day), c.sample.num_rows, writes)
+            run.results.append(result)
+            if result.failures:
+                run.errors[c.date] = (f"dt={c.date} ({', '.join(result.files)}): " + "; ".join(result.failures)
+                                      + f" (report {storage.uri(settings, result.report_prefix)}summary.md)")
+            log.info("validated dt=%s: %d rows, %d quarantined %s, %d exact duplicates, volume ratio %s%s", day,
+                     result.rows, result.quarantined, result.reasons or "", result.duplicate_rows,
+                     result.volume_ratio, "" if not result.failures else " - FAILED: " + "; ".join(result.failures))
+        if run.results:
+            run.data_docs_key = publish_index(settings, report_id, run.results, writes)
+    return run
+
+
+def _check(settings: Settings, part: RawPartition, contents: dict[str, bytes], history: VolumeHistory,
+           quarantined_before: set[str], writes: Background, now: dt.datetime | None) -> _Checked:
+    """Flag one partition's rows, plan their cleaning, start writing its quarantine and hand-over."""
+    day = part.date
+    flagged = flag_partition(settings, day, now, partition=part, contents=contents)
     rows = flagged.rows
     valid, bad, reasons = split_flagged(flagged)
-    quarantined = bad.num_rows
+    plan = plan_cleaning(valid, settings)
+    duplicates = int(np.count_nonzero(plan.fate == EXACT))
+    several = plan.stats["items_with_several_categories"]
     # Rows outside the window are out of scope, not broken: they do not count toward the bad-row share.
     out_of_scope = reasons.get(OUTSIDE_WINDOW, 0)
-    duplicates = count_exact_duplicates(valid)
-    several = count_items_with_several_categories(valid)
-    volume_ref = recent_volume(settings, date) if flagged.in_window and settings.min_volume_ratio > 0 else None
+    volume_ref = recent_volume(settings, day, history) if flagged.in_window and settings.min_volume_ratio > 0 else None
     volume_ratio = None if volume_ref in (None, 0) else rows / volume_ref
     big = rows >= settings.share_checks_min_rows and flagged.in_window
-    bad_share = (quarantined - out_of_scope) / rows if rows else 0.0
+    bad_share = (bad.num_rows - out_of_scope) / rows if rows else 0.0
     dup_share = duplicates / rows if rows else 0.0
-    profile = {"rows": rows, "bad_row_share": bad_share if big else None,
-               "duplicate_share": dup_share if big else None, "volume_ratio": volume_ratio}
+    profile = {expectations.DAY: day.isoformat(), "rows": rows, "valid_rows": valid.num_rows,
+               "quarantined": bad.num_rows, "bad_row_share": bad_share if big else None, "duplicate_rows": duplicates,
+               "duplicate_share": dup_share if big else None, "volume_ratio": volume_ratio,
+               "items_with_several_categories": several, "users": plan.stats["users"], "items": plan.stats["items"],
+               "categories": plan.stats["categories"], "in_window": flagged.in_window}
+    q_table = validation_quarantine_table(bad)
+    q_key = layout.quarantine_key(day, "validation")
+    if q_table is not None:
+        writes.submit(storage.write_parquet, settings, q_key, q_table)
+    elif q_key in quarantined_before:
+        writes.submit(storage.delete_key, settings, q_key)
+    _write_handover(settings, part, valid, plan, rows, reasons, writes)
+    return _Checked(date=day, files=[f.key for f in flagged.files], rows=rows, valid_rows=valid.num_rows,
+                    quarantined=bad.num_rows, reasons=reasons, duplicates=duplicates, several=several,
+                    in_window=flagged.in_window, volume_ref=volume_ref, profile=profile,
+                    sample=expectations.sample_rows(flagged.canon, settings.ge_row_sample_rows),
+                    spec=flagged.files[0].spec, quarantine_key=q_key if q_table is not None else None,
+                    handover_key=layout.handover_key(day))
 
-    gate = expectations.run_profile_gate(profile, settings)
-    sample = expectations.sample_rows(flagged.canon, settings.ge_row_sample_rows)
-    row_suite = expectations.run_row_sample(sample, flagged.files[0].spec, settings) if len(sample) else None
-    failures = expectations.gate_failures(gate, profile, settings, volume_ref)
 
-    q_key = write_validation_quarantine(settings, date, bad)
-    h_key = write_handover(settings, date, valid, rows=rows, reasons=reasons, fingerprint=fingerprint)
-    result = ValidationResult(
-        date=date, report_id=report_id, files=[f.key for f in flagged.files], rows=rows, valid_rows=valid.num_rows,
-        quarantined=quarantined, reasons=reasons, bad_row_share=round(bad_share, 6), duplicate_rows=duplicates,
-        duplicate_share=round(dup_share, 6), volume_ratio=None if volume_ratio is None else round(volume_ratio, 4),
-        in_window=flagged.in_window, items_with_several_categories=several, ge_success=bool(gate.success),
+def _write_handover(settings: Settings, part: RawPartition, valid: pa.Table, plan: CleaningPlan, rows: int,
+                    reasons: dict[str, int], writes: Background) -> None:
+    table = handover.handover_table(part.date, valid, plan, rows=rows, reasons=reasons,
+                                    fingerprint=handover.raw_fingerprint(settings, part.date, part.objects),
+                                    cleaning=cleaning_settings(settings))
+    writes.submit(handover.write_handover, settings, part.date, table)
+
+
+def _result(settings: Settings, report_id: str, c: _Checked, gate: Any, row_suite: Any) -> ValidationResult:
+    failures = expectations.gate_failures(gate, c.profile, settings, c.volume_ref)
+    profile = c.profile
+    return ValidationResult(
+        date=c.date, report_id=report_id, files=c.files, rows=c.rows, valid_rows=c.valid_rows,
+        quarantined=c.quarantined, reasons=c.reasons,
+        bad_row_share=round((c.quarantined - c.reasons.get(OUTSIDE_WINDOW, 0)) / c.rows, 6) if c.rows else 0.0,
+        duplicate_rows=c.duplicates, duplicate_share=round(c.duplicates / c.rows, 6) if c.rows else 0.0,
+        volume_ratio=None if profile["volume_ratio"] is None else round(profile["volume_ratio"], 4),
+        in_window=c.in_window, items_with_several_categories=c.several, ge_success=bool(gate.success),
         ge_row_sample_success=bool(row_suite.success) if row_suite is not None else None, failures=failures,
-        quarantine_key=q_key, report_prefix=report_prefix, handover_key=h_key)
-    storage.put_json(settings, report_prefix + "result.json", result.to_dict())
-    storage.put_json(settings, report_prefix + "ge_result.json", {
-        "partition_profile": gate.to_json_dict(),
-        "row_sample": row_suite.to_json_dict() if row_suite is not None else None,
-        "row_sample_rows": len(sample)})
-    storage.put_text(settings, report_prefix + "summary.md", render_summary(result))
-    log.info("validated dt=%s: %d rows, %d quarantined %s, %d exact duplicates, volume ratio %s%s", date, rows,
-             quarantined, reasons or "", duplicates, result.volume_ratio,
-             "" if not failures else " - FAILED: " + "; ".join(failures))
-    if failures:
-        raise ValidationError(f"dt={date} ({', '.join(result.files)}): " + "; ".join(failures)
-                              + f" (report {storage.uri(settings, report_prefix)}summary.md)")
-    return result
+        quarantine_key=c.quarantine_key, report_prefix=layout.validation_report_prefix(report_id, c.date),
+        handover_key=c.handover_key, data_docs_key=layout.validation_data_docs_key(report_id, c.date))
 
 
-def render_summary(result: ValidationResult) -> str:
-    """A short human summary (Markdown) of one partition's validation."""
-    status = "FAILED" if result.failures else "passed"
-    lines = [f"# Validation of dt={result.date}: {status}", "",
-             f"- report id: {result.report_id}",
-             f"- files: {', '.join(result.files)}",
-             f"- rows: {result.rows}; valid: {result.valid_rows}; quarantined: {result.quarantined}; "
-             f"bad-row share (outside_window not counted): {result.bad_row_share:.2%}",
-             f"- exact duplicates among valid rows: {result.duplicate_rows} ({result.duplicate_share:.2%}; "
-             "removed by preprocessing)",
-             f"- volume vs median of recent partitions: {result.volume_ratio if result.volume_ratio is not None else 'n/a'}",
-             f"- in configured window: {'yes' if result.in_window else 'no (all rows set aside)'}",
-             f"- items listed under several categories: {result.items_with_several_categories}",
-             f"- Great Expectations: partition gate {'passed' if result.ge_success else 'failed'}, row sample "
-             f"{_sample_outcome(result.ge_row_sample_success)}"]
-    if result.reasons:
-        lines += ["", "| quarantine reason | rows |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in sorted(result.reasons.items(), key=lambda kv: -kv[1])]
-    if result.quarantine_key:
-        lines += ["", f"Quarantined rows: `{result.quarantine_key}`"]
-    if result.failures:
-        lines += ["", "## Batch failures", *[f"- {f}" for f in result.failures]]
-    return "\n".join(lines) + "\n"
+# --- numbers ---------------------------------------------------------------------------------------
 
 
-def _sample_outcome(success: bool | None) -> str:
-    return "not run" if success is None else "passed" if success else "failed"
+@dataclass
+class VolumeHistory:
+    """The in-window raw partitions landed (sorted) and rows per partition (from the sidecars), as far
+    as the volume rule needs them."""
+
+    landed: list[dt.date] = field(default_factory=list)
+    rows: dict[dt.date, int] = field(default_factory=dict)
 
 
-def log_to_mlflow(result_dicts: list[dict[str, Any]], mlflow_run_id: str, settings: Settings) -> dict[str, float]:
-    """Log the key numbers of validated partitions to an MLflow run; returns the metrics logged.
+def _volume_history(settings: Settings, days: list[dt.date], raw: dict[dt.date, RawPartition]) -> VolumeHistory:
+    """The history the volume rule compares ``days`` with: one listing of the partition dates, and
+    the sidecars of the in-window partitions just before each day that ``raw`` does not hold yet."""
+    history = VolumeHistory(rows={d: p.rows for d, p in raw.items()})
+    if settings.min_volume_ratio <= 0:
+        return history
+    history.landed = [d for d in storage.list_partitions(settings, layout.RAW) if in_window(settings, d)]
+    needed: set[dt.date] = set()
+    for day in days:
+        needed.update([d for d in history.landed if d < day][-settings.volume_lookback_partitions:])
+    missing = needed - set(raw)
+    if missing:
+        history.rows.update({d: p.rows for d, p in list_raw_partitions(settings, missing).items()})
+    return history
 
-    Metrics: ``validation/rows``, ``validation/quarantined``, ``validation/bad_row_share`` (overall),
-    ``validation/max_bad_row_share`` (worst partition), ``validation/duplicate_rows``,
-    ``validation/partitions`` and ``validation/quarantined/<reason>``; the result dicts are logged
-    as the artifact ``validation/results.json``.
-    """
-    rows = sum(int(r["rows"]) for r in result_dicts)
-    quarantined = sum(int(r["quarantined"]) for r in result_dicts)
-    metrics: dict[str, float] = {
-        "validation/partitions": float(len(result_dicts)),
-        "validation/rows": float(rows),
-        "validation/quarantined": float(quarantined),
-        "validation/bad_row_share": quarantined / rows if rows else 0.0,
-        "validation/max_bad_row_share": max((float(r["bad_row_share"]) for r in result_dicts), default=0.0),
-        "validation/duplicate_rows": float(sum(int(r["duplicate_rows"]) for r in result_dicts)),
-    }
-    for r in result_dicts:
-        for reason, count in r.get("reasons", {}).items():
-            key = f"validation/quarantined/{reason}"
-            metrics[key] = metrics.get(key, 0.0) + float(count)
-    tracking.log_metrics(settings, mlflow_run_id, metrics)
-    tracking.client(settings).log_dict(mlflow_run_id, {"partitions": result_dicts}, "validation/results.json")
-    return metrics
+
+def recent_volume(settings: Settings, date: dt.date, history: VolumeHistory | None = None) -> float | None:
+    """Median rows of the last ``volume_lookback_partitions`` raw partitions before ``date`` (from the
+    sidecars' row counts) that lie in the window; None with fewer than 3 of them. ``history``: what
+    :func:`_volume_history` gathered, when the caller has it."""
+    history = history or _volume_history(settings, [date], {})
+    earlier = [d for d in history.landed if d < date][-settings.volume_lookback_partitions:]
+    if len(earlier) < MIN_VOLUME_HISTORY:
+        return None
+    return float(statistics.median(history.rows.get(d, 0) for d in earlier))

@@ -59,33 +59,38 @@ def _landed_days(settings: Settings, start: dt.date, end: dt.date) -> list[dt.da
 
 def validate_window(settings: Settings, start: dt.date, end: dt.date, *, report_id: str,
                     mlflow_run_id: str | None = None) -> dict[str, Any]:
-    """Validate every landed raw partition in [start, end]; returns totals and per-day results.
+    """Validate every landed raw partition in [start, end] in one run (the Great Expectations suites
+    run once over all of them); returns totals, the days and the Data Docs index.
 
-    A batch-level failure of any partition raises (the task fails with the validator's message).
+    Every partition is validated and the numbers (with the Data Docs link) are logged before a
+    batch-level failure of any partition raises (the task fails with the validator's message).
     """
     days = _landed_days(settings, start, end)
     if not days:
         raise MissingInputError(f"no raw partitions in [{start}, {end}] under s3://{settings.bucket}/{layout.RAW}/")
-    results = []
-    for i, day in enumerate(days, 1):
-        result = validation.validate_partition(settings, day, report_id=report_id).to_dict()
-        log.info("validated %s (%d/%d): %s", day, i, len(days), _short(result))
-        results.append(result)
-    summary = {"partitions": [d.isoformat() for d in days], "totals": _totals(results)}
+    run = validation.validate_partitions(settings, days, report_id=report_id)
+    results = [r.to_dict() for r in run.results]
+    log.info("validated %d partitions (%d failed); Data Docs %s", len(days), len(run.errors),
+             storage.uri(settings, run.data_docs_key) if run.data_docs_key else "none")
+    summary = {"partitions": [d.isoformat() for d in days], "totals": _totals(results),
+               "failed": {d.isoformat(): msg for d, msg in sorted(run.errors.items())},
+               "data_docs": storage.uri(settings, run.data_docs_key) if run.data_docs_key else None}
     if mlflow_run_id:
-        validation.log_to_mlflow(results, mlflow_run_id, settings)
+        validation.log_to_mlflow(results, mlflow_run_id, settings, data_docs_key=run.data_docs_key)
         tracking.log_validation_summary(settings, mlflow_run_id, {**summary, "per_partition": results})
+    run.raise_for_errors()
     return summary
 
 
 def preprocess_window(settings: Settings, start: dt.date, end: dt.date) -> dict[str, Any]:
-    """Preprocess every landed raw partition in [start, end] into clean/; returns totals."""
+    """Preprocess every landed raw partition in [start, end] into clean/; returns totals. A partition
+    that cannot be preprocessed fails the task after the others are done."""
     days = _landed_days(settings, start, end)
-    results = []
-    for i, day in enumerate(days, 1):
-        result = preprocess.preprocess_partition(settings, day).to_dict()
-        log.info("preprocessed %s (%d/%d): %s", day, i, len(days), _short(result))
-        results.append(result)
+    run = preprocess.preprocess_partitions(settings, days)
+    results = [r.to_dict() for r in run.results]
+    if run.errors:
+        shown = "; ".join(run.errors[d] for d in sorted(run.errors)[:3])
+        raise preprocess.PreprocessError(f"{len(run.errors)} partition(s) could not be preprocessed: {shown}")
     return {"partitions": [d.isoformat() for d in days], "totals": _totals(results)}
 
 
@@ -167,11 +172,6 @@ def run_training(settings: Settings, *, data_start: str | None, data_end: str | 
         tracking.finish_run(settings, run["mlflow_run_id"], status="FAILED")
         raise
     return results
-
-
-def _short(result: dict[str, Any]) -> str:
-    keys = ("rows_in", "rows_clean", "rows_quarantined", "duplicates_dropped", "rows", "bad_row_share")
-    return ", ".join(f"{k}={result[k]}" for k in keys if k in result) or str(result)[:200]
 
 
 def _totals(results: list[dict[str, Any]]) -> dict[str, float]:

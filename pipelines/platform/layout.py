@@ -198,3 +198,18 @@ def raw_events_uri(bucket: str) -> str:
 def retraining_requests_uri(bucket: str) -> str:
     """The URI of the asset a retraining request is an event of; the training DAG is scheduled on it."""
     return f"s3://{bucket}/{RETRAINING_REQUESTS}"
+
+
+VALIDATION_DATA_DOCS = "data_docs.html"
+
+
+def validation_data_docs_key(report_id: str, date: dt.date) -> str:
+    """The Great Expectations Data Docs page of day D in validation run ``report_id``:
+    ``reports/validation/<report id>/dt=D/data_docs.html``."""
+    return validation_report_prefix(report_id, date) + VALIDATION_DATA_DOCS
+
+
+def validation_data_docs_index_key(report_id: str) -> str:
+    """The index of one validation run's Data Docs pages (a link per day):
+    ``reports/validation/<report id>/data_docs.html``."""
+    return validation_run_prefix(report_id) + VALIDATION_DATA_DOCS
