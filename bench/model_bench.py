@@ -30,9 +30,9 @@ sys.path.insert(0, str(REPO))
 
 from pipelines.config import Settings, _parse, load_settings  # noqa: E402
 from pipelines.contracts import EVENT_SCHEMA  # noqa: E402
+from pipelines.features.batch import to_model_inputs  # noqa: E402
 from pipelines.features.dataset import Dataset  # noqa: E402
 from pipelines.features.encoding import encode_events  # noqa: E402
-from pipelines.features.examples import to_model_inputs  # noqa: E402
 from pipelines.model.evaluate import evaluate_dataset  # noqa: E402
 from pipelines.model.metrics import EMERGING_KS, bootstrap_ci, comparison_table  # noqa: E402
 from pipelines.model.network import predict_proba  # noqa: E402

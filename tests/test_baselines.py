@@ -17,11 +17,15 @@ def stats() -> dict:
 
 
 def inputs(seq_cat: list[int], seq_age: list[float], hist: dict[int, float]) -> dict[str, np.ndarray]:
-    h = np.zeros((1, V, N_HIST), np.float32)
-    for cat, decayed in hist.items():
-        h[0, cat, 0] = 1.0
-        h[0, cat, HIST_FEATURES.index("decay_mid")] = decayed
-    return {"seq_cat": np.array([seq_cat]), "seq_age": np.array([seq_age], np.float32), "hist": h}
+    """Sparse inputs of one example: its history categories (plus one padding slot) and features."""
+    cats = np.zeros((1, len(hist) + 1), np.int32)
+    feats = np.zeros((1, len(hist) + 1, N_HIST), np.float32)
+    for slot, (cat, decayed) in enumerate(hist.items()):
+        cats[0, slot] = cat
+        feats[0, slot, 0] = 1.0
+        feats[0, slot, HIST_FEATURES.index("decay_mid")] = decayed
+    return {"seq_cat": np.array([seq_cat]), "seq_age": np.array([seq_age], np.float32), "hist_cat": cats,
+            "hist_feat": feats}
 
 
 def test_every_baseline_scores_every_category_and_never_the_reserved_columns() -> None:
@@ -37,6 +41,7 @@ def test_rules() -> None:
     scores = score_all(models, inputs([5, 2, 3, 3], [9.2, 3.5, 0.8, 0.3], {5: 0.1, 2: 0.4, 3: 1.5}))
     assert np.argmax(scores["popularity"][0]) == 2  # highest label rate
     assert np.argmax(scores["decayed_frequency"][0]) == 3  # largest decayed count
+    assert scores["decayed_frequency"][0, 4] == pytest.approx(0.0, abs=1e-5)  # not in the history
     assert np.argmax(scores["last_day"][0]) == 3  # the only category of the last active day
     assert np.argmax(scores["markov"][0]) == 4  # most frequent successor of the last category (3)
     assert models.popularity[2] == pytest.approx(0.8)

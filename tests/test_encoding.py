@@ -1,5 +1,6 @@
-"""Features: vocabularies, as-of planning, examples and dense inputs (pure functions, tiny data), and
-the dataset folder written and read back locally."""
+"""Features: vocabularies, as-of planning, examples and sparse model inputs (pure functions, tiny
+data), the dataset folder written and read back locally, and the batch encoder's parity with the
+per-user reference encoder (tests/reference_encoder.py) on random and on real data."""
 
 from __future__ import annotations
 
@@ -12,19 +13,15 @@ import pytest
 
 from pipelines.config import load_settings
 from pipelines.contracts import EVENT_SCHEMA
+from pipelines.features import batch
 from pipelines.features.asof import plan_asof_times
+from pipelines.features.batch import Examples, encode_examples, to_model_inputs
 from pipelines.features.dataset import Dataset
 from pipelines.features.encoding import encode_events
-from pipelines.features.examples import (
-    HIST_FEATURES,
-    N_HIST,
-    EncodingConfig,
-    encode_examples,
-    history_features,
-    to_model_inputs,
-)
+from pipelines.features.examples import HIST_FEATURES, N_HIST, EncodingConfig
 from pipelines.features.vocab import OOV, build_vocab
 from pipelines.platform import layout
+from tests import reference_encoder
 
 T0 = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
 
@@ -84,6 +81,13 @@ def test_examples_use_only_history_before_asof_and_label_the_horizon() -> None:
     assert hist[idx["a"]][HIST_FEATURES.index("share")] == pytest.approx(2 / 3)
 
 
+def test_no_events_and_no_asof_times_give_empty_example_tables() -> None:
+    vocab = build_vocab(["a"], 1)
+    config = EncodingConfig(3, 30, 4)
+    assert encode_examples(events([]), [T0], vocab, config).num_rows == 0
+    assert encode_examples(events([("u", "a", "view", 0.5)]), [], vocab, config).num_rows == 0
+
+
 def test_scoring_mode_keeps_every_user_even_without_history() -> None:
     table = events([("u", "a", "view", 0.5), ("later", "a", "view", 5.0)])
     out = encode_examples(table, [T0 + dt.timedelta(days=3)], build_vocab(["a"], 1),
@@ -92,23 +96,68 @@ def test_scoring_mode_keeps_every_user_even_without_history() -> None:
     assert out.filter(pa.compute.equal(out["user_id"], "later"))["seq_cat"].to_pylist() == [[]]
 
 
-def test_dense_inputs_are_right_aligned_with_known_mask_and_multi_hot_labels() -> None:
+def test_sparse_inputs_are_right_aligned_with_known_mask_and_multi_hot_labels() -> None:
     table = events([("u", "a", "view", 0.5), ("u", "b", "cart", 1.5), ("u", "c", "view", 3.5),
                     ("v", "zzz", "view", 2.0), ("v", "a", "view", 4.0)])
     vocab = build_vocab(["a", "b", "c"], 1)
     out = encode_examples(table, [T0 + dt.timedelta(days=3)], vocab, EncodingConfig(3, 30, 4))
     inputs, labels, known = to_model_inputs(out, vocab.n_categories, 4)
-    assert inputs["seq_cat"].shape == (2, 4) and inputs["hist"].shape == (2, vocab.n_categories, N_HIST)
+    # K = 2: each example carries only its own history categories, never a [B, V, 8] tensor
+    assert inputs["seq_cat"].shape == (2, 4) and inputs["hist_cat"].shape == (2, 2)
+    assert inputs["hist_feat"].shape == (2, 2, N_HIST)
     u = out["user_id"].to_pylist().index("u")
     assert list(inputs["seq_cat"][u]) == [0, 0, *vocab.category_index(["a", "b"])]
+    assert sorted(inputs["hist_cat"][u]) == sorted(vocab.category_index(["a", "b"]))
     assert known[u].sum() == 2 and labels[u, vocab.category_index(["c"])[0]] == 1.0
     v = out["user_id"].to_pylist().index("v")
-    assert known[v, OOV] == 1.0  # an unknown category is history too, in the OOV bucket
+    assert list(inputs["hist_cat"][v]) == [OOV, 0]  # an unknown category is history too; 0 pads
+    assert known[v, OOV] == 1.0
+    trimmed = Examples.from_table(out).model_inputs(4, trim=True)
+    assert trimmed["seq_cat"].shape == (2, 2)  # only the columns the longest sequence needs
+    assert list(trimmed["seq_cat"][u]) == list(inputs["seq_cat"][u][2:])
 
 
-def test_history_features_of_no_history_are_empty() -> None:
-    cats, feats = history_features(np.zeros(0, np.int32), np.zeros(0), horizon_days=3)
-    assert cats.shape == (0,) and feats.shape == (0, N_HIST)
+def test_a_user_without_history_gets_an_empty_history_and_dense_history_matches_sparse() -> None:
+    table = events([("u", "a", "view", 0.5), ("u", "b", "view", 0.7), ("later", "a", "view", 5.0)])
+    vocab = build_vocab(["a", "b"], 1)
+    examples = batch.encode(batch.index_events(table, vocab), [T0 + dt.timedelta(days=3)], vocab,
+                            EncodingConfig(3, 30, 4), with_labels=False)
+    assert examples.hist_counts().tolist() == [0, 2]  # users in id order: "later", "u"
+    inputs = examples.model_inputs(4)
+    dense = examples.dense_history(vocab.n_categories)
+    assert dense.shape == (2, vocab.n_categories, N_HIST) and not dense[0].any()
+    for slot, cat in enumerate(inputs["hist_cat"][1]):
+        np.testing.assert_array_equal(dense[1, cat], inputs["hist_feat"][1, slot])
+
+
+def random_events(seed: int, n_users: int = 60, n_events: int = 2500, days: float = 40.0) -> pa.Table:
+    """Random events with repeated timestamps (ties), unknown categories and unknown behaviours."""
+    rng = np.random.default_rng(seed)
+    ts = np.round(rng.random(n_events) * days, 2)  # 0.01-day grid: many events share a timestamp
+    return events([(f"u{rng.integers(n_users)}", f"c{rng.integers(12)}",
+                    ["view", "buy", "cart", "teleport"][rng.integers(4)], float(t)) for t in ts])
+
+
+def assert_same_examples(new: pa.Table, old: pa.Table) -> None:
+    assert new.schema.equals(old.schema) and new.num_rows == old.num_rows
+    for name in new.column_names:
+        if name == "hist_feat":
+            a = np.concatenate([np.asarray(x, np.float32) for x in new[name].to_pylist()] or [np.zeros(0)])
+            b = np.concatenate([np.asarray(x, np.float32) for x in old[name].to_pylist()] or [np.zeros(0)])
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=name)
+        else:
+            assert new[name].to_pylist() == old[name].to_pylist(), name
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_batch_encoder_matches_the_per_user_reference_on_random_events(seed: int, with_labels: bool) -> None:
+    table = random_events(seed)
+    vocab = build_vocab([f"c{i}" for i in range(9)] * 2, 2, ["view", "buy"])  # c9..c11 and teleport are OOV
+    config = EncodingConfig(horizon_days=3, lookback_days=10, seq_len=6)
+    asofs = [T0 + dt.timedelta(days=d) for d in (5, 12.5, 20, 39)]
+    assert_same_examples(encode_examples(table, asofs, vocab, config, with_labels=with_labels),
+                         reference_encoder.encode_examples(table, asofs, vocab, config, with_labels=with_labels))
 
 
 def daily_events(n_users: int = 6, days: int = 20) -> pa.Table:
@@ -143,3 +192,41 @@ def test_an_incomplete_dataset_folder_names_the_missing_file(tmp_path) -> None:
     (tmp_path / layout.DATASET_VOCAB).write_text('{"categories": [], "behaviors": []}')
     with pytest.raises(FileNotFoundError, match=layout.DATASET_METADATA):
         Dataset.open(tmp_path)
+
+
+def _taobao(paths: list) -> pa.Table:
+    names = ["user_id", "item_id", "category_id", "behavior_type", "timestamp"]
+    frame = pd.concat([pd.read_csv(p, header=None, names=names) for p in paths])
+    frame = frame[(frame["timestamp"] >= 1511539200) & (frame["timestamp"] <= 1512316799)]
+    return pa.table({"user_id": frame["user_id"].astype(str).to_numpy(), "item_id": frame["item_id"].astype(str).to_numpy(),
+                     "category_id": frame["category_id"].astype(str).to_numpy(),
+                     "behavior": frame["behavior_type"].map({"pv": "view", "cart": "cart", "fav": "fav", "buy": "buy"}),
+                     "ts": pa.array(pd.to_datetime(frame["timestamp"], unit="s", utc=True).astype("datetime64[us, UTC]")),
+                     "value": pa.nulls(len(frame), pa.float64())}).cast(EVENT_SCHEMA)
+
+
+def test_batch_encoder_matches_the_reference_on_real_taobao_histories(shared_data) -> None:
+    table = _taobao([shared_data / "taobao" / "UserBehavior_head.csv", shared_data / "taobao" / "UserBehavior_tail.csv"])
+    vocab = build_vocab(table["category_id"].to_pylist(), 2, table["behavior"].unique().to_pylist())
+    config = EncodingConfig(horizon_days=1, lookback_days=30, seq_len=50)
+    asofs = [dt.datetime(2017, 11, day, tzinfo=dt.UTC) for day in (28, 30)] + [dt.datetime(2017, 12, 2, tzinfo=dt.UTC)]
+    for with_labels in (True, False):
+        new = encode_examples(table, asofs, vocab, config, with_labels=with_labels)
+        assert new.num_rows > 100
+        assert_same_examples(new, reference_encoder.encode_examples(table, asofs, vocab, config,
+                                                                    with_labels=with_labels))
+
+
+def test_batch_encoder_matches_the_reference_on_real_ciao_reviews(shared_data) -> None:
+    frame = pd.read_csv(shared_data / "ciao" / "ciao_ratings.csv.gz").drop_duplicates()
+    frame = frame[frame["user_id"] % 4 == 0]  # a quarter of the users, every review of theirs
+    table = pa.table({"user_id": frame["user_id"].astype(str).to_numpy(), "item_id": frame["item_id"].astype(str).to_numpy(),
+                      "category_id": frame["category_id"].astype(str).to_numpy(), "behavior": ["review"] * len(frame),
+                      "ts": pa.array(pd.to_datetime(frame["timestamp"], unit="s", utc=True).astype("datetime64[us, UTC]")),
+                      "value": frame["rating"].astype(float).to_numpy()}).cast(EVENT_SCHEMA)
+    vocab = build_vocab(table["category_id"].to_pylist(), 1, ["review"])
+    config = EncodingConfig(horizon_days=90, lookback_days=20000, seq_len=50)
+    asofs = [dt.datetime(year, month, 1, tzinfo=dt.UTC) for year in (2006, 2009, 2010) for month in (1, 7)]
+    new = encode_examples(table, asofs, vocab, config)
+    assert new.num_rows > 500
+    assert_same_examples(new, reference_encoder.encode_examples(table, asofs, vocab, config))

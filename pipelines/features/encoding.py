@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -24,9 +25,10 @@ from pipelines.config import Settings
 from pipelines.contracts import EVENT_SCHEMA
 from pipelines.data.events import read_clean_events
 from pipelines.features.asof import SPLITS, plan_asof_times
+from pipelines.features.batch import EventIndex, encode, index_events
 from pipelines.features.dataset import Dataset, EncodedData
-from pipelines.features.examples import EncodingConfig, baseline_statistics, encode_examples
-from pipelines.features.vocab import build_vocab
+from pipelines.features.examples import EncodingConfig
+from pipelines.features.vocab import Vocab, build_vocab
 from pipelines.platform import tracking
 from pipelines.platform.dates import floor_day
 
@@ -64,14 +66,15 @@ def encode_events(events: pa.Table, settings: Settings) -> EncodedData:
     log.info("vocabulary: %d categories (min count %d), %d behaviours; as-of times train %d, validation %d, "
              "test %d", len(vocab.categories), settings.min_category_count, len(vocab.behaviors),
              len(asof["train"]), len(asof["validation"]), len(asof["test"]))
+    index = index_events(events, vocab)
     examples = {}
     for split in SPLITS:
-        examples[split] = encode_examples(events, asof[split], vocab, config)
+        examples[split] = encode(index, asof[split], vocab, config).to_table(index.users)
         log.info("%s: %d examples", split, examples[split].num_rows)
     if examples["train"].num_rows == 0 or examples["test"].num_rows == 0:
         raise ValueError(f"no training or test examples (train {examples['train'].num_rows}, test "
                          f"{examples['test'].num_rows}): the window is too short or too sparse")
-    stats = baseline_statistics(train_events, examples["train"], vocab)
+    stats = baseline_statistics(index_events(train_events, vocab), examples["train"], vocab)
     test_users = pa.array(sorted(set(examples["test"]["user_id"].to_pylist())), pa.string())
     lookback_start = asof["test"][0] - dt.timedelta(days=config.lookback_days)
     test_events = events.filter(
@@ -80,6 +83,26 @@ def encode_events(events: pa.Table, settings: Settings) -> EncodedData:
                         pc.less(ts, pa.scalar(asof["test"][-1], type=ts.type)))))
     return EncodedData(vocab=vocab, config=config, asof=asof, examples=examples, stats=stats,
                        test_events=test_events)
+
+
+def baseline_statistics(index: EventIndex, train_examples: pa.Table, vocab: Vocab) -> dict[str, Any]:
+    """Training-window statistics the baselines need: label rate per category over the training
+    examples (popularity) and first-order category transition counts between consecutive events
+    of each user (Markov), as sparse ``[from, to, count]`` triples. ``index`` holds the training
+    window's events."""
+    v = vocab.n_categories
+    labels = train_examples["label"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    label_counts = np.bincount(labels, minlength=v)
+    same_user = np.ones(index.n_events, bool)
+    same_user[index.bounds[:-1]] = False  # the first event of each user has no predecessor
+    keep = same_user[1:]
+    pairs = index.cat[:-1][keep].astype(np.int64) * v + index.cat[1:][keep]
+    uniq, counts = np.unique(pairs, return_counts=True)
+    return {
+        "n_train_examples": int(train_examples.num_rows),
+        "label_counts": label_counts.astype(int).tolist(),
+        "transitions": np.stack([uniq // v, uniq % v, counts], axis=1).astype(int).tolist(),
+    }
 
 
 def encode_step(settings: Settings, start: dt.date, end: dt.date, *, mlflow_run_id: str | None) -> dict[str, Any]:

@@ -7,10 +7,13 @@ unknown id never crashes scoring: it lands in the OOV bucket and is never return
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.contracts import BEHAVIORS
 
@@ -34,17 +37,29 @@ class Vocab:
     def n_behaviors(self) -> int:
         return len(self.behaviors) + RESERVED
 
-    def category_index(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
-        """Indices of raw category ids; unknown ids map to :data:`OOV` (never raises)."""
-        return _index(self.categories, ids)
+    @functools.cached_property
+    def _category_set(self) -> pa.Array:
+        return pa.array(self.categories, pa.string())
 
-    def behavior_index(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
-        """Indices of raw behaviours; unknown ones map to :data:`OOV`."""
-        return _index(self.behaviors, ids)
+    @functools.cached_property
+    def _behavior_set(self) -> pa.Array:
+        return pa.array(self.behaviors, pa.string())
+
+    def category_index(self, ids: Sequence[str] | np.ndarray | pa.Array) -> np.ndarray:
+        """Indices (int32) of raw category ids; unknown ids map to :data:`OOV` (never raises)."""
+        return _index(self._category_set, ids)
+
+    def behavior_index(self, ids: Sequence[str] | np.ndarray | pa.Array) -> np.ndarray:
+        """Indices (int32) of raw behaviours; unknown ones map to :data:`OOV`."""
+        return _index(self._behavior_set, ids)
 
     def category_ids(self) -> np.ndarray:
         """Raw id per index (padding and OOV as empty strings), for mapping scores back."""
         return np.array(["", ""] + list(self.categories), dtype=object)
+
+    def category_id_array(self) -> pa.Array:
+        """:meth:`category_ids` as an Arrow string array (index i = column i of a score matrix)."""
+        return pa.concat_arrays([pa.array(["", ""], pa.string()), self._category_set])
 
     def to_dict(self) -> dict[str, Any]:
         return {"categories": list(self.categories), "behaviors": list(self.behaviors)}
@@ -54,9 +69,13 @@ class Vocab:
         return cls(tuple(str(c) for c in data["categories"]), tuple(str(b) for b in data["behaviors"]))
 
 
-def _index(known: tuple[str, ...], ids: Sequence[str] | np.ndarray) -> np.ndarray:
-    lookup = {value: i + RESERVED for i, value in enumerate(known)}
-    return np.fromiter((lookup.get(str(v), OOV) for v in ids), dtype=np.int32, count=len(ids))
+def _index(known: pa.Array, ids: Sequence[str] | np.ndarray | pa.Array) -> np.ndarray:
+    if not isinstance(ids, pa.Array | pa.ChunkedArray):
+        ids = pa.array([str(v) for v in ids], pa.string())
+    elif not pa.types.is_string(ids.type):
+        ids = pc.cast(ids, pa.string())
+    found = pc.fill_null(pc.index_in(ids, value_set=known), -1).to_numpy(zero_copy_only=False)
+    return np.where(found >= 0, found + RESERVED, OOV).astype(np.int32)
 
 
 def build_vocab(categories: Iterable[str], min_count: int, behaviors: Iterable[str] = ()) -> Vocab:

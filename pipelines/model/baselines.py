@@ -1,8 +1,9 @@
 """Baselines scored exactly like the model: global popularity, the user's last active day, decayed
 user frequency and first-order Markov over categories.
 
-Each baseline turns the dense example inputs of :func:`pipelines.features.examples.to_model_inputs` into a
-score matrix [B, V] (higher = more likely). Ties are broken by a tiny share of popularity, so
+Each baseline turns the sparse example inputs of :meth:`pipelines.features.batch.Examples.model_inputs`
+(sequences [B, L], history ``hist_cat`` [B, K] / ``hist_feat`` [B, K, 8]) into a score matrix
+[B, V] (higher = more likely). Ties are broken by a tiny share of popularity, so
 every list is full. Columns 0 (padding) and 1 (OOV) score 0 and are never ranked by evaluation.
 """
 
@@ -36,7 +37,7 @@ class BaselineModels:
 
 
 def fit_baselines(stats: dict[str, Any], n_categories: int, decay_feature: str = "decay_mid") -> BaselineModels:
-    """Baselines from the training statistics of :func:`pipelines.features.examples.baseline_statistics`."""
+    """Baselines from the training statistics of :func:`pipelines.features.encoding.baseline_statistics`."""
     if decay_feature not in DECAY_FEATURES:
         raise ValueError(f"decay_feature={decay_feature!r} is not one of decay_short, decay_mid, decay_long")
     counts = np.asarray(stats["label_counts"], np.float64)
@@ -76,9 +77,20 @@ def score_last_day(models: BaselineModels, inputs: dict[str, np.ndarray]) -> np.
     return scores + _TIE * models.popularity
 
 
+def history_matrix(inputs: dict[str, np.ndarray], feature: int, n_categories: int) -> np.ndarray:
+    """One history feature of every (example, category) as a dense [B, V] matrix (0 where the
+    category is not in the example's history)."""
+    cats = inputs["hist_cat"]
+    out = np.zeros((len(cats), n_categories))
+    rows = np.broadcast_to(np.arange(len(cats))[:, None], cats.shape)
+    out[rows, cats] = inputs["hist_feat"][:, :, feature]
+    out[:, 0] = 0.0  # padding slots of the sparse history
+    return out
+
+
 def score_decayed_frequency(models: BaselineModels, inputs: dict[str, np.ndarray]) -> np.ndarray:
     """Exponentially decayed count of each category in the user's look-back history."""
-    scores = inputs["hist"][:, :, models.decay_feature].astype(np.float64)
+    scores = history_matrix(inputs, models.decay_feature, models.popularity.shape[0])
     scores[:, :RESERVED] = 0.0
     return scores + _TIE * models.popularity
 

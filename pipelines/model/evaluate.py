@@ -21,8 +21,8 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.config import Settings
+from pipelines.features.batch import to_model_inputs
 from pipelines.features.dataset import Dataset
-from pipelines.features.examples import to_model_inputs
 from pipelines.features.vocab import RESERVED
 from pipelines.model.baselines import DECAY_FEATURES, fit_baselines, score_all, score_decayed_frequency
 from pipelines.model.metrics import (

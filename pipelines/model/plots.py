@@ -12,7 +12,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
+from pipelines.features.examples import HIST_FEATURES
 from pipelines.features.vocab import RESERVED, Vocab
+from pipelines.model.baselines import history_matrix
 from pipelines.model.metrics import example_metrics
 
 
@@ -42,7 +44,7 @@ def _sample_users_figure(result: dict[str, Any], vocab: Vocab, n_users: int) -> 
     picks = rng.choice(candidates, size=min(n_users, len(candidates)), replace=False)
     fig = Figure(figsize=(10, 2.6 * len(picks)))
     axes = fig.subplots(len(picks), 1, squeeze=False)
-    hist = result["inputs"]["hist"][:, :, 2]  # decayed counts at one horizon half-life
+    hist = history_matrix(result["inputs"], HIST_FEATURES.index("decay_mid"), labels.shape[1])  # half-life: 1 horizon
     users = result["examples"]["user_id"].to_pylist()
     for ax, row in zip(axes[:, 0], picks, strict=True):
         current = hist[row] / max(hist[row].sum(), 1e-12)

@@ -1,5 +1,10 @@
 """The scoring contract: the MLflow pyfunc model every consumer loads, and what it is logged with.
 
+The pyfunc's ``predict`` is the public contract, for any consumer and for a champion from
+elsewhere. For this product's own models the daily scoring skips the pandas round trip: it asks
+the loaded pyfunc for its :class:`ModelCore` (the Keras model as a :class:`Predictor`, the
+vocabulary and the encoding config) and runs the batch encoder and the model on Arrow data.
+
 ``InterestMigrationPyfunc.predict(events, params={"as_of": ISO, "top_n": 50})`` takes raw events
 (columns :data:`~pipelines.contracts.MODEL_INPUT_COLUMNS`, raw ids, UTC-aware ``ts``) and returns
 one row per user in the input: ``user_id``, ``categories`` (best first, real ids, at most
@@ -13,6 +18,7 @@ installed) and only real packages as requirements (:func:`pip_requirements`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from importlib.metadata import PackageNotFoundError, version
@@ -28,9 +34,10 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
 from pipelines.contracts import EVENT_SCHEMA, MODEL_INPUT_COLUMNS
-from pipelines.features.examples import EncodingConfig, encode_examples, to_model_inputs
-from pipelines.features.vocab import RESERVED, Vocab
-from pipelines.model.network import load_keras_model, predict_proba
+from pipelines.features.batch import encode, index_events
+from pipelines.features.examples import EncodingConfig
+from pipelines.features.vocab import Vocab
+from pipelines.model.network import Predictor, configure_threads, load_keras_model
 
 DEFAULT_TOP_N = 50
 # The folder of the ``pipelines`` package: logged as the model's code (``code_paths``).
@@ -53,23 +60,39 @@ def events_to_table(events: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(frame.reset_index(drop=True), schema=EVENT_SCHEMA, preserve_index=False)
 
 
-def score_events(model: keras.Model, vocab: Vocab, config: EncodingConfig, events: pd.DataFrame,
-                 as_of: pd.Timestamp | str, top_n: int) -> pd.DataFrame:
+@dataclasses.dataclass
+class ModelCore:
+    """The fast scoring core of one of this product's models: the Keras model as a
+    :class:`~pipelines.model.network.Predictor`, its vocabulary and its encoding config."""
+
+    predictor: Predictor
+    vocab: Vocab
+    config: EncodingConfig
+
+
+def score_events(model: keras.Model | Predictor, vocab: Vocab, config: EncodingConfig, events: pd.DataFrame,
+                 as_of: pd.Timestamp | str, top_n: int, batch_size: int = 4096) -> pd.DataFrame:
     """The scoring contract on an in-memory Keras model: one row per user in ``events`` with
     ``user_id``, ``categories`` (best first, real ids, at most ``top_n``) and ``scores``. Only
     events strictly before ``as_of`` (and within the look-back) are used; unknown ids are OOV."""
     as_of = pd.Timestamp(as_of)
     as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
-    examples = encode_examples(events_to_table(events), [as_of.to_pydatetime()], vocab, config, with_labels=False)
-    inputs, _, _ = to_model_inputs(examples, vocab.n_categories, config.seq_len)
-    probs = predict_proba(model, inputs)
-    ids = vocab.category_ids()
-    n = max(0, min(int(top_n), vocab.n_categories - RESERVED))
-    order = np.argsort(-probs[:, RESERVED:], axis=1, kind="stable")[:, :n] + RESERVED
+    predictor = model if isinstance(model, Predictor) else Predictor(model)
+    index = index_events(events_to_table(events), vocab)
+    examples = encode(index, [as_of.to_pydatetime()], vocab, config, with_labels=False)
+    parts = []
+    for lo in range(0, examples.n, batch_size):
+        rows = np.arange(lo, min(lo + batch_size, examples.n))
+        parts.append(predictor.top_n(examples.take(rows).model_inputs(config.seq_len, trim=predictor.sparse), top_n))
+    ids = vocab.category_id_array()
+    width = parts[0][0].shape[1] if parts else 0
+    codes = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, width), np.int64)
+    scores = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, width), np.float32)
+    offsets = pa.array(np.arange(len(codes) + 1, dtype=np.int32) * width)
     return pd.DataFrame({
-        "user_id": examples["user_id"].to_pylist(),
-        "categories": [list(ids[row]) for row in order],
-        "scores": [probs[i, row].astype(float).tolist() for i, row in enumerate(order)],
+        "user_id": index.users.take(pa.array(examples.user)).to_pylist(),
+        "categories": pa.ListArray.from_arrays(offsets, ids.take(pa.array(codes.ravel()))).to_pylist(),
+        "scores": pa.ListArray.from_arrays(offsets, pa.array(scores.ravel().astype(np.float64))).to_pylist(),
     })
 
 
@@ -80,16 +103,22 @@ class InterestMigrationPyfunc(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context: Any) -> None:
+        configure_threads()
         self.model = load_keras_model(context.artifacts["keras_model"])
         self.vocab = Vocab.from_dict(json.loads(Path(context.artifacts["vocab"]).read_text()))
         self.config = EncodingConfig(**json.loads(Path(context.artifacts["encoding"]).read_text()))
+        self.predictor = Predictor(self.model)
+
+    def core(self) -> ModelCore:
+        """The fast scoring core (what the daily scoring uses instead of :meth:`predict`)."""
+        return ModelCore(self.predictor, self.vocab, self.config)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
                 ) -> pd.DataFrame:
         params = params or {}
         if not params.get("as_of"):
             raise ValueError("params['as_of'] (ISO-8601 UTC timestamp) is required")
-        return score_events(self.model, self.vocab, self.config, model_input, pd.Timestamp(params["as_of"]),
+        return score_events(self.predictor, self.vocab, self.config, model_input, pd.Timestamp(params["as_of"]),
                             int(params.get("top_n") or DEFAULT_TOP_N))
 
 

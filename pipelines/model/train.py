@@ -20,7 +20,6 @@ import keras
 import mlflow
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 from keras import ops
@@ -28,10 +27,11 @@ from mlflow.models import infer_signature
 
 from pipelines.config import Settings
 from pipelines.contracts import MODEL_INPUT_COLUMNS
+from pipelines.features.batch import Examples, to_model_inputs
 from pipelines.features.dataset import Dataset
-from pipelines.features.examples import N_HIST, to_model_inputs
+from pipelines.features.examples import N_HIST
 from pipelines.model.metrics import example_metrics
-from pipelines.model.network import build_model, predict_proba
+from pipelines.model.network import Predictor, build_model, configure_threads
 from pipelines.model.pyfunc import (
     DEFAULT_TOP_N,
     InterestMigrationPyfunc,
@@ -45,6 +45,7 @@ from pipelines.platform import tracking
 log = logging.getLogger(__name__)
 
 _READ_ROWS = 8192  # rows read from a shard at a time: the shuffle window
+_STEPS_PER_EXECUTION = 8  # training steps per call into the compiled graph (less Python per step)
 # Model/loss options measured on Ciao (docs/model.md, "Measurements"); train_step uses these.
 LISTWISE_WEIGHT = 0.0  # listwise softmax term in the loss: 1.0 measured worse than BCE alone
 RESIDUAL_BASE = False  # start the repeat path from the decayed-frequency score
@@ -52,18 +53,24 @@ RESIDUAL_BASE = False  # start the repeat path from the decayed-frequency score
 
 def iter_batches(files: list[Path], n_categories: int, seq_len: int, batch_size: int, *, shuffle: bool,
                  seed: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-    """(inputs, labels) batches from Parquet shards, read ``_READ_ROWS`` rows at a time (bounded
-    memory); with ``shuffle`` the shard order and the rows inside each read are permuted."""
+    """(sparse inputs, labels) batches from Parquet shards, read ``_READ_ROWS`` rows at a time
+    (bounded memory). With ``shuffle`` the shard order and the rows of each read are permuted, the
+    read is cut into batches of examples with similar sequence lengths (each batch keeps only the
+    columns its longest sequence needs: about half the recurrent steps on Ciao) and the batches
+    are yielded in random order."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(files)) if shuffle else np.arange(len(files))
     for i in order:
         for record_batch in pq.ParquetFile(files[i]).iter_batches(batch_size=_READ_ROWS):
-            table = pa.Table.from_batches([record_batch])
+            examples = Examples.from_table(record_batch)
+            rows = np.arange(examples.n)
             if shuffle:
-                table = table.take(rng.permutation(table.num_rows))
-            for start in range(0, table.num_rows, batch_size):
-                inputs, labels, _ = to_model_inputs(table.slice(start, batch_size), n_categories, seq_len)
-                yield inputs, labels
+                rows = rng.permutation(examples.n)
+                rows = rows[np.argsort(np.diff(examples.seq_offsets)[rows], kind="stable")]
+            batches = [rows[lo:lo + batch_size] for lo in range(0, examples.n, batch_size)]
+            for b in (rng.permutation(len(batches)) if shuffle else range(len(batches))):
+                batch = examples.take(batches[b])
+                yield batch.model_inputs(seq_len, trim=shuffle), batch.label_matrix(n_categories)
 
 
 def make_tf_dataset(files: list[Path], n_categories: int, seq_len: int, batch_size: int, *, shuffle: bool,
@@ -75,9 +82,10 @@ def make_tf_dataset(files: list[Path], n_categories: int, seq_len: int, batch_si
         epoch["n"] += 1
         yield from iter_batches(files, n_categories, seq_len, batch_size, shuffle=shuffle, seed=seed + epoch["n"])
 
-    spec = {name: tf.TensorSpec((None, seq_len), tf.int32) for name in ("seq_cat", "seq_beh", "seq_dow", "seq_hour")}
-    spec["seq_age"] = tf.TensorSpec((None, seq_len), tf.float32)
-    spec["hist"] = tf.TensorSpec((None, n_categories, N_HIST), tf.float32)
+    spec = {name: tf.TensorSpec((None, None), tf.int32) for name in ("seq_cat", "seq_beh", "seq_dow", "seq_hour")}
+    spec["seq_age"] = tf.TensorSpec((None, None), tf.float32)
+    spec["hist_cat"] = tf.TensorSpec((None, None), tf.int32)
+    spec["hist_feat"] = tf.TensorSpec((None, None, N_HIST), tf.float32)
     signature = (spec, tf.TensorSpec((None, n_categories), tf.float32))
     return tf.data.Dataset.from_generator(generator, output_signature=signature).prefetch(2)
 
@@ -104,10 +112,14 @@ class ValidationNdcgStopping(keras.callbacks.Callback):
         self.k, self.patience = k, patience
         self.best, self.best_epoch, self.wait, self.best_weights = -1.0, 0, 0, None
         self.values: list[float] = []
+        self.predictor: Predictor | None = None
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.predictor = Predictor(self.model)  # traced once; it reads the live weights every epoch
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         k = self.k
-        probs = predict_proba(self.model, self.val_inputs)
+        probs = (self.predictor or Predictor(self.model)).predict(self.val_inputs)
         value = float(np.nanmean(example_metrics(probs, self.val_labels, self.val_known, (k,))[f"ndcg_at_{k}"]))
         self.values.append(value)
         if logs is not None:
@@ -156,6 +168,7 @@ def fit_model(dataset: Dataset, settings: Settings, *, use_repeat: bool = True,
     of ``settings.eval_ks``), seeded by ``settings.seed``. ``listwise_weight`` adds a listwise
     softmax loss to the BCE (:func:`ranking_loss`); ``residual_base`` starts the repeat path from
     the decayed-frequency score (:class:`pipelines.model.network.MigrationScorer`)."""
+    configure_threads()
     keras.utils.set_random_seed(settings.seed)
     vocab, config = dataset.vocab, dataset.config
     n_train = dataset.n_examples("train")
@@ -168,7 +181,8 @@ def fit_model(dataset: Dataset, settings: Settings, *, use_repeat: bool = True,
     model = build_model(vocab.n_categories, vocab.n_behaviors, config.seq_len, embed_dim=settings.embed_dim,
                         encoder=settings.sequence_encoder, age_scale=config.horizon_days, use_repeat=use_repeat,
                         residual_base=residual_base)
-    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=ranking_loss(listwise_weight))
+    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=ranking_loss(listwise_weight),
+                  steps_per_execution=_STEPS_PER_EXECUTION)
     train_ds = make_tf_dataset(dataset.files("train"), vocab.n_categories, config.seq_len, settings.batch_size,
                                shuffle=True, seed=settings.seed)
     stopper = ValidationNdcgStopping(val_inputs, val_labels, val_known, settings.eval_ks[0], settings.patience)
