@@ -125,3 +125,29 @@ def write_clean(settings: Settings, tables: dict[dt.date, pa.Table], part: str =
     """Write the tables as clean partitions ``clean/events/dt=D/<part>``."""
     for day, table in tables.items():
         storage.write_parquet(settings, layout.partition_prefix(layout.CLEAN, day) + part, table)
+
+
+def register_keras_champion(settings: Settings, keras_model_path: str, vocab: Any, config: Any) -> str:
+    """Log this product's own pyfunc (:class:`~pipelines.model.pyfunc.InterestMigrationPyfunc`)
+    around a saved Keras model with its vocabulary and encoding config, register it and alias it
+    ``champion``; returns the version."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from pipelines.model.pyfunc import InterestMigrationPyfunc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_path, encoding_path = Path(tmp) / "vocab.json", Path(tmp) / "encoding.json"
+        vocab_path.write_text(json.dumps(vocab.to_dict()))
+        encoding_path.write_text(json.dumps(config.to_dict()))
+        run_id = str(tracking.client(settings).create_run(tracking.ensure_experiment(settings)).info.run_id)
+        signature = ModelSignature(inputs=None, outputs=None, params=ParamSchema(
+            [ParamSpec("as_of", "string", PARAMS_EXAMPLE["as_of"]), ParamSpec("top_n", "long", 50)]))
+        tracking.log_model(settings, run_id, mlflow.pyfunc, name="model", python_model=InterestMigrationPyfunc(),
+                           artifacts={"keras_model": str(keras_model_path), "vocab": str(vocab_path),
+                                      "encoding": str(encoding_path)}, signature=signature)
+        tracking.finish_run(settings, run_id)
+    version = str(tracking.register_model(settings, f"runs:/{run_id}/model", {}).version)
+    tracking.client(settings).set_registered_model_alias(settings.model_name, "champion", version)
+    return version

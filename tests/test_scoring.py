@@ -1,20 +1,31 @@
 """Daily scoring on the real services: complete partitions, whole-partition reruns, the as-of rule,
-alias following, and clear errors. The model is a small real pyfunc (tests/pyfunc_models.py)
-registered on the session's MLflow server; events are clean partitions in the test's own bucket."""
+alias following, clear errors, the per-shard staging of the plan, and this product's own models
+on the fast core (today's sparse model and a version saved before the sparse path). The other
+models are small real pyfuncs (tests/pyfunc_models.py) scored through their public contract;
+everything is registered on the session's MLflow server; events are clean partitions in the
+test's own bucket."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import zlib
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
 from pipelines.contracts import PREDICTION_COLUMNS, PREDICTION_SCHEMA
 from pipelines.data.events import MissingInputError
-from pipelines.platform import layout, storage
-from pipelines.serving import scoring
+from pipelines.features.examples import EncodingConfig
+from pipelines.features.vocab import build_vocab
+from pipelines.platform import layout, storage, tracking
+from pipelines.serving import scoring, shards
 from tests import pyfunc_models as pm
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 D1, D2, D3, D4, D5 = (dt.date(2024, 1, day) for day in range(1, 6))
 
@@ -55,6 +66,15 @@ def test_shard_of_is_stable_and_in_range():
     assert [scoring.shard_of(u, 4) for u in ["u1", "u2", "u3", "user-42", "1000137"]] == [2, 0, 2, 3, 2]
     assert {scoring.shard_of(f"user{i}", 4) for i in range(200)} == {0, 1, 2, 3}
     assert scoring.shard_of("abc", 1) == 0
+
+
+def test_the_vectorised_crc32_is_zlibs():
+    ids = ["", "u1", "user-42", "1000137", "ünïcødé-用户", "x" * 300] + [f"user{i}" for i in range(500)]
+    assert shards.crc32_strings(pa.array(ids)).tolist() == [zlib.crc32(u.encode()) for u in ids]
+    sliced = pa.array(ids).slice(3, 50)
+    assert shards.crc32_strings(sliced).tolist() == [zlib.crc32(u.encode()) for u in ids[3:53]]
+    assert (shards.user_hashes(pa.chunked_array([ids[:7], ids[:7]])) % 4).tolist() == [
+        scoring.shard_of(u, 4) for u in ids[:7] * 2]
 
 
 @pytest.mark.services
@@ -179,3 +199,62 @@ def test_publish_refuses_an_incomplete_partition(scoring_settings):
     assert scoring.publish_partition(scoring_settings, D3, model, results)["row_count"] == sum(
         r["rows"] for r in results)
     assert storage.exists(scoring_settings, success)
+
+
+@pytest.mark.services
+def test_the_plan_stages_each_shard_its_users_and_publish_removes_the_staging(scoring_settings):
+    pm.register_as_champion(scoring_settings)
+    model = scoring.resolve_champion(scoring_settings)
+    staging = layout.scoring_staging_prefix(D3)
+    storage.put_bytes(scoring_settings, staging + "leftover.parquet", b"an earlier plan's file")
+    planned = scoring.plan_shards(scoring_settings, D3, model)
+    assert storage.list_keys(scoring_settings, staging) == sorted(s["input_key"] for s in planned)
+    window = {day: rows for day, rows in EVENTS.items() if D1 <= day <= D3}
+    assert sum(s["input_rows"] for s in planned) == sum(len(rows) for rows in window.values())
+    for spec in planned:
+        local = scoring_settings.work_dir / f"staged-{spec['shard']}.parquet"
+        storage.download_file(scoring_settings, spec["input_key"], local)
+        users = set()
+        for table in shards.iter_bucket_events(local):
+            users |= set(table["user_id"].to_pylist())
+        assert users and all(scoring.shard_of(u, spec["shards"]) == spec["shard"] for u in users)
+    results = [scoring.score_shard(scoring_settings, D3, model, spec) for spec in planned]
+    scoring.publish_partition(scoring_settings, D3, model, results)
+    assert storage.list_keys(scoring_settings, staging) == []
+
+
+def _encoded_day_events(day: dt.date) -> pd.DataFrame:
+    rows = [(u, i, c, b, dt.datetime.combine(d, dt.time(h), tzinfo=dt.UTC))
+            for d, day_rows in EVENTS.items() if d <= day for u, i, c, b, h in day_rows]
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "category_id", "behavior", "ts"])
+    frame["ts"] = frame["ts"].astype("datetime64[us, UTC]")
+    return frame
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("saved_by", ["today", "before the sparse path"])
+def test_own_models_score_on_the_fast_core_as_their_public_contract_does(scoring_settings, tmp_path, saved_by):
+    from pipelines.model.network import build_model, load_keras_model
+
+    # 7 categories + padding + OOV = 9 columns and 5 behaviours + 2 = 7: the legacy fixture's shapes
+    vocab = build_vocab(["shoes", "books", "toys", "games", "bags", "music", "garden"], 1)
+    config = EncodingConfig(horizon_days=1.0, lookback_days=3.0, seq_len=8)
+    if saved_by == "today":
+        path = tmp_path / "model.keras"
+        build_model(vocab.n_categories, vocab.n_behaviors, 8, embed_dim=8, age_scale=1.0).save(path)
+    else:  # saved by the network code of commit 081d5e5 (dense hist input)
+        path = FIXTURES / "legacy_dense_model.keras"
+    pm.register_keras_champion(scoring_settings, str(path), vocab, config)
+    manifest = scoring.score_date(scoring_settings, D3)
+    _, table = _read_partition(scoring_settings, D3)
+    assert manifest["row_count"] == table.num_rows == len(_users_active(D1, D3))
+    # the public contract (pyfunc predict) on the same events ranks the same categories
+    pyfunc = tracking.load_pyfunc(scoring_settings, manifest["model_uri"])
+    public = pyfunc.predict(_encoded_day_events(D3), params={"as_of": "2024-01-04T00:00:00+00:00", "top_n": 50})
+    public = public.set_index("user_id")
+    for row in table.to_pylist():
+        assert row["predicted_categories"] == list(public.loc[row["user_id"], "categories"])[:scoring_settings.top_k]
+        np.testing.assert_allclose(row["predicted_scores"], public.loc[row["user_id"], "scores"][:scoring_settings.top_k],
+                                   rtol=1e-5)
+    if saved_by != "today":
+        assert load_keras_model(path).get_layer("migration_scorer").get_config()["sparse"] is False

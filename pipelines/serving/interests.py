@@ -1,42 +1,35 @@
-"""Pure interest arithmetic behind a prediction row: current interests, migration, emerging, fading.
-
-Nothing here touches storage, MLflow or the clock: inputs are event frames, the as-of time and
-numbers; outputs are lists and floats. The scoring step (``pipelines.scoring``) feeds it one batch
-of users at a time, together with the model's predicted categories.
+"""The interest side of a prediction row, for a whole batch of users at once: each user's current
+(decayed) and history (undecayed) share of every category it touched.
 
 Definitions (the same words as docs/design.md):
-- *history share*: a category's share of the user's weighted events in the look-back window
-  (no decay): it says whether the user has ever really been into the category.
+- *history share*: a category's share of the user's behaviour-weighted events in the look-back
+  window (no decay): it says whether the user has ever really been into the category.
 - *current interest*: the same, with every event's weight halved each ``half_life_days`` before
   the as-of time; ``current_categories`` are the top categories, ``current_strengths`` their shares.
-- *predicted distribution*: the model's top-n scores normalised to sum to 1.
-- *migration score*: Jensen-Shannon divergence (base 2, so in [0, 1]) between the current interest
-  distribution and the predicted distribution: 0 = same interests tomorrow, 1 = entirely new ones.
-- *emerging*: best-ranked predicted categories whose history share is at most a small share.
-- *fading*: categories strong today (current share at least ``min_current_share``) that the user is
-  unlikely to touch in the horizon: predicted probability below ``max_probability`` (0 when not
-  predicted). Probabilities, not normalised shares, decide: a multi-label model spreads mass over
-  many categories, so a sole interest predicted at 0.85 must not read as fading. Ordered by
-  current share x (1 - probability), the biggest expected loss first.
+
+Only events strictly before the as-of time count. :func:`interest_history` computes both shares
+with one sort of the (user, category) keys; :mod:`pipelines.serving.contract` turns them and a
+score matrix into the contract's columns. Nothing here touches storage, MLflow or the clock.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+
+from pipelines.features.batch import EventIndex, ranges
 
 # Why weights: a purchase says more about an interest than a page view (Taobao is ~90% views).
 BEHAVIOR_WEIGHTS: dict[str, float] = {"view": 1.0, "fav": 2.0, "cart": 2.0, "buy": 3.0, "review": 3.0}
 DEFAULT_BEHAVIOR_WEIGHT = 1.0
 SECONDS_PER_DAY = 86_400.0
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class InterestParams:
     """The knobs of the interest arithmetic (from Settings, see :func:`params_from_settings`)."""
 
@@ -62,161 +55,78 @@ def params_from_settings(settings: object) -> InterestParams:
     )
 
 
-@dataclass(frozen=True)
-class UserInterests:
-    """One user's interests as of T: decayed current shares and undecayed history shares."""
+@dataclasses.dataclass(frozen=True)
+class InterestHistory:
+    """The interests of B users as ragged arrays: row r owns entries ``offsets[r]:offsets[r + 1]``,
+    one per category it touched before the as-of time (``code``: the category's code in the
+    caller's category space), with its ``history`` and ``current`` share (each sums to 1 per
+    non-empty row). A user with no event before the as-of time has no entry."""
 
-    current: dict[str, float]
-    history: dict[str, float]
+    offsets: np.ndarray  # int64 [B + 1]
+    code: np.ndarray  # int64 [M]
+    history: np.ndarray  # float64 [M]
+    current: np.ndarray  # float64 [M]
 
-    def top_current(self, k: int) -> tuple[list[str], list[float]]:
-        """The ``k`` strongest current categories (ties by category id) and their shares."""
-        ranked = sorted(self.current.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
-        return [c for c, _ in ranked], [float(s) for _, s in ranked]
+    @property
+    def n_rows(self) -> int:
+        return len(self.offsets) - 1
+
+    def row_of_entry(self) -> np.ndarray:
+        return np.repeat(np.arange(self.n_rows, dtype=np.int64), np.diff(self.offsets))
+
+    def take(self, rows: np.ndarray) -> InterestHistory:
+        """The rows ``rows``, in that order."""
+        rows = np.asarray(rows, np.int64)
+        entries, offsets = ranges(self.offsets[rows], self.offsets[rows + 1])
+        return InterestHistory(offsets, self.code[entries], self.history[entries], self.current[entries])
 
 
-def user_interests(events: pd.DataFrame, as_of: dt.datetime, half_life_days: float) -> dict[str, UserInterests]:
-    """Current (decayed) and history (undecayed) category shares of every user in ``events``.
+def behavior_weights(behaviors: pa.Array) -> np.ndarray:
+    """The weight of each behaviour of a string dictionary (:data:`BEHAVIOR_WEIGHTS`, else 1)."""
+    return np.array([BEHAVIOR_WEIGHTS.get(b, DEFAULT_BEHAVIOR_WEIGHT) for b in behaviors.to_pylist()], np.float64)
 
-    ``events`` needs columns user_id, category_id, behavior, ts (tz-aware UTC); events at or after
-    ``as_of`` are ignored (the as-of rule). Returns ``{user_id: UserInterests}``; each dict of
-    shares sums to 1. A user with no event before ``as_of`` is absent from the result.
-    """
+
+def interest_history(index: EventIndex, users: np.ndarray, as_of: dt.datetime, half_life_days: float,
+                     code_of_raw: np.ndarray) -> InterestHistory:
+    """Current and history shares of the users ``users`` (indices into ``index.users``, one row
+    each, in that order) as of ``as_of`` (UTC-aware). ``code_of_raw`` maps each raw category of
+    the index to the caller's category code. Raises ValueError on a bad half-life or a naive
+    ``as_of``."""
     if half_life_days <= 0:
         raise ValueError(f"half_life_days must be > 0, got {half_life_days}")
-    cutoff = pd.Timestamp(as_of)
-    if cutoff.tzinfo is None:
+    if as_of.tzinfo is None:
         raise ValueError(f"as_of must be timezone-aware (UTC), got {as_of!r}")
-    frame = events.loc[events["ts"] < cutoff, ["user_id", "category_id", "behavior", "ts"]]
-    if frame.empty:
-        return {}
-    weight = frame["behavior"].map(BEHAVIOR_WEIGHTS).fillna(DEFAULT_BEHAVIOR_WEIGHT).to_numpy(dtype=np.float64)
-    age_days = (cutoff - frame["ts"]).dt.total_seconds().to_numpy(dtype=np.float64) / SECONDS_PER_DAY
-    decayed = weight * np.exp2(-age_days / half_life_days)
-    grouped = (pd.DataFrame({"user_id": frame["user_id"].to_numpy(), "category_id": frame["category_id"].to_numpy(),
-                             "w": weight, "d": decayed})
-               .groupby(["user_id", "category_id"], sort=True)[["w", "d"]].sum())
-    totals = grouped.groupby(level=0).transform("sum")
-    shares = grouped / totals
-    result: dict[str, UserInterests] = {}
-    users = shares.index.get_level_values(0).to_numpy()
-    categories = shares.index.get_level_values(1).to_numpy()
-    history = shares["w"].to_numpy()
-    current = shares["d"].to_numpy()
-    # Rows are sorted by user: split the arrays at user boundaries instead of a Python groupby.
-    bounds = np.flatnonzero(users[1:] != users[:-1]) + 1
-    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(users)], strict=True):
-        cats = categories[lo:hi].tolist()
-        result[str(users[lo])] = UserInterests(current=dict(zip(cats, current[lo:hi].tolist(), strict=True)),
-                                               history=dict(zip(cats, history[lo:hi].tolist(), strict=True)))
-    return result
+    users = np.asarray(users, np.int64)
+    as_of_us = (as_of - _EPOCH) // dt.timedelta(microseconds=1)
+    first = index.bounds[users]
+    # events are sorted by time inside each user: those before as_of are a prefix of its rows
+    before = first + _count_before(index, users, as_of_us)
+    rows, _ = ranges(first, before)
+    row = np.repeat(np.arange(len(users), dtype=np.int64), before - first)
+    n_raw = max(len(index.raw_categories), 1)
+    key = row * n_raw + index.raw_cat[rows]
+    order = np.argsort(key, kind="stable")
+    key, rows = key[order], rows[order]
+    if len(key) == 0:
+        empty = np.zeros(0)
+        return InterestHistory(np.zeros(len(users) + 1, np.int64), empty.astype(np.int64), empty, empty)
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    weight = behavior_weights(index.raw_behaviors)[index.raw_beh[rows]]
+    age_days = (as_of_us - index.ts_us[rows]) / 1e6 / SECONDS_PER_DAY
+    w = np.add.reduceat(weight, starts)
+    d = np.add.reduceat(weight * np.exp2(-age_days / half_life_days), starts)
+    entry_row = key[starts] // n_raw
+    counts = np.bincount(entry_row, minlength=len(users))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        history = w / np.bincount(entry_row, weights=w, minlength=len(users))[entry_row]
+        current = d / np.bincount(entry_row, weights=d, minlength=len(users))[entry_row]
+    return InterestHistory(np.r_[0, np.cumsum(counts)].astype(np.int64),
+                           np.asarray(code_of_raw, np.int64)[key[starts] % n_raw], history, current)
 
 
-def normalize(scores: Mapping[str, float]) -> dict[str, float]:
-    """Scores divided by their sum (negative scores count as 0); all-zero input gives {}."""
-    positive = {k: v for k, v in scores.items() if v > 0 and v != math.inf}
-    total = sum(positive.values())
-    return {k: v / total for k, v in positive.items()} if total > 0 else {}
-
-
-def jensen_shannon(p: Mapping[str, float], q: Mapping[str, float]) -> float:
-    """Jensen-Shannon divergence (base 2) of two distributions over category ids, in [0, 1].
-
-    Both are normalised first. Empty on one side only gives 1.0 (nothing in common); empty on
-    both sides gives 0.0.
-    """
-    return _js_of_shares(normalize(p), normalize(q))
-
-
-def _js_of_shares(p: Mapping[str, float], q: Mapping[str, float]) -> float:
-    """JS divergence (base 2) of two already normalised distributions."""
-    if not p and not q:
-        return 0.0
-    if not p or not q:
-        return 1.0
-    total = 0.0
-    log2 = math.log2
-    for key, pi in p.items():
-        qi = q.get(key, 0.0)
-        mi = 0.5 * (pi + qi)
-        total += pi * log2(pi / mi)
-        if qi > 0:
-            total += qi * log2(qi / mi)
-    for key, qi in q.items():
-        if key not in p:
-            total += qi  # qi * log2(qi / (qi / 2)) = qi
-    return min(1.0, max(0.0, 0.5 * total))
-
-
-def migration_score(current: Mapping[str, float], predicted_categories: Sequence[str],
-                    predicted_scores: Sequence[float]) -> float:
-    """JS divergence between the current interest shares and the normalised predicted scores."""
-    return jensen_shannon(current, _as_mapping(predicted_categories, predicted_scores))
-
-
-def emerging_categories(predicted_categories: Sequence[str], history: Mapping[str, float], k: int,
-                        max_history_share: float) -> list[str]:
-    """The first ``k`` predicted categories (model order) with history share <= ``max_history_share``."""
-    out: list[str] = []
-    for category in predicted_categories:
-        if history.get(category, 0.0) <= max_history_share:
-            out.append(category)
-            if len(out) == k:
-                break
-    return out
-
-
-def fading_categories(current: Mapping[str, float], predicted_categories: Sequence[str],
-                      predicted_scores: Sequence[float], k: int, min_current_share: float,
-                      max_probability: float) -> list[str]:
-    """Categories with current share >= ``min_current_share`` whose predicted probability (0 when
-    not predicted) is below ``max_probability``; biggest expected loss first, at most ``k``."""
-    return _fading(normalize(current), _as_mapping(predicted_categories, predicted_scores), k,
-                   min_current_share, max_probability)
-
-
-def _fading(current: Mapping[str, float], probability: Mapping[str, float], k: int,
-            min_current_share: float, max_probability: float) -> list[str]:
-    losses = []
-    for category, share in current.items():
-        if share >= min_current_share:
-            p = probability.get(category, 0.0)
-            if p < max_probability:
-                losses.append((share * (1.0 - p), category))
-    losses.sort(key=lambda t: (-t[0], t[1]))
-    return [c for _, c in losses[:k]]
-
-
-def describe_user(interests: UserInterests | None, predicted_categories: Sequence[str],
-                  predicted_scores: Sequence[float], params: InterestParams) -> dict[str, object]:
-    """The interest columns of one prediction row (current_*, migration_score, emerging, fading).
-
-    ``interests`` None (no history before as-of) gives empty current lists, migration 1.0 when
-    something is predicted, and every predicted category counted as emerging.
-    """
-    if interests is None:
-        interests = UserInterests(current={}, history={})
-    current_categories, current_strengths = interests.top_current(params.current_k)
-    current = normalize(interests.current)
-    probability = _as_mapping(predicted_categories, predicted_scores)
-    predicted = normalize(probability)
-    return {
-        "current_categories": current_categories,
-        "current_strengths": current_strengths,
-        "migration_score": _js_of_shares(current, predicted),
-        "emerging_categories": emerging_categories(predicted_categories, interests.history, params.emerging_k,
-                                                   params.emerging_max_history_share),
-        "fading_categories": _fading(current, probability, params.fading_k,
-                                     params.fading_min_current_share, params.fading_max_probability),
-    }
-
-
-def _as_mapping(categories: Sequence[str], scores: Sequence[float]) -> dict[str, float]:
-    if len(categories) != len(scores):
-        raise ValueError(f"predicted categories ({len(categories)}) and scores ({len(scores)}) differ in length")
-    out = dict(zip(categories, scores, strict=True))
-    if len(out) < len(categories):  # a category listed twice: add its scores up
-        out = {}
-        for category, score in zip(categories, scores, strict=True):
-            out[category] = out.get(category, 0.0) + score
-    return out
+def _count_before(index: EventIndex, users: np.ndarray, as_of_us: int) -> np.ndarray:
+    """Events of each user strictly before ``as_of_us``."""
+    if index.n_events == 0 or int(index.ts_us.max()) < as_of_us:
+        return np.diff(index.bounds)[users]
+    user_of = index.user_of_event()
+    return np.bincount(user_of[index.ts_us < as_of_us], minlength=index.n_users)[users]

@@ -5,13 +5,15 @@ The scoring DAG runs four steps, each one function here (``score_date`` runs the
 1. :func:`resolve_champion` pins the exact version behind ``models:/<name>@champion``, so every
    shard of the day uses the same version even if someone moves the alias meanwhile.
 2. :func:`plan_shards` checks the input exists, deletes the old partition (``_SUCCESS`` first, so
-   readers stop trusting it at once) and returns one small dict per shard.
-3. :func:`score_shard` (mapped, one task per shard) reads the clean events of the look-back window
-   [D - lookback + 1, D], keeps the users whose stable hash falls into its shard, scores them in
-   batches of ``scoring_batch_users`` and writes ``part-<shard>.parquet`` (a deterministic name, so a
-   retried shard overwrites its own part and nothing else).
+   readers stop trusting it at once), reads the look-back window [D - lookback + 1, D] once and
+   stages each shard's users' events (:mod:`pipelines.serving.shards`), and returns one small
+   dict per shard.
+3. :func:`score_shard` (mapped, one task per shard) scores its staged users one bucket at a time
+   (:mod:`pipelines.serving.engine`: this product's models on their fast core, any other pyfunc
+   through its ``predict`` contract) and writes ``part-<shard>.parquet`` (a deterministic name,
+   so a retried shard overwrites its own part and nothing else).
 4. :func:`publish_partition` checks every part exists with the counts the shards reported, then
-   writes the ``_SUCCESS`` manifest last.
+   writes the ``_SUCCESS`` manifest last and removes the day's staging files.
 
 The as-of rule: only events with ``ts`` before the end of day D are read (older partitions only,
 and a filter on ``ts``), and the model gets ``as_of`` = end of D, so no event after D can change
@@ -22,14 +24,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipelines.config import Settings
 from pipelines.contracts import EVENT_SCHEMA, MODEL_INPUT_COLUMNS, PREDICTION_SCHEMA
@@ -37,17 +41,18 @@ from pipelines.data.events import MissingInputError, iter_clean_events
 from pipelines.model.registry import CHAMPION, version_by_alias
 from pipelines.platform import layout, storage, tracking
 from pipelines.platform.dates import end_of_day, lookback_window, to_date
-from pipelines.serving.interests import describe_user, params_from_settings, user_interests
+from pipelines.serving import shards as staging
+from pipelines.serving.engine import CoreScorer, PyfuncScorer, RowSpec, ScoringError
+from pipelines.serving.interests import params_from_settings
+
+__all__ = ["NoChampionError", "ScoringError", "plan_shards", "publish_partition", "resolve_champion",
+           "score_date", "score_shard", "shard_of"]
 
 log = logging.getLogger(__name__)
 
 
 class NoChampionError(RuntimeError):
     """No model version carries the ``champion`` alias: nothing may score."""
-
-
-class ScoringError(RuntimeError):
-    """The model's output or the written partition breaks the contract; the message says how."""
 
 
 def shard_of(user_id: str, shards: int) -> int:
@@ -99,32 +104,26 @@ def plan_shards(settings: Settings, date: dt.date | str, model: dict[str, Any]) 
     if removed:
         log.info("cleared %d old objects under s3://%s/%s", removed, settings.bucket, prefix)
     shards = settings.scoring_shards
+    staged = staging.stage_inputs(settings, day, shards)
     return [{"shard": i, "shards": shards, "as_of_date": day.isoformat(),
-             "key": layout.prediction_part_key(day, i), "model_version": model["model_version"]}
+             "key": layout.prediction_part_key(day, i), "model_version": model["model_version"],
+             "input_key": staged["keys"][i], "buckets": staged["buckets"], "input_rows": staged["rows"][i]}
             for i in range(shards)]
 
 
 @lru_cache(maxsize=2)
-def _load_model(settings: Settings, model_uri: str) -> Any:
-    # Keyed on the settings and the pinned version: every shard and batch of a day reuses one load.
+def _scorer(settings: Settings, model_uri: str) -> CoreScorer | PyfuncScorer:
+    """The scorer of a pinned version, loaded once per process (every shard and bucket of a day
+    reuses it): this product's models on their fast core, any other pyfunc through ``predict``."""
     log.info("loading %s from %s", model_uri, settings.mlflow_tracking_uri)
-    return tracking.load_pyfunc(settings, model_uri)
-
-
-def _read_shard_events(settings: Settings, day: dt.date, shard: int, shards: int) -> Any:
-    """Clean events of the look-back window for the users of one shard, as one Arrow table."""
-    schema = pa.schema([EVENT_SCHEMA.field(c) for c in MODEL_INPUT_COLUMNS])
-    start, end = lookback_window(day, settings.lookback_days)
-    known: dict[str, bool] = {}
-    tables = []
-    for table in iter_clean_events(settings, start, end, MODEL_INPUT_COLUMNS):
-        table = table.select(MODEL_INPUT_COLUMNS).cast(schema)
-        for user in pc.unique(table["user_id"]).to_pylist():
-            if user not in known:
-                known[user] = shard_of(user, shards) == shard
-        mine = pa.array([u for u, keep in known.items() if keep], pa.string())
-        tables.append(table.filter(pc.is_in(table["user_id"], value_set=mine)))
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+    predictor = tracking.load_pyfunc(settings, model_uri)
+    try:
+        python_model = predictor.unwrap_python_model()
+    except Exception:  # noqa: BLE001 - not a python_model pyfunc (another flavour): the public contract
+        python_model = None
+    if callable(getattr(python_model, "core", None)):
+        return CoreScorer(python_model.core())
+    return PyfuncScorer(predictor, model_uri, naive_ts=_naive_ts_wanted(predictor))
 
 
 def _naive_ts_wanted(predictor: Any) -> bool:
@@ -136,24 +135,24 @@ def _naive_ts_wanted(predictor: Any) -> bool:
     return any(spec.name == "ts" and "datetime" in str(spec.type) for spec in schema.inputs)
 
 
-def _check_model_output(frame: Any, users: list[str], model_uri: str) -> dict[str, tuple[list[str], list[float]]]:
-    missing_cols = {"user_id", "categories", "scores"} - set(frame.columns)
-    if missing_cols:
-        raise ScoringError(f"{model_uri} returned columns {list(frame.columns)}; missing {sorted(missing_cols)}")
-    out: dict[str, tuple[list[str], list[float]]] = {}
-    for user, categories, scores in zip(frame["user_id"].astype(str), frame["categories"], frame["scores"],
-                                        strict=True):
-        categories = [str(c) for c in categories]
-        scores = [float(s) for s in scores]
-        if len(categories) != len(scores):
-            raise ScoringError(f"{model_uri}: user {user!r} got {len(categories)} categories but "
-                               f"{len(scores)} scores")
-        out[user] = (categories, scores)
-    absent = [u for u in users if u not in out]
-    if absent:
-        raise ScoringError(f"{model_uri} returned no row for {len(absent)} of {len(users)} users "
-                           f"(e.g. {absent[:3]}); the scoring contract wants one row per input user")
-    return out
+def _shard_events(settings: Settings, day: dt.date, shard: dict[str, Any], workdir: Path) -> Iterator[pa.Table]:
+    """The shard's users' look-back events, one bucket at a time: from the staging file that
+    :func:`plan_shards` wrote, or (a shard spec without one) by hashing the window's users."""
+    if shard.get("input_key"):
+        local = workdir / "input.parquet"
+        storage.download_file(settings, shard["input_key"], local)
+        yield from staging.iter_bucket_events(local)
+        return
+    schema = pa.schema([EVENT_SCHEMA.field(c) for c in MODEL_INPUT_COLUMNS])
+    start, end = lookback_window(day, settings.lookback_days)
+    number, shards = int(shard["shard"]), int(shard["shards"])
+    tables = []
+    for table in iter_clean_events(settings, start, end, MODEL_INPUT_COLUMNS):
+        table = table.select(MODEL_INPUT_COLUMNS).cast(schema)
+        mine = (staging.user_hashes(table["user_id"]) % shards) == number
+        tables.append(table.filter(pa.array(mine)))
+    if tables:
+        yield pa.concat_tables(tables)
 
 
 def score_shard(settings: Settings, date: dt.date | str, model: dict[str, Any], shard: dict[str, Any]) -> dict[str, Any]:
@@ -161,61 +160,50 @@ def score_shard(settings: Settings, date: dt.date | str, model: dict[str, Any], 
 
     ``model`` comes from :func:`resolve_champion`, ``shard`` from :func:`plan_shards`. Returns
     {"shard", "shards", "key", "rows", "model_version", "seconds", "read_seconds", "score_seconds",
-    "write_seconds"}. An empty shard writes an empty
-    part (so :func:`publish_partition` can check that every shard ran).
+    "write_seconds"}. An empty shard writes an empty part (so :func:`publish_partition` can check
+    that every shard ran).
     """
     started = time.monotonic()
     day = to_date(date)
     number, shards = int(shard["shard"]), int(shard["shards"])
     key = shard.get("key") or layout.prediction_part_key(day, number)
-    as_of = end_of_day(day)
-    params = params_from_settings(settings)
-
-    events = _read_shard_events(settings, day, number, shards)
-    frame = events.to_pandas().sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
-    del events
-    read_done = time.monotonic()
-    user_column = frame["user_id"].to_numpy()
-    users = sorted(set(user_column.tolist()))
-    log.info("shard %d/%d of %s: %d users, %d events", number, shards, day, len(users), len(frame))
-    predictor = _load_model(settings, model["model_uri"]) if users else None
-    naive_ts = predictor is not None and _naive_ts_wanted(predictor)
-
-    columns: dict[str, list[Any]] = {name: [] for name in PREDICTION_SCHEMA.names}
-    batch_size = settings.scoring_batch_users
-    for batch_no, lo in enumerate(range(0, len(users), batch_size), 1):
-        batch_users = users[lo:lo + batch_size]
-        first = int(np.searchsorted(user_column, batch_users[0], side="left"))
-        last = int(np.searchsorted(user_column, batch_users[-1], side="right"))
-        batch = frame.iloc[first:last]
-        model_input = batch.assign(ts=batch["ts"].dt.tz_convert(None)) if naive_ts else batch
-        output = predictor.predict(model_input, params={"as_of": as_of.isoformat(), "top_n": settings.scoring_top_n})
-        predicted = _check_model_output(output, batch_users, model["model_uri"])
-        interests = user_interests(batch, as_of, params.half_life_days)
-        for user in batch_users:
-            categories, scores = predicted[user]
-            described = describe_user(interests.get(user), categories, scores, params)
-            columns["user_id"].append(user)
-            columns["predicted_categories"].append(categories[:settings.top_k])
-            columns["predicted_scores"].append(scores[:settings.top_k])
-            for name, value in described.items():
-                columns[name].append(value)
-        log.info("shard %d: batch %d scored %d users (%d/%d)", number, batch_no, len(batch_users),
-                 lo + len(batch_users), len(users))
-    rows = len(columns["user_id"])
-    columns["as_of_date"] = [day] * rows
-    columns["horizon_days"] = [settings.horizon_days] * rows
-    columns["model_name"] = [model["model_name"]] * rows
-    columns["model_version"] = [model["model_version"]] * rows
-    table = pa.Table.from_pydict(columns, schema=PREDICTION_SCHEMA)
-    score_done = time.monotonic()
-    storage.write_parquet(settings, key, table)
+    spec = RowSpec(as_of=end_of_day(day), as_of_date=day, horizon_days=settings.horizon_days,
+                   model_name=model["model_name"], model_version=model["model_version"],
+                   params=params_from_settings(settings), top_k=settings.top_k, top_n=settings.scoring_top_n,
+                   batch_users=settings.scoring_batch_users)
+    seconds = {"read": 0.0, "score": 0.0, "write": 0.0}
+    rows = 0
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.work_dir) as tmp:
+        part = Path(tmp) / "part.parquet"
+        with pq.ParquetWriter(part, PREDICTION_SCHEMA, compression="zstd") as writer:
+            buckets = _shard_events(settings, day, shard, Path(tmp))
+            while True:
+                t0 = time.monotonic()
+                events = next(buckets, None)
+                seconds["read"] += time.monotonic() - t0
+                if events is None:
+                    break
+                if events.num_rows == 0:
+                    continue
+                t0, writing = time.monotonic(), 0.0
+                for table in _scorer(settings, model["model_uri"]).score(events, spec):
+                    t1 = time.monotonic()
+                    writer.write_table(table)
+                    rows += table.num_rows
+                    writing += time.monotonic() - t1
+                seconds["score"] += time.monotonic() - t0 - writing
+                seconds["write"] += writing
+                log.info("shard %d/%d of %s: %d users scored so far", number, shards, day, rows)
+        t0 = time.monotonic()
+        storage.upload_file(settings, part, key)
+        seconds["write"] += time.monotonic() - t0
     done = time.monotonic()
     log.info("shard %d/%d of %s: wrote %d rows to s3://%s/%s in %.1fs", number, shards, day, rows,
              settings.bucket, key, done - started)
     return {"shard": number, "shards": shards, "key": key, "rows": rows, "model_version": model["model_version"],
-            "seconds": round(done - started, 3), "read_seconds": round(read_done - started, 3),
-            "score_seconds": round(score_done - read_done, 3), "write_seconds": round(done - score_done, 3)}
+            "seconds": round(done - started, 3), "read_seconds": round(seconds["read"], 3),
+            "score_seconds": round(seconds["score"], 3), "write_seconds": round(seconds["write"], 3)}
 
 
 def _part_rows_and_versions(settings: Settings, key: str) -> tuple[int, set[str], set[dt.date]]:
@@ -272,6 +260,10 @@ def publish_partition(settings: Settings, date: dt.date | str, model: dict[str, 
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
     }
     uri = storage.put_json(settings, layout.success_key(day), manifest)
+    try:
+        staging.clear_staging(settings, day)
+    except storage.StorageError as exc:  # the partition is published; the next plan of D clears them
+        log.warning("could not remove the staging files of %s: %s", day, exc)
     log.info("published %s: %d rows in %d parts from %s version %s", uri, total, len(expected_keys),
              model["model_name"], model["model_version"])
     return {**manifest, "uri": storage.uri(settings, prefix)}
