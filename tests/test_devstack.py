@@ -18,10 +18,17 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import ConfigError, load_settings
-from pipelines.devstack import airflow_api, credentials, demo, environment, lifecycle
+from pipelines.devstack import airflow_api, credentials, demo, environment, lifecycle, processes
 from pipelines.devstack import services as svc
 from pipelines.devstack.config import StackConfig, StackError, default_config, isolated_config
 from pipelines.platform import layout, storage, tracking
+from tests.stack_checks import (
+    WILDCARD_ADDRESSES,
+    assert_no_secret_in_logs,
+    http_status,
+    listeners_of,
+    restore_environ,
+)
 
 SLEEPY_DAG = '''
 """A DAG whose task sleeps, to check that `stack down` ends running task processes."""
@@ -60,18 +67,6 @@ def _stack_pids(root: Path) -> list[str]:
         if str(root).encode() in blob:
             found.append(f"{entry.name}: {(entry / 'cmdline').read_bytes()[:120]!r}")
     return found
-
-
-def assert_no_secret_in_logs(cfg: StackConfig, secret: dict[str, str]) -> None:
-    """No value of ``secret`` appears in any log file the stack or its tasks wrote."""
-    values = credentials.secret_values(secret)
-    assert values
-    files = [*cfg.logs_dir.rglob("*.log"), *(cfg.airflow_home / "logs").rglob("*.log")]
-    assert files
-    for log_file in files:
-        text = log_file.read_text(errors="replace")
-        leaked = [name for name, value in secret.items() if any(v in text for v in credentials.secret_values({name: value}))]
-        assert not leaked, f"{log_file} contains {leaked}"
 
 
 def test_default_config_reads_ports_and_root_from_env(tmp_path):
@@ -174,7 +169,19 @@ def test_up_status_down_up_keeps_data_and_leaves_nothing(tmp_path):
 
         report = lifecycle.status(cfg)
         assert report["up"], report
-        assert set(report["processes"]) == {"seaweedfs", "mlflow", *lifecycle.AIRFLOW_COMPONENTS}
+        assert set(report["processes"]) == {"seaweedfs", "mlflow", *lifecycle.AIRFLOW_COMPONENTS,
+                                            "log-server-scheduler", "log-server-triggerer"}
+        # No listener of the stack on a wildcard address (Airflow's own log servers would be).
+        pids = processes.find_stack_processes(cfg.root, [p["pid"] for p in json.loads(
+            cfg.state_file.read_text())["processes"].values()])
+        listeners = listeners_of(pids)
+        assert listeners and all(address == svc.LOOPBACK for _, address, _ in listeners), listeners
+        assert not [item for item in listeners if item[1] in WILDCARD_ADDRESSES]
+        ports = {port for _, _, port in listeners}
+        assert cfg.internal_ports["airflow.worker_log"] in ports and cfg.internal_ports["airflow.trigger_log"] in ports
+        assert cfg.internal_ports["webdav.port"] not in ports  # WebDAV is off
+        # MLflow refuses strangers.
+        assert http_status(f"{cfg.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1") == 401
         state = json.loads(cfg.state_file.read_text())
         assert state["ports"]["Airflow API/UI"] == cfg.airflow_port
         health = json.load(urllib.request.urlopen(f"{cfg.airflow_url}/api/v2/monitor/health"))
@@ -213,11 +220,7 @@ def test_up_status_down_up_keeps_data_and_leaves_nothing(tmp_path):
             runs = airflow_api.AirflowApi(cfg).get("/dags/sleepy/dagRuns")["dag_runs"]
             assert [r["dag_run_id"] for r in runs] == ["nap1"]
         finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            restore_environ(saved)
             storage.reset_clients()
 
         # No credential in any log the stack wrote.

@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 
 from pipelines.platform import layout, storage, tracking
+from tests.stack_checks import http_status
 
 pytestmark = pytest.mark.services
 
@@ -41,42 +42,24 @@ def test_mlflow_logs_artifact_to_s3(settings, tmp_path):
     assert open(local).read() == "hello"
 
 
-def _status(url: str, method: str = "GET", data: bytes | None = None, auth: tuple[str, str] | None = None) -> int:
-    """The HTTP status ``url`` answers with (0 when nothing listens)."""
-    import base64
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url, data=data, method=method)
-    if auth is not None:
-        request.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except OSError:
-        return 0
-
-
 def test_mlflow_refuses_anonymous_calls_and_the_client_account_cannot_manage_users(services):
     search = f"{services.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
-    assert _status(search) == 401
-    assert _status(f"{services.tracking_uri}/") == 401  # the UI too
+    assert http_status(search) == 401
+    assert http_status(f"{services.tracking_uri}/") == 401  # the UI too
     client = (services.env["MLFLOW_TRACKING_USERNAME"], services.env["MLFLOW_TRACKING_PASSWORD"])
-    assert _status(search, auth=client) == 200
-    assert _status(search, auth=(client[0], "wrong-password")) == 401
+    assert http_status(search, auth=client) == 200
+    assert http_status(search, auth=(client[0], "wrong-password")) == 401
     # The tasks' account is not an admin: it cannot create users (or move permissions).
     create = f"{services.tracking_uri}/api/2.0/mlflow/users/create"
     body = b'{"username": "intruder", "password": "Intruder-password-123"}'
-    assert _status(create, "POST", body, auth=client) == 403
-    assert _status(f"{services.tracking_uri}/health") == 200  # health stays open for probes
+    assert http_status(create, "POST", body, auth=client) == 403
+    assert http_status(f"{services.tracking_uri}/health") == 200  # health stays open for probes
 
 
 def test_seaweedfs_filer_refuses_anonymous_access(settings, services):
     storage.put_text(settings, "private/note.txt", "not for strangers")
     path = f"{services.filer_url}/buckets/{settings.bucket}/private/note.txt"
-    assert _status(path) == 401
-    assert _status(f"{services.filer_url}/buckets/{settings.bucket}/") == 401
-    assert _status(f"{services.filer_url}/buckets/{settings.bucket}/evil.txt", "PUT", b"x") == 401
+    assert http_status(path) == 401
+    assert http_status(f"{services.filer_url}/buckets/{settings.bucket}/") == 401
+    assert http_status(f"{services.filer_url}/buckets/{settings.bucket}/evil.txt", "PUT", b"x") == 401
     assert storage.get_bytes(settings, "private/note.txt") == b"not for strangers"  # S3 with keys still works

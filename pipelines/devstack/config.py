@@ -28,6 +28,7 @@ PORT_SETTINGS = ("stack_s3_port", "stack_mlflow_port", "stack_airflow_port", "st
 PASSWORDS_FILE = "airflow_passwords.json"
 TEAM_FOLDER = "team"  # the team stack's state, inside the embedded stack's folder
 DEFAULT_WORKERS = 2
+DEFAULT_WORKER_CONCURRENCY = 2  # task slots per Celery worker
 # The team stack's PostgreSQL and Redis take the two ports after the embedded stack's 14.
 TEAM_PORT_OFFSETS = {"postgres": 14, "redis": 15}  # in the secrets folder; Airflow's simple auth manager reads it
 
@@ -60,6 +61,7 @@ class StackConfig:
     use_schedule: bool = False
     team: bool = False
     workers: int = DEFAULT_WORKERS
+    worker_concurrency: int = DEFAULT_WORKER_CONCURRENCY
 
     @property
     def kind(self) -> str:
@@ -174,9 +176,10 @@ def default_config(settings: Settings, repo: Path = REPO_ROOT, *, team: bool = F
 
 
 def isolated_config(root: Path, repo: Path = REPO_ROOT, *, with_airflow: bool = True, team: bool = False,
-                    workers: int = DEFAULT_WORKERS) -> StackConfig:
+                    workers: int = DEFAULT_WORKERS,
+                    worker_concurrency: int = DEFAULT_WORKER_CONCURRENCY) -> StackConfig:
     """A stack in ``root`` on free ports (tests; never collides with a running ``make up``)."""
     return StackConfig(root=root.resolve(), repo=repo.resolve(), s3_port=services.free_port(),
                        mlflow_port=services.free_port(), airflow_port=services.free_port(),
                        internal_ports=internal_ports(None, team=team), with_airflow=with_airflow, team=team,
-                       workers=workers)
+                       workers=workers, worker_concurrency=worker_concurrency)

@@ -184,6 +184,9 @@ def write_mlflow_auth(path: Path, admin_password_value: str, database_uri: str) 
         f"admin_password = {admin_password_value}",
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
         "grant_default_workspace_access = false",
+        # Every request checks its password with PBKDF2 (tens of ms of CPU): remember a good check
+        # for a minute, or a busy training run keeps a core busy with hashing.
+        "auth_cache_ttl_seconds = 60",
         ""])
     write_private(path, text)
     return path

@@ -65,7 +65,7 @@ PROCESS_SECRETS: dict[str, tuple[str, ...]] = {
 }
 EMBEDDED_SCHEDULER_EXTRA = CLIENT_SECRETS
 ALL_SECRET_VARIABLES = frozenset(v for names in PROCESS_SECRETS.values() for v in names) | {
-    "MLFLOW_TRACKING_USERNAME", "PGPASSWORD", "AIRFLOW_CONN_AWS_DEFAULT"}
+    "PGPASSWORD", "AIRFLOW_CONN_AWS_DEFAULT"}
 
 
 def process_role(name: str) -> str:
@@ -123,7 +123,7 @@ def airflow_environment(cfg: StackConfig) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(cfg.repo / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor" if cfg.team else "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": str(4 * cfg.workers) if cfg.team else "4",
+        "AIRFLOW__CORE__PARALLELISM": str(max(4, cfg.workers * cfg.worker_concurrency)) if cfg.team else "4",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__HOSTNAME_CALLABLE": "pipelines.devstack.log_server.hostname",
         "AIRFLOW__CORE__AUTH_MANAGER":
@@ -149,7 +149,7 @@ def airflow_environment(cfg: StackConfig) -> dict[str, str]:
     if cfg.team:
         env.update({
             "PGPASSFILE": str(credentials.pgpass_file(cfg, "airflow")),
-            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(cfg.worker_concurrency),
             # A task whose worker died is failed (and retried) after this many seconds without
             # a heartbeat; the default of 5 minutes makes the kill-a-worker case slow.
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
@@ -196,7 +196,8 @@ def process_environment(cfg: StackConfig, secret: Mapping[str, str], name: str,
     allowed = set(PROCESS_SECRETS[role])
     if role == "scheduler" and not cfg.team:
         allowed |= set(EMBEDDED_SCHEDULER_EXTRA)
-    env = {k: v for k, v in environ.items() if k not in ALL_SECRET_VARIABLES and not k.startswith("AIRFLOW__")}
+    env = {k: v for k, v in environ.items()
+           if k not in ALL_SECRET_VARIABLES and k != "MLFLOW_TRACKING_USERNAME" and not k.startswith("AIRFLOW__")}
     env.update(stack_environment(cfg, secret, environ))
     everything = {**env, **secret_environment(cfg, secret)}
     if role in ("mlflow",) and cfg.team:

@@ -51,7 +51,8 @@ def config_record(cfg: StackConfig) -> dict[str, Any]:
     """What :func:`running_config` needs to rebuild ``cfg`` (everything but the root)."""
     return {"s3_port": cfg.s3_port, "mlflow_port": cfg.mlflow_port, "airflow_port": cfg.airflow_port,
             "internal_ports": dict(cfg.internal_ports), "bucket": cfg.bucket, "with_airflow": cfg.with_airflow,
-            "use_schedule": cfg.use_schedule, "repo": str(cfg.repo), "team": cfg.team, "workers": cfg.workers}
+            "use_schedule": cfg.use_schedule, "repo": str(cfg.repo), "team": cfg.team, "workers": cfg.workers,
+            "worker_concurrency": cfg.worker_concurrency}
 
 
 def running_config(cfg: StackConfig) -> StackConfig:
@@ -68,4 +69,5 @@ def running_config(cfg: StackConfig) -> StackConfig:
                                airflow_port=record["airflow_port"], internal_ports=record["internal_ports"],
                                bucket=record["bucket"], with_airflow=record["with_airflow"],
                                use_schedule=record["use_schedule"], repo=Path(record["repo"]),
-                               team=record.get("team", False), workers=record.get("workers", cfg.workers))
+                               team=record.get("team", False), workers=record.get("workers", cfg.workers),
+                               worker_concurrency=record.get("worker_concurrency", cfg.worker_concurrency))

@@ -24,7 +24,7 @@ AIRFLOW_COMMANDS = {
     "triggerer": ("triggerer", "--skip-serve-logs"),
 }
 AIRFLOW_COMPONENTS = tuple(AIRFLOW_COMMANDS)
-WORKER_CONCURRENCY = 2
+WORKER_CONCURRENCY = 2  # the default task slots per worker (config.DEFAULT_WORKER_CONCURRENCY)
 CELERY_QUEUE = "default"
 # Stop order: who creates work first, then who does it, then what they all depend on.
 STOP_ORDER = ("scheduler", "worker", "triggerer", "dag-processor", "api-server", "log-server", "mlflow",
@@ -42,10 +42,10 @@ class StackProcess:
     health_url: str = ""
 
 
-def worker_command(name: str) -> tuple[str, ...]:
+def worker_command(name: str, concurrency: int = WORKER_CONCURRENCY) -> tuple[str, ...]:
     """``airflow celery worker`` for worker ``name`` (without the binary)."""
     return ("celery", "worker", "--celery-hostname", f"{name}@%h", "--queues", CELERY_QUEUE,
-            "--concurrency", str(WORKER_CONCURRENCY), "--skip-serve-logs")
+            "--concurrency", str(concurrency), "--skip-serve-logs")
 
 
 def log_server(name: str, address: str, port: int) -> StackProcess:
@@ -67,7 +67,7 @@ def airflow_processes(cfg: StackConfig) -> list[StackProcess]:
         return procs
     for index, name in enumerate(cfg.worker_names(), start=1):
         address = cfg.worker_address(index)
-        procs.append(StackProcess(name, (airflow, *worker_command(name)), hostname=address))
+        procs.append(StackProcess(name, (airflow, *worker_command(name, cfg.worker_concurrency)), hostname=address))
         procs.append(log_server(name, address, worker_port))
     return procs
 
