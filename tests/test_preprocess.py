@@ -153,3 +153,47 @@ def test_cli_lands_validates_and_preprocesses_a_window(settings, tmp_path: Path,
     assert main(["preprocess", "--date", D.isoformat(), "--to", last]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and lines[-1].startswith(f"preprocessed 3/3 partitions: {landed['rows']} in = ")
+
+
+@pytest.mark.services
+def test_handover_fates_are_replanned_under_other_cleaning_settings(settings, tmp_path: Path, monkeypatch) -> None:
+    lines = [f"{u},{u},7,pv,{T0 + u}" for u in range(1, 301)]
+    lines += [f"7777,{i % 50},7,pv,{T0 + 100 + i // 5}" for i in range(600)]  # 600 events in two minutes
+    src = tmp_path / "crawl.csv"
+    src.write_text("\n".join(lines) + "\n")
+    land_events(settings, src, "taobao")
+    validation.validate_partition(settings, D, report_id="c")
+    assert preprocess_partition(settings, D).reasons == {}  # 600 an hour is below the default limit
+    strict = load_settings(environ={}, s3_endpoint_url=settings.s3_endpoint_url, bucket=settings.bucket,
+                           crawler_max_events_per_hour=500)
+
+    def no_flagging(*args, **kwargs):
+        raise AssertionError("raw partition flagged again although the hand-over matches the raw files")
+
+    monkeypatch.setattr(rules, "flag_partition", no_flagging)
+    replanned = preprocess_partition(strict, D)  # the hand-over's fates were planned under other settings
+    monkeypatch.undo()
+    assert replanned.reasons == {"crawler_rate": 600} and replanned.clean == 300
+    storage.delete_prefix(settings, "staging/validated/")
+    assert preprocess_partition(strict, D).to_dict() == replanned.to_dict()  # same as from the raw files
+
+
+@pytest.mark.services
+def test_many_days_in_one_run_equal_one_by_one(settings, tmp_path: Path) -> None:
+    from pipelines.data.preprocess import preprocess_partitions
+
+    gen = generate_taobao(tmp_path / "gen", users=80, days=5, categories=20, start=D, seed=8)
+    land = land_events(settings, gen.events_path, "taobao", name="synthetic")
+    validation.validate_partitions(settings, land.dates, report_id="b")
+    run = preprocess_partitions(settings, land.dates)
+    assert run.errors == {} and [r.date for r in run.results] == land.dates
+    batch = {r.date: (r.to_dict(), read_clean_events(settings, r.date, r.date)) for r in run.results}
+    for day in land.dates:
+        single = preprocess_partition(settings, day)
+        assert single.to_dict() == batch[day][0] and read_clean_events(settings, day, day).equals(batch[day][1])
+        assert single.rows_in == land.rows_by_date[day.isoformat()] == single.clean + single.quarantined \
+            + single.duplicates_dropped
+    # A day without landed files is an error of its own.
+    missing = dt.date(2017, 12, 30)
+    run = preprocess_partitions(settings, [*land.dates[:2], missing])
+    assert list(run.errors) == [missing] and "partition_not_empty" in run.errors[missing] and len(run.results) == 2

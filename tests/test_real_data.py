@@ -16,7 +16,7 @@ import pytest
 from pipelines.config import Settings, load_settings
 from pipelines.data.landing import land_events
 from pipelines.data.preprocess import preprocess_partition
-from pipelines.data.validation import validate_partition
+from pipelines.data.validation import validate_partition, validate_partitions
 from pipelines.platform import storage
 
 pytestmark = [pytest.mark.realdata, pytest.mark.services, pytest.mark.slow]
@@ -32,9 +32,12 @@ def test_taobao_head_tail_and_slice(settings, shared_data: Path) -> None:
     # The official window: 2017-11-25 .. 2017-12-03 China time (partitions stay UTC dates).
     s = _with(settings, window_start=dt.date(2017, 11, 25), window_end=dt.date(2017, 12, 3),
               window_timezone="Asia/Shanghai")
-    head = land_events(s, taobao / "UserBehavior_head.csv", "taobao")
-    tail = land_events(s, taobao / "UserBehavior_tail.csv", "taobao")
-    sliced = land_events(s, taobao / "UserBehavior_2017-11-26_slice.csv.gz", "taobao")
+    # Landed before the window was configured (with a window, landing itself sets rows outside it
+    # aside: test_taobao_landing_with_the_window); validation then sets them aside as outside_window.
+    unbounded = _with(settings)
+    head = land_events(unbounded, taobao / "UserBehavior_head.csv", "taobao")
+    tail = land_events(unbounded, taobao / "UserBehavior_tail.csv", "taobao")
+    sliced = land_events(unbounded, taobao / "UserBehavior_2017-11-26_slice.csv.gz", "taobao")
     assert head.rows_read == 4321 and tail.rows_read == 10_000 and sliced.rows_read == 96_169
     # The 1970 timestamp of the slice cannot be placed: quarantined at landing with its reason.
     assert sliced.quarantine_reasons == {"implausible_timestamp": 1} and sliced.rows == 96_168
@@ -61,6 +64,25 @@ def test_taobao_head_tail_and_slice(settings, shared_data: Path) -> None:
     assert sum(p.clean for p in pre.values()) == total_in - sum(p.quarantined + p.duplicates_dropped
                                                                 for p in pre.values())
     assert all(r.failures == [] for r in results.values())
+
+
+def test_taobao_landing_with_the_window(settings, shared_data: Path) -> None:
+    taobao = shared_data / "taobao"
+    s = _with(settings, window_start=dt.date(2017, 11, 25), window_end=dt.date(2017, 12, 3),
+              window_timezone="Asia/Shanghai")
+    truth = pd.concat([pd.read_csv(taobao / f, header=None, names=["u", "i", "c", "b", "t"])
+                       for f in ("UserBehavior_head.csv", "UserBehavior_tail.csv")])
+    lo, hi = 1511539200, 1512316799
+    landed = [land_events(s, taobao / f, "taobao") for f in ("UserBehavior_head.csv", "UserBehavior_tail.csv")]
+    outside = sum(r.quarantine_reasons.get("outside_window", 0) for r in landed)
+    assert outside == int(((truth.t < lo) | (truth.t > hi)).sum()) > 0
+    assert all(r.rows_read == r.rows + r.quarantined for r in landed)
+    # The junk day 2017-09-11 is no partition; the window's days validate with nothing outside it.
+    dates = sorted({d for r in landed for d in r.dates})
+    assert dt.date(2017, 9, 11) not in dates and dates[0] >= dt.date(2017, 11, 24)
+    results = validate_partitions(s, dates, report_id="windowed")
+    assert not results.errors and all(r.reasons.get("outside_window", 0) == 0 for r in results.results)
+    assert sum(r.rows for r in results.results) == sum(r.rows for r in landed)
 
 
 def test_ciao_duplicates_and_zero_ratings(settings, shared_data: Path) -> None:

@@ -141,3 +141,59 @@ def test_land_generic_csv_with_column_map_file_and_parquet(settings, tmp_path: P
     assert res.rows == 2 and res.keys == ["raw/events/dt=2017-11-26/events.parquet"]
     meta = storage.get_json(settings, "raw/events/dt=2017-11-26/events.meta.json")
     assert json.dumps(meta["spec"]["column_map"])
+
+
+@pytest.mark.services
+def test_rows_outside_the_window_are_set_aside_at_landing(settings, tmp_path: Path) -> None:
+    from pipelines.config import load_settings
+
+    windowed = load_settings(environ={}, s3_endpoint_url=settings.s3_endpoint_url, bucket=settings.bucket,
+                             work_dir=settings.work_dir, window_start=dt.date(2017, 11, 25),
+                             window_end=dt.date(2017, 11, 26), window_timezone="Asia/Shanghai")
+    inside = [f"1,{100 + k},7,pv,{D1 + 3600 * k}" for k in range(10)]       # 2017-11-25 00:00.. UTC
+    junk = [f"2,100,7,pv,{t}" for t in (1262304000, 1300000000, 1400000000, 1500000000)]  # 2010 .. 2017-07
+    early = [f"3,100,7,pv,{D1 - 9 * 3600}"]   # 2017-11-24 15:00 UTC: before the window's 16:00 UTC start
+    late = [f"4,100,7,pv,{D1 + 2 * 86400}"]   # 2017-11-27 00:00 UTC: after 2017-11-26 China time
+    src = tmp_path / "junk.csv"
+    src.write_text("\n".join(inside + junk + early + late + ["5,100,7,pv,0"]) + "\n")
+    res = land_events(windowed, src, "taobao")
+    assert res.rows_read == 17 == res.rows + res.quarantined
+    assert res.quarantine_reasons == {"outside_window": 6, "implausible_timestamp": 1}
+    # No partition for the junk days: only the window's days were landed.
+    assert storage.list_partitions(settings, "raw/events") == [dt.date(2017, 11, 25)] == res.dates
+    unplaced = storage.read_parquet(settings, res.quarantine_key).to_pydict()
+    outside = [raw for raw, reason in zip(unplaced["raw"], unplaced["reason"], strict=True) if reason == "outside_window"]
+    assert sorted(outside) == sorted(junk + early + late)
+    assert all("outside the configured window" in d for d, r in zip(unplaced["detail"], unplaced["reason"], strict=True)
+               if r == "outside_window")
+
+    # Without a window every plausible row lands in its UTC day, as before.
+    res = land_events(settings, src, "taobao")
+    assert res.quarantine_reasons == {"implausible_timestamp": 1} and len(res.dates) == 7
+
+
+@pytest.mark.services
+def test_many_days_land_with_few_open_files(settings, tmp_path: Path, monkeypatch) -> None:
+    from pipelines.data import routing
+
+    monkeypatch.setattr(routing, "MAX_OPEN_WRITERS", 2)  # 6 days, interleaved: files are closed and reopened
+    lines = [f"{u},{u},7,view,2017-11-{20 + u % 6}T0{u % 10}:00:00Z" for u in range(60)]
+    src = tmp_path / "days.csv"
+    src.write_text("user,item,cat,event,at\n" + "\n".join(lines) + "\n")
+    res = land_events(settings, src, "csv", column_map={"user_id": "user", "item_id": "item", "category_id": "cat",
+                                                        "behavior": "event", "ts": "at"}, ts_format="iso")
+    assert len(res.dates) == 6 and res.rows == 60
+    for day in res.dates:
+        body = storage.get_bytes(settings, f"raw/events/dt={day}/days.csv").decode().splitlines()
+        assert body[0] == '"user","item","cat","event","at"' or body[0] == "user,item,cat,event,at"
+        expected = [line for line in lines if f"2017-11-{day.day:02d}T" in line]
+        assert [b.replace('"', "") for b in body[1:]] == expected  # one header, every row once, in file order
+
+
+@pytest.mark.services
+def test_quoted_fields_in_taobao_rows_are_malformed(settings, tmp_path: Path) -> None:
+    src = tmp_path / "quoted.csv"
+    src.write_text(f'1,"2,3",7,pv,{D1 + 5}\n1,4,7,pv,{D1 + 6}\n')
+    res = land_events(settings, src, "taobao")
+    assert res.quarantine_reasons == {"malformed_row": 1} and res.rows == 1
+    assert storage.read_parquet(settings, res.quarantine_key)["raw"].to_pylist() == [f"1,2,3,7,pv,{D1 + 5}"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -169,3 +170,121 @@ def test_row_sample_suite_can_be_switched_off(settings, landed) -> None:
     ge = storage.get_json(off, "reports/validation/off/dt=2017-11-25/ge_result.json")
     assert ge["row_sample"] is None and ge["partition_profile"]["success"] is True
     assert "row sample not run" in storage.get_bytes(off, "reports/validation/off/dt=2017-11-25/summary.md").decode()
+
+
+# --- many days in one run, suites users own, Data Docs ----------------------------------------
+
+
+def test_row_expectations_are_judged_per_day() -> None:
+    settings = load_settings(environ={})
+    good = pa.table({"user_id": ["1", "2"], "item_id": ["3", "4"], "category_id": ["5", "5"], "behavior": ["view"] * 2,
+                     "ts_us": pa.array([T0 * 10**6] * 2, pa.int64()), "value": pa.nulls(2, pa.float64())})
+    bad = good.set_column(0, "user_id", pa.array(["x1", "x2"]))
+    days = expectations.check_samples([("2017-11-25", formats.TAOBAO_SPEC, good),
+                                       ("2017-11-26", formats.TAOBAO_SPEC, bad)], settings)
+    regex = {d: next(r for r in days[d].result.results if r.expectation_config.type
+                     == "expect_column_values_to_match_regex" and r.expectation_config.kwargs["column"] == "user_id")
+             for d in days}
+    assert regex["2017-11-25"].success and not regex["2017-11-26"].success
+    assert regex["2017-11-26"].result["partial_unexpected_list"] == ["x1", "x2"]
+    assert regex["2017-11-26"].result["unexpected_count"] == 2 and regex["2017-11-25"].result["unexpected_count"] == 0
+    assert days["2017-11-25"].success and not days["2017-11-26"].success
+    # The JSON of a day is GX's layout: the same expectations, outcomes and numbers.
+    assert [r["success"] for r in days["2017-11-26"].json["results"]] == [r.success for r in days["2017-11-26"].result.results]
+
+
+def test_suite_files_users_own(tmp_path: Path) -> None:
+    shipped = expectations.read_suite(expectations.PROFILE_SUITE)
+    assert {e["meta"]["rule"] for e in shipped["expectations"]} == {"partition_not_empty", "bad_row_share",
+                                                                    "duplicate_share", "volume"}
+    # A file of the same name in the user's folder replaces the shipped one; the other stays shipped.
+    mine = dict(shipped, expectations=shipped["expectations"] + [{
+        "type": "expect_column_values_to_be_between", "kwargs": {"column": "users", "min_value": 5},
+        "meta": {"rule": "enough_users"}}])
+    mine.pop("_path")
+    (tmp_path / "partition_profile.json").write_text(json.dumps(mine))
+    assert len(expectations.read_suite(expectations.PROFILE_SUITE, tmp_path)["expectations"]) == 5
+    assert expectations.suite_path(expectations.SAMPLE_SUITE, tmp_path) == expectations.suite_path(
+        expectations.SAMPLE_SUITE, None)
+    # Parameters are filled from the settings; an expectation whose parameter has no value is left out.
+    resolved = expectations.resolve_expectations(expectations.read_suite(expectations.SAMPLE_SUITE),
+                                                 expectations.sample_parameters(load_settings(environ={}),
+                                                                                formats.TAOBAO_SPEC))
+    assert not any(e["kwargs"].get("column") == "value" for e in resolved)
+    assert all("$PARAMETER" not in json.dumps(e) for e in resolved)
+    # A broken user suite is named, with the expectation at fault.
+    (tmp_path / "row_sample.json").write_text(json.dumps({"expectations": [{"type": "expect_no_such_thing",
+                                                                            "kwargs": {}}]}))
+    with pytest.raises(expectations.SuiteError, match=r"row_sample\.json: expectation 0 \('expect_no_such_thing'\)"):
+        expectations.resolve_expectations(expectations.read_suite(expectations.SAMPLE_SUITE, tmp_path), {})
+    (tmp_path / "row_sample.json").write_text("{not json")
+    with pytest.raises(expectations.SuiteError, match=r"row_sample\.json: cannot read it as JSON"):
+        expectations.read_suite(expectations.SAMPLE_SUITE, tmp_path)
+
+
+@pytest.mark.services
+def test_validate_many_days_in_one_run_with_data_docs(settings, tmp_path: Path) -> None:
+    gen = generate_taobao(tmp_path / "gen", users=80, days=5, categories=20, start=D, seed=5)
+    land = land_events(settings, gen.events_path, "taobao", name="synthetic")
+    # One day gets a broken row and a second day's raw file is replaced by a file without sidecar.
+    run = validation.validate_partitions(settings, land.dates, report_id="many")
+    assert sorted(r.date for r in run.results) == land.dates and run.errors == {}
+    for res in run.results:
+        assert res.rows == land.rows_by_date[res.date.isoformat()]
+        assert res.data_docs_key == f"reports/validation/many/dt={res.date}/data_docs.html"
+        page = storage.get_bytes(settings, res.data_docs_key).decode()
+        assert "<html" in page and "expect_column_values_to_match_regex" not in page  # rendered, not raw JSON
+        assert "Data Docs" in page or "Great Expectations" in page
+        summary = storage.get_bytes(settings, res.report_prefix + "summary.md").decode()
+        assert f"s3://{settings.bucket}/{res.data_docs_key}" in summary
+        assert storage.get_json(settings, res.report_prefix + "result.json")["data_docs_key"] == res.data_docs_key
+    assert run.data_docs_key == "reports/validation/many/data_docs.html"
+    index = storage.get_bytes(settings, run.data_docs_key).decode()
+    assert all(f'href="dt={d}/data_docs.html"' in index for d in land.dates)
+
+    # The same days one by one give the same numbers.
+    single = validate_partition(settings, land.dates[2], report_id="one")
+    together = next(r for r in run.results if r.date == land.dates[2])
+    assert {k: v for k, v in single.to_dict().items() if k not in ("report_id", "report_prefix", "data_docs_key")} \
+        == {k: v for k, v in together.to_dict().items() if k not in ("report_id", "report_prefix", "data_docs_key")}
+
+    # A day that cannot be read is an error of its own; the others are still validated and reported.
+    storage.put_bytes(settings, f"raw/events/dt={land.dates[1]}/by_hand.csv", f"1,2,3,pv,{T0}\n".encode())
+    run = validation.validate_partitions(settings, land.dates, report_id="many2")
+    assert list(run.errors) == [land.dates[1]] and "files_have_sidecar" in run.errors[land.dates[1]]
+    assert len(run.results) == len(land.dates) - 1
+    with pytest.raises(ValidationError, match=r"1 partition\(s\) failed validation: dt=2017-11-26: rule files_have_sidecar"):
+        run.raise_for_errors()
+
+
+@pytest.mark.services
+def test_a_users_expectation_fails_the_day(settings, tmp_path: Path) -> None:
+    import dataclasses
+
+    if "expectation_suites_dir" not in {f.name for f in dataclasses.fields(settings)}:
+        pytest.skip("needs the Settings field expectation_suites_dir (IM_EXPECTATION_SUITES_DIR)")
+    suite = expectations.read_suite(expectations.PROFILE_SUITE)
+    suite.pop("_path")
+    suite["expectations"].append({"type": "expect_column_values_to_be_between",
+                                  "kwargs": {"column": "users", "min_value": 1000}, "meta": {"rule": "enough_users"}})
+    (tmp_path / "suites").mkdir()
+    (tmp_path / "suites" / "partition_profile.json").write_text(json.dumps(suite))
+    gen = generate_taobao(tmp_path / "gen", users=60, days=2, categories=20, start=D, seed=6)
+    land_events(settings, gen.events_path, "taobao", name="synthetic")
+    mine = load_settings(environ={}, s3_endpoint_url=settings.s3_endpoint_url, bucket=settings.bucket,
+                         expectation_suites_dir=tmp_path / "suites")
+    with pytest.raises(ValidationError, match=r"rule enough_users failed \(expect_column_values_to_be_between: users = "):
+        validate_partition(mine, D, report_id="mine")
+
+
+@pytest.mark.services
+def test_mlflow_run_links_the_data_docs(settings, landed) -> None:
+    run = validation.validate_partitions(settings, [D], report_id="docs")
+    client = tracking.client(settings)
+    exp = client.get_experiment_by_name("validation-docs") or client.get_experiment(
+        client.create_experiment("validation-docs"))
+    mlflow_run = client.create_run(exp.experiment_id)
+    validation.log_to_mlflow([r.to_dict() for r in run.results], mlflow_run.info.run_id, settings,
+                             data_docs_key=run.data_docs_key)
+    tags = client.get_run(mlflow_run.info.run_id).data.tags
+    assert tags["validation.data_docs"] == f"s3://{settings.bucket}/reports/validation/docs/data_docs.html"

@@ -25,7 +25,9 @@ def _renderers() -> tuple[Any, Any]:
         from great_expectations.render.renderer import ValidationResultsPageRenderer
         from great_expectations.render.view import DefaultJinjaPageView
 
-        _RENDERERS.update(page=ValidationResultsPageRenderer(), view=DefaultJinjaPageView())
+        view = DefaultJinjaPageView()
+        view.env.auto_reload = False  # templates do not change in a run: no file check per include
+        _RENDERERS.update(page=ValidationResultsPageRenderer(), view=view)
     return _RENDERERS["page"], _RENDERERS["view"]
 
 

@@ -29,6 +29,7 @@ import itertools
 import json
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,20 @@ def run_suite(name: str, frame: pd.DataFrame, params: Mapping[str, Any], folder:
 # --- one result per day --------------------------------------------------------------------------
 
 
+@dataclass
+class DayResult:
+    """One day's validation result of a suite: ``result`` (GX's ``ExpectationSuiteValidationResult``,
+    for the failure messages and the Data Docs page) and ``json`` (the same as a JSON-able dict in
+    GX's own layout, assembled from parts serialized once per run)."""
+
+    result: Any
+    json: dict[str, Any]
+
+    @property
+    def success(self) -> bool:
+        return bool(self.result.success)
+
+
 def _day_counts(frame: pd.DataFrame, days: list[str], column: str | None) -> tuple[dict[str, int], dict[str, int]]:
     rows = frame.groupby(DAY, sort=False).size().to_dict()
     nulls = (frame[column].isna().groupby(frame[DAY], sort=False).sum().to_dict()
@@ -210,9 +225,8 @@ def _day_counts(frame: pd.DataFrame, days: list[str], column: str | None) -> tup
     return ({d: int(rows.get(d, 0)) for d in days}, {d: int(nulls.get(d, 0)) for d in days})
 
 
-def _day_result(res: Any, day: str, element: int, missing: int, unexpected: list[Any]) -> Any:
-    from great_expectations.core.expectation_validation_result import ExpectationValidationResult
-
+def _day_result(res: Any, element: int, missing: int, unexpected: list[Any]) -> tuple[bool, dict[str, Any]]:
+    """(success, GX-style ``result`` dict) of a row expectation on one day's rows."""
     config = res.expectation_config
     not_null = config.type == "expect_column_values_to_not_be_null"
     considered = element if not_null else element - missing
@@ -220,39 +234,47 @@ def _day_result(res: Any, day: str, element: int, missing: int, unexpected: list
     count = len(unexpected)
     success = True if considered == 0 else (considered - count) / considered >= mostly
     partial = unexpected[:PARTIAL_VALUES]
-    counts = pd.Series(partial, dtype=object).value_counts() if partial else pd.Series(dtype=object)
+    counts: dict[Any, int] = {}
+    for value in partial:
+        key = json.dumps(value, sort_keys=True, default=str) if isinstance(value, dict | list) else value
+        counts[key] = counts.get(key, 0) + 1
     result: dict[str, Any] = {
         "element_count": element, "unexpected_count": count,
         "unexpected_percent": 100.0 * count / considered if considered else None,
         "partial_unexpected_list": partial,
-        "partial_unexpected_counts": [{"value": v, "count": int(c)} for v, c in counts.items()],
+        "partial_unexpected_counts": [{"value": v, "count": c}
+                                      for v, c in sorted(counts.items(), key=lambda kv: -kv[1])],
     }
     if not not_null:
         result.update(missing_count=missing, missing_percent=100.0 * missing / element if element else None,
                       unexpected_percent_total=100.0 * count / element if element else None,
                       unexpected_percent_nonmissing=result["unexpected_percent"])
-    return ExpectationValidationResult(success=success, expectation_config=config, result=result,
-                                       meta={**(res.meta or {}), DAY: day}, exception_info=res.exception_info)
+    return success, result
 
 
-def split_by_day(run: Any, frame: pd.DataFrame, days: list[str]) -> dict[str, Any]:
-    """One ``ExpectationSuiteValidationResult`` per day from a run over ``frame``: a row (column map)
-    expectation is judged on the day's rows with its ``mostly``; any other expectation keeps the
-    run's result, marked ``meta.scope = "run"`` (judged over every day of the run)."""
+def split_by_day(run: Any, frame: pd.DataFrame, days: list[str]) -> dict[str, DayResult]:
+    """One :class:`DayResult` per day from a run over ``frame``: a row (column map) expectation is
+    judged on the day's rows with its ``mostly``; any other expectation keeps the run's result,
+    marked ``meta.scope = "run"`` (judged over every day of the run)."""
     from great_expectations.core.expectation_validation_result import (
         ExpectationSuiteValidationResult,
         ExpectationValidationResult,
     )
+    from great_expectations.util import convert_to_json_serializable
 
-    per_day: dict[str, list[Any]] = {d: [] for d in days}
-    for res in run.results:
+    run_json = run.to_json_dict()  # serialized once per run; days reuse its parts
+    per_day: dict[str, list[tuple[Any, dict[str, Any]]]] = {d: [] for d in days}
+    for res, res_json in zip(run.results, run_json["results"], strict=True):
         index_list = (res.result or {}).get("unexpected_index_list")
         column = res.expectation_config.kwargs.get("column")
+        config_json = res_json["expectation_config"]
         if index_list is None or (res.exception_info or {}).get("raised_exception"):
+            meta = {**(res.meta or {}), "scope": "run"}
+            whole = ExpectationValidationResult(success=res.success, expectation_config=res.expectation_config,
+                                                result=res.result, meta=meta, exception_info=res.exception_info)
+            whole_json = {**res_json, "meta": convert_to_json_serializable(meta)}
             for d in days:
-                per_day[d].append(ExpectationValidationResult(
-                    success=res.success, expectation_config=res.expectation_config, result=res.result,
-                    meta={**(res.meta or {}), "scope": "run"}, exception_info=res.exception_info))
+                per_day[d].append((whole, whole_json))
             continue
         values: dict[str, list[Any]] = {d: [] for d in days}
         for entry in index_list:
@@ -261,16 +283,26 @@ def split_by_day(run: Any, frame: pd.DataFrame, days: list[str]) -> dict[str, An
                                           {k: _plain(v) for k, v in entry.items() if k != DAY})
         rows, nulls = _day_counts(frame, days, column)
         for d in days:
-            per_day[d].append(_day_result(res, d, rows[d], nulls[d], values[d]))
+            success, result = _day_result(res, rows[d], nulls[d], values[d])
+            meta = {**(res.meta or {}), DAY: d}
+            per_day[d].append((ExpectationValidationResult(success=success, expectation_config=res.expectation_config,
+                                                           result=result, meta=meta,
+                                                           exception_info=res.exception_info),
+                               {"success": success, "expectation_config": config_json, "result": result,
+                                "meta": meta, "exception_info": res_json.get("exception_info")}))
     out = {}
-    for d, results in per_day.items():
-        ok = sum(bool(r.success) for r in results)
-        out[d] = ExpectationSuiteValidationResult(
-            success=ok == len(results), results=results, suite_name=run.suite_name,
-            statistics={"evaluated_expectations": len(results), "successful_expectations": ok,
-                        "unsuccessful_expectations": len(results) - ok,
-                        "success_percent": 100.0 * ok / len(results) if results else None},
-            meta={**(run.meta or {}), DAY: d})
+    for d, pairs in per_day.items():
+        ok = sum(bool(r.success) for r, _ in pairs)
+        statistics = {"evaluated_expectations": len(pairs), "successful_expectations": ok,
+                      "unsuccessful_expectations": len(pairs) - ok,
+                      "success_percent": 100.0 * ok / len(pairs) if pairs else None}
+        result = ExpectationSuiteValidationResult(
+            success=ok == len(pairs), results=[r for r, _ in pairs], suite_name=run.suite_name,
+            statistics=statistics, meta={**(run.meta or {}), DAY: d})
+        out[d] = DayResult(result=result, json={
+            "success": ok == len(pairs), "results": [j for _, j in pairs], "suite_name": run.suite_name,
+            "statistics": statistics, "meta": {**run_json.get("meta", {}), DAY: d},
+            "suite_parameters": run_json.get("suite_parameters", {})})
     return out
 
 
@@ -283,7 +315,7 @@ def _plain(value: Any) -> Any:
 # --- the two suites over a validation run --------------------------------------------------------
 
 
-def check_profiles(profiles: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+def check_profiles(profiles: list[dict[str, Any]], settings: Settings) -> dict[str, DayResult]:
     """The partition-profile suite over one row per partition (:data:`PROFILE_COLUMNS`; None =
     not applicable); returns the day's result per ``dt``."""
     frame = pd.DataFrame([{c: p.get(c) for c in PROFILE_COLUMNS} for p in profiles], columns=list(PROFILE_COLUMNS))
@@ -295,7 +327,7 @@ def check_profiles(profiles: list[dict[str, Any]], settings: Settings) -> dict[s
 
 
 def check_samples(samples: list[tuple[str, SourceSpec, pa.Table]], settings: Settings,
-                  now: dt.datetime | None = None) -> dict[str, Any]:
+                  now: dt.datetime | None = None) -> dict[str, DayResult]:
     """The row-sample suite over the sample rows of every partition (``(dt, spec, rows)``, rows from
     :func:`sample_rows`): one Checkpoint run per distinct source spec; returns the day's result per ``dt``."""
     groups: dict[str, list[tuple[str, pa.Table]]] = {}
@@ -304,7 +336,7 @@ def check_samples(samples: list[tuple[str, SourceSpec, pa.Table]], settings: Set
         key = json.dumps([spec.id_pattern, spec.value_range])
         groups.setdefault(key, []).append((day, rows))
         specs[key] = spec
-    out: dict[str, Any] = {}
+    out: dict[str, DayResult] = {}
     for key, parts in groups.items():
         table = pa.concat_tables([rows.append_column(DAY, pa.array([day] * rows.num_rows, pa.string()))
                                   for day, rows in parts])
@@ -325,14 +357,14 @@ def sample_rows(canon: pa.Table, rows: int) -> pa.Table:
 def run_profile_gate(profile: dict[str, Any], settings: Settings) -> Any:
     """The batch gate of one partition profile (keys of :data:`PROFILE_COLUMNS`, None = not
     applicable): that day's validation result."""
-    (result,) = check_profiles([{DAY: "profile", **profile}], settings).values()
-    return result
+    (day,) = check_profiles([{DAY: "profile", **profile}], settings).values()
+    return day.result
 
 
 def run_row_sample(sample: pa.Table, spec: SourceSpec, settings: Settings) -> Any:
     """The row-sample suite over one partition's sample (:func:`sample_rows`): its validation result."""
-    (result,) = check_samples([("sample", spec, sample)], settings).values()
-    return result
+    (day,) = check_samples([("sample", spec, sample)], settings).values()
+    return day.result
 
 
 def gate_failures(gate: Any, profile: dict[str, Any], settings: Settings, volume_ref: float | None) -> list[str]:

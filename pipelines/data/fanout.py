@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-IO_THREADS = 8  # enough to hide request latency; the store, not the client, is the limit beyond
+IO_THREADS = 4  # per pool; a step runs two (fetch ahead, write behind) within boto3's 10 connections
 
 
 def map_io(fn: Callable[[T], R], items: Iterable[T], *, threads: int = IO_THREADS) -> list[R]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipelines.config import Settings
 from pipelines.data import datadocs
+from pipelines.data.expectations import DayResult
 from pipelines.data.fanout import Background
 from pipelines.platform import layout, storage, tracking
 
@@ -83,15 +84,14 @@ def _sample_outcome(success: bool | None) -> str:
     return "not run" if success is None else "passed" if success else "failed"
 
 
-def publish_day(settings: Settings, result: ValidationResult, gate: Any, row_sample: Any, sample_rows: int,
-                writes: Background) -> None:
+def publish_day(settings: Settings, result: ValidationResult, gate: DayResult, row_sample: DayResult | None,
+                sample_rows: int, writes: Background) -> None:
     """Write (in the background) a day's ``result.json``, ``ge_result.json``, ``summary.md`` and Data
     Docs page; the page is rendered here (it needs Great Expectations' renderers, not storage)."""
     prefix = result.report_prefix
-    page = datadocs.render_day(result.date.isoformat(), [gate, row_sample],
+    page = datadocs.render_day(result.date.isoformat(), [gate.result, row_sample.result if row_sample else None],
                                meta={"report_id": result.report_id, "files": result.files})
-    ge = {"partition_profile": gate.to_json_dict(),
-          "row_sample": row_sample.to_json_dict() if row_sample is not None else None,
+    ge = {"partition_profile": gate.json, "row_sample": row_sample.json if row_sample is not None else None,
           "row_sample_rows": sample_rows}
     docs_uri = storage.uri(settings, result.data_docs_key) if result.data_docs_key else None
     writes.submit(storage.put_json, settings, prefix + "result.json", result.to_dict())

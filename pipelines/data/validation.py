@@ -212,8 +212,9 @@ def _write_handover(settings: Settings, part: RawPartition, valid: pa.Table, pla
     writes.submit(handover.write_handover, settings, part.date, table)
 
 
-def _result(settings: Settings, report_id: str, c: _Checked, gate: Any, row_suite: Any) -> ValidationResult:
-    failures = expectations.gate_failures(gate, c.profile, settings, c.volume_ref)
+def _result(settings: Settings, report_id: str, c: _Checked, gate: expectations.DayResult,
+            row_suite: expectations.DayResult | None) -> ValidationResult:
+    failures = expectations.gate_failures(gate.result, c.profile, settings, c.volume_ref)
     profile = c.profile
     return ValidationResult(
         date=c.date, report_id=report_id, files=c.files, rows=c.rows, valid_rows=c.valid_rows,
