@@ -191,7 +191,8 @@ def test_up_status_down_up_keeps_data_and_leaves_nothing(tmp_path):
         env = environment.read_env_file(cfg.env_file)
         settings = load_settings(environ=env)
         storage.reset_clients()
-        saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+        saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                                "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
         os.environ.update({k: env[k] for k in saved})
         try:
             storage.put_text(settings, "keep/me.txt", "still here")
@@ -238,7 +239,8 @@ def test_stack_run_twice_trains_once_and_rescores_without_duplicates(tmp_path, m
     """`make run`'s driver end to end on the real DAGs, twice: the second run reuses the data and
     the successful training run, re-scores the same days and replaces (not adds) partitions."""
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "IM_S3_ENDPOINT_URL", "IM_MLFLOW_TRACKING_URI",
-                "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "IM_BUCKET", "IM_WORK_DIR"):
+                "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "IM_BUCKET", "IM_WORK_DIR",
+                "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.setenv(key, os.environ.get(key, ""))  # run_demo sets them; restored afterwards
     # Tiny model budget; the gate margin lets the first version become champion whatever its score,
     # because this test is about orchestration, not model quality.
