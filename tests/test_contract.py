@@ -3,7 +3,6 @@ documented recipes (pandas and DuckDB through the S3 endpoint, the example downs
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import importlib.util
 import json
@@ -14,9 +13,9 @@ import pytest
 
 from pipelines.contracts import PREDICTION_SCHEMA
 from pipelines.platform import layout, storage
-from pipelines.serving import predictions, scoring
-from tests import pyfunc_models as pm
+from pipelines.serving import predictions
 from tests.conftest import REPO_ROOT
+from tests.published import publish
 
 SCHEMAS = REPO_ROOT / "schemas"
 EXAMPLE_DAG = REPO_ROOT / "examples" / "dags" / "interest_migration_consumer_example.py"
@@ -64,13 +63,10 @@ def test_example_dag_is_outside_the_dags_folder_and_scheduled_on_the_predictions
 
 @pytest.fixture()
 def published(settings):
-    configured = dataclasses.replace(pm.isolate(settings), lookback_days=2, scoring_shards=2)
-    pm.write_clean(configured, pm.clean_events({
+    return publish(settings, {
         D1: [("alice", "i1", "shoes", "buy", 8), ("bob", "i2", "books", "view", 9), ("carol", "i3", "toys", "view", 9)],
-        D2: [("alice", "i4", "bags", "view", 8), ("bob", "i2", "books", "buy", 10), ("dan", "i5", "toys", "cart", 11)]}))
-    pm.register_as_champion(configured)
-    scoring.score_date(configured, D2)
-    return configured
+        D2: [("alice", "i4", "bags", "view", 8), ("bob", "i2", "books", "buy", 10), ("dan", "i5", "toys", "cart", 11)]},
+        [D2], lookback_days=2, scoring_shards=2)
 
 
 @pytest.mark.services

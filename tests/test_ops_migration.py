@@ -3,7 +3,6 @@ recomputation from the same rows, on a tiny table and on partitions published by
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections import defaultdict
 
@@ -13,8 +12,8 @@ import pytest
 from pipelines.contracts import PREDICTION_SCHEMA
 from pipelines.ops import migration, migration_report
 from pipelines.platform import layout, storage
-from pipelines.serving import predictions, scoring
-from tests import pyfunc_models as pm
+from pipelines.serving import predictions
+from tests.published import publish
 
 D = dt.date(2024, 3, 10)
 
@@ -112,15 +111,11 @@ def test_empty_day_has_no_flows():
 @pytest.mark.services
 def test_report_of_published_days_matches_the_rows_and_the_week_before(settings):
     later = D + dt.timedelta(days=7)
-    configured = dataclasses.replace(pm.isolate(settings), lookback_days=10, scoring_shards=2)
     events = {}
     for offset, day in enumerate([D - dt.timedelta(days=1), D, later - dt.timedelta(days=1), later]):
         events[day] = [(f"u{u}", f"i{u}{offset}", f"c{(u + offset * (u % 3)) % 6}", "view", 8 + u % 10)
                        for u in range(30)] + [(f"u{u}", f"j{u}", "c0", "buy", 20) for u in range(0, 30, 4)]
-    pm.write_clean(configured, pm.clean_events(events))
-    pm.register_as_champion(configured)
-    for day in (D, later):
-        scoring.score_date(configured, day)
+    configured = publish(settings, events, [D, later], lookback_days=10, scoring_shards=2)
     first = migration_report.write_report(configured, D)
     assert first["compared_with"] is None and first["users"] == 30
     second = migration_report.write_report(configured, later)

@@ -18,6 +18,7 @@ from pipelines.ui import page, reads
 from pipelines.ui import plugin as plugin_module
 from pipelines.ui.cache import BoundedCache, SlowSource
 from tests.conftest import REPO_ROOT
+from tests.published import publish
 
 D1, D2 = dt.date(2024, 3, 1), dt.date(2024, 3, 2)
 
@@ -81,15 +82,11 @@ def test_cache_bounds_a_slow_read_and_serves_the_last_good_value():
 
 def _published(settings):
     from pipelines.ops import migration_report
-    from pipelines.serving import scoring
-    from tests import pyfunc_models as pm
 
-    configured = dataclasses.replace(pm.isolate(settings), lookback_days=2, scoring_shards=2)
-    pm.write_clean(configured, pm.clean_events({
+    configured = publish(settings, {
         D1: [("alice", "i1", "shoes", "buy", 8), ("bob", "i2", "books", "view", 9), ("carol", "i3", "toys", "view", 9)],
-        D2: [("alice", "i4", "bags", "view", 8), ("alice", "i5", "bags", "cart", 9), ("bob", "i2", "books", "buy", 10)]}))
-    pm.register_as_champion(configured)
-    scoring.score_date(configured, D2)
+        D2: [("alice", "i4", "bags", "view", 8), ("alice", "i5", "bags", "cart", 9), ("bob", "i2", "books", "buy", 10)]},
+        [D2], lookback_days=2, scoring_shards=2)
     migration_report.write_report(configured, D2)
     return configured
 

@@ -14,6 +14,7 @@ migration day), ``/api/partitions``, ``/api/migration[?date=D]``, ``/api/migrati
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from airflow.api_fastapi.core_api.security import requires_authenticated
@@ -92,15 +93,27 @@ def api_user(user: str, date: str) -> dict[str, Any]:
 def index(request: Request, user: str = "", date: str = "", flows_date: str = "") -> str:
     settings = load_settings()
     base = _base(request)
-    parts = reads.partitions(settings)
-    published = [r["as_of_date"] for r in parts.get("value") or [] if r.get("status") == "published"]
-    chosen = date or (published[0] if published else "")
-    lookup = reads.user(settings, _date(chosen), user.strip()) if user.strip() and chosen else None
+    user, day = user.strip(), _date(date) if date else ""
+    # The reads run side by side, so a slow source costs one timeout, not one per section.
+    with ThreadPoolExecutor(max_workers=5, thread_name_prefix="im-ui-page") as pool:
+        futures = {
+            "partitions": pool.submit(reads.partitions, settings),
+            "migration": pool.submit(reads.migration, settings, _date(flows_date) if flows_date else None),
+            "monitoring": pool.submit(reads.monitoring, settings),
+            "aliases": pool.submit(reads.aliases, settings),
+        }
+        if user and day:
+            futures["user"] = pool.submit(reads.user, settings, day, user)
+        got = {name: future.result() for name, future in futures.items()}
+    published = [r["as_of_date"] for r in got["partitions"].get("value") or [] if r.get("status") == "published"]
+    if user and not day and published:
+        day = published[0]
+        got["user"] = reads.user(settings, day, user)
     sections = [
-        page.migration_section(reads.migration(settings, _date(flows_date) if flows_date else None), base),
-        page.monitoring_section(reads.monitoring(settings), settings.gate_metric),
-        page.user_section(base, published, user, chosen, lookup),
-        page.partitions_section(parts),
+        page.migration_section(got["migration"], base),
+        page.monitoring_section(got["monitoring"], settings.gate_metric),
+        page.user_section(base, published, user, day, got.get("user")),
+        page.partitions_section(got["partitions"]),
     ]
-    return page.render(bucket=settings.bucket, model_name=settings.model_name, aliases=reads.aliases(settings),
+    return page.render(bucket=settings.bucket, model_name=settings.model_name, aliases=got["aliases"],
                        sections=sections)

@@ -8,7 +8,6 @@ before, the bar chart), monitoring (the gate metric per day, model vs baselines,
 from __future__ import annotations
 
 import html
-import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -140,6 +139,3 @@ def render(*, bucket: str, model_name: str, aliases: dict[str, Any], sections: S
             f"<p>Bucket <code>{_e(bucket)}</code>, model <code>{_e(model_name)}</code>: {shown}</p>"
             + "".join(sections) + "</body></html>")
 
-
-def user_link(base: str, user_id: str, date: str) -> str:
-    return f"{base}/?" + urllib.parse.urlencode({"user": user_id, "date": date})
