@@ -8,6 +8,7 @@ computed, within a byte budget) and :class:`Background` (writes that overlap the
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -56,14 +57,32 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], *, weight: Callable[[T], 
 
 class Background:
     """Storage writes running in the background while the caller computes the next partition;
-    :meth:`wait` waits for all of them and raises the first error."""
+    :meth:`wait` waits for all of them and raises the first error. At most ``budget`` bytes of
+    submitted data wait at once (:meth:`submit` blocks until older writes finish), so a slow store
+    cannot make the data of many partitions pile up in memory."""
 
-    def __init__(self, threads: int = IO_THREADS) -> None:
+    def __init__(self, threads: int = IO_THREADS, budget: int = 192 << 20) -> None:
         self._pool = ThreadPoolExecutor(max_workers=threads)
         self._futures: list[Future[Any]] = []
+        self._budget = budget
+        self._pending = 0
+        self._room = threading.Condition()
 
-    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        self._futures.append(self._pool.submit(fn, *args, **kwargs))
+    def submit(self, fn: Callable[..., Any], *args: Any, weight: int = 0, **kwargs: Any) -> None:
+        """Run ``fn(*args, **kwargs)`` in the background; ``weight``: the bytes it holds until done."""
+        with self._room:
+            self._room.wait_for(lambda: self._pending == 0 or self._pending + weight <= self._budget)
+            self._pending += weight
+
+        def run() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._room:
+                    self._pending -= weight
+                    self._room.notify_all()
+
+        self._futures.append(self._pool.submit(run))
 
     def wait(self) -> None:
         try:

@@ -64,10 +64,18 @@ def handover_table(date: dt.date, valid: pa.Table, plan: CleaningPlan, *, rows: 
     return table.replace_schema_metadata({HANDOVER_META: json.dumps(meta).encode()})
 
 
+def encode_parquet(table: pa.Table) -> bytes:
+    """``table`` as Parquet bytes (zstd, like :func:`pipelines.platform.storage.write_parquet`): encoded
+    by the thread that computed it, uploaded by another."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
 def write_handover(settings: Settings, date: dt.date, table: pa.Table) -> str:
     """Write a :func:`handover_table` to ``staging/validated/dt=date/valid.parquet``; returns the key."""
     key = layout.handover_key(date)
-    storage.write_parquet(settings, key, table)
+    storage.put_bytes(settings, key, encode_parquet(table))
     return key
 
 

@@ -141,7 +141,7 @@ def _publish(settings: Settings, name: str, source: str, spec: SourceSpec, stats
         storage.put_json(settings, layout.raw_meta_key(day, name), meta)
         return key
 
-    keys = map_io(upload, sorted(stats.files))
+    keys = map_io(upload, sorted(stats.files), threads=2)  # each upload runs parts in parallel itself
     q_key = layout.unplaced_key(name)
     rejects = stats.rejects()
     if rejects.num_rows:

@@ -26,7 +26,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import statistics
+from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,8 +57,8 @@ __all__ = ["ValidationError", "ValidationResult", "ValidationRun", "log_to_mlflo
            "render_summary", "validate_partition", "validate_partitions"]
 
 MIN_VOLUME_HISTORY = 3  # the volume rule needs this many earlier in-window partitions
-PREFETCH_BYTES = 256 << 20  # raw bytes fetched ahead of the partition being flagged
-PREFETCH_PARTITIONS = 64
+PREFETCH_BYTES = 128 << 20  # raw bytes fetched ahead of the partitions being flagged
+COMPUTE_THREADS = 2  # partitions flagged and planned at once
 
 
 @dataclass
@@ -135,18 +137,24 @@ def validate_partitions(settings: Settings, dates: Iterable[dt.date], *, report_
         part = raw.get(day)
         return sum(o.size for o in part.objects) if part else 0
 
-    with Background() as writes:
+    def check(day: dt.date, contents: dict[str, bytes] | Exception) -> _Checked | ValidationError:
+        part = raw.get(day) or RawPartition(day, (), (), ())
+        try:
+            if isinstance(contents, Exception):
+                raise ValidationError(f"dt={day}: rule readable_file failed: {contents}")
+            return _check(settings, part, contents, history, quarantined_before, writes, now)
+        except ValidationError as exc:
+            return exc
+
+    with Background() as writes, ThreadPoolExecutor(max_workers=COMPUTE_THREADS) as compute:
+        # Arrow and NumPy release the GIL: two partitions are flagged and planned at once.
+        in_flight: deque[tuple[dt.date, Future[_Checked | ValidationError]]] = deque()
         for day, contents in prefetch(fetch, days, weight=weight, budget=PREFETCH_BYTES):
-            part = raw.get(day) or RawPartition(day, (), (), ())
-            try:
-                if isinstance(contents, Exception):
-                    raise ValidationError(f"dt={day}: rule readable_file failed: {contents}")
-                checked.append(_check(settings, part, contents, history, quarantined_before, writes, now))
-            except ValidationError as exc:
-                run.errors[day] = str(exc)
-                prefix = layout.validation_report_prefix(report_id, day)
-                writes.submit(storage.put_text, settings, prefix + "summary.md",
-                              f"# Validation of dt={day}: FAILED\n\n{exc}\n")
+            in_flight.append((day, compute.submit(check, day, contents)))
+            while len(in_flight) >= COMPUTE_THREADS:
+                _collect(settings, report_id, *in_flight.popleft(), run, checked, writes)
+        while in_flight:
+            _collect(settings, report_id, *in_flight.popleft(), run, checked, writes)
         gx_ready.join()
         gates = expectations.check_profiles([c.profile for c in checked], settings) if checked else {}
         samples = [(c.date.isoformat(), c.spec, c.sample) for c in checked if c.sample.num_rows]
@@ -165,6 +173,18 @@ def validate_partitions(settings: Settings, dates: Iterable[dt.date], *, report_
         if run.results:
             run.data_docs_key = publish_index(settings, report_id, run.results, writes)
     return run
+
+
+def _collect(settings: Settings, report_id: str, day: dt.date, future: Future[_Checked | ValidationError],
+             run: ValidationRun, checked: list[_Checked], writes: Background) -> None:
+    outcome = future.result()
+    if isinstance(outcome, ValidationError):
+        run.errors[day] = str(outcome)
+        prefix = layout.validation_report_prefix(report_id, day)
+        writes.submit(storage.put_text, settings, prefix + "summary.md",
+                      f"# Validation of dt={day}: FAILED\n\n{outcome}\n")
+    else:
+        checked.append(outcome)
 
 
 def _check(settings: Settings, part: RawPartition, contents: dict[str, bytes], history: VolumeHistory,
@@ -192,7 +212,8 @@ def _check(settings: Settings, part: RawPartition, contents: dict[str, bytes], h
     q_table = validation_quarantine_table(bad)
     q_key = layout.quarantine_key(day, "validation")
     if q_table is not None:
-        writes.submit(storage.write_parquet, settings, q_key, q_table)
+        q_data = handover.encode_parquet(q_table)
+        writes.submit(storage.put_bytes, settings, q_key, q_data, weight=len(q_data))
     elif q_key in quarantined_before:
         writes.submit(storage.delete_key, settings, q_key)
     _write_handover(settings, part, valid, plan, rows, reasons, writes)
@@ -209,7 +230,8 @@ def _write_handover(settings: Settings, part: RawPartition, valid: pa.Table, pla
     table = handover.handover_table(part.date, valid, plan, rows=rows, reasons=reasons,
                                     fingerprint=handover.raw_fingerprint(settings, part.date, part.objects),
                                     cleaning=cleaning_settings(settings))
-    writes.submit(handover.write_handover, settings, part.date, table)
+    data = handover.encode_parquet(table)
+    writes.submit(storage.put_bytes, settings, layout.handover_key(part.date), data, weight=len(data))
 
 
 def _result(settings: Settings, report_id: str, c: _Checked, gate: expectations.DayResult,
