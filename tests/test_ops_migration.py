@@ -38,7 +38,7 @@ def independent(rows: list[dict]) -> dict:
         sources = ({c: s / total for c, s in zip(row["current_categories"], row["current_strengths"], strict=True)}
                    if total > 0 else {migration.NO_CATEGORY: 1.0})
         for source, share in sources.items():
-            for target in row["emerging_categories"]:
+            for target in row["emerging_categories"] if share > 0 else []:  # a zero share carries no flow
                 weight[(source, target)] += share / len(row["emerging_categories"])
                 users[(source, target)] += 1
         dominant = row["current_categories"][0] if row["current_categories"] else migration.NO_CATEGORY
@@ -83,12 +83,13 @@ def test_flows_and_categories_match_a_plain_recomputation():
         _row("c", {}, {"toys": 0.3}, ["toys"], 1.0),                      # no history: from "(none)"
         _row("d", {"books": 0.7}, {"books": 0.8}, [], 0.05),              # no emerging: no flow
         _row("e", {"bags": 0.5, "hats": 0.5}, {"socks": 0.6, "toys": 0.3}, ["socks", "toys"], 0.7),
+        _row("f", {"books": 1.0, "shoes": 0.0}, {"hats": 0.9}, ["hats"], 0.9),  # a zero share: no flow from shoes
     ], schema=PREDICTION_SCHEMA)
     _check(rows)
     flows = migration.flow_matrix(rows)
-    assert flows.num_rows == 8 and sum(flows["weight"].to_pylist()) == pytest.approx(4.0)  # 4 users with emerging
+    assert flows.num_rows == 9 and sum(flows["weight"].to_pylist()) == pytest.approx(5.0)  # 5 users with emerging
     summary = migration.day_summary(rows, flows, migration.category_table(rows))
-    assert (summary["users"], summary["users_with_emerging"], summary["migrating_users"]) == (5, 4, 3)
+    assert (summary["users"], summary["users_with_emerging"], summary["migrating_users"]) == (6, 5, 4)
 
 
 def test_top_flows_compare_with_the_week_before():

@@ -5,10 +5,10 @@ Definitions (the same words as the prediction contract, docs/design.md section 6
 - **flow** ``i -> j``: a user whose current interests hold category ``i`` (``current_categories``
   with ``current_strengths``) has ``j`` among its emerging categories (``emerging_categories``:
   predicted, new to the user). Each user with at least one emerging category carries one unit
-  of flow, split by its current shares (normalised to sum to 1) times an equal part of each
-  emerging category, so ``weight(i, j)`` is a number of users and the weights of a day add up
-  to the number of users with an emerging category. ``users(i, j)`` counts the users having
-  that pair at all.
+  of flow, split by its current shares (normalised to sum to 1; a zero share carries nothing)
+  times an equal part of each emerging category, so ``weight(i, j)`` is a number of users and
+  the weights of a day add up to the number of users with an emerging category. ``users(i, j)``
+  counts the users having that pair with a non-zero share.
 - **migrating user**: the user's best-ranked predicted category is new to it (it is in its
   emerging list). The share of migrating users is reported per *dominant* current category
   (``current_categories[0]``).
@@ -82,17 +82,29 @@ def flow_matrix(rows: pa.Table) -> pa.Table:
     shape = (n_users, len(vocabulary))
     current = sparse.csr_matrix((cur_vals, (cur_rows, cur_cols)), shape=shape)
     emerging = sparse.csr_matrix((em_vals, (em_user, _codes(em_cat, vocabulary))), shape=shape)
-    weight = (current.T @ emerging).tocoo()
-    users = ((current > 0).astype(np.int64).T @ (emerging > 0).astype(np.int64)).tocsr()
-    order = np.lexsort((weight.col, weight.row, -weight.data))
-    rows_i, cols_j, data = weight.row[order], weight.col[order], weight.data[order]
-    keep = data > 0
-    rows_i, cols_j, data = rows_i[keep], cols_j[keep], data[keep]
-    counts = np.asarray(users[rows_i, cols_j]).ravel().astype(np.int64)
+    for matrix in (current, emerging):
+        matrix.sum_duplicates()
+        matrix.eliminate_zeros()
+    weight = (current.T @ emerging).tocsr()
+    users = (_ones(current).T @ _ones(emerging)).tocsr()
+    # All values are positive, so both products have the same non-zeros: their sorted CSR data line up.
+    for matrix in (weight, users):
+        matrix.sort_indices()
+    rows_i = np.repeat(np.arange(weight.shape[0]), np.diff(weight.indptr))
+    cols_j, data, counts = weight.indices, weight.data, users.data.astype(np.int64)
+    order = np.lexsort((cols_j, rows_i, -data))
+    rows_i, cols_j, data, counts = rows_i[order], cols_j[order], data[order], counts[order]
     total = float(data.sum())
     return pa.table([pc.take(vocabulary, pa.array(rows_i)), pc.take(vocabulary, pa.array(cols_j)),
                      pa.array(counts, pa.int64()), pa.array(data), pa.array(data / total if total else data)],
                     schema=FLOW_SCHEMA)
+
+
+def _ones(matrix: Any) -> Any:
+    """The same sparse matrix with every stored value 1 (who has the category, not how much)."""
+    ones = matrix.copy()
+    ones.data = np.ones_like(ones.data, dtype=np.float64)
+    return ones
 
 
 def top_flows(flows: pa.Table, previous: pa.Table | None, n: int = 20) -> pa.Table:
