@@ -53,6 +53,7 @@ class CleaningPlan:
     fate: np.ndarray
     order: np.ndarray
     stats: dict[str, int] = field(default_factory=dict)  # distinct users/items/categories, items under several
+    users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # each row's user code
 
     def counts(self) -> dict[str, int]:
         """Rows per fate (fates with no row left out)."""
@@ -174,7 +175,7 @@ def plan_cleaning(valid: pa.Table, settings: Settings) -> CleaningPlan:
     live_fate[div_bad[su]] = DIVERSITY
     live_fate[rate_bad[su]] = RATE
     fate[live_out] = live_fate
-    return CleaningPlan(fate=fate, order=out, stats=stats)
+    return CleaningPlan(fate=fate, order=out, stats=stats, users=u)
 
 
 def to_event_schema(rows: pa.Table) -> pa.Table:

@@ -21,6 +21,7 @@ import io
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -59,8 +60,9 @@ def handover_table(date: dt.date, valid: pa.Table, plan: CleaningPlan, *, rows: 
     order = pa.array(plan.order, pa.int64())
     table = valid.select(HANDOVER_COLUMNS).take(order)
     table = table.append_column(FATE, pa.array(plan.fate[plan.order], pa.int8()))
+    clean_users = int(np.count_nonzero(np.bincount(plan.users[plan.clean_indices()]))) if len(plan.users) else 0
     meta = {"date": date.isoformat(), "fingerprint": fingerprint, "rows": rows, "reasons": reasons,
-            "fates": list(FATES), "cleaning": cleaning, "failures": list(failures)}
+            "fates": list(FATES), "cleaning": cleaning, "failures": list(failures), "clean_users": clean_users}
     return table.replace_schema_metadata({HANDOVER_META: json.dumps(meta).encode()})
 
 
@@ -79,25 +81,41 @@ def write_handover(settings: Settings, date: dt.date, table: pa.Table) -> str:
     return key
 
 
+@dataclass
+class Handover:
+    """A fresh hand-over: its metadata (rows, reasons, cleaning, failures, clean_users) and its rows,
+    decoded column by column on demand (:meth:`read`)."""
+
+    meta: dict[str, Any]
+    file: pq.ParquetFile
+
+    @property
+    def num_rows(self) -> int:
+        return self.file.metadata.num_rows
+
+    def read(self, columns: Sequence[str] | None = None) -> pa.Table:
+        """The rows (output order) with ``columns`` (all when None), without the file metadata."""
+        return self.file.read(columns=list(columns) if columns is not None else None).replace_schema_metadata(None)
+
+
 def read_handover(settings: Settings, date: dt.date, *, objects: Sequence[storage.ObjectInfo] | None = None
-                  ) -> tuple[pa.Table, dict[str, Any]] | None:
-    """The validated rows of ``date`` (output order, ``fate`` column) and their metadata (rows, reasons,
-    cleaning, failures) when the hand-over exists and was written for the raw files and window now
-    in place (``objects``: the raw partition's listing, when the caller has it); None otherwise
-    (the caller re-flags)."""
+                  ) -> Handover | None:
+    """The validated rows of ``date`` (output order, ``fate`` column) and their metadata when the
+    hand-over exists and was written for the raw files and window now in place (``objects``: the
+    raw partition's listing, when the caller has it); None otherwise (the caller re-flags)."""
     key = layout.handover_key(date)
     try:
         data = storage.get_bytes(settings, key)
     except storage.StorageError:
         log.info("dt=%s: no validated hand-over at %s: flagging the raw files again", date, key)
         return None
-    table = pq.read_table(io.BytesIO(data))
-    meta = json.loads((table.schema.metadata or {}).get(HANDOVER_META, b"{}"))
-    if meta.get("fingerprint") != raw_fingerprint(settings, date, objects) or FATE not in table.column_names:
+    file = pq.ParquetFile(io.BytesIO(data))
+    meta = json.loads((file.schema_arrow.metadata or {}).get(HANDOVER_META, b"{}"))
+    if meta.get("fingerprint") != raw_fingerprint(settings, date, objects) or FATE not in file.schema_arrow.names:
         log.info("dt=%s: hand-over %s is stale (raw files or window changed): flagging the raw files again",
                  date, key)
         return None
-    return table.replace_schema_metadata(None), meta
+    return Handover(meta=meta, file=file)
 
 
 def input_order(table: pa.Table) -> pa.Table:

@@ -47,6 +47,7 @@ from pipelines.data.cleaning import (
 from pipelines.data.fanout import Background, prefetch
 from pipelines.data.quarantine import PREPROCESS, quarantine_table, validation_quarantine_table
 from pipelines.data.raw import RawPartition, list_partition_objects, list_raw_partitions
+from pipelines.data.rules import CANONICAL_KEY_COLUMNS
 from pipelines.platform import layout, storage
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class _Cleaned:
     noise: pa.Table
     counts: dict[str, int]
     bad: pa.Table | None  # validation quarantine to rewrite (when the raw partition was flagged here)
+    users: int  # distinct users among the clean rows
 
 
 def preprocess_partition(settings: Settings, date: dt.date) -> PreprocessResult:
@@ -133,7 +135,7 @@ def preprocess_partitions(settings: Settings, dates: Iterable[dt.date], *, raise
     existing = _existing_keys(settings, days)
     sizes = {o.key: o.size for o in existing.get(layout.VALIDATED, [])}
 
-    def fetch(day: dt.date) -> tuple[pa.Table, dict[str, Any]] | None:
+    def fetch(day: dt.date) -> handover.Handover | None:
         part = raw.get(day)
         return handover.read_handover(settings, day, objects=part.objects if part else ())
 
@@ -162,26 +164,36 @@ def _existing_keys(settings: Settings, days: list[dt.date]) -> dict[str, list[st
             for area in (layout.CLEAN, layout.QUARANTINE, layout.VALIDATED)}
 
 
-def _clean(settings: Settings, date: dt.date, validated: tuple[pa.Table, dict[str, Any]] | None,
+def _clean(settings: Settings, date: dt.date, validated: handover.Handover | None,
            part: RawPartition | None) -> _Cleaned:
     if validated is None:
         flagged = rules.flag_partition(settings, date, partition=part)
         valid, bad, reasons = rules.split_flagged(flagged)
         clean, noise, counts = clean_events(valid, settings)
-        return _Cleaned(date, flagged.rows, reasons, bad.num_rows, clean, noise, counts, bad)
-    table, meta = validated
+        users = len(pc.unique(clean["user_id"])) if clean.num_rows else 0
+        return _Cleaned(date, flagged.rows, reasons, bad.num_rows, clean, noise, counts, bad, users)
+    meta = validated.meta
     reasons = {k: int(v) for k, v in meta["reasons"].items()}
     rows_in = int(meta["rows"])
     if meta.get("cleaning") == cleaning_settings(settings) and meta.get("fates") == list(FATES):
         # Validation planned the fates under these settings: split, nothing to compute.
+        table = validated.read([*CANONICAL_KEY_COLUMNS, handover.FATE])
         fate = handover.fates_of(table)
         clean = to_event_schema(table.filter(pa.array(fate == CLEAN)))
-        noisy = handover.input_order(table.filter(pa.array(fate >= RATE)))
-        noise = noisy.drop_columns([handover.FATE]).append_column("fate", fate_names(handover.fates_of(noisy)))
+        noisy = fate >= RATE
+        noise = table.slice(0, 0).drop_columns([handover.FATE])
+        if noisy.any():
+            both = pa.Table.from_arrays([*table.columns, *validated.read(["source_file", "row"]).columns],
+                                        names=[*table.column_names, "source_file", "row"]).filter(pa.array(noisy))
+            both = handover.input_order(both)
+            noise = both.drop_columns([handover.FATE]).append_column("fate", fate_names(handover.fates_of(both)))
         counts = {FATES[k]: int(v) for k, v in enumerate(np.bincount(fate, minlength=len(FATES))) if v}
+        users = int(meta.get("clean_users", len(pc.unique(clean["user_id"])) if clean.num_rows else 0))
     else:
-        clean, noise, counts = clean_events(handover.input_order(table).drop_columns([handover.FATE]), settings)
-    return _Cleaned(date, rows_in, reasons, sum(reasons.values()), clean, noise, counts, None)
+        table = handover.input_order(validated.read()).drop_columns([handover.FATE])
+        clean, noise, counts = clean_events(table, settings)
+        users = len(pc.unique(clean["user_id"])) if clean.num_rows else 0
+    return _Cleaned(date, rows_in, reasons, sum(reasons.values()), clean, noise, counts, None, users)
 
 
 def _publish(settings: Settings, c: _Cleaned, existing: dict[str, list[storage.ObjectInfo]],
@@ -202,7 +214,7 @@ def _publish(settings: Settings, c: _Cleaned, existing: dict[str, list[storage.O
         q_val = validation_quarantine_table(c.bad)
         if q_val is not None:
             writing[layout.quarantine_key(c.date, "validation")] = q_val
-    q_noise_table = quarantine_table(_noise_rows(c.noise), PREPROCESS)
+    q_noise_table = quarantine_table(_noise_rows(c.noise), PREPROCESS) if c.noise.num_rows else None
     q_key = layout.quarantine_key(c.date, PREPROCESS) if q_noise_table is not None else None
     if q_noise_table is not None:
         writing[q_key] = q_noise_table
@@ -217,12 +229,11 @@ def _publish(settings: Settings, c: _Cleaned, existing: dict[str, list[storage.O
     for r in NOISE_REASONS:
         if c.counts.get(r):
             reasons[r] = c.counts[r]
-    users = len(pc.unique(c.clean["user_id"])) if c.clean.num_rows else 0
     result = PreprocessResult(
         date=c.date, rows_in=c.rows_in, clean=c.clean.num_rows, quarantined=c.q_validation + q_noise,
         quarantined_validation=c.q_validation, quarantined_noise=q_noise, duplicates_dropped=exact + near,
         exact_duplicates=exact, near_duplicates=near, reasons=reasons,
-        clean_keys=[layout.clean_key(c.date)] if c.clean.num_rows else [], quarantine_key=q_key, users=users)
+        clean_keys=[layout.clean_key(c.date)] if c.clean.num_rows else [], quarantine_key=q_key, users=c.users)
     for key, table in writing.items():
         writes.submit(storage.write_parquet, settings, key, table)
     writes.submit(storage.put_json, settings, layout.preprocess_report_key(c.date), result.to_dict())

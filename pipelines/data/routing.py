@@ -15,6 +15,8 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import gzip
+import mmap
+import os
 import re
 import zlib
 from collections import OrderedDict
@@ -105,6 +107,12 @@ def _scan_file(path: Path, *, quote_char: bytes = b'"') -> bool:
     delimiter, a quote or a line break)."""
     found = False
     try:
+        with open(path, "rb") as raw:
+            if raw.read(2) != _GZIP_MAGIC:  # a plain file: searched in place, without reading it through Python
+                if os.fstat(raw.fileno()).st_size == 0:
+                    return False
+                with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                    return mapped.find(quote_char) >= 0
         with _open_binary(path) as fh:
             while chunk := fh.read(_SCAN_BYTES):
                 found = found or quote_char in chunk
