@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -107,7 +108,8 @@ def run(data: str, overrides: dict, n_boot: int, use_repeat: bool = True, fit_op
         "examples": encoded.counts(),
         "test_users": int(len(set(users))), "test_asof": [t.date().isoformat() for t in encoded.asof["test"]],
         "categories": len(encoded.vocab.categories), "encode_seconds": encode_s,
-        "train_seconds": fit.train_seconds, "examples_per_second": fit.examples_per_second,
+        "train_seconds": fit.train_seconds, "encode_train_seconds": encode_s + fit.train_seconds,
+        "examples_per_second": fit.examples_per_second,
         "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run, "val_ndcg": fit.best_val_ndcg,
         "predict_seconds": predict_s, "new_category_share": float(np.mean(per["model"]["has_new"])),
         "decay_half_life_horizons": summaries["decayed_frequency"].get("half_life_horizons"),
@@ -136,6 +138,9 @@ def run(data: str, overrides: dict, n_boot: int, use_repeat: bool = True, fit_op
     print(f"training: {fit.train_seconds:.1f} s, {fit.epochs_run} epochs (best {fit.best_epoch}), "
           f"{fit.examples_per_second:.0f} examples/s; encoding {encode_s:.1f} s; "
           f"scoring {len(probs)} test examples {predict_s:.2f} s; emerging ks {EMERGING_KS}")
+    load = os.getloadavg()
+    print(f"encoding + training: {encode_s + fit.train_seconds:.1f} s (load average {load[0]:.2f} {load[1]:.2f} "
+          f"{load[2]:.2f})")
     return report
 
 

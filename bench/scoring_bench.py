@@ -1,33 +1,34 @@
-"""Scoring benchmark: 100,000 users scored and written for one day, on the real embedded services.
+"""Scoring benchmark: users scored end to end for one day, from clean partitions in S3 to a published
+partition, on the real embedded services.
 
 Starts SeaweedFS + an MLflow server on free ports (as the tests do), writes synthetic clean events
 for the look-back window (``--users`` users, about ``--events-per-user`` events each, spread over
-``--days`` days), puts a champion in the registry, runs the scoring steps in this process (resolve,
-plan, every shard, publish), and prints users/second for the read, score and write phases and the
-peak RSS of this process (the services run in their own processes and are not counted).
+``--days`` days) into a bucket of their own, puts a champion in the registry, and runs the scoring
+steps (resolve, plan, every shard, publish) in a child process, printing the time of each phase,
+users/second and the child's peak RSS (the services run in their own processes and are not counted).
 
-    .venv/bin/python bench/scoring_bench.py                      # 100k users, the Keras model
-    .venv/bin/python bench/scoring_bench.py --users 5000         # quicker
-    .venv/bin/python bench/scoring_bench.py --model baseline     # cheap vectorised pyfunc
+    .venv/bin/python bench/scoring_bench.py                      # 100k users, ~1k categories, the Keras model
+    .venv/bin/python bench/scoring_bench.py --scale-curve        # 10k, 100k and 1M users, one table
+    .venv/bin/python bench/scoring_bench.py --categories 20000 --train-users 20000 --min-category-count 2
+                                                                 # Taobao's scale: ~10k categories
+    .venv/bin/python bench/scoring_bench.py --model baseline     # a pyfunc from elsewhere, through predict
 
 ``--model keras`` (default) trains the product's model with the product's own steps before scoring:
-synthetic events of ``--train-users`` users (a subset) over the ``--train-days`` days *before* the
-scoring window are written as clean partitions, then a child process (this script with
-``--train-only``) opens an MLflow run (``tracking.start_or_resume_run``), runs
-``encoding.encode_step`` over that window and ``train.train_step`` (1 epoch), registers the logged
-model and sets the ``champion`` alias (``registry.promote_version``). Training runs in a child
-process so that the printed peak RSS is the scoring's only; its time is printed apart. The scoring
-window holds all ``--users`` users, so most scored users were never seen in training.
-
-``--model baseline`` logs a vectorised decayed-frequency + popularity pyfunc instead: it obeys the
-same scoring contract, so the numbers measure the scoring pipeline with a cheap model.
+synthetic events of ``--train-users`` users over the ``--train-days`` days *before* the scoring
+window are written as clean partitions, then a child process (this script with ``--train-only``)
+opens an MLflow run, runs ``encoding.encode_step`` and ``train.train_step`` (1 epoch), registers the
+logged model and sets the ``champion`` alias. The vocabulary (the model's V) is what that window
+keeps. The scoring window holds all ``--users`` users, so most scored users were never seen in
+training. ``--model baseline`` logs a vectorised decayed-frequency + popularity pyfunc instead: it
+obeys the public scoring contract, so it measures the path of champions from elsewhere.
 ``--profile N`` runs the scoring phase under cProfile and prints the N most expensive functions
-(cumulative time; profiling slows the Python-heavy parts, so its timings are not the figures).
+(profiling slows the Python-heavy parts, so its timings are not the figures).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -185,54 +186,101 @@ def train_keras(spec: dict[str, Any]) -> dict[str, Any]:
             "peak_rss_mb": _rss_mb()}
 
 
-RESULT_MARK = "TRAIN_RESULT "
+RESULT_MARK = "CHILD_RESULT "
 
 
-def train_in_child(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run :func:`train_keras` in a child process (this script with ``--train-only``) so that its
-    memory does not count in this process's peak RSS; returns the child's result dict."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--train-only", json.dumps(spec)]
-    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=dict(os.environ), check=False)
+def run_child(flag: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run this script with ``flag SPEC_JSON`` in a child process (training: its memory does not
+    count in the scoring's peak; scoring: each size gets its own peak RSS); returns its result dict."""
+    command = [sys.executable, str(Path(__file__).resolve()), flag, json.dumps(spec)]
+    env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"training child {command[:3]} exited {proc.returncode} without a result; "
+        raise RuntimeError(f"child {command[:3]} exited {proc.returncode} without a result; "
                            f"stdout tail: {proc.stdout[-2000:]!r}")
+    print("\n".join(line for line in proc.stdout.splitlines() if not line.startswith(RESULT_MARK)), end="")
     return dict(json.loads(lines[-1][len(RESULT_MARK):]))
 
 
-def run_scoring(settings: Settings) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
-    """Resolve, plan, score every shard and publish AS_OF_DATE in this process."""
+def score_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """The scoring phase alone, timed: resolve, plan (read the window once, stage the shards), score
+    every shard, publish; ``spec`` holds the settings overrides and an optional profile depth."""
+    overrides = dict(spec["settings"])
+    overrides["work_dir"] = Path(overrides["work_dir"])
+    settings = load_settings(environ={}, **overrides)
+    rss_before = _rss_mb()
+    t0 = time.monotonic()
     model = scoring.resolve_champion(settings)
+    import tensorflow  # noqa: F401  # timed apart from the model's own loading
+
+    t_tf = time.monotonic()
+    scoring.load_scorer(settings, model["model_uri"])  # MLflow download + unpickle + Keras load
+    t1 = time.monotonic()
+    if spec.get("profile"):
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     shards = scoring.plan_shards(settings, AS_OF_DATE, model)
+    t2 = time.monotonic()
     results = [scoring.score_shard(settings, AS_OF_DATE, model, shard) for shard in shards]
+    t3 = time.monotonic()
     manifest = scoring.publish_partition(settings, AS_OF_DATE, model, results)
-    return model, results, manifest
+    t4 = time.monotonic()
+    if spec.get("profile"):
+        profiler.disable()
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(int(spec["profile"]))
+    return {"users": manifest["row_count"], "model_version": model["model_version"], "load": t1 - t0,
+            "tf_import": t_tf - t0,
+            "plan": t2 - t1, "shards": t3 - t2, "publish": t4 - t3, "total": t4 - t0,
+            "read": sum(r["read_seconds"] for r in results), "score": sum(r["score_seconds"] for r in results),
+            "write": sum(r["write_seconds"] for r in results), "peak_rss_mb": _rss_mb(),
+            "rss_before_mb": rss_before, "buckets": shards[0]["buckets"] if shards else 0}
+
+
+def _prepare_size(settings: Settings, users: int, args: argparse.Namespace) -> tuple[Settings, int]:
+    """A bucket of its own holding the clean look-back window of ``users`` users; returns its
+    settings and the event count."""
+    sized = dataclasses.replace(settings, bucket=f"{settings.bucket}-{users}")
+    storage.ensure_bucket(sized)
+    rows = write_events(sized, generate_events(users, args.days, args.events_per_user, args.categories, args.seed))
+    return sized, rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("keras", "baseline"), default="keras",
                         help="champion to score with: the product's Keras model trained here (default) or "
-                             "the cheap vectorised baseline pyfunc")
-    parser.add_argument("--users", type=int, default=100_000)
+                             "the cheap vectorised baseline pyfunc (scored through its public predict contract)")
+    parser.add_argument("--users", type=int, default=100_000, help="users in the scoring window (default 100,000)")
+    parser.add_argument("--scale-curve", action="store_true",
+                        help="score 10,000, 100,000 and 1,000,000 users (one child process each) and print the table")
     parser.add_argument("--days", type=int, default=30, help="look-back window length (lookback_days)")
-    parser.add_argument("--events-per-user", type=int, default=20)
-    parser.add_argument("--categories", type=int, default=2_000)
-    parser.add_argument("--shards", type=int, default=2)
-    parser.add_argument("--batch-users", type=int, default=5_000)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--events-per-user", type=int, default=20, help="mean events per user in the window")
+    parser.add_argument("--categories", type=int, default=2_000, help="categories the generator draws from")
+    parser.add_argument("--shards", type=int, default=2, help="scoring shards (scoring_shards)")
+    parser.add_argument("--batch-users", type=int, default=5_000, help="users per model call (scoring_batch_users)")
+    parser.add_argument("--seed", type=int, default=7, help="generator seed")
     parser.add_argument("--train-users", type=int, default=1_000, help="users in the training window (keras)")
     parser.add_argument("--train-days", type=int, default=21, help="training window length before the "
                                                                      "scoring window (keras)")
     parser.add_argument("--train-asof-step", type=int, default=2, help="asof_step_days for training (keras)")
+    parser.add_argument("--min-category-count", type=int, default=None,
+                        help="min_category_count for the training vocabulary (keras; default: the setting's)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="profile the scoring phase and print the N most expensive functions")
     parser.add_argument("--train-only", metavar="SPEC_JSON", help=argparse.SUPPRESS)
+    parser.add_argument("--score-only", metavar="SPEC_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows in a log file
     if args.train_only:
         print(RESULT_MARK + json.dumps(train_keras(json.loads(args.train_only))), flush=True)
+        return 0
+    if args.score_only:
+        print(RESULT_MARK + json.dumps(score_child(json.loads(args.score_only))), flush=True)
         return 0
 
     root = Path(tempfile.mkdtemp(prefix="scoring-bench-"))
@@ -257,29 +305,23 @@ def main(argv: list[str] | None = None) -> int:
             "work_dir": root / "work"}
         settings = load_settings(environ={}, **overrides)
 
-        t0 = time.monotonic()
-        rows = write_events(settings, generate_events(args.users, args.days, args.events_per_user, args.categories,
-                                                      args.seed))
-        print(f"generated and wrote {rows:,} clean events of {args.users:,} users over {args.days} days "
-              f"in {time.monotonic() - t0:.1f}s")
-
         if args.model == "baseline":
             register_baseline(settings)
-            label = "bench baseline pyfunc, not the Keras model"
+            label = "bench baseline pyfunc through predict, not the Keras model"
         else:
             train_end = AS_OF_DATE - dt.timedelta(days=args.days)
-            train_users = min(args.train_users, args.users)
             t0 = time.monotonic()
-            train_rows = write_events(settings, generate_events(train_users, args.train_days, args.events_per_user,
+            train_rows = write_events(settings, generate_events(args.train_users, args.train_days, args.events_per_user,
                                                                 args.categories, args.seed + 1, end=train_end))
+            extra = {} if args.min_category_count is None else {"min_category_count": args.min_category_count}
             spec = {"settings": {**overrides, "work_dir": str(root / "train-work"), "epochs": 1,
-                                 "asof_step_days": args.train_asof_step},
+                                 "asof_step_days": args.train_asof_step, **extra},
                     "train_start": (train_end - dt.timedelta(days=args.train_days - 1)).isoformat(),
                     "train_end": train_end.isoformat(), "run_key": "bench-" + secrets.token_hex(4)}
             t1 = time.monotonic()
-            trained = train_in_child(spec)
+            trained = run_child("--train-only", spec)
             t2 = time.monotonic()
-            print(f"training window: {train_rows:,} events of {train_users:,} users, {spec['train_start']}.."
+            print(f"training window: {train_rows:,} events of {args.train_users:,} users, {spec['train_start']}.."
                   f"{spec['train_end']} (written in {t1 - t0:.1f}s); examples {trained['examples']}, "
                   f"{trained['categories']} categories")
             print(f"train (child process, not in the scoring figures): {t2 - t1:.1f}s wall = encode_step "
@@ -287,38 +329,47 @@ def main(argv: list[str] | None = None) -> int:
                   f"{trained['fit_seconds']:.1f}s, 1 epoch, val ndcg {trained['val_ndcg']:.3f}) + register/"
                   f"promote {trained['register_seconds']:.1f}s + process start; child peak RSS "
                   f"{trained['peak_rss_mb']:,.0f} MB")
-            label = "Keras model trained above"
+            label = f"Keras model trained above, {trained['categories']} categories"
 
-        rss_before = _rss_mb()
-        t1 = time.monotonic()
-        if args.profile:
-            import cProfile
-            import pstats
-
-            profiler = cProfile.Profile()
-            model, results, manifest = profiler.runcall(run_scoring, settings)
-        else:
-            model, results, manifest = run_scoring(settings)
-        total = time.monotonic() - t1
-        scored = manifest["row_count"]
-        read_s = sum(r["read_seconds"] for r in results)
-        score_s = sum(r["score_seconds"] for r in results)
-        write_s = sum(r["write_seconds"] for r in results)
-        print(f"users scored: {scored:,} in {len(results)} shards (batches of {args.batch_users}), "
-              f"model {settings.model_name} v{model['model_version']} ({label})"
-              + ("  [PROFILED: timings inflated]" if args.profile else ""))
-        print(f"read events:  {read_s:7.1f}s  {scored / read_s:10,.0f} users/s")
-        print(f"score:        {score_s:7.1f}s  {scored / score_s:10,.0f} users/s  (model call + interests + rows)")
-        print(f"write:        {write_s:7.1f}s  {scored / write_s:10,.0f} users/s  (Parquet zstd to S3)")
-        print(f"end to end:   {total:7.1f}s  {scored / total:10,.0f} users/s  (resolve+plan+shards+publish, "
-              f"incl. model load)")
-        print(f"peak RSS of this process: {_rss_mb():,.0f} MB (before scoring: {rss_before:,.0f} MB)")
-        if args.profile:
-            pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(args.profile)
-        return 0 if scored == args.users else 1
+        sizes = [10_000, 100_000, 1_000_000] if args.scale_curve else [args.users]
+        rows_out = []
+        for users in sizes:
+            t0 = time.monotonic()
+            sized, events = _prepare_size(settings, users, args)
+            print(f"\n{users:,} users: wrote {events:,} clean events over {args.days} days in "
+                  f"{time.monotonic() - t0:.1f}s; scoring in a child process ({label})")
+            child = {**overrides, "bucket": sized.bucket, "work_dir": str(root / f"work-{users}")}
+            result = run_child("--score-only", {"settings": child, "profile": args.profile})
+            result["events"] = events
+            rows_out.append(result)
+            _print_result(result, args)
+        if len(rows_out) > 1:
+            print("\nscale curve (end to end: resolve + plan + shards + publish, model load included):")
+            print(f"{'users':>10} {'events':>12} {'seconds':>8} {'users/s':>9} {'model load s':>13} "
+                  f"{'peak RSS MB':>12}")
+            for r in rows_out:
+                print(f"{r['users']:>10,} {r['events']:>12,} {r['total']:>8.1f} {r['users'] / r['total']:>9,.0f} "
+                      f"{r['load']:>13.1f} {r['peak_rss_mb']:>12,.0f}")
+        os_load = os.getloadavg()
+        print(f"\nload average during the run: {os_load[0]:.2f} {os_load[1]:.2f} {os_load[2]:.2f}")
+        return 0 if all(r["users"] == u for r, u in zip(rows_out, sizes, strict=True)) else 1
     finally:
         for proc in reversed(started):
             proc.stop()
+
+
+def _print_result(r: dict[str, Any], args: argparse.Namespace) -> None:
+    users = r["users"]
+    print(f"users scored: {users:,} in {args.shards} shards x {r['buckets']} bucket(s), batches of up to "
+          f"{args.batch_users:,}, model v{r['model_version']}" + ("  [PROFILED: timings inflated]" if args.profile
+                                                                 else ""))
+    print(f"plan (read the window once, stage shards): {r['plan']:6.1f}s")
+    print(f"shards: read staged input {r['read']:6.1f}s | score {r['score']:6.1f}s "
+          f"({users / max(r['score'], 1e-9):,.0f} users/s) | write {r['write']:5.1f}s")
+    print(f"end to end:  {r['total']:6.1f}s  {users / r['total']:10,.0f} users/s  (resolve + model load "
+          f"{r['load']:.1f}s of which TensorFlow import {r['tf_import']:.1f}s; publish {r['publish']:.1f}s; without the load: "
+          f"{users / max(r['total'] - r['load'], 1e-9):,.0f} users/s)")
+    print(f"peak RSS of the scoring process: {r['peak_rss_mb']:,.0f} MB (after imports: {r['rss_before_mb']:,.0f} MB)")
 
 
 if __name__ == "__main__":

@@ -63,3 +63,15 @@ def test_comparison_table_has_one_row_per_method() -> None:
     per = example_metrics(*case(), ks=(1, 2), probabilities=True)
     table = comparison_table({"model": summarize(per), "popularity": summarize(per)}, (1, 2))
     assert list(table.index) == ["model", "popularity"] and "ndcg_at_1" in table.columns
+
+
+def test_the_early_stopping_ndcg_is_example_metrics_ndcg() -> None:
+    from pipelines.model.metrics import ndcg_at
+
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.random((300, 40)), 1)  # many ties
+    labels = (rng.random((300, 40)) < 0.1).astype(float)
+    labels[:5] = 0.0  # rows without truth: NaN in both
+    for k in (1, 5, 50):
+        expected = example_metrics(scores, labels, np.zeros_like(labels), (k,))[f"ndcg_at_{k}"]
+        np.testing.assert_array_equal(ndcg_at(scores, labels, k), expected)

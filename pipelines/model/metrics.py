@@ -36,6 +36,21 @@ def _topk(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
+def ndcg_at(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """NDCG@k of each row (NaN without truth), exactly as :func:`example_metrics` computes it with
+    ``ks=(k,)``, without the other metrics (cheap enough for every epoch's early stopping)."""
+    truth = labels > 0
+    n_true = truth.sum(axis=1)
+    top = _topk(np.asarray(scores, np.float64), k)
+    hit = truth[np.arange(len(truth))[:, None], top]
+    depth = min(k, hit.shape[1])
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = (hit[:, :depth] * discounts[:depth]).sum(axis=1)
+    ideal = np.cumsum(discounts[:depth])[np.clip(np.minimum(n_true, depth) - 1, 0, depth - 1)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_true > 0, dcg / ideal, np.nan)
+
+
 def _row_auc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     s, y = scores[:, RESERVED:], labels[:, RESERVED:] > 0
     ranks = rankdata(s, axis=1)

@@ -27,10 +27,10 @@ from mlflow.models import infer_signature
 
 from pipelines.config import Settings
 from pipelines.contracts import MODEL_INPUT_COLUMNS
-from pipelines.features.batch import Examples, to_model_inputs
+from pipelines.features.batch import Examples
 from pipelines.features.dataset import Dataset
 from pipelines.features.examples import N_HIST
-from pipelines.model.metrics import example_metrics
+from pipelines.model.metrics import ndcg_at
 from pipelines.model.network import Predictor, build_model, configure_threads
 from pipelines.model.pyfunc import (
     DEFAULT_TOP_N,
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _READ_ROWS = 8192  # rows read from a shard at a time: the shuffle window
 _STEPS_PER_EXECUTION = 8  # training steps per call into the compiled graph (less Python per step)
+_VALIDATION_ROWS = 4096  # validation examples scored at a time by the early stopping
 # Model/loss options measured on Ciao (docs/model.md, "Measurements"); train_step uses these.
 LISTWISE_WEIGHT = 0.0  # listwise softmax term in the loss: 1.0 measured worse than BCE alone
 RESIDUAL_BASE = False  # start the repeat path from the decayed-frequency score
@@ -103,12 +104,13 @@ class FitResult:
 
 
 class ValidationNdcgStopping(keras.callbacks.Callback):
-    """Early stopping on validation NDCG@k; restores the best weights at the end."""
+    """Early stopping on validation NDCG@k; restores the best weights at the end. The validation
+    examples are scored ``_VALIDATION_ROWS`` at a time, so memory stays bounded by that chunk
+    (not by validation examples x categories)."""
 
-    def __init__(self, val_inputs: dict[str, np.ndarray], val_labels: np.ndarray, val_known: np.ndarray, k: int,
-                 patience: int) -> None:
+    def __init__(self, val: Examples, n_categories: int, seq_len: int, k: int, patience: int) -> None:
         super().__init__()
-        self.val_inputs, self.val_labels, self.val_known = val_inputs, val_labels, val_known
+        self.val, self.n_categories, self.seq_len = val, n_categories, seq_len
         self.k, self.patience = k, patience
         self.best, self.best_epoch, self.wait, self.best_weights = -1.0, 0, 0, None
         self.values: list[float] = []
@@ -117,10 +119,19 @@ class ValidationNdcgStopping(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.predictor = Predictor(self.model)  # traced once; it reads the live weights every epoch
 
+    def validation_ndcg(self) -> float:
+        predictor = self.predictor or Predictor(self.model)
+        total, count = 0.0, 0
+        for lo in range(0, self.val.n, _VALIDATION_ROWS):
+            chunk = self.val.take(np.arange(lo, min(lo + _VALIDATION_ROWS, self.val.n)))
+            values = ndcg_at(predictor(chunk.model_inputs(self.seq_len)), chunk.label_matrix(self.n_categories), self.k)
+            total += float(np.nansum(values))
+            count += int(np.isfinite(values).sum())
+        return total / count if count else float("nan")
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         k = self.k
-        probs = (self.predictor or Predictor(self.model)).predict(self.val_inputs)
-        value = float(np.nanmean(example_metrics(probs, self.val_labels, self.val_known, (k,))[f"ndcg_at_{k}"]))
+        value = self.validation_ndcg()
         self.values.append(value)
         if logs is not None:
             logs[f"val_ndcg_at_{k}"] = value
@@ -177,7 +188,6 @@ def fit_model(dataset: Dataset, settings: Settings, *, use_repeat: bool = True,
     val = dataset.read_split("validation")
     if val.num_rows == 0:
         raise ValueError(f"dataset {dataset.root} has no validation examples (needed for early stopping)")
-    val_inputs, val_labels, val_known = to_model_inputs(val, vocab.n_categories, config.seq_len)
     model = build_model(vocab.n_categories, vocab.n_behaviors, config.seq_len, embed_dim=settings.embed_dim,
                         encoder=settings.sequence_encoder, age_scale=config.horizon_days, use_repeat=use_repeat,
                         residual_base=residual_base)
@@ -185,7 +195,8 @@ def fit_model(dataset: Dataset, settings: Settings, *, use_repeat: bool = True,
                   steps_per_execution=_STEPS_PER_EXECUTION)
     train_ds = make_tf_dataset(dataset.files("train"), vocab.n_categories, config.seq_len, settings.batch_size,
                                shuffle=True, seed=settings.seed)
-    stopper = ValidationNdcgStopping(val_inputs, val_labels, val_known, settings.eval_ks[0], settings.patience)
+    stopper = ValidationNdcgStopping(Examples.from_table(val), vocab.n_categories, config.seq_len, settings.eval_ks[0],
+                                     settings.patience)
     log.info("training on %d examples, %d categories, encoder %s, up to %d epochs", n_train, vocab.n_categories,
              settings.sequence_encoder, settings.epochs)
     started = time.perf_counter()

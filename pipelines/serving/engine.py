@@ -16,6 +16,7 @@ Both hand their ranking and the users' interests (:mod:`~pipelines.serving.inter
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime as dt
 from collections.abc import Iterator
@@ -76,7 +77,10 @@ class CoreScorer:
         self.core = core
 
     def score(self, events: pa.Table, spec: RowSpec) -> Iterator[pa.Table]:
-        """Prediction rows of every user in ``events`` (MODEL_INPUT_COLUMNS), one table per batch."""
+        """Prediction rows of every user in ``events`` (MODEL_INPUT_COLUMNS), one table per batch.
+
+        The model runs in a worker thread (TensorFlow releases the GIL) while this thread builds
+        the next batch's inputs and the previous batch's columns."""
         vocab, config, predictor = self.core.vocab, self.core.config, self.core.predictor
         index = index_events(events, vocab)
         examples = encode(index, [spec.as_of], vocab, config, with_labels=False)
@@ -84,13 +88,23 @@ class CoreScorer:
         history = interest_history(index, examples.user, spec.as_of, spec.params.half_life_days, code_of_raw)
         seq_lengths = np.diff(examples.seq_offsets)
         order = np.lexsort((examples.hist_counts(), seq_lengths))  # similar rows together: little padding
-        for rows in _batches(examples.hist_counts()[order], vocab.n_categories, spec.batch_users):
-            batch = order[rows]
-            inputs = examples.take(batch).model_inputs(config.seq_len, trim=predictor.sparse)
-            codes, scores = predictor.top_n(inputs, spec.top_n)
-            columns = contract_columns(Ranked(codes, scores), categories, history.take(batch), spec.params,
+
+        def rows_of(batch: np.ndarray, ranked: concurrent.futures.Future) -> pa.Table:
+            columns = contract_columns(Ranked(*ranked.result()), categories, history.take(batch), spec.params,
                                        top_k=spec.top_k)
-            yield prediction_table(index.users.take(pa.array(examples.user[batch])), columns, spec)
+            return prediction_table(index.users.take(pa.array(examples.user[batch])), columns, spec)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as model_thread:
+            pending = None
+            for rows in _batches(examples.hist_counts()[order], vocab.n_categories, spec.batch_users):
+                batch = order[rows]
+                inputs = examples.take(batch).model_inputs(config.seq_len, trim=predictor.sparse)
+                ranked = model_thread.submit(predictor.top_n, inputs, spec.top_n)
+                if pending is not None:
+                    yield rows_of(*pending)
+                pending = (batch, ranked)
+            if pending is not None:
+                yield rows_of(*pending)
 
 
 def category_space(vocab: Vocab, index: EventIndex) -> tuple[pa.Array, np.ndarray]:

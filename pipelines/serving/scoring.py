@@ -45,8 +45,8 @@ from pipelines.serving import shards as staging
 from pipelines.serving.engine import CoreScorer, PyfuncScorer, RowSpec, ScoringError
 from pipelines.serving.interests import params_from_settings
 
-__all__ = ["NoChampionError", "ScoringError", "plan_shards", "publish_partition", "resolve_champion",
-           "score_date", "score_shard", "shard_of"]
+__all__ = ["NoChampionError", "ScoringError", "load_scorer", "plan_shards", "publish_partition",
+           "resolve_champion", "score_date", "score_shard", "shard_of"]
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def plan_shards(settings: Settings, date: dt.date | str, model: dict[str, Any]) 
 
 
 @lru_cache(maxsize=2)
-def _scorer(settings: Settings, model_uri: str) -> CoreScorer | PyfuncScorer:
+def load_scorer(settings: Settings, model_uri: str) -> CoreScorer | PyfuncScorer:
     """The scorer of a pinned version, loaded once per process (every shard and bucket of a day
     reuses it): this product's models on their fast core, any other pyfunc through ``predict``."""
     log.info("loading %s from %s", model_uri, settings.mlflow_tracking_uri)
@@ -187,7 +187,7 @@ def score_shard(settings: Settings, date: dt.date | str, model: dict[str, Any], 
                 if events.num_rows == 0:
                     continue
                 t0, writing = time.monotonic(), 0.0
-                for table in _scorer(settings, model["model_uri"]).score(events, spec):
+                for table in load_scorer(settings, model["model_uri"]).score(events, spec):
                     t1 = time.monotonic()
                     writer.write_table(table)
                     rows += table.num_rows

@@ -1,0 +1,119 @@
+"""The scoring engine without services: the fast core gives the public contract's ranking, batches
+keep their budgets, a pyfunc's output is checked and ranked as it comes, and the shard staging files
+hand every event to exactly one bucket."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.contracts import MODEL_INPUT_COLUMNS, PREDICTION_SCHEMA
+from pipelines.features.examples import EncodingConfig
+from pipelines.features.vocab import build_vocab
+from pipelines.model.network import Predictor, build_model
+from pipelines.model.pyfunc import ModelCore, score_events
+from pipelines.serving import engine, shards
+from pipelines.serving.interests import InterestParams
+
+DAY = dt.date(2024, 1, 3)
+AS_OF = dt.datetime(2024, 1, 4, tzinfo=dt.UTC)
+SPEC = engine.RowSpec(as_of=AS_OF, as_of_date=DAY, horizon_days=1, model_name="m", model_version="7",
+                      params=InterestParams(current_k=3, emerging_k=2, fading_k=2), top_k=4, top_n=6, batch_users=16)
+
+
+def events(n_users: int = 50, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    n = n_users * 6
+    ts = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 3 * 86400, n), unit="s")
+    return pa.table({
+        "user_id": [f"u{i}" for i in rng.integers(0, n_users, n)],
+        "item_id": [f"i{i}" for i in rng.integers(0, 99, n)],
+        "category_id": [f"c{i}" for i in rng.zipf(1.5, n) % 12],  # c10, c11: not in the vocabulary below
+        "behavior": np.array(["view", "buy", "cart"])[rng.integers(0, 3, n)],
+        "ts": pa.array(ts.as_unit("us")),
+    })
+
+
+def test_the_fast_core_ranks_as_the_public_contract_and_fills_every_column() -> None:
+    table = events()
+    vocab = build_vocab([f"c{i}" for i in range(10)], 1, ["view", "buy", "cart"])
+    config = EncodingConfig(horizon_days=1, lookback_days=3, seq_len=5)
+    model = build_model(vocab.n_categories, vocab.n_behaviors, 5, embed_dim=8)
+    out = pa.concat_tables(engine.CoreScorer(ModelCore(Predictor(model), vocab, config)).score(table, SPEC))
+    assert out.schema.equals(PREDICTION_SCHEMA)
+    assert sorted(out["user_id"].to_pylist()) == sorted(set(table["user_id"].to_pylist()))
+    public = score_events(model, vocab, config, table.to_pandas(), AS_OF, SPEC.top_n).set_index("user_id")
+    for row in out.to_pylist():
+        assert row["predicted_categories"] == public.loc[row["user_id"], "categories"][:SPEC.top_k]
+        np.testing.assert_allclose(row["predicted_scores"], public.loc[row["user_id"], "scores"][:SPEC.top_k],
+                                   rtol=1e-6)
+        assert row["as_of_date"] == DAY and row["model_version"] == "7" and 0 <= row["migration_score"] <= 1
+        assert 1 <= len(row["current_categories"]) <= 3  # raw ids, also those outside the vocabulary
+
+
+def test_batches_keep_the_row_cell_and_slot_budgets(monkeypatch) -> None:
+    monkeypatch.setattr(engine, "_CELL_BUDGET", 1000)
+    monkeypatch.setattr(engine, "_SLOT_BUDGET", 60)
+    counts = np.sort(np.random.default_rng(1).integers(0, 25, 300))
+    batches = list(engine._batches(counts, n_categories=40, batch_users=50))
+    assert np.array_equal(np.concatenate(batches), np.arange(300))
+    for rows in batches:
+        assert len(rows) <= 25  # 1000 cells / 40 categories
+        assert len(rows) == 1 or len(rows) * max(counts[rows].max(), 1) <= 60
+
+
+class ListModel:
+    """A pyfunc-like object obeying the scoring contract, with a defect to switch on."""
+
+    def __init__(self, defect: str | None = None) -> None:
+        self.defect = defect
+
+    def predict(self, frame: pd.DataFrame, params: dict) -> pd.DataFrame:
+        users = sorted(set(frame["user_id"]))
+        if self.defect == "missing user":
+            users = users[1:]
+        cats = [[7, 3, 7] if self.defect is None else ["c1", "c2"] for _ in users]  # ints and duplicates
+        scores = [[0.5, 0.4, 0.1] if self.defect is None else [0.9] if self.defect == "lengths" else [0.9, 0.1]
+                  for _ in users]
+        return pd.DataFrame({"user_id": users, "categories": cats, "scores": scores})
+
+
+def test_a_pyfunc_output_is_ranked_as_it_comes_and_its_defects_are_named() -> None:
+    table = events(n_users=20).select(MODEL_INPUT_COLUMNS)
+    out = pa.concat_tables(engine.PyfuncScorer(ListModel(), "models:/x/1", naive_ts=False).score(table, SPEC))
+    assert out.num_rows == 20 and out.schema.equals(PREDICTION_SCHEMA)
+    assert set(map(tuple, out["predicted_categories"].to_pylist())) == {("7", "3", "7")}  # as returned, ids as text
+    with pytest.raises(engine.ScoringError, match="no row for 1 of"):
+        list(engine.PyfuncScorer(ListModel("missing user"), "models:/x/1", naive_ts=False).score(table, SPEC))
+    with pytest.raises(engine.ScoringError, match="got 2 categories but 1 scores"):
+        list(engine.PyfuncScorer(ListModel("lengths"), "models:/x/1", naive_ts=False).score(table, SPEC))
+
+
+def test_staged_shard_files_hand_every_event_to_one_bucket_of_its_users_shard(tmp_path: Path) -> None:
+    day_tables = [events(n_users=200, seed=s).cast(shards._INPUT_SCHEMA) for s in range(3)]
+    paths = [tmp_path / f"shard-{i}.parquet" for i in range(3)]
+    writers = [pq.ParquetWriter(p, shards._STAGED_SCHEMA) for p in paths]
+    rows = [0, 0, 0]
+    for table in day_tables:
+        shards._split(table, 3, 4, writers, rows)
+    for writer in writers:
+        writer.close()
+    assert sum(rows) == sum(t.num_rows for t in day_tables)
+    seen = []
+    for number, path in enumerate(paths):
+        owners: dict[str, int] = {}
+        for bucket, table in enumerate(shards.iter_bucket_events(path)):
+            assert table.column_names == MODEL_INPUT_COLUMNS
+            for user in table["user_id"].to_pylist():
+                assert shards.crc32_strings(pa.array([user]))[0] % 3 == number
+                assert owners.setdefault(user, bucket) == bucket  # all of a user's days in one bucket
+            seen.append(table)
+    assert pa.concat_tables(seen).num_rows == sum(rows)
+    assert shards._bucket_count(first_rows=1000, first_bytes=10_000, total_bytes=10_000 * 30, shards=2) == 1
+    assert shards._bucket_count(1_000_000, 10_000_000, 10_000_000 * 30, 2) == 15
