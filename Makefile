@@ -8,7 +8,7 @@ TEAM_STAMP := $(VENV)/.installed-team
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-team run up down status env up-team down-team status-team test test-fast test-team lint bench bench-data bench-model bench-scoring clean distclean
+.PHONY: help install install-team run up down status env up-team down-team status-team env-team test test-fast test-team lint bench bench-data bench-model bench-scoring clean distclean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ down-team: ## stop every process of the team stack, workers included (data in .l
 
 status-team: ## show which team stack processes run, their URLs and health
 	$(PY) -m pipelines stack status --team
+
+env-team: ## `export ...` lines for the team stack: eval "$$(make -s env-team)"
+	@$(PY) -m pipelines stack env --team
 
 env: ## print `export ...` lines to use the running stack from a shell: eval "$$(make -s env)"
 	@$(PY) -m pipelines stack env

@@ -256,3 +256,26 @@ def test_killing_a_worker_mid_shard_lets_the_other_finish_the_day(team):
     assert manifest["row_count"] > 0
     assert dt.date.fromisoformat(str(manifest["as_of_date"])[:10]) == day
     assert_no_secret_in_logs(team.cfg, team.secret)
+
+
+def test_compose_init_jobs_are_idempotent_against_the_team_stack(team, monkeypatch):
+    """docker-compose.yml's postgres-init and mlflow-init run the same code against the team
+    stack's servers: a second run changes nothing and the accounts still work."""
+    from pipelines.devstack import compose_init
+
+    monkeypatch.setenv("POSTGRES_HOST", LOOPBACK)
+    monkeypatch.setenv("POSTGRES_PORT", str(team.cfg.postgres_port))
+    monkeypatch.setenv("POSTGRES_PASSWORD", team.secret["postgres_superuser_password"])
+    monkeypatch.setenv("POSTGRES_AIRFLOW_PASSWORD", team.secret["postgres_airflow_password"])
+    monkeypatch.setenv("POSTGRES_MLFLOW_PASSWORD", team.secret["postgres_mlflow_password"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", team.cfg.mlflow_url)
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", team.secret["mlflow_admin_password"])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", team.secret["mlflow_client_password"])
+    assert compose_init.main(["postgres"]) == 0
+    assert compose_init.main(["mlflow-user"]) == 0
+    search = f"{team.cfg.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert http_status(search, auth=(credentials.MLFLOW_CLIENT_USER, team.secret["mlflow_client_password"])) == 200
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "not-the-admin-password")
+    assert compose_init.main(["mlflow-user"]) == 1  # a wrong admin password is an error, not a silent pass
+    monkeypatch.delenv("POSTGRES_MLFLOW_PASSWORD")
+    assert compose_init.main(["postgres"]) == 1
