@@ -97,5 +97,9 @@ def test_late_partition_alert_skips_runs_created_after_their_deadline():
     alert = callbacks.late_partition_alert({"dag_run": dag_run, "deadline": {"deadline_time": deadline}})
     assert alert.kind == "late_partition"
     assert alert.subject == "predictions for 2024-06-01 not published by 2024-06-02T06:00:00+00:00"
+    # A manual run's data interval ends at its logical date; the deadline counts from the logical date.
+    manual = {**dag_run, "data_interval_start": "2024-05-31T00:00:00Z", "run_type": "manual"}
+    assert callbacks.late_partition_alert({"dag_run": manual, "deadline": {"deadline_time": deadline}}).subject == \
+        alert.subject
     backfill = {**dag_run, "queued_at": "2024-07-15T10:00:00Z"}
     assert callbacks.late_partition_alert({"dag_run": backfill, "deadline": {"deadline_time": deadline}}) is None

@@ -150,7 +150,8 @@ def late_partition_alert(context: Mapping[str, Any]) -> Alert | None:
     created = _instant(dag_run.get("queued_at") or dag_run.get("run_after"))
     if deadline is not None and created is not None and created >= deadline:
         return None
-    day = _instant(dag_run.get("data_interval_start") or dag_run.get("logical_date"))
+    # The deadline is counted from the logical date (DAGRUN_LOGICAL_DATE): name that day.
+    day = _instant(dag_run.get("logical_date") or dag_run.get("data_interval_start"))
     return Alert("late_partition", f"predictions for {day.date() if day else '?'} not published by "
                  f"{deadline.isoformat() if deadline else 'the deadline'}", {
                      "dag": str(dag_run.get("dag_id", "")), "run": str(dag_run.get("dag_run_id", "")),
