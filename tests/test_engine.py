@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from pipelines.contracts import MODEL_INPUT_COLUMNS, PREDICTION_SCHEMA
@@ -95,25 +94,25 @@ def test_a_pyfunc_output_is_ranked_as_it_comes_and_its_defects_are_named() -> No
         list(engine.PyfuncScorer(ListModel("lengths"), "models:/x/1", naive_ts=False).score(table, SPEC))
 
 
-def test_staged_shard_files_hand_every_event_to_one_bucket_of_its_users_shard(tmp_path: Path) -> None:
+def test_staging_hands_every_event_to_the_one_bucket_file_of_its_users_shard(tmp_path: Path) -> None:
     day_tables = [events(n_users=200, seed=s).cast(shards._INPUT_SCHEMA) for s in range(3)]
-    paths = [tmp_path / f"shard-{i}.parquet" for i in range(3)]
-    writers = [pq.ParquetWriter(p, shards._STAGED_SCHEMA) for p in paths]
-    rows = [0, 0, 0]
+    staged = shards._Staging(tmp_path, 3)
+    staged.buckets = 4
     for table in day_tables:
-        shards._split(table, 3, 4, writers, rows)
-    for writer in writers:
-        writer.close()
-    assert sum(rows) == sum(t.num_rows for t in day_tables)
-    seen = []
-    for number, path in enumerate(paths):
-        owners: dict[str, int] = {}
-        for bucket, table in enumerate(shards.iter_bucket_events(path)):
-            assert table.column_names == MODEL_INPUT_COLUMNS
-            for user in table["user_id"].to_pylist():
-                assert shards.crc32_strings(pa.array([user]))[0] % 3 == number
-                assert owners.setdefault(user, bucket) == bucket  # all of a user's days in one bucket
-            seen.append(table)
-    assert pa.concat_tables(seen).num_rows == sum(rows)
+        staged.add(table)
+    staged.close()
+    assert sum(staged.rows) == sum(t.num_rows for t in day_tables)
+    owners: dict[str, tuple[int, int]] = {}
+    read = []
+    for (number, bucket), path in staged.paths.items():
+        table = shards.read_bucket(path)
+        assert table.column_names == MODEL_INPUT_COLUMNS and table.num_rows > 0
+        for user in table["user_id"].to_pylist():
+            assert shards.crc32_strings(pa.array([user]))[0] % 3 == number
+            assert owners.setdefault(user, (number, bucket)) == (number, bucket)  # all of a user's days together
+        read.append(table)
+    everything = pa.concat_tables(read)
+    assert everything.num_rows == sum(staged.rows)
+    assert sorted(everything["item_id"].to_pylist()) == sorted(sum((t["item_id"].to_pylist() for t in day_tables), []))
     assert shards._bucket_count(first_rows=1000, first_bytes=10_000, total_bytes=10_000 * 30, shards=2) == 1
     assert shards._bucket_count(1_000_000, 10_000_000, 10_000_000 * 30, 2) == 15

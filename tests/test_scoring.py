@@ -208,15 +208,15 @@ def test_the_plan_stages_each_shard_its_users_and_publish_removes_the_staging(sc
     staging = layout.scoring_staging_prefix(D3)
     storage.put_bytes(scoring_settings, staging + "leftover.parquet", b"an earlier plan's file")
     planned = scoring.plan_shards(scoring_settings, D3, model)
-    assert storage.list_keys(scoring_settings, staging) == sorted(s["input_key"] for s in planned)
+    assert storage.list_keys(scoring_settings, staging) == sorted(k for s in planned for k in s["input_keys"])
     window = {day: rows for day, rows in EVENTS.items() if D1 <= day <= D3}
     assert sum(s["input_rows"] for s in planned) == sum(len(rows) for rows in window.values())
     for spec in planned:
-        local = scoring_settings.work_dir / f"staged-{spec['shard']}.parquet"
-        storage.download_file(scoring_settings, spec["input_key"], local)
         users = set()
-        for table in shards.iter_bucket_events(local):
-            users |= set(table["user_id"].to_pylist())
+        for key in spec["input_keys"]:
+            local = scoring_settings.work_dir / "staged.arrow"
+            storage.download_file(scoring_settings, key, local)
+            users |= set(shards.read_bucket(local)["user_id"].to_pylist())
         assert users and all(scoring.shard_of(u, spec["shards"]) == spec["shard"] for u in users)
     results = [scoring.score_shard(scoring_settings, D3, model, spec) for spec in planned]
     scoring.publish_partition(scoring_settings, D3, model, results)

@@ -7,7 +7,7 @@ layout described in ``docs/design.md`` is exactly this module::
     quarantine/events/dt=D/{validation,preprocess}.parquet       rows set aside, with a reason
     quarantine/events/unplaced/<name>.parquet                    rows landing could not date
     staging/validated/dt=D/valid.parquet                         validation -> preprocess hand-over
-    staging/scoring/dt=D/shard-NNNNN.parquet                     scoring input of one shard (plan -> shards)
+    staging/scoring/dt=D/shard-NNNNN/bucket-MMMMM.arrow          scoring input of one bucket of a shard's users
     clean/events/dt=D/part-00000.parquet                         canonical events
     reports/{landing,validation,preprocess}/...                  what each data step did
     reports/migration/dt=D/...                                   population migration flows of day D
@@ -49,7 +49,7 @@ CLEAN_PART = "part-00000.parquet"
 QUARANTINE_FILES = {"validation": "validation.parquet", "preprocess": "preprocess.parquet"}
 PREDICTION_PART = "part-{shard:05d}.parquet"
 SCORING_STAGING = "staging/scoring"
-SCORING_INPUT_PART = "shard-{shard:05d}.parquet"
+SCORING_INPUT_PART = "shard-{shard:05d}/bucket-{bucket:05d}.arrow"
 
 # An encoded dataset folder (features/<id>/ in the bucket, or a local copy of it).
 DATASET_SPLIT_PART = "{split}/part-{index:05d}.parquet"
@@ -143,9 +143,10 @@ def scoring_staging_prefix(date: dt.date) -> str:
     return partition_prefix(SCORING_STAGING, date)
 
 
-def scoring_input_key(date: dt.date, shard: int) -> str:
-    """The look-back events of one shard's users for day D: ``staging/scoring/dt=D/shard-NNNNN.parquet``."""
-    return scoring_staging_prefix(date) + SCORING_INPUT_PART.format(shard=shard)
+def scoring_input_key(date: dt.date, shard: int, bucket: int) -> str:
+    """The look-back events of one bucket of one shard's users for day D (Arrow IPC file):
+    ``staging/scoring/dt=D/shard-NNNNN/bucket-MMMMM.arrow``."""
+    return scoring_staging_prefix(date) + SCORING_INPUT_PART.format(shard=shard, bucket=bucket)
 
 
 def success_key(date: dt.date) -> str:

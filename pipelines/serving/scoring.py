@@ -107,7 +107,7 @@ def plan_shards(settings: Settings, date: dt.date | str, model: dict[str, Any]) 
     staged = staging.stage_inputs(settings, day, shards)
     return [{"shard": i, "shards": shards, "as_of_date": day.isoformat(),
              "key": layout.prediction_part_key(day, i), "model_version": model["model_version"],
-             "input_key": staged["keys"][i], "buckets": staged["buckets"], "input_rows": staged["rows"][i]}
+             "input_keys": staged["keys"][i], "buckets": staged["buckets"], "input_rows": staged["rows"][i]}
             for i in range(shards)]
 
 
@@ -138,10 +138,13 @@ def _naive_ts_wanted(predictor: Any) -> bool:
 def _shard_events(settings: Settings, day: dt.date, shard: dict[str, Any], workdir: Path) -> Iterator[pa.Table]:
     """The shard's users' look-back events, one bucket at a time: from the staging file that
     :func:`plan_shards` wrote, or (a shard spec without one) by hashing the window's users."""
-    if shard.get("input_key"):
-        local = workdir / "input.parquet"
-        storage.download_file(settings, shard["input_key"], local)
-        yield from staging.iter_bucket_events(local)
+    if "input_keys" in shard:
+        for key in shard["input_keys"]:
+            local = workdir / "bucket.arrow"
+            storage.download_file(settings, key, local)
+            events = staging.read_bucket(local)
+            local.unlink()
+            yield events
         return
     schema = pa.schema([EVENT_SCHEMA.field(c) for c in MODEL_INPUT_COLUMNS])
     start, end = lookback_window(day, settings.lookback_days)

@@ -1,14 +1,13 @@
 """Shard planning: read the look-back window of day D once and hand every shard only its users.
 
 A user's shard is the CRC-32 of its UTF-8 id modulo the number of shards (stable across
-processes and runs); its *bucket* inside the shard is ``(crc // shards) % buckets``.
-:func:`stage_inputs` reads the clean partitions of the window one day at a time (the next day is
-fetched while the current one is split) and writes one Parquet file per shard,
-``staging/scoring/dt=D/shard-NNNNN.parquet``, with one row group per (day, bucket) and a
-``_bucket`` column whose row-group statistics name the bucket. :func:`iter_bucket_events` gives a
-shard's events one bucket at a time (all days of the bucket's users), so memory is bounded by the
-bucket, never by the window. The staging files are removed after publishing, and by the next plan
-of the same day.
+processes and runs); its *bucket* inside the shard is ``(crc // shards) % buckets``, with as many
+buckets as it takes to hold about :data:`BUCKET_EVENTS` events each. :func:`stage_inputs` reads the
+clean partitions of the window one day at a time (the next day is fetched while the current one is
+split) and appends each day's rows of a bucket to that bucket's Arrow IPC file (zstd),
+``staging/scoring/dt=D/shard-NNNNN/bucket-MMMMM.arrow``: a shard then reads one bucket (all days of
+its users) at a time, so memory is bounded by the bucket, never by the window. The staging files
+are removed after publishing, and by the next plan of the same day.
 """
 
 from __future__ import annotations
@@ -19,14 +18,12 @@ import datetime as dt
 import logging
 import math
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipelines.config import Settings
 from pipelines.contracts import EVENT_SCHEMA, MODEL_INPUT_COLUMNS
@@ -37,9 +34,8 @@ from pipelines.platform.dates import end_of_day, lookback_window
 log = logging.getLogger(__name__)
 
 BUCKET_EVENTS = 1_000_000  # events of one bucket (what a shard holds in memory at a time), estimated
-_BUCKET = "_bucket"
 _INPUT_SCHEMA = pa.schema([EVENT_SCHEMA.field(c) for c in MODEL_INPUT_COLUMNS])
-_STAGED_SCHEMA = _INPUT_SCHEMA.append(pa.field(_BUCKET, pa.int32(), nullable=False))
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")  # fast to write and read, transient
 
 
 def _crc_table() -> np.ndarray:
@@ -88,8 +84,9 @@ class _Day:
 
 
 def stage_inputs(settings: Settings, day: dt.date, shards: int) -> dict[str, Any]:
-    """Split the clean events of D's look-back window into one staging file per shard (see the
-    module doc). Returns {"keys": [key per shard], "buckets", "rows": [rows per shard], "days"}."""
+    """Split the clean events of D's look-back window into one staging file per (shard, bucket)
+    (see the module doc). Returns {"keys": [[keys of shard 0's non-empty buckets], ...],
+    "buckets", "rows": [rows per shard], "days"}."""
     start, end = lookback_window(day, settings.lookback_days)
     cutoff = pa.scalar(end_of_day(end), type=EVENT_SCHEMA.field("ts").type)
     days = []
@@ -97,36 +94,31 @@ def stage_inputs(settings: Settings, day: dt.date, shards: int) -> dict[str, Any
         objects = [o for o in storage.list_objects(settings, layout.partition_prefix(layout.CLEAN, date))
                    if o.key.endswith(".parquet")]
         days.append(_Day(date, [o.key for o in objects], sum(o.size for o in objects)))
-    prefix = layout.scoring_staging_prefix(day)
-    removed = storage.delete_prefix(settings, prefix)
+    removed = storage.delete_prefix(settings, layout.scoring_staging_prefix(day))
     if removed:
         log.info("removed %d staging files of an earlier plan of %s", removed, day)
-    keys = [layout.scoring_input_key(day, shard) for shard in range(shards)]
-    rows = [0] * shards
-    buckets = 0
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.work_dir) as tmp, \
             concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        paths = [Path(tmp) / f"shard-{shard:05d}.parquet" for shard in range(shards)]
-        writers = [pq.ParquetWriter(path, _STAGED_SCHEMA, compression="lz4") for path in paths]
+        staged = _Staging(Path(tmp), shards)
         try:
             pending = [pool.submit(_read_day, settings, d, cutoff) for d in days[:2]]
             for i, info in enumerate(days):
                 table = pending[i].result()
                 if i + 2 < len(days):
                     pending.append(pool.submit(_read_day, settings, days[i + 2], cutoff))
-                if not buckets:
-                    buckets = _bucket_count(table.num_rows, info.size, sum(d.size for d in days), shards)
-                _split(table, shards, buckets, writers, rows)
+                if not staged.buckets:
+                    staged.buckets = _bucket_count(table.num_rows, info.size, sum(d.size for d in days), shards)
+                staged.add(table)
         finally:
-            for writer in writers:
-                writer.close()
-        for path, key in zip(paths, keys, strict=True):
-            storage.upload_file(settings, path, key)
-    buckets = max(buckets, 1)
-    log.info("staged %d events of %s..%s for %s in %d shards x %d buckets", sum(rows), start, end, day, shards,
-             buckets)
-    return {"keys": keys, "buckets": buckets, "rows": rows, "days": len(days)}
+            staged.close()
+        keys: list[list[str]] = [[] for _ in range(shards)]
+        for (shard, bucket), path in sorted(staged.paths.items()):
+            keys[shard].append(layout.scoring_input_key(day, shard, bucket))
+            storage.upload_file(settings, path, keys[shard][-1])
+    log.info("staged %d events of %s..%s for %s in %d shards x %d buckets", sum(staged.rows), start, end, day,
+             shards, max(staged.buckets, 1))
+    return {"keys": keys, "buckets": max(staged.buckets, 1), "rows": staged.rows, "days": len(days)}
 
 
 def _read_day(settings: Settings, info: _Day, cutoff: pa.Scalar) -> pa.Table:
@@ -146,35 +138,42 @@ def _bucket_count(first_rows: int, first_bytes: int, total_bytes: int, shards: i
     return max(1, math.ceil(events / shards / BUCKET_EVENTS))
 
 
-def _split(table: pa.Table, shards: int, buckets: int, writers: list[pq.ParquetWriter], rows: list[int]) -> None:
-    """Append one day's rows to the shard files, one row group per non-empty (shard, bucket)."""
-    if table.num_rows == 0:
-        return
-    crc = user_hashes(table["user_id"]).astype(np.int64)
-    shard, bucket = crc % shards, (crc // shards) % buckets
-    key = shard * buckets + bucket
-    order = np.argsort(key, kind="stable")
-    key = key[order]
-    table = table.take(pa.array(order))
-    bounds = np.flatnonzero(np.r_[True, key[1:] != key[:-1], True])
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        part = table.slice(lo, hi - lo)
-        number, which = divmod(int(key[lo]), buckets)
-        part = part.append_column(_STAGED_SCHEMA.field(_BUCKET), pa.array(np.full(hi - lo, which, np.int32)))
-        writers[number].write_table(part, row_group_size=hi - lo)
-        rows[number] += hi - lo
+class _Staging:
+    """The local staging files of one plan: an Arrow IPC writer per non-empty (shard, bucket)."""
+
+    def __init__(self, folder: Path, shards: int) -> None:
+        self.folder, self.shards, self.buckets = folder, shards, 0
+        self.rows = [0] * shards
+        self.paths: dict[tuple[int, int], Path] = {}
+        self._writers: dict[tuple[int, int], Any] = {}
+
+    def add(self, table: pa.Table) -> None:
+        """Append one day's rows to the files of their (shard, bucket)."""
+        if table.num_rows == 0:
+            return
+        crc = user_hashes(table["user_id"]).astype(np.int64)
+        key = (crc % self.shards) * self.buckets + (crc // self.shards) % self.buckets
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        table = table.take(pa.array(order))
+        bounds = np.flatnonzero(np.r_[True, key[1:] != key[:-1], True])
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            where = divmod(int(key[lo]), self.buckets)
+            if where not in self._writers:
+                self.paths[where] = self.folder / f"shard-{where[0]:05d}-bucket-{where[1]:05d}.arrow"
+                self._writers[where] = pa.ipc.new_file(str(self.paths[where]), _INPUT_SCHEMA, options=_IPC_OPTIONS)
+            self._writers[where].write_table(table.slice(lo, hi - lo))
+            self.rows[where[0]] += hi - lo
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
 
 
-def iter_bucket_events(path: Path) -> Iterator[pa.Table]:
-    """The events of a local staging file one bucket at a time (MODEL_INPUT_COLUMNS), buckets in order."""
-    parquet = pq.ParquetFile(path)
-    column = parquet.schema_arrow.get_field_index(_BUCKET)
-    groups: dict[int, list[int]] = {}
-    for i in range(parquet.metadata.num_row_groups):
-        stats = parquet.metadata.row_group(i).column(column).statistics
-        groups.setdefault(int(stats.min), []).append(i)
-    for bucket in sorted(groups):
-        yield parquet.read_row_groups(groups[bucket], columns=MODEL_INPUT_COLUMNS)
+def read_bucket(path: Path) -> pa.Table:
+    """The events of one local staging file (MODEL_INPUT_COLUMNS)."""
+    with pa.OSFile(str(path)) as source:
+        return pa.ipc.open_file(source).read_all()
 
 
 def clear_staging(settings: Settings, day: dt.date) -> int:
