@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -218,7 +219,9 @@ def down(cfg: StackConfig, *, out: Printer = print, timeout: float = 30.0) -> li
     for name in order:
         entry = recorded[name]
         if processes.is_running(entry):
-            services.stop_process_group(int(entry["pid"]), timeout)
+            # PostgreSQL's SIGTERM waits for every client to leave; SIGINT is its fast shutdown.
+            first = signal.SIGINT if name == "postgres" else signal.SIGTERM
+            services.stop_process_group(int(entry["pid"]), timeout, first)
             stopped.append(name)
     leftovers = [pid for pid in sorted(before | set(processes.find_stack_processes(cfg.root, sessions)))
                  if processes.is_live(pid)]

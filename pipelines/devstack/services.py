@@ -117,8 +117,9 @@ def _reap(pid: int) -> None:
         pass
 
 
-def stop_process_group(pid: int, timeout: float = 20.0) -> None:
-    """SIGTERM the process group of ``pid``, then SIGKILL whatever is left after ``timeout``.
+def stop_process_group(pid: int, timeout: float = 20.0, first: signal.Signals = signal.SIGTERM) -> None:
+    """Send ``first`` (SIGTERM) to the process group of ``pid``, then SIGKILL whatever is left
+    after ``timeout``.
 
     Zombies do not count as left: the group is done when every member has exited.
     """
@@ -127,7 +128,7 @@ def stop_process_group(pid: int, timeout: float = 20.0) -> None:
     except ProcessLookupError:
         return
     try:
-        os.killpg(pgid, signal.SIGTERM)
+        os.killpg(pgid, first)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
