@@ -119,6 +119,31 @@ def test_secrets_are_private_generated_once_and_stable(tmp_path):
     assert values["s3_secret_key"] not in shown and str(cfg.secrets_dir / "s3_secret_key") in shown
 
 
+def test_the_embedded_stack_never_claims_the_team_stacks_processes(tmp_path):
+    """The team stack lives in <root>/team: the embedded stack's `down` (and `up`'s clean-up of
+    leftovers) must not take its processes for leftovers of its own."""
+    import subprocess
+    import sys
+
+    root = (tmp_path / ".local").resolve()
+    (root / "team" / "postgres").mkdir(parents=True)
+    (root / "logs").mkdir()
+    code = "import time; time.sleep(60)"
+    team_proc = subprocess.Popen([sys.executable, "-c", code, str(root / "team" / "postgres")])
+    own_proc = subprocess.Popen([sys.executable, "-c", code, str(root / "logs")])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and own_proc.pid not in processes.find_stack_processes(root):
+            time.sleep(0.1)
+        embedded = processes.find_stack_processes(root)
+        assert own_proc.pid in embedded and team_proc.pid not in embedded
+        assert team_proc.pid in processes.find_stack_processes(root / "team")
+    finally:
+        for proc in (team_proc, own_proc):
+            proc.kill()
+            proc.wait()
+
+
 def test_port_in_use_names_the_port_and_starts_nothing(tmp_path):
     cfg = isolated_config(tmp_path / "stack")
     with socket.socket() as holder:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.devstack import services
+from pipelines.devstack.config import TEAM_FOLDER
 
 MARKER_VAR = "IM_STACK_ROOT"  # set by the stack in its children's environment, never read as a setting
 
@@ -54,6 +55,12 @@ def _ancestors() -> set[int]:
     return pids
 
 
+def names_root(cmdline: bytes, root_text: str) -> bool:
+    """Whether ``cmdline`` names a path of the stack in ``root_text``, not one of the team stack
+    kept inside it (``<root>/team``: the embedded stack must never stop the team stack's processes)."""
+    return root_text.encode() in cmdline.replace(f"{root_text}/{TEAM_FOLDER}".encode(), b"")
+
+
 def find_stack_processes(root: Path, sessions: Iterable[int] = ()) -> list[int]:
     """Pids of processes that belong to the stack in ``root``: its marker in their environment,
     ``root`` on their command line, or membership of one of ``sessions`` (the recorded service
@@ -75,7 +82,7 @@ def find_stack_processes(root: Path, sessions: Iterable[int] = ()) -> list[int]:
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if stat[3] in session_ids or marker in environ.split(b"\0") or root_text.encode() in cmdline:
+        if stat[3] in session_ids or marker in environ.split(b"\0") or names_root(cmdline, root_text):
             found.append(int(entry.name))
     return sorted(found)
 
