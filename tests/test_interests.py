@@ -87,6 +87,15 @@ def test_events_at_or_after_as_of_are_ignored():
     assert set(result) == {"u"} and result["u"] == {"shoes": pytest.approx((1.0, 1.0))}
 
 
+def test_a_look_back_leaves_older_events_out():
+    frame = _events([("u", "shoes", "view", 15.0), ("u", "bags", "view", 1.0), ("v", "toys", "view", 12.0)])
+    index = index_events(_table(frame), Vocab((), ()))
+    history = it.interest_history(index, np.arange(2), AS_OF, 7.0, np.arange(3), lookback_days=10.0)
+    names = index.raw_categories.to_pylist()
+    assert [names[c] for c in history.code] == ["bags"] and history.offsets.tolist() == [0, 1, 1]
+    assert history.current.tolist() == [1.0] and history.history.tolist() == [1.0]
+
+
 def test_as_of_must_be_timezone_aware_and_the_half_life_positive():
     index = index_events(_table(_events([("u", "a", "view", 1.0)])), Vocab((), ()))
     with pytest.raises(ValueError, match="timezone-aware"):

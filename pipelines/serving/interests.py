@@ -87,10 +87,12 @@ def behavior_weights(behaviors: pa.Array) -> np.ndarray:
 
 
 def interest_history(index: EventIndex, users: np.ndarray, as_of: dt.datetime, half_life_days: float,
-                     code_of_raw: np.ndarray) -> InterestHistory:
+                     code_of_raw: np.ndarray, *, lookback_days: float | None = None) -> InterestHistory:
     """Current and history shares of the users ``users`` (indices into ``index.users``, one row
-    each, in that order) as of ``as_of`` (UTC-aware). ``code_of_raw`` maps each raw category of
-    the index to the caller's category code. Raises ValueError on a bad half-life or a naive
+    each, in that order) as of ``as_of`` (UTC-aware), from their events before ``as_of`` (and, with
+    ``lookback_days``, not before ``as_of - lookback_days``: scoring reads only the look-back
+    window, an evaluation over a longer history passes it). ``code_of_raw`` maps each raw category
+    of the index to the caller's category code. Raises ValueError on a bad half-life or a naive
     ``as_of``."""
     if half_life_days <= 0:
         raise ValueError(f"half_life_days must be > 0, got {half_life_days}")
@@ -98,9 +100,11 @@ def interest_history(index: EventIndex, users: np.ndarray, as_of: dt.datetime, h
         raise ValueError(f"as_of must be timezone-aware (UTC), got {as_of!r}")
     users = np.asarray(users, np.int64)
     as_of_us = (as_of - _EPOCH) // dt.timedelta(microseconds=1)
+    # events are sorted by time inside each user: those in the window are a range of its rows
+    before = index.bounds[users] + _count_before(index, users, as_of_us)
     first = index.bounds[users]
-    # events are sorted by time inside each user: those before as_of are a prefix of its rows
-    before = first + _count_before(index, users, as_of_us)
+    if lookback_days is not None:
+        first = first + _count_before(index, users, as_of_us - int(round(lookback_days * 86_400 * 1e6)))
     rows, _ = ranges(first, before)
     row = np.repeat(np.arange(len(users), dtype=np.int64), before - first)
     n_raw = max(len(index.raw_categories), 1)
