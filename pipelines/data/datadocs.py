@@ -12,10 +12,12 @@ run with their outcome and a link to each page. Validation publishes both under
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Sequence
 from typing import Any
 
 PAGE_SUITE_NAME = "interest_migration.validation"
+BLOCK_CACHE_ENTRIES = 4096
 _RENDERERS: dict[str, Any] = {}
 
 
@@ -23,12 +25,46 @@ def _renderers() -> tuple[Any, Any]:
     """GX's page renderer and Jinja view, built once per process (building them costs more than a page)."""
     if not _RENDERERS:
         from great_expectations.render.renderer import ValidationResultsPageRenderer
-        from great_expectations.render.view import DefaultJinjaPageView
 
-        view = DefaultJinjaPageView()
+        view = _view_class()()
         view.env.auto_reload = False  # templates do not change in a run: no file check per include
         _RENDERERS.update(page=ValidationResultsPageRenderer(), view=view)
     return _RENDERERS["page"], _RENDERERS["view"]
+
+
+def _view_class() -> type:
+    """GX's ``DefaultJinjaPageView`` that renders an identical content block once: the days of a run
+    share most of their blocks (an expectation that passed with the same numbers), and Jinja is
+    most of a page's cost. The HTML is the same as without the cache (up to the random element ids)."""
+    from great_expectations.render.view import DefaultJinjaPageView
+    from jinja2 import pass_context
+
+    class CachingPageView(DefaultJinjaPageView):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            self._blocks: dict[tuple[Any, ...], Any] = {}
+
+        @pass_context
+        def render_content_block(self, jinja_context: Any, content_block: Any, index: Any = None,
+                                 content_block_id: Any = None, render_to_markdown: bool = False) -> Any:
+            key = None
+            if isinstance(content_block, dict) or hasattr(content_block, "to_json_dict"):
+                try:
+                    data = content_block if isinstance(content_block, dict) else content_block.to_json_dict()
+                    key = (json.dumps(data, sort_keys=True, default=str), index, content_block_id, render_to_markdown)
+                except (TypeError, ValueError):
+                    key = None
+            if key is not None and key in self._blocks:
+                return self._blocks[key]
+            html_out = DefaultJinjaPageView.render_content_block(self, jinja_context, content_block, index,
+                                                                 content_block_id, render_to_markdown)
+            if key is not None:
+                if len(self._blocks) >= BLOCK_CACHE_ENTRIES:
+                    self._blocks.clear()
+                self._blocks[key] = html_out
+            return html_out
+
+    return CachingPageView
 
 
 def render_day(day: str, suite_results: Sequence[Any], meta: dict[str, Any] | None = None) -> str:

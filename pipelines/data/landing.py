@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.config import Settings
-from pipelines.data.fanout import map_io
+from pipelines.data.fanout import IO_THREADS, map_io
 from pipelines.data.formats import SourceError, SourceSpec, build_spec
 from pipelines.data.routing import SplitStats, split_csv, split_parquet
 from pipelines.data.rules import window_bounds_us
@@ -37,6 +37,7 @@ from pipelines.platform import layout, storage
 log = logging.getLogger(__name__)
 
 RAW_SUFFIXES = (".csv", ".parquet")  # a landed raw file keeps its source's format
+SMALL_FILE_BYTES = 8 << 20  # day files below this are sent in one request
 _NAME = r"[A-Za-z0-9_.\-]{1,120}"
 
 
@@ -134,14 +135,19 @@ def _publish(settings: Settings, name: str, source: str, spec: SourceSpec, stats
 
     def upload(day: dt.date) -> str:
         key = layout.raw_key(day, name, stats.suffix)
-        storage.upload_file(settings, stats.files[day], key)
+        path = stats.files[day]
+        if path.stat().st_size < SMALL_FILE_BYTES:  # one request, without the transfer manager's threads
+            storage.put_bytes(settings, key, path.read_bytes())
+        else:
+            storage.upload_file(settings, path, key)
         meta = {"name": name, "source": source, "format": spec.fmt, "spec": spec.to_dict(),
                 "columns": stats.columns, "file": key, "rows": stats.rows_by_date[day],
                 "landed_at": now.isoformat()}
         storage.put_json(settings, layout.raw_meta_key(day, name), meta)
         return key
 
-    keys = map_io(upload, sorted(stats.files), threads=2)  # each upload runs parts in parallel itself
+    big = sum(1 for p in stats.files.values() if p.stat().st_size >= SMALL_FILE_BYTES)
+    keys = map_io(upload, sorted(stats.files), threads=2 if big else IO_THREADS)  # a big upload runs parts in parallel
     q_key = layout.unplaced_key(name)
     rejects = stats.rejects()
     if rejects.num_rows:
