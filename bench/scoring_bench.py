@@ -124,7 +124,20 @@ def generate_events(users: int, days: int, events_per_user: int, categories: int
 
 
 def _rss_mb() -> float:
+    """Peak resident memory of this process image, in MB: VmHWM of /proc/self/status on Linux (a
+    child's ``ru_maxrss`` starts at its parent's RSS when it was forked), else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def write_events(settings: Settings, events: Iterator[tuple[dt.date, Any]]) -> int:
@@ -210,6 +223,7 @@ def score_child(spec: dict[str, Any]) -> dict[str, Any]:
     overrides["work_dir"] = Path(overrides["work_dir"])
     settings = load_settings(environ={}, **overrides)
     rss_before = _rss_mb()
+    cpu_before = _cpu_seconds()
     t0 = time.monotonic()
     model = scoring.resolve_champion(settings)
     import tensorflow  # noqa: F401  # timed apart from the model's own loading
@@ -237,6 +251,7 @@ def score_child(spec: dict[str, Any]) -> dict[str, Any]:
             "plan": t2 - t1, "shards": t3 - t2, "publish": t4 - t3, "total": t4 - t0,
             "read": sum(r["read_seconds"] for r in results), "score": sum(r["score_seconds"] for r in results),
             "write": sum(r["write_seconds"] for r in results), "peak_rss_mb": _rss_mb(),
+            "cpu_seconds": _cpu_seconds() - cpu_before,
             "rss_before_mb": rss_before, "buckets": shards[0]["buckets"] if shards else 0}
 
 
@@ -346,10 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         if len(rows_out) > 1:
             print("\nscale curve (end to end: resolve + plan + shards + publish, model load included):")
             print(f"{'users':>10} {'events':>12} {'seconds':>8} {'users/s':>9} {'model load s':>13} "
-                  f"{'peak RSS MB':>12}")
+                  f"{'CPU s':>7} {'peak RSS MB':>12}")
             for r in rows_out:
                 print(f"{r['users']:>10,} {r['events']:>12,} {r['total']:>8.1f} {r['users'] / r['total']:>9,.0f} "
-                      f"{r['load']:>13.1f} {r['peak_rss_mb']:>12,.0f}")
+                      f"{r['load']:>13.1f} {r['cpu_seconds']:>7.1f} {r['peak_rss_mb']:>12,.0f}")
         os_load = os.getloadavg()
         print(f"\nload average during the run: {os_load[0]:.2f} {os_load[1]:.2f} {os_load[2]:.2f}")
         return 0 if all(r["users"] == u for r, u in zip(rows_out, sizes, strict=True)) else 1
@@ -369,7 +384,8 @@ def _print_result(r: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"end to end:  {r['total']:6.1f}s  {users / r['total']:10,.0f} users/s  (resolve + model load "
           f"{r['load']:.1f}s of which TensorFlow import {r['tf_import']:.1f}s; publish {r['publish']:.1f}s; without the load: "
           f"{users / max(r['total'] - r['load'], 1e-9):,.0f} users/s)")
-    print(f"peak RSS of the scoring process: {r['peak_rss_mb']:,.0f} MB (after imports: {r['rss_before_mb']:,.0f} MB)")
+    print(f"peak RSS of the scoring process: {r['peak_rss_mb']:,.0f} MB (after imports: {r['rss_before_mb']:,.0f} MB); "
+          f"CPU time {r['cpu_seconds']:.1f}s on {len(os.sched_getaffinity(0))} cores")
 
 
 if __name__ == "__main__":

@@ -156,6 +156,10 @@ class MigrationScorer(keras.layers.Layer):
         return known * repeat
 
     def call(self, user: Any, hist: Any, hist_feat: Any = None) -> Any:
+        return ops.sigmoid(self.logits(user, hist, hist_feat))
+
+    def logits(self, user: Any, hist: Any, hist_feat: Any = None) -> Any:
+        """The logits [B, V] whose sigmoid :meth:`call` returns (the ranking needs no sigmoid)."""
         u = self.user_proj(user)
         logits = self.explore(u)
         if self.use_repeat and self.sparse:
@@ -170,7 +174,7 @@ class MigrationScorer(keras.layers.Layer):
             cat_ctx = ops.broadcast_to(self.cat_ctx(ops.arange(self.n_categories))[None],
                                        (batch, self.n_categories, self.context_dim))
             logits = logits + self._repeat_logits(u, hist, cat_ctx)
-        return ops.sigmoid(logits)
+        return logits
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -269,14 +273,21 @@ class Predictor:
     def top_n(self, inputs: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` most probable categories of each row of one batch, best first (ties: lower
         index first, as a stable sort), never padding or OOV: (indices int64 [B, n'], probabilities
-        float32 [B, n']) with ``n' = min(n, V - 2)``. The ranking runs inside the model's graph,
-        so the [B, V] matrix never leaves TensorFlow."""
+        float32 [B, n']) with ``n' = min(n, V - 2)``. The ranking runs inside the model's graph on
+        the logits, so the [B, V] matrix never leaves TensorFlow and only n sigmoids are taken per
+        row (two logits whose float32 probabilities round to the same value keep the logits'
+        order)."""
         n = max(0, min(int(n), self.n_categories - RESERVED))
         ranker = self._rankers.get(n)
         if ranker is None:
+            encoder, scorer = self.model.get_layer("sequence_encoder"), self.model.get_layer("migration_scorer")
+            history = ("hist_cat", "hist_feat") if self.sparse else ("hist",)
+
             def rank(x: dict[str, Any]) -> Any:
-                values, indices = tf.math.top_k(self.model(x, training=False)[:, RESERVED:], k=n, sorted=True)
-                return values, indices + RESERVED
+                # rank the logits (sigmoid is monotonic) and take the sigmoid of the n kept only
+                logits = scorer.logits(encoder(x, training=False), *(x[name] for name in history))
+                values, indices = tf.math.top_k(logits[:, RESERVED:], k=n, sorted=True)
+                return tf.sigmoid(values), indices + RESERVED
 
             ranker = self._rankers[n] = tf.function(rank, input_signature=[self._spec])
         values, indices = ranker(self._feed(inputs))

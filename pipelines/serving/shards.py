@@ -153,7 +153,8 @@ class _Staging:
             return
         crc = user_hashes(table["user_id"]).astype(np.int64)
         key = (crc % self.shards) * self.buckets + (crc // self.shards) % self.buckets
-        order = np.argsort(key, kind="stable")
+        # a stable sort of a 16-bit key is a radix sort (linear) in numpy
+        order = np.argsort(key.astype(np.uint16) if self.shards * self.buckets <= 1 << 16 else key, kind="stable")
         key = key[order]
         table = table.take(pa.array(order))
         bounds = np.flatnonzero(np.r_[True, key[1:] != key[:-1], True])
