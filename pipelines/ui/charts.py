@@ -20,7 +20,7 @@ def _label(text: str, width: int = 18) -> str:
 
 def heatmap_svg(sources: Sequence[str], targets: Sequence[str], weights: Sequence[Sequence[float]]) -> str:
     """A from (rows) x to (columns) grid of flow weights, darker = heavier (square-root scale)."""
-    cell, left, top = 34, 130, 110
+    cell, left, top = 34, 130, 10 + 6 * max((min(len(t), 18) for t in targets), default=0)
     width, height = left + cell * len(targets) + 10, top + cell * len(sources) + 10
     peak = max((w for row in weights for w in row), default=0.0) or 1.0
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="heatmap" width="{width}" height="{height}" {FONT}>']
@@ -42,9 +42,10 @@ def heatmap_svg(sources: Sequence[str], targets: Sequence[str], weights: Sequenc
 
 
 def bars_svg(categories: Sequence[str], series: dict[str, Sequence[float]], *, label: str = "") -> str:
-    """Grouped vertical bars: one group per category, one bar per series (values in [0, 1])."""
-    group, bar_gap, left, top, plot_h = 16 * max(1, len(series)) + 14, 2, 40, 24, 160
-    width = left + group * len(categories) + 10
+    """Grouped vertical bars: one group per category, one bar per series, legend under the title."""
+    group, bar_gap, left, plot_h = 16 * max(1, len(series)) + 14, 2, 40, 160
+    top = 24 + 14 * len(series)
+    width = max(320, left + group * len(categories) + 10)
     height = top + plot_h + 90
     bar_w = (group - 14) / max(1, len(series)) - bar_gap
     peak = max((v for values in series.values() for v in values), default=0.0) or 1.0
@@ -52,8 +53,8 @@ def bars_svg(categories: Sequence[str], series: dict[str, Sequence[float]], *, l
              f'<text x="{left}" y="14">{html.escape(label)}</text>',
              f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 10}" y2="{top + plot_h}" stroke="#999"/>']
     for k, (name, _) in enumerate(series.items()):
-        parts.append(f'<rect x="{width - 150}" y="{4 + 14 * k}" width="10" height="10" fill="{PALETTE[k % 8]}"/>'
-                     f'<text x="{width - 136}" y="{13 + 14 * k}">{html.escape(name)}</text>')
+        parts.append(f'<rect x="{left}" y="{20 + 14 * k}" width="10" height="10" fill="{PALETTE[k % 8]}"/>'
+                     f'<text x="{left + 14}" y="{29 + 14 * k}">{html.escape(name)}</text>')
     for i, category in enumerate(categories):
         x0 = left + i * group
         for k, (name, values) in enumerate(series.items()):

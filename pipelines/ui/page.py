@@ -38,6 +38,10 @@ def _num(value: Any, digits: int = 3) -> str:
     return _e(value)
 
 
+def _percent(value: Any) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
@@ -58,11 +62,13 @@ def migration_section(result: dict[str, Any], base: str) -> str:
                      for d in data["dates"][-14:])
     parts.append(f"<p>Day {links}</p>{_stale(result)}")
     parts.append(f"<p>{_num(summary['users'])} users scored by model v{_e(summary['model_version'])}; "
-                 f"{_num(summary['migrating_users'])} migrating ({_num(summary['migrating_share'])} of users: "
+                 f"{_num(summary['migrating_users'])} migrating ({_percent(summary['migrating_share'])} of users: "
                  "their most likely category in the horizon is new to them). Flows compared with "
                  f"{_e(summary['compared_with'] or 'no earlier report (none 7 days before)')}.</p>")
     hm = data["heatmap"]
-    parts.append("<h3>Flows: current top categories → predicted emerging ones (users)</h3>")
+    parts.append("<h3>Flows: current top categories → predicted emerging ones</h3><p class='note'>Rows: "
+                 "categories users are in now; columns: categories new to them that they are predicted to take up. "
+                 "Darker = more users; hover a cell for its weight.</p>")
     parts.append(charts.heatmap_svg(hm["from"], hm["to"], hm["weights"]))
     rows = [[_e(f["from_category"]), _e(f["to_category"]), _num(f["users"]), _num(f["weight"], 1),
              _num(f["share"]), _num(f["previous_share"]), _num(f["share_change"])] for f in summary["top_flows"]]
