@@ -147,7 +147,7 @@ def _publish(settings: Settings, name: str, source: str, spec: SourceSpec, stats
         return key
 
     big = sum(1 for p in stats.files.values() if p.stat().st_size >= SMALL_FILE_BYTES)
-    keys = map_io(upload, sorted(stats.files), threads=2 if big else IO_THREADS)  # a big upload runs parts in parallel
+    keys = map_io(upload, sorted(stats.files), threads=1 if big else IO_THREADS)  # a big upload runs its parts in parallel
     q_key = layout.unplaced_key(name)
     rejects = stats.rejects()
     if rejects.num_rows:
