@@ -23,6 +23,7 @@ STAGE_CLIS = (
     "pipelines.model.cli",
     "pipelines.serving.cli",
     "pipelines.devstack.cli",
+    "pipelines.ops.cli",
 )
 
 

@@ -48,6 +48,12 @@ def _share(x: Any) -> bool:
     return 0.0 <= x <= 1.0
 
 
+def _hhmm(x: Any) -> bool:
+    hours, _, minutes = str(x).partition(":")
+    return len(hours) == 2 and len(minutes) == 2 and hours.isdigit() and minutes.isdigit() and \
+        int(hours) < 24 and int(minutes) < 60
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """All knobs of the product. See README "Configuration" for the table of variables."""
@@ -146,6 +152,35 @@ class Settings:
     fading_max_probability: float = _field(0.25, "a strong category is fading when its predicted "
                                            "probability in the horizon is below this", check=_share,
                                            rule="a probability in [0, 1]")
+
+    # --- operations: alerts, deadlines, retraining, inbox, UI (pipelines/ops, pipelines/ui) ----
+    notify_channel: str = _field("log", "where alerts go: log | webhook (Slack-style incoming webhook) | smtp",
+                                 check=lambda x: x in ("log", "webhook", "smtp"), rule="one of log, webhook, smtp")
+    notify_webhook_url_file: Path | None = _field(None, "file holding the webhook URL (a secret: read when "
+                                                  "sending, never logged)")
+    notify_smtp_host: str = _field("", "SMTP server of the smtp channel")
+    notify_smtp_port: int = _field(25, "SMTP port of the smtp channel", check=_port, rule="a TCP port")
+    notify_smtp_starttls: bool = _field(False, "upgrade the SMTP connection with STARTTLS")
+    notify_smtp_user: str = _field("", "SMTP login (empty: no login)")
+    notify_smtp_password_file: Path | None = _field(None, "file holding the SMTP password (a secret)")
+    notify_email_from: str = _field("", "sender address of alert e-mails")
+    notify_email_to: str = _field("", "recipients of alert e-mails (comma separated)")
+    notify_timeout_seconds: float = _field(10.0, "how long a notifier waits for the webhook or SMTP server",
+                                           check=_positive, rule="> 0")
+    scoring_deadline: str = _field("", "HH:MM (UTC) on D+1 by which predictions for D must be published; a "
+                                   "run still unfinished then sends a late-partition alert (empty: no deadline)",
+                                   check=lambda x: x == "" or _hhmm(x), rule="HH:MM, e.g. 06:00, or empty")
+    training_schedule: str = _field("", "cron expression or preset of scheduled training runs, e.g. '0 3 * * 1' "
+                                    "(empty: only triggered or requested runs)")
+    training_window_days: int = _field(0, "a training run without a config window trains on the last N landed "
+                                       "days up to its data interval end (0: every landed day)",
+                                       check=lambda x: x >= 0, rule=">= 0")
+    inbox_poll_seconds: int = _field(60, "how often the ingest DAG's sensor lists inbox/events/",
+                                     check=_positive, rule="> 0")
+    ui_cache_seconds: float = _field(30.0, "how long the Airflow plugin page keeps what it read from S3/MLflow",
+                                     check=_positive, rule="> 0")
+    ui_timeout_seconds: float = _field(3.0, "how long the plugin page waits for S3 or MLflow before it shows "
+                                       "the cached value or says the source is slow", check=_positive, rule="> 0")
 
     # --- embedded stack (`make up`, `make run`) ------------------------------------------------
     stack_root_dir: Path | None = _field(None, "folder of the embedded stack's state (empty: .local/ in "
