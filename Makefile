@@ -71,8 +71,8 @@ test-fast: install ## tests that need no service, no Airflow and no long run
 bench: bench-data bench-scoring bench-model ## every benchmark (prints its figures)
 
 bench-data: install ## validate + preprocess throughput and peak memory at 1M and 10M events
-	$(PY) bench/data_bench.py --events 1000000
-	$(PY) bench/data_bench.py --events 10000000
+	$(PY) bench/data_bench.py
+	$(PY) bench/data_bench.py --history-days 4000 --rows-per-day 300
 
 bench-scoring: install ## scoring 100k users: users/second and peak memory
 	$(PY) bench/scoring_bench.py --users 100000

@@ -95,6 +95,10 @@ class Settings:
     ge_row_sample_rows: int = _field(1000, "evenly spaced rows per partition checked by the Great "
                                      "Expectations row-sample suite (recorded, not a gate); 0 = off",
                                      check=lambda x: x >= 0, rule=">= 0")
+    expectation_suites_dir: Path | None = _field(
+        None, "folder of your own Great Expectations suite files (partition_profile.json, row_sample.json); "
+        "a file there replaces the shipped suite of that name; empty = the suites in pipelines/data/suites/",
+        check=lambda p: p is None or p.is_dir(), rule="an existing folder")
     near_duplicate_seconds: int = _field(1, "same user/item/category/behaviour within this many seconds of "
                                          "the previous one is a near duplicate (0 = exact only)")
     burst_max_events_per_second: int = _field(20, "a user's events in one second above this are an "
