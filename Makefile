@@ -70,7 +70,7 @@ test-fast: install ## tests that need no service, no Airflow and no long run
 
 bench: bench-data bench-scoring bench-model ## every benchmark (prints its figures)
 
-bench-data: install ## validate + preprocess throughput and peak memory at 1M and 10M events
+bench-data: install ## land + validate + preprocess beside DuckDB on a 10M-event file, and the per-day cost of a 4,000-day history
 	$(PY) bench/data_bench.py
 	$(PY) bench/data_bench.py --history-days 4000 --rows-per-day 300
 
