@@ -239,6 +239,7 @@ def score_child(spec: dict[str, Any]) -> dict[str, Any]:
         profiler.enable()
     shards = scoring.plan_shards(settings, AS_OF_DATE, model)
     t2 = time.monotonic()
+    rss_plan = _rss_mb()
     results = [scoring.score_shard(settings, AS_OF_DATE, model, shard) for shard in shards]
     t3 = time.monotonic()
     manifest = scoring.publish_partition(settings, AS_OF_DATE, model, results)
@@ -252,7 +253,7 @@ def score_child(spec: dict[str, Any]) -> dict[str, Any]:
             "read": sum(r["read_seconds"] for r in results), "score": sum(r["score_seconds"] for r in results),
             "write": sum(r["write_seconds"] for r in results), "peak_rss_mb": _rss_mb(),
             "cpu_seconds": _cpu_seconds() - cpu_before,
-            "rss_before_mb": rss_before, "buckets": shards[0]["buckets"] if shards else 0}
+            "rss_before_mb": rss_before, "rss_after_plan_mb": rss_plan, "buckets": shards[0]["buckets"] if shards else 0}
 
 
 def _prepare_size(settings: Settings, users: int, args: argparse.Namespace) -> tuple[Settings, int]:
@@ -384,7 +385,8 @@ def _print_result(r: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"end to end:  {r['total']:6.1f}s  {users / r['total']:10,.0f} users/s  (resolve + model load "
           f"{r['load']:.1f}s of which TensorFlow import {r['tf_import']:.1f}s; publish {r['publish']:.1f}s; without the load: "
           f"{users / max(r['total'] - r['load'], 1e-9):,.0f} users/s)")
-    print(f"peak RSS of the scoring process: {r['peak_rss_mb']:,.0f} MB (after imports: {r['rss_before_mb']:,.0f} MB); "
+    print(f"peak RSS of the scoring process: {r['peak_rss_mb']:,.0f} MB (after imports: {r['rss_before_mb']:,.0f} MB, "
+          f"after model load and plan: {r['rss_after_plan_mb']:,.0f} MB); "
           f"CPU time {r['cpu_seconds']:.1f}s on {len(os.sched_getaffinity(0))} cores")
 
 

@@ -42,3 +42,7 @@ PREDICTION_SCHEMA = pa.schema(
     ]
 )
 PREDICTION_COLUMNS = [f.name for f in PREDICTION_SCHEMA]
+# Version of the published contract (rows and manifest), written into every manifest as
+# ``schema_version``; schemas/*.schema.json carry the same value as ``x-schema-version``. A new
+# column is a minor bump; removing or changing one is a major bump.
+PREDICTION_CONTRACT_VERSION = "1.0"

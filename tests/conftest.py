@@ -13,6 +13,7 @@ import itertools
 import os
 import secrets
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,8 +95,12 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
 
 
 @pytest.fixture()
-def settings(services: Services, tmp_path: Path) -> Settings:
-    """Settings pointing at the live services, with a bucket of its own (no test sees another's data)."""
+def settings(services: Services, tmp_path: Path) -> Iterator[Settings]:
+    """Settings pointing at the live services, with a bucket of its own (no test sees another's data).
+
+    The bucket is emptied and deleted afterwards: SeaweedFS gives every bucket a volume of its
+    own, and the number of volumes is bounded by the free disk (free space / 128 MB), so a long
+    session that kept its buckets would run out of volumes ("InternalError" on PutObject)."""
     from pipelines.platform import storage
 
     bucket = f"{BASE_BUCKET}-{os.getpid()}-{next(_bucket_numbers)}"
@@ -103,7 +108,18 @@ def settings(services: Services, tmp_path: Path) -> Settings:
                            mlflow_tracking_uri=services.tracking_uri, bucket=bucket,
                            work_dir=tmp_path / "work")
     storage.ensure_bucket(result)
-    return result
+    yield result
+    _drop_bucket(result)
+
+
+def _drop_bucket(settings: Settings) -> None:
+    from pipelines.platform import storage
+
+    try:
+        storage.delete_keys(settings, storage.list_keys(settings, ""))
+        storage.s3_client(settings).delete_bucket(Bucket=settings.bucket)
+    except Exception as exc:  # a test that stopped SeaweedFS, or left it unwritable, keeps its bucket
+        warnings.warn(f"could not delete test bucket {settings.bucket}: {exc}", stacklevel=1)
 
 
 @pytest.fixture(scope="session")

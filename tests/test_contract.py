@@ -90,8 +90,6 @@ def test_published_rows_and_manifest_follow_the_schemas(published):
 
 
 @pytest.mark.services
-@pytest.mark.xfail(strict=True, reason="publish does not write schema_version and training_window yet (the lead "
-                                       "adds them in pipelines/serving/scoring.py); remove this mark when it does")
 def test_the_real_manifest_carries_the_contract_keys(published):
     _validator("predictions_manifest.schema.json").validate(predictions.read_manifest(published, D2))
 

@@ -57,7 +57,9 @@ PROCESS_SECRETS: dict[str, tuple[str, ...]] = {
     "api-server": ("PGPASSFILE", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API__SECRET_KEY",
                    "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE",
                    *CLIENT_SECRETS),  # the UI plugin reads S3 and MLflow
-    "scheduler": ("PGPASSFILE", "AIRFLOW__API_AUTH__JWT_SECRET", *EMBEDDING_VARIABLES),
+    # The scheduler encrypts the kwargs of the triggers it creates (deadline callbacks): without the
+    # Fernet key it stores them in clear and the triggerer, which has the key, dies decrypting them.
+    "scheduler": ("PGPASSFILE", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__FERNET_KEY", *EMBEDDING_VARIABLES),
     "dag-processor": ("PGPASSFILE", "AIRFLOW__CORE__FERNET_KEY"),
     "triggerer": ("PGPASSFILE", "AIRFLOW__CORE__FERNET_KEY"),
     "log-server": ("AIRFLOW__API__SECRET_KEY",),

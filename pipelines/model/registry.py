@@ -41,6 +41,17 @@ class RegistryError(RuntimeError):
     """The registry step cannot decide (missing metric, unknown version); the message says what."""
 
 
+def _is_denied(exc: Exception) -> bool:
+    code = getattr(exc, "error_code", "") or ""
+    return "PERMISSION_DENIED" in code or "403" in str(exc)
+
+
+def _model_visible(mlflow_client: Any, name: str) -> bool:
+    """Whether the registry lists a model called ``name`` to this account."""
+    escaped = name.replace("'", "\\'")
+    return any(m.name == name for m in mlflow_client.search_registered_models(filter_string=f"name = '{escaped}'"))
+
+
 def _is_not_found(exc: Exception) -> bool:
     code = getattr(exc, "error_code", "") or ""
     return "RESOURCE_DOES_NOT_EXIST" in code or "NOT_FOUND" in code or "not found" in str(exc).lower()
@@ -50,10 +61,15 @@ def version_by_alias(settings: Settings, alias: str) -> Any | None:
     """The model version carrying ``alias``, or None when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
 
+    mlflow_client = tracking.client(settings)
     try:
-        return tracking.client(settings).get_model_version_by_alias(settings.model_name, alias)
+        return mlflow_client.get_model_version_by_alias(settings.model_name, alias)
     except MlflowException as exc:
         if _is_not_found(exc):
+            return None
+        if _is_denied(exc) and not _model_visible(mlflow_client, settings.model_name):
+            # MLflow's basic-auth app answers 403, not 404, for a model that does not exist
+            # (it cannot find the model's workspace). A model the account can see is a real denial.
             return None
         raise
 

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.config import Settings
-from pipelines.contracts import EVENT_SCHEMA, MODEL_INPUT_COLUMNS, PREDICTION_SCHEMA
+from pipelines.contracts import EVENT_SCHEMA, MODEL_INPUT_COLUMNS, PREDICTION_CONTRACT_VERSION, PREDICTION_SCHEMA
 from pipelines.data.events import MissingInputError, iter_clean_events
 from pipelines.model.registry import CHAMPION, version_by_alias
 from pipelines.platform import layout, storage, tracking
@@ -70,11 +70,15 @@ def resolve_champion(settings: Settings) -> dict[str, Any]:
             f"{settings.mlflow_tracking_uri}: run the training DAG (interest_migration_training) so a "
             f"version that passes the gate becomes champion, or promote one by hand with "
             f"`python -m pipelines promote --version N`")
+    tags = tracking.client(settings).get_run(version.run_id).data.tags if version.run_id else {}
     resolved = {
         "model_name": settings.model_name,
         "model_version": str(version.version),
         "model_uri": f"models:/{settings.model_name}/{version.version}",
         "run_id": version.run_id,
+        # The event days the version was trained on (tags of its training run), for the manifest.
+        "training_window": {"start": tags.get(tracking.TAG_DATA_START) or None,
+                            "end": tags.get(tracking.TAG_DATA_END) or None},
     }
     log.info("champion of %s is version %s (%s)", settings.model_name, resolved["model_version"],
              resolved["model_uri"])
@@ -261,6 +265,8 @@ def publish_partition(settings: Settings, date: dt.date | str, model: dict[str, 
         "files": expected_keys,
         "shards": shards,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        "schema_version": PREDICTION_CONTRACT_VERSION,
+        "training_window": model.get("training_window") or {"start": None, "end": None},
     }
     uri = storage.put_json(settings, layout.success_key(day), manifest)
     try:

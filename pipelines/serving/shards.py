@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipelines.config import Settings
 from pipelines.contracts import EVENT_SCHEMA, MODEL_INPUT_COLUMNS
@@ -102,11 +103,12 @@ def stage_inputs(settings: Settings, day: dt.date, shards: int) -> dict[str, Any
             concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         staged = _Staging(Path(tmp), shards)
         try:
-            pending = [pool.submit(_read_day, settings, d, cutoff) for d in days[:2]]
+            # two days in flight; a consumed day's future is dropped, so its table is freed
+            pending = {i: pool.submit(_read_day, settings, d, cutoff, Path(tmp)) for i, d in enumerate(days[:2])}
             for i, info in enumerate(days):
-                table = pending[i].result()
+                table = pending.pop(i).result()
                 if i + 2 < len(days):
-                    pending.append(pool.submit(_read_day, settings, days[i + 2], cutoff))
+                    pending[i + 2] = pool.submit(_read_day, settings, days[i + 2], cutoff, Path(tmp))
                 if not staged.buckets:
                     staged.buckets = _bucket_count(table.num_rows, info.size, sum(d.size for d in days), shards)
                 staged.add(table)
@@ -121,10 +123,15 @@ def stage_inputs(settings: Settings, day: dt.date, shards: int) -> dict[str, Any
     return {"keys": keys, "buckets": max(staged.buckets, 1), "rows": staged.rows, "days": len(days)}
 
 
-def _read_day(settings: Settings, info: _Day, cutoff: pa.Scalar) -> pa.Table:
+def _read_day(settings: Settings, info: _Day, cutoff: pa.Scalar, folder: Path) -> pa.Table:
+    """One day's clean events (through a local file: no Python bytes of the object in memory,
+    which the allocator of a reading thread would keep)."""
     tables = []
-    for key in info.keys:
-        table = storage.read_parquet(settings, key, MODEL_INPUT_COLUMNS).select(MODEL_INPUT_COLUMNS)
+    for number, key in enumerate(info.keys):
+        local = folder / f"{info.date.isoformat()}-{number}.parquet"
+        storage.download_file(settings, key, local)
+        table = pq.read_table(local, columns=MODEL_INPUT_COLUMNS).select(MODEL_INPUT_COLUMNS)
+        local.unlink()
         tables.append(table.filter(pc.less(table["ts"], cutoff)).cast(_INPUT_SCHEMA))
     return pa.concat_tables(tables) if tables else _INPUT_SCHEMA.empty_table()
 
