@@ -36,7 +36,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.config import Settings
-from pipelines.contracts import EVENT_SCHEMA, MODEL_INPUT_COLUMNS, PREDICTION_CONTRACT_VERSION, PREDICTION_SCHEMA
+from pipelines.contracts import (
+    EVENT_SCHEMA,
+    MODEL_INPUT_COLUMNS,
+    PREDICTION_CONTRACT_VERSION,
+    PREDICTION_SCHEMA,
+)
 from pipelines.data.events import MissingInputError, iter_clean_events
 from pipelines.model.registry import CHAMPION, version_by_alias
 from pipelines.platform import layout, storage, tracking
