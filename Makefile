@@ -8,7 +8,7 @@ TEAM_STAMP := $(VENV)/.installed-team
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-team run up down status env up-team down-team status-team env-team test test-fast test-team lint bench bench-data bench-model bench-scoring clean distclean
+.PHONY: help install install-team run up down status env up-team down-team status-team env-team test test-slow test-fast test-team lint bench bench-data bench-model bench-scoring clean distclean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -59,8 +59,11 @@ env: ## print `export ...` lines to use the running stack from a shell: eval "$$
 lint: install ## ruff over the package, DAGs and tests
 	$(VENV)/bin/ruff check pipelines dags tests bench
 
-test: install lint ## run every test but the team stack's (starts its own services on free ports, stops them after)
-	$(VENV)/bin/pytest -m "not teamstack" $(PYTEST_ARGS)
+test: install lint ## every test but the slow, fault and team-stack suites (starts its own services on free ports, stops them after)
+	$(VENV)/bin/pytest -m "not teamstack and not slow and not faults" $(PYTEST_ARGS)
+
+test-slow: install ## the slow suites: end-to-end DAG runs, real-size training, faults (kills services mid-work)
+	$(VENV)/bin/pytest -m "(slow or faults) and not teamstack" $(PYTEST_ARGS)
 
 test-team: install-team ## the team stack suite: PostgreSQL + Redis + 2 Celery workers, training, backfill, a killed worker
 	$(VENV)/bin/pytest -m teamstack $(PYTEST_ARGS)
