@@ -115,6 +115,11 @@ def redis_url(cfg: StackConfig, secret: Mapping[str, str], db: int) -> str:
     return f"redis://:{secret['redis_password']}@{services.LOOPBACK}:{cfg.redis_port}/{db}"
 
 
+# Retraining cadence of the team deployment (Mondays 03:00 UTC over the last 28 days); the same
+# defaults are in docker-compose.yml.
+TEAM_RETRAINING = {"IM_TRAINING_SCHEDULE": "0 3 * * 1", "IM_TRAINING_WINDOW_DAYS": "28"}
+
+
 def airflow_environment(cfg: StackConfig) -> dict[str, str]:
     """Airflow's configuration for the stack, without a secret: home, folders, ports, executor,
     auth manager, database URL. The UI plugin is not a folder: it comes with the installed
@@ -186,6 +191,11 @@ def stack_environment(cfg: StackConfig, secret: Mapping[str, str],
         env.update(airflow_environment(cfg))
         env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] = str(cfg.passwords_file)
         env.setdefault(SCORING_START_DATE_VAR, STACK_SCORING_START_DATE)
+    if cfg.team:
+        # The team deployment retrains weekly over a sliding window (docs/operations.md, "Retraining");
+        # a value in the caller's environment wins.
+        for var, value in TEAM_RETRAINING.items():
+            env.setdefault(var, value)
     return env
 
 
