@@ -207,7 +207,8 @@ def test_scoring_writes_migration_reports_and_late_days_alert(stack):
 def _chromium() -> str:
     path = shutil.which("chromium")
     if path is None and os.environ.get("CI"):
-        subprocess.run(["apt-get", "install", "-y", "chromium"], check=True, capture_output=True, timeout=900)
+        subprocess.run("apt-get update -qq && apt-get install -y -qq chromium", shell=True, check=True,
+                       capture_output=True, timeout=900)
         path = shutil.which("chromium")
     if path is None:
         pytest.skip("Debian's chromium is not installed (apt-get install -y chromium); CI installs it")
