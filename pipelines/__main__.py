@@ -24,6 +24,7 @@ STAGE_CLIS = (
     "pipelines.serving.cli",
     "pipelines.devstack.cli",
     "pipelines.ops.cli",
+    "pipelines.privacy.cli",
 )
 
 

@@ -36,6 +36,9 @@ def _field(default: Any, doc: str, *, check: typing.Callable[[Any], bool] | None
     return dataclasses.field(default=default, metadata={"doc": doc, "check": check, "rule": rule})
 
 
+_MONITOR_METRICS = ("ndcg_at_5", "recall_at_5", "precision_at_5", "hit_rate_at_5", "explore_recall_at_3")
+
+
 def _positive(x: Any) -> bool:
     return x > 0
 
@@ -185,6 +188,29 @@ class Settings:
                                      check=_positive, rule="> 0")
     ui_timeout_seconds: float = _field(3.0, "how long the plugin page waits for S3 or MLflow before it shows "
                                        "the cached value or says the source is slow", check=_positive, rule="> 0")
+    monitor_metric: str = _field("ndcg_at_5", "outcome metric the monitoring check compares (model vs best "
+                                 "baseline and vs the model's own evaluation)",
+                                 check=lambda x: x in _MONITOR_METRICS, rule=f"one of {', '.join(_MONITOR_METRICS)}")
+    monitor_margin: float = _field(0.02, "a monitored day is degraded when the model's metric is more than this "
+                                   "(absolute) below the best baseline's or below its own evaluation",
+                                   check=_share, rule="a number in [0, 1]")
+    monitor_consecutive_days: int = _field(3, "degraded monitored days in a row (same model version) that fail "
+                                           "the check, send a model_degraded alert and request retraining",
+                                           check=_positive, rule="> 0")
+
+    # --- privacy: pseudonymisation, retention, erasure (pipelines/privacy, docs/privacy.md) -----
+    pseudonymize: bool = _field(False, "replace user ids at landing with a keyed hash (HMAC-SHA256, 20 digits) so "
+                                "raw, quarantine, clean, reports and predictions hold no raw id; needs "
+                                "IM_PSEUDONYM_KEY_FILE")
+    pseudonym_key_file: Path | None = _field(None, "file holding the pseudonymisation key (a secret: read when "
+                                             "used, never logged; the stacks generate secrets/pseudonym_key)")
+    retention_raw_days: int = _field(0, "the retention DAG deletes raw and quarantine partitions (and the "
+                                     "validated hand-over) older than this many days (0: keep them)",
+                                     check=lambda x: x >= 0, rule=">= 0")
+    retention_clean_days: int = _field(0, "the retention DAG deletes clean partitions older than this many days "
+                                       "(0: keep them)", check=lambda x: x >= 0, rule=">= 0")
+    retention_predictions_days: int = _field(0, "the retention DAG deletes prediction partitions older than this "
+                                             "many days (0: keep them)", check=lambda x: x >= 0, rule=">= 0")
 
     # --- embedded stack (`make up`, `make run`) ------------------------------------------------
     stack_root_dir: Path | None = _field(None, "folder of the embedded stack's state (empty: .local/ in "
@@ -313,6 +339,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     if settings.window_start and settings.window_end and settings.window_start > settings.window_end:
         raise ConfigError(f"{env_name('window_start')} ({settings.window_start}) is after "
                           f"{env_name('window_end')} ({settings.window_end})")
+    if settings.pseudonymize and settings.pseudonym_key_file is None:
+        raise ConfigError(f"{env_name('pseudonymize')}=true needs {env_name('pseudonym_key_file')} (the file holding "
+                          "the key; `python -m pipelines pseudonym --new-key PATH` writes one)")
     if not settings.eval_ks or any(k <= 0 for k in settings.eval_ks):
         raise ConfigError(f"{env_name('eval_ks')}={_render(settings.eval_ks)!r} must list positive integers")
     return settings

@@ -6,6 +6,9 @@ and :func:`split_parquet` stream a CSV (plain or gzip) or Parquet source, write 
 that cannot be placed in :class:`SplitStats` with a reason (``wrong_column_count``,
 ``unexpected_header``, ``malformed_row``, ``unparseable_timestamp``, ``implausible_timestamp``,
 ``outside_window`` when a window is given).
+With ``IM_PSEUDONYMIZE`` on, the user id of every row is replaced by its pseudonym
+(:mod:`pipelines.privacy.pseudonym`) before anything is written, set-aside rows included; a row
+whose columns cannot be told apart keeps no text at all.
 A file that cannot be read at all (empty, corrupt gzip, wrong columns) raises
 :class:`~pipelines.data.formats.SourceError` naming the file and the rule. No storage here.
 """
@@ -31,8 +34,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from pipelines.config import load_settings
 from pipelines.data.canonical import parse_ts, plausible_bounds_us
 from pipelines.data.formats import BATCH_BYTES, SourceError, SourceSpec
+from pipelines.privacy.pseudonym import Pseudonymizer, active
 
 PARQUET_BATCH_ROWS = 500_000
 MAX_OPEN_WRITERS = 256  # day files kept open at once; older ones are closed and reopened for appending
@@ -42,6 +47,19 @@ REJECT_SCHEMA = pa.schema([("reason", pa.string()), ("raw", pa.string()), ("deta
                            ("line", pa.int64())])
 
 Writer = Callable[[dt.date, pa.Table], None]
+FROM_SETTINGS = "from-settings"  # pseudonymize= default: IM_PSEUDONYMIZE / IM_PSEUDONYM_KEY_FILE of the environment
+
+
+def _pseudonymizer(choice: Pseudonymizer | str | None) -> Pseudonymizer | None:
+    """The pseudonymizer a split uses: the one given, none, or (by default) the environment's settings."""
+    if isinstance(choice, str):
+        return active(load_settings())
+    return choice
+
+
+def _withheld(text: str, delimiter: str) -> str:
+    """What a set-aside row keeps of its text under pseudonymisation when its user id cannot be located."""
+    return f"[withheld under pseudonymisation: {len(_split_line(text.encode(), delimiter))} fields, {len(text)} chars]"
 
 
 @dataclass
@@ -187,10 +205,13 @@ def _set_aside(stats: SplitStats, reason: str, table: pa.Table, spec: SourceSpec
 
 
 def _route(batch: pa.RecordBatch | pa.Table, spec: SourceSpec, stats: SplitStats, now: dt.datetime,
-           write: Writer, *, window: tuple[int | None, int | None] = (None, None), check_fields: bool = True) -> None:
+           write: Writer, *, window: tuple[int | None, int | None] = (None, None), check_fields: bool = True,
+           pseudonyms: Pseudonymizer | None = None) -> None:
     """Split one batch by UTC event date. Rows whose date cannot be read, is implausible or lies
     outside ``window`` (UTC microseconds, None = open) are set aside with a reason; so are Taobao rows
-    with a field holding a delimiter, quote or line break (``check_fields``: the file may hold one)."""
+    with a field holding a delimiter, quote or line break (``check_fields``: the file may hold one).
+    With ``pseudonyms``, the user id column is replaced by pseudonyms once the rules have looked at
+    the rows, before any row is written or set aside."""
     table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
     stats.rows_read += table.num_rows
     ts = parse_ts(table[spec.column_map["ts"]], spec.ts_format, spec.timezone)
@@ -205,6 +226,7 @@ def _route(batch: pa.RecordBatch | pa.Table, spec: SourceSpec, stats: SplitStats
                           pc.greater_equal(ts, w_hi if w_hi is not None else hi))
         outside = pc.and_(pc.fill_null(out_mask, False), pc.invert(bad))
         bad = pc.or_(bad, outside)
+    mangled = None
     if spec.needs_plain_fields and check_fields:
         # Official Taobao rows never hold a delimiter or quote; one that does was mangled upstream.
         mangled = pa.array([False] * table.num_rows)
@@ -212,6 +234,9 @@ def _route(batch: pa.RecordBatch | pa.Table, spec: SourceSpec, stats: SplitStats
             col = pc.cast(table[c], pa.string())
             mangled = pc.or_(mangled, pc.fill_null(pc.match_substring_regex(col, r"[\",\r\n]"), False))
         mangled = pc.and_(mangled, pc.invert(bad))
+    if pseudonyms is not None:
+        table = pseudonyms.table(table, spec.column_map["user_id"], spec.id_pattern)
+    if mangled is not None:
         if pc.any(mangled).as_py():
             rows = table.filter(mangled)
             stats.reject_many("malformed_row", _raw_text(rows, spec),
@@ -249,10 +274,14 @@ def _route(batch: pa.RecordBatch | pa.Table, spec: SourceSpec, stats: SplitStats
         stats.rows_by_date[day] = stats.rows_by_date.get(day, 0) + int(b - a)
 
 
-def _flush_invalid(pending: list[tuple[str, int, int]], stats: SplitStats) -> None:
+def _flush_invalid(pending: list[tuple[str, int, int]], stats: SplitStats, withhold_delimiter: str | None = None) -> None:
+    """Set aside the rows the CSV reader could not split into the expected columns (with
+    ``withhold_delimiter``, pseudonymisation is on: such a row's text is withheld, since which of its
+    fields is the user id is unknown)."""
     for text, expected, actual in pending:
         stats.rows_read += 1
-        stats.reject("wrong_column_count", text, f"{actual} columns, expected {expected}")
+        raw = text if withhold_delimiter is None else _withheld(text, withhold_delimiter)
+        stats.reject("wrong_column_count", raw, f"{actual} columns, expected {expected}")
     pending.clear()
 
 
@@ -291,9 +320,14 @@ def _close(handle: tuple[pa.OSFile, pacsv.CSVWriter]) -> None:
 
 
 def split_csv(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime, *,
-              window: tuple[int | None, int | None] = (None, None)) -> SplitStats:
-    """Route the rows of a CSV source (plain or gzip) into ``scratch/dt=D.csv`` files, unchanged;
-    rows outside ``window`` (UTC microseconds, None = open) are set aside as ``outside_window``."""
+              window: tuple[int | None, int | None] = (None, None),
+              pseudonymize: Pseudonymizer | str | None = FROM_SETTINGS) -> SplitStats:
+    """Route the rows of a CSV source (plain or gzip) into ``scratch/dt=D.csv`` files, unchanged
+    but for pseudonymised user ids (``pseudonymize``: a :class:`Pseudonymizer`, None for off, or by
+    default the environment's settings); rows outside ``window`` (UTC microseconds, None = open) are
+    set aside as ``outside_window``."""
+    pseudonyms = _pseudonymizer(pseudonymize)
+    withhold = spec.delimiter if pseudonyms is not None else None
     # One pass over the bytes: a corrupt gzip fails before anything is landed, and a Taobao file
     # without any quote character cannot hold a mangled row (so the per-field check is skipped).
     with open(path, "rb") as fh:
@@ -330,12 +364,14 @@ def split_csv(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime, *,
                 head = [table[c][0].as_py() for c in columns]
                 if _is_header_row(head, spec):
                     stats.rows_read += 1
-                    stats.reject("unexpected_header", spec.delimiter.join(head),
+                    text = spec.delimiter.join(head)
+                    stats.reject("unexpected_header", text if withhold is None else _withheld(text, withhold),
                                  "a header line where the format has none", line=1)
                     table = table.slice(1)
-            _route(table, spec, stats, now, day_files.write, window=window, check_fields=check_fields)
-            _flush_invalid(pending_invalid, stats)
-        _flush_invalid(pending_invalid, stats)
+            _route(table, spec, stats, now, day_files.write, window=window, check_fields=check_fields,
+                   pseudonyms=pseudonyms)
+            _flush_invalid(pending_invalid, stats, withhold)
+        _flush_invalid(pending_invalid, stats, withhold)
     except pa.ArrowInvalid as exc:
         raise SourceError(f"{path}: unreadable as {spec.fmt} CSV after {stats.rows_read} rows: {exc}") from exc
     finally:
@@ -344,9 +380,12 @@ def split_csv(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime, *,
 
 
 def split_parquet(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime, *,
-                  window: tuple[int | None, int | None] = (None, None)) -> SplitStats:
-    """Route the rows of a Parquet source into ``scratch/dt=D.parquet`` files, unchanged; rows outside
-    ``window`` are set aside as ``outside_window``."""
+                  window: tuple[int | None, int | None] = (None, None),
+                  pseudonymize: Pseudonymizer | str | None = FROM_SETTINGS) -> SplitStats:
+    """Route the rows of a Parquet source into ``scratch/dt=D.parquet`` files, unchanged but for
+    pseudonymised user ids (see :func:`split_csv`); rows outside ``window`` are set aside as
+    ``outside_window``."""
+    pseudonyms = _pseudonymizer(pseudonymize)
     try:
         pf = pq.ParquetFile(str(path))
     except (pa.ArrowInvalid, OSError) as exc:
@@ -357,6 +396,9 @@ def split_parquet(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime,
         raise SourceError(f"{path}: missing column(s) {missing}; file has {schema.names} (rule: columns)")
     if pf.metadata.num_rows == 0:
         raise SourceError(f"{path}: empty file (0 rows): nothing to land")
+    if pseudonyms is not None:  # pseudonyms are strings, whatever the source's id type
+        user = schema.get_field_index(spec.column_map["user_id"])
+        schema = schema.set(user, pa.field(schema.field(user).name, pa.string()))
     stats = SplitStats(columns=list(schema.names), suffix=".parquet")
     writers: dict[dt.date, pq.ParquetWriter] = {}
 
@@ -369,7 +411,7 @@ def split_parquet(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime,
 
     try:
         for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-            _route(batch, spec, stats, now, write, window=window)
+            _route(batch, spec, stats, now, write, window=window, pseudonyms=pseudonyms)
     finally:
         for w in writers.values():
             w.close()

@@ -26,7 +26,8 @@ ADMIN_USER = "admin"
 MLFLOW_ADMIN_USER = "admin"
 MLFLOW_CLIENT_USER = "pipelines"  # the account tasks, the CLI and the UI plugin use (not an admin)
 POSTGRES_SUPERUSER = "postgres"
-POSTGRES_ROLES = ("airflow", "mlflow")  # one role and one database each (plus mlflow_auth for MLflow's users)
+POSTGRES_ROLES = ("airflow", "mlflow")
+PSEUDONYM_KEY_FILE = "pseudonym_key"  # read by tasks, the CLI and the UI plugin through IM_PSEUDONYM_KEY_FILE  # one role and one database each (plus mlflow_auth for MLflow's users)
 
 SECRET_FILES = {
     "s3_access_key": "S3 access key (AWS_ACCESS_KEY_ID)",
@@ -39,6 +40,7 @@ SECRET_FILES = {
     "mlflow_client_password": f"MLflow password of user '{MLFLOW_CLIENT_USER}' (tasks, CLI, UI plugin)",
     "mlflow_flask_secret": "MLflow auth app session/CSRF secret",
     "seaweedfs_jwt_keys": "SeaweedFS JWT signing keys (volume and filer, write and read)",
+    PSEUDONYM_KEY_FILE: "user-id pseudonymisation key (HMAC-SHA256; IM_PSEUDONYM_KEY_FILE names this file)",
 }
 TEAM_SECRET_FILES = {
     "postgres_superuser_password": f"PostgreSQL superuser '{POSTGRES_SUPERUSER}' (used only to create roles)",
@@ -84,6 +86,8 @@ def _generate_secret(name: str) -> str:
         return base64.urlsafe_b64encode(os.urandom(32)).decode()
     if name == "airflow_jwt_secret":
         return secrets.token_urlsafe(64)  # HS512 wants at least 64 bytes
+    if name == PSEUDONYM_KEY_FILE:
+        return secrets.token_hex(32)
     if name == "seaweedfs_jwt_keys":
         return "\n".join(secrets.token_hex(24) for _ in SEAWEED_JWT_SECTIONS)
     if name.endswith("_password"):

@@ -89,6 +89,8 @@ def package_environment(cfg: StackConfig, secret: Mapping[str, str]) -> dict[str
         "IM_BUCKET": cfg.bucket,
         "IM_MLFLOW_TRACKING_URI": cfg.mlflow_url,
         "IM_WORK_DIR": str(cfg.root / "work"),
+        # A path, not the key: pseudonymisation (IM_PSEUDONYMIZE) reads the file when it needs the key.
+        "IM_PSEUDONYM_KEY_FILE": str(cfg.secrets_dir / credentials.PSEUDONYM_KEY_FILE),
         "MLFLOW_TRACKING_URI": cfg.mlflow_url,
         "MLFLOW_TRACKING_USERNAME": MLFLOW_CLIENT_USER,
         "MLFLOW_TRACKING_PASSWORD": secret["mlflow_client_password"],

@@ -16,6 +16,8 @@ layout described in ``docs/design.md`` is exactly this module::
     inbox/{processed,failed}/<batch>/...                         what the ingest DAG did with them
     features/<dataset id>/...                                    encoded training examples
     predictions/dt=D/part-NNNNN.parquet + _SUCCESS               the published contract
+    reports/{retention,erasure}/<id>.json                        what a retention run / an erasure deleted
+    restricted/pseudonyms/<name>.parquet                         raw id -> pseudonym tables, on request only
     mlflow-artifacts/...                                         MLflow's artifact store
 """
 
@@ -214,3 +216,34 @@ def validation_data_docs_index_key(report_id: str) -> str:
     """The index of one validation run's Data Docs pages (a link per day):
     ``reports/validation/<report id>/data_docs.html``."""
     return validation_run_prefix(report_id) + VALIDATION_DATA_DOCS
+
+
+# --- privacy (pipelines/privacy): retention and erasure audit records, the restricted pseudonym map ----
+RETENTION_REPORTS = "reports/retention"
+ERASURE_REPORTS = "reports/erasure"
+# Raw-id -> pseudonym tables, written only on request (`pseudonym --map`); give this prefix its own
+# access policy: it is the one place in the bucket that links pseudonyms to raw ids.
+RESTRICTED_PSEUDONYMS = "restricted/pseudonyms"
+# A prediction part rewritten by an erasure: a new key, so the old manifest keeps naming the old part
+# until one manifest PUT switches readers to the new parts.
+PREDICTION_REWRITE_PART = "part-{shard:05d}-e{tag}.parquet"
+
+
+def retention_report_key(stamp: str) -> str:
+    """The audit record of one retention run: ``reports/retention/<UTC timestamp>.json``."""
+    return f"{RETENTION_REPORTS}/{stamp}.json"
+
+
+def erasure_report_key(erasure_id: str) -> str:
+    """The report of one erasure: ``reports/erasure/<erasure id>.json``."""
+    return f"{ERASURE_REPORTS}/{erasure_id}.json"
+
+
+def pseudonym_map_key(name: str) -> str:
+    """A requested raw-id -> pseudonym table: ``restricted/pseudonyms/<name>.parquet``."""
+    return f"{RESTRICTED_PSEUDONYMS}/{name}.parquet"
+
+
+def prediction_rewrite_key(date: dt.date, shard: int, tag: str) -> str:
+    """A prediction part of day D rewritten by erasure ``tag``: ``predictions/dt=D/part-NNNNN-e<tag>.parquet``."""
+    return partition_prefix(PREDICTIONS, date) + PREDICTION_REWRITE_PART.format(shard=shard, tag=tag)

@@ -124,11 +124,17 @@ def _json_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def user(settings: Settings, date: str, user_id: str) -> dict[str, Any]:
-    """One user's prediction row of day ``date`` (S3 "predictions")."""
+    """One user's prediction row of day ``date`` (S3 "predictions"). With ``IM_PSEUDONYMIZE`` on, the
+    typed id is a raw id: it is looked up by its pseudonym (the cache keys on the pseudonym too)."""
+    from pipelines.privacy.pseudonym import stored_id
     from pipelines.serving import predictions
 
+    try:
+        lookup = stored_id(settings, user_id)
+    except ValueError as exc:  # the key file is missing or unreadable: say so on the page
+        return {"ok": False, "error": str(exc)}
     return _bounded(settings, "S3 (user lookup)",
-                    lambda: _json_row(predictions.user_view(settings, date, user_id)), date, user_id)
+                    lambda: _json_row(predictions.user_view(settings, date, lookup)), date, lookup)
 
 
 def chart_png(settings: Settings, date: str) -> dict[str, Any]:
