@@ -4,14 +4,16 @@ a planted drift (a champion ranking the least popular categories first) firing t
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime as dt
+import json
 import math
 from collections import defaultdict
 
 import pytest
 
-from pipelines.ops import monitor_alerts, monitoring
+from pipelines.ops import cli, monitor_alerts, monitoring
 from pipelines.platform import layout, storage, tracking
 from pipelines.serving import predictions
 from tests import pyfunc_models as pm
@@ -47,6 +49,16 @@ def _sets(events, first: dt.date, last: dt.date) -> dict[str, set[str]]:
             for user, _, category, _, _ in rows:
                 out[user].add(category)
     return out
+
+
+def _cli(settings, capsys, *argv: str) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser()
+    cli.register_cli(parser.add_subparsers())
+    args = parser.parse_args(list(argv))
+    capsys.readouterr()
+    code = args.func(args, settings)
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def _independent(rows: list[dict], truth: dict[str, set[str]], known: dict[str, set[str]]) -> dict[str, float]:
@@ -120,7 +132,7 @@ def test_published_day_report_matches_an_independent_computation(settings):
         monitoring.monitor_day(configured, D - dt.timedelta(days=1))
 
 
-def test_planted_drift_fires_the_alert_after_n_degraded_days(settings):
+def test_planted_drift_fires_the_alert_after_n_degraded_days(settings, capsys):
     days = [D, D + dt.timedelta(days=1)]
     configured = dataclasses.replace(pm.isolate(settings), lookback_days=LOOKBACK, horizon_days=H,
                                      monitor_consecutive_days=2, monitor_margin=0.02)
@@ -135,8 +147,15 @@ def test_planted_drift_fires_the_alert_after_n_degraded_days(settings):
     assert not first["streak"]["fired"]
     assert monitor_alerts.raise_if_fired(configured, first["streak"])["degraded_days"] == [days[0].isoformat()]
 
-    second = monitoring.monitor_day(configured, days[1])
+    code, out, err = _cli(configured, capsys, "monitor", "--json")  # the pending day: days[1]
+    (second,) = json.loads(out)
+    assert code == 0 and second["as_of_date"] == days[1].isoformat()
     assert second["streak"]["fired"] and second["streak"]["model_version"] == version
+    assert f"warning: model {configured.model_name} v{version} degraded for 2 consecutive" in err
+    code, out, _ = _cli(configured, capsys, "monitor")
+    assert code == 0 and out.startswith("nothing to monitor")
+    code, _, err = _cli(configured, capsys, "monitor", "--date", (days[1] + dt.timedelta(days=5)).isoformat())
+    assert code == 1 and "no published predictions" in err
     with pytest.raises(monitor_alerts.ModelDegraded, match=f"v{version} degraded for 2 consecutive") as caught:
         monitor_alerts.raise_if_fired(configured, second["streak"])
     alert = monitor_alerts.degraded_alert({"exception": caught.value, "run_id": "r1"})

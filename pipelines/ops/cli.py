@@ -1,6 +1,6 @@
-"""Operations commands: ``migration-report`` (write reports/migration/dt=D/), ``ingest-inbox`` (land
-what is announced in the inbox now) and ``notify-test`` (send a test alert through the configured
-channel)."""
+"""Operations commands: ``migration-report`` (write reports/migration/dt=D/), ``monitor`` (judge
+published days against outcomes: reports/monitoring/dt=D/), ``ingest-inbox`` (land what is announced
+in the inbox now) and ``notify-test`` (send a test alert through the configured channel)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,31 @@ def _report_line(summary: dict[str, Any]) -> str:
     return line
 
 
+def _cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
+    import sys
+
+    from pipelines.ops import monitor_alerts, monitoring
+    from pipelines.serving.predictions import PredictionsNotFound
+
+    try:
+        days = days_of(args) or monitoring.pending_days(settings)
+    except UsageError as exc:
+        return fail(str(exc), 2)
+    reports = []
+    for day in days:
+        try:
+            report = monitoring.monitor_day(settings, day)
+        except (PredictionsNotFound, monitoring.HorizonNotPassed) as exc:
+            return fail(str(exc))
+        reports.append(report)
+        if report["streak"]["fired"]:
+            print(f"warning: {monitor_alerts.degraded_message(settings.model_name, report['streak'])}",
+                  file=sys.stderr)
+    emit(args, reports, lambda: monitoring.format_table(reports) if reports else
+         "nothing to monitor: no published day whose horizon has passed is without a report")
+    return 0
+
+
 def _cmd_ingest_inbox(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.ops import inbox
 
@@ -73,12 +98,21 @@ def _cmd_notify_test(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register_cli(subparsers: Any) -> None:
-    """``migration-report --date D``, ``ingest-inbox`` and ``notify-test``."""
+    """``migration-report --date D``, ``monitor [--date D | --start A --end B]``, ``ingest-inbox`` and
+    ``notify-test``."""
     report = subparsers.add_parser("migration-report", help="write the population migration report of published "
                                                             "day D under reports/migration/dt=D/")
     add_days(report)
     add_json(report)
     report.set_defaults(func=_cmd_migration_report)
+
+    monitor = subparsers.add_parser("monitor", help="judge published days against what users did in their horizon "
+                                                    "(model and baselines): reports/monitoring/dt=D/ and MLflow; "
+                                                    "without a day, every published day whose horizon has passed and "
+                                                    "that has no report yet")
+    add_days(monitor, required=False)
+    add_json(monitor)
+    monitor.set_defaults(func=_cmd_monitor)
 
     ingest = subparsers.add_parser("ingest-inbox", help="land every file announced by a manifest in inbox/events/ "
                                                         "now and move it to inbox/processed/ or inbox/failed/")

@@ -21,9 +21,11 @@ monitor (published, horizon passed, no report yet).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
+import sys
 from typing import Any
 
 import pyarrow as pa
@@ -182,7 +184,8 @@ def log_day(settings: Settings, report: dict[str, Any]) -> str:
                         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)})
     metrics["check/degraded"] = float(report["check"]["degraded"])
     tracking.log_metrics(settings, run_id, metrics, step=step_of(to_date(report["as_of_date"])))
-    tracking.finish_run(settings, run_id)
+    with contextlib.redirect_stdout(sys.stderr):  # MLflow prints "View run ..." lines: keep stdout for --json
+        tracking.finish_run(settings, run_id)
     return run_id
 
 
