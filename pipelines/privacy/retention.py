@@ -60,8 +60,9 @@ def plan(settings: Settings, as_of: dt.date | str) -> list[dict[str, Any]]:
         for date in storage.list_partitions(settings, rule.area):
             if date < first_kept:
                 prefix = layout.partition_prefix(rule.area, date)
-                found.append({"area": rule.name, "date": date.isoformat(), "prefix": prefix,
-                              "keys": storage.list_keys(settings, prefix)})
+                keys = storage.list_keys(settings, prefix)
+                if keys:  # an object store may list a folder it emptied before: nothing to delete there
+                    found.append({"area": rule.name, "date": date.isoformat(), "prefix": prefix, "keys": keys})
     return found
 
 
