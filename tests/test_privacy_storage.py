@@ -117,7 +117,7 @@ def _rows(settings: Settings) -> dict[str, list[dict]]:
     """Rows of every data object (raw files parsed as CSV text lines, Parquet as dicts)."""
     out = {}
     for key in storage.list_keys(settings, ""):
-        if key.startswith((layout.RAW, layout.QUARANTINE, layout.CLEAN, layout.PREDICTIONS)):
+        if key.startswith((layout.RAW, layout.QUARANTINE, layout.CLEAN, layout.PREDICTIONS, layout.FEATURES)):
             data = storage.get_bytes(settings, key)
             if key.endswith(".csv"):
                 out[key] = [{"line": line} for line in data.decode().splitlines()]
@@ -131,18 +131,20 @@ def test_forget_removes_the_user_everywhere_and_keeps_every_other_row(private: S
     _land_validate_preprocess(private, _source(tmp_path / "events.csv"), [D])
     target = stored_id(private, TARGET)
     _predictions(private, D, [stored_id(private, u) for u in USERS])
+    features = layout.dataset_prefix("ds1") + layout.DATASET_TEST_EVENTS  # an encoded dataset's test events
+    storage.write_parquet(private, features, storage.read_parquet(private, layout.clean_key(D)))
     before = _rows(private)
     assert _holders(_object_texts(private), [target]).keys() >= {
         layout.raw_key(D, "events", ".csv"), layout.clean_key(D), layout.quarantine_key(D, "validation"),
         layout.quarantine_key(D, "preprocess"), layout.unplaced_key("events"), layout.handover_key(D),
-        layout.prediction_part_key(D, 1)}
+        layout.prediction_part_key(D, 1), features}
 
     assert main(["forget", "--user", TARGET, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert TARGET not in json.dumps(report) and report["user_ref"] == target
 
     texts = _object_texts(private)
-    data_areas = (layout.RAW, layout.QUARANTINE, layout.VALIDATED, layout.CLEAN, layout.PREDICTIONS)
+    data_areas = (layout.RAW, layout.QUARANTINE, layout.VALIDATED, layout.CLEAN, layout.PREDICTIONS, layout.FEATURES)
     leftovers = {k: v for k, v in _holders(texts, [target]).items() if k.startswith(data_areas)}
     assert leftovers == {}
     after = _rows(private)

@@ -1,4 +1,4 @@
-"""Erase one user: remove the user's rows from raw, quarantine, clean and predictions.
+"""Erase one user: remove the user's rows from raw, quarantine, clean, encoded datasets and predictions.
 
 :func:`forget_user` looks for the user under every form the data can hold it: the raw id (data
 landed with pseudonymisation off) and, when a key is configured, its pseudonym (data landed with it
@@ -12,7 +12,8 @@ on; also with the invalid-id mark). Every object holding a matching row is rewri
   user column of its landing (from the landing's raw sidecars; any field when none is left) is the user;
 - ``staging/validated/dt=D/valid.parquet``: deleted (a hand-over is a cache; rewriting the raw files
   makes it stale, and the next validation rebuilds it);
-- ``clean/events/dt=D/part-00000.parquet``: rewritten at the same key;
+- ``clean/events/dt=D/part-00000.parquet`` and the Parquet files of encoded datasets ``features/<id>/``
+  that have a ``user_id`` column: rewritten at the same key;
 - ``predictions/dt=D/``: each part holding the user is written under a new key
   (``part-NNNNN-e<erasure>.parquet``), then one PUT of the ``_SUCCESS`` manifest switches readers to
   the new parts with the new ``row_count``, then the old parts are deleted. A reader that trusts the
@@ -236,6 +237,19 @@ def _erase_clean(settings: Settings, forms: set[str], report: Erasure) -> None:
             _rewrite_parquet(settings, key, "clean", lambda t: _matches(t["user_id"], forms), report)
 
 
+def _erase_features(settings: Settings, forms: set[str], report: Erasure) -> None:
+    """Encoded datasets (examples and test events of the user) are rewritten too; a model already
+    trained on them is not (docs/privacy.md)."""
+    def mask(table: pa.Table) -> pa.Array:
+        if "user_id" not in table.column_names:
+            return pa.array([False] * table.num_rows, pa.bool_())
+        return _matches(table["user_id"], forms)
+
+    for key in storage.list_keys(settings, layout.area_prefix(layout.FEATURES)):
+        if key.endswith(".parquet"):
+            _rewrite_parquet(settings, key, "features", mask, report)
+
+
 # --- predictions ----------------------------------------------------------------------------------
 
 def _erase_predictions(settings: Settings, forms: set[str], report: Erasure) -> None:
@@ -294,6 +308,7 @@ def forget_user(settings: Settings, user_id: str | None = None, *, pseudonym: st
     _erase_quarantine(settings, forms, landings, report)
     _erase_handovers(settings, forms, report)
     _erase_clean(settings, forms, report)
+    _erase_features(settings, forms, report)
     _erase_predictions(settings, forms, report)
     report.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     out = report.to_dict()
