@@ -97,15 +97,23 @@ def score_day(settings: Settings, day: dt.date, manifest: dict[str, Any]) -> dic
     """Summaries (outcomes.score_rows) of the published rows of D and of every baseline on the
     same users, keyed ``model`` and the baseline names."""
     horizon = int(manifest.get("horizon_days", settings.horizon_days))
-    rows = predictions.read_predictions(settings, day)
-    first, _ = lookback_window(day, settings.lookback_days)
-    events = read_clean_events(settings, first, day + dt.timedelta(days=horizon), columns=_EVENT_COLUMNS)
-    as_of = end_of_day(day)
+    return score_at(settings, predictions.read_predictions(settings, day), end_of_day(day), horizon)
+
+
+def score_at(settings: Settings, rows: pa.Table, as_of: dt.datetime, horizon_days: int) -> dict[str, dict[str, Any]]:
+    """Summaries of contract ``rows`` made as of the instant ``as_of`` (UTC) and of every baseline
+    on the same users: truth in [as_of, as_of + H days), known in the look-back from the start of
+    day (last look-back day - IM_LOOKBACK_DAYS + 1) up to ``as_of``. A daily partition of D has
+    ``as_of`` = end of D (truth [D+1, D+1+H)); an intraday one its own as-of hour."""
+    last = (as_of - dt.timedelta(microseconds=1)).date()
+    first, _ = lookback_window(last, settings.lookback_days)
+    end = as_of + dt.timedelta(days=horizon_days)
+    events = read_clean_events(settings, first, (end - dt.timedelta(microseconds=1)).date(), columns=_EVENT_COLUMNS)
     known = outcomes.known_sets(events, start_of_day(first), as_of)
-    truth = outcomes.truth_sets(events, *truth_window(day, horizon))
+    truth = outcomes.truth_sets(events, as_of, end)
     summaries = {"model": outcomes.score_rows(rows, truth, known, k=K, explore_k=EXPLORE_K)[0]}
     lookback_events = events.filter(pc.less(events["ts"], pa.scalar(as_of, events.schema.field("ts").type)))
-    tables = baseline_rows(lookback_events, rows["user_id"].to_pylist(), as_of, horizon_days=horizon,
+    tables = baseline_rows(lookback_events, rows["user_id"].to_pylist(), as_of, horizon_days=horizon_days,
                            lookback_days=settings.lookback_days, params=params_from_settings(settings),
                            top_k=settings.top_k, top_n=settings.scoring_top_n)
     for name, table in tables.items():
