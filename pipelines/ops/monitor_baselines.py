@@ -32,6 +32,7 @@ from pipelines.serving.interests import InterestHistory, InterestParams, interes
 
 MONITORED_BASELINES = ("decayed_frequency", "markov", "popularity")
 _DECAY_FEATURE = "decay_mid"  # the history feature slot the decayed shares are put in
+_BATCH_CELLS = 4_000_000  # users x categories per batch of dense score matrices (~32 MB each)
 
 
 def _vocab(events: pa.Table) -> Vocab:
@@ -90,12 +91,25 @@ def baseline_rows(events: pa.Table, user_ids: list[str], as_of: dt.datetime, *, 
     counts[present] = np.diff(known.offsets)
     history = InterestHistory(np.r_[0, np.cumsum(counts)].astype(np.int64), known.code, known.history, known.current)
     models = fit_baselines(_statistics(index, as_of_us, horizon_days, n_categories), n_categories, _DECAY_FEATURE)
-    inputs = _inputs(index, rows, history)
     categories = pa.array(vocab.category_ids().tolist(), pa.string())
     scorers = {"decayed_frequency": score_decayed_frequency, "markov": score_markov, "popularity": score_popularity}
-    out = {}
-    for name in MONITORED_BASELINES:
-        columns = columns_from_scores(scorers[name](models, inputs), categories, history, params,
-                                      top_k=top_k, top_n=top_n, first=RESERVED)
-        out[name] = pa.table({"user_id": pa.array(user_ids, pa.string()), **columns})
+    parts: dict[str, list[pa.Table]] = {name: [] for name in MONITORED_BASELINES}
+    batch = max(1, _BATCH_CELLS // n_categories)  # dense [B, V] score matrices stay bounded
+    for lo in range(0, len(rows), batch):
+        pick = np.arange(lo, min(lo + batch, len(rows)))
+        part_history = history.take(pick)
+        inputs = _inputs(index, rows[pick], part_history)
+        users = pa.array(user_ids[lo:lo + batch], pa.string())
+        for name in MONITORED_BASELINES:
+            columns = columns_from_scores(scorers[name](models, inputs), categories, part_history, params,
+                                          top_k=top_k, top_n=top_n, first=RESERVED)
+            parts[name].append(pa.table({"user_id": users, **columns}))
+    out = {name: pa.concat_tables(tables) for name, tables in parts.items() if tables}
+    if not out:  # no user: empty tables with the contract columns
+        empty = history.take(np.zeros(0, np.int64))
+        inputs = _inputs(index, rows[:0], empty)
+        for name in MONITORED_BASELINES:
+            columns = columns_from_scores(scorers[name](models, inputs), categories, empty, params,
+                                          top_k=top_k, top_n=top_n, first=RESERVED)
+            out[name] = pa.table({"user_id": pa.array([], pa.string()), **columns})
     return out
