@@ -8,6 +8,9 @@ import datetime as dt
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.__main__ import main
-from pipelines.config import Settings
+from pipelines.config import Settings, env_name
 from pipelines.contracts import PREDICTION_SCHEMA
 from pipelines.data import validation
 from pipelines.data.landing import land_events
@@ -24,6 +27,8 @@ from pipelines.platform import layout, storage
 from pipelines.privacy import erasure, retention
 from pipelines.privacy.pseudonym import pseudonym_of, stored_id, write_key
 from pipelines.serving.predictions import read_manifest, read_predictions
+from pipelines.ui import reads
+from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.services
 
@@ -207,3 +212,52 @@ def test_retention_deletes_old_partitions_and_records_them(settings: Settings, t
     assert {p["prefix"] for p in stored["partitions"]} >= {layout.partition_prefix(layout.RAW, days[0]),
                                                           layout.partition_prefix(layout.PREDICTIONS, days[1])}
     assert sum(p["objects"] for p in stored["partitions"]) == stored["objects_deleted"]
+
+
+def test_plugin_user_lookup_hashes_the_typed_id(private: Settings) -> None:
+    _predictions(private, D, [stored_id(private, u) for u in USERS[:4]])
+    found = reads.user(private, D.isoformat(), USERS[1])
+    assert found["ok"] and found["value"]["user_id"] == pseudonym_of(private, USERS[1])
+    missing = reads.user(dataclasses.replace(private, pseudonym_key_file=None), D.isoformat(), USERS[1])
+    assert not missing["ok"] and "IM_PSEUDONYM_KEY_FILE" in missing["error"]
+
+
+DAG_RUNNER = """
+import datetime as dt, json, sys
+from airflow.dag_processing.dagbag import DagBag
+
+out = {}
+for path, dag_id, conf in json.loads(sys.argv[1]):
+    dag = DagBag(dag_folder=path).dags[dag_id]
+    run = dag.test(logical_date=dt.datetime(2017, 11, 30, tzinfo=dt.UTC), run_conf=conf)
+    out[dag_id] = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_forget_and_retention_dags_run_through_airflow(private: Settings, tmp_path: Path) -> None:
+    _land_validate_preprocess(private, _source(tmp_path / "events.csv"), [D])
+    target = stored_id(private, TARGET)
+    home = tmp_path / "airflow"
+    home.mkdir()
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+           env_name("retention_raw_days"): "3"}
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True,
+                   timeout=300)
+    runs = [(str(REPO_ROOT / "dags" / f"{dag_id}.py"), dag_id, conf) for dag_id, conf in (
+        ("interest_migration_forget", {"pseudonym": target}), ("interest_migration_retention", {}))]
+    done = subprocess.run([sys.executable, "-c", DAG_RUNNER, json.dumps(runs)], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=REPO_ROOT)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads(lines[-1][len("RESULT "):]) == {"interest_migration_forget": {"forget_user": "success"},
+                                                     "interest_migration_retention": {"apply_retention": "success"}}
+    assert TARGET not in done.stdout + done.stderr
+    assert [k for k in storage.list_keys(private, layout.ERASURE_REPORTS + "/")]
+    # The run's day is 2017-11-30: raw older than 3 days (D = 11-25) is gone, with its record.
+    assert storage.list_keys(private, layout.partition_prefix(layout.RAW, D)) == []
+    assert storage.list_keys(private, layout.RETENTION_REPORTS + "/")
