@@ -4,9 +4,10 @@
 **Schedule**: daily. The run for logical date X monitors the published day D = X - (H + 1) days
 (`IM_HORIZON_DAYS` = H): D's predictions are about [D+1, D+H], and the clean partition of D+H = X-1
 was written by the scoring run of X-1, which started a day before this one. A run triggered with
-`{"date": "YYYY-MM-DD"}` monitors that day instead. Backfill a range like scoring's
-(`airflow backfill create --dag-id interest_migration_monitoring --from-date A --to-date B` monitors
-A-H-1 .. B-H-1).
+`{"date": "YYYY-MM-DD"}` monitors that day instead; `{"intraday": true}` also judges the day's
+intraday partitions `predictions_intraday/dt=D/hour=HH/` (reports under
+`reports/monitoring_intraday/`). Backfill a range like scoring's (`airflow backfill create --dag-id
+interest_migration_monitoring --from-date A --to-date B` monitors A-H-1 .. B-H-1).
 
 **Does**: `monitor` scores the published `predictions/dt=D/` against what users did in [D+1, D+1+H)
 with the evaluation's scorer (`pipelines/model/outcomes.py`), and the baselines (decayed
@@ -62,7 +63,9 @@ def _monitored_day() -> dt.date:
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     params={"date": Param(None, type=["null", "string"], description="monitor this published day (YYYY-MM-DD) "
-                                                                      "instead of logical date - horizon - 1")},
+                                                                      "instead of logical date - horizon - 1"),
+            "intraday": Param(False, type="boolean", description="also judge the day's intraday partitions "
+                                                                  "(predictions_intraday/dt=D/hour=HH/)")},
     tags=["interest-migration", "monitoring"],
     doc_md=__doc__,
 )
@@ -72,9 +75,11 @@ def interest_migration_monitoring():
         """Score day D's published partition and the baselines against the outcomes; write the report."""
         from pipelines.ops import monitoring
 
-        report = monitoring.monitor_day(load_settings(), _monitored_day())
+        intraday = bool((get_current_context().get("params") or {}).get("intraday"))
+        report = monitoring.monitor_day(load_settings(), _monitored_day(), intraday=intraday)
         return {"as_of_date": report["as_of_date"], "uri": report["uri"], "check": report["check"],
-                "streak": report["streak"]}
+                "streak": report["streak"],
+                "intraday": [h.get("uri") or h.get("waiting") for h in report.get("intraday", [])]}
 
     @task(outlets=[RETRAINING])
     def request_retraining(result: dict) -> dict:

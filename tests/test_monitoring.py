@@ -168,3 +168,48 @@ def test_planted_drift_fires_the_alert_after_n_degraded_days(settings, capsys):
     assert monitor_alerts.evaluation_metric(configured, configured.model_name, promised) == pytest.approx(0.999)
     verdict = monitor_alerts.judge_day(second["metrics"] | {"model": {"ndcg_at_5": 0.9}}, "ndcg_at_5", 0.02, 0.999)
     assert verdict["degraded"] and "own evaluation 0.9990" in verdict["summary"]
+
+
+def _sets_between(events, start: dt.datetime, end: dt.datetime) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = defaultdict(set)
+    for day, rows in events.items():
+        for user, _, category, _, hour in rows:
+            if start <= dt.datetime.combine(day, dt.time(hour), tzinfo=dt.UTC) < end:
+                out[user].add(category)
+    return out
+
+
+def test_intraday_partition_is_judged_from_its_as_of_hour(settings, capsys):
+    """An intraday partition of D+1 hour 10 (rows of 12 users, as of 11:00): truth in [D+1 11:00,
+    D+1+H 11:00), known from the look-back's first day up to 11:00."""
+    events = _events()
+    configured = publish(settings, events, [D], lookback_days=LOOKBACK, horizon_days=H)
+    day, hour = D + dt.timedelta(days=1), 10
+    as_of = dt.datetime.combine(day, dt.time(hour + 1), tzinfo=dt.UTC)
+    rows = predictions.read_predictions(configured, D).slice(0, 12)
+    part = layout.intraday_prefix(day, hour) + "part-00000.parquet"
+    storage.write_parquet(configured, part, rows)
+    storage.put_json(configured, layout.intraday_success_key(day, hour), {
+        "model_name": configured.model_name, "model_version": "1", "as_of": as_of.isoformat(), "horizon_days": H,
+        "row_count": rows.num_rows, "files": [part]})
+    code, out, _ = _cli(configured, capsys, "monitor", "--date", D.isoformat(), "--intraday", "--json")
+    assert code == 0
+    (report,) = json.loads(out)
+    assert report["intraday"] == []  # D has no intraday partition: D+1 has
+    from pipelines.ops import monitor_intraday
+
+    assert monitor_intraday.published_hours(configured, day) == [hour]
+    got = monitor_intraday.monitor_hour(configured, day, hour)
+    truth = _sets_between(events, as_of, as_of + dt.timedelta(days=H))
+    known = _sets_between(events, dt.datetime.combine(day - dt.timedelta(days=LOOKBACK - 1), dt.time(), tzinfo=dt.UTC),
+                          as_of)
+    expected = _independent(rows.to_pylist(), truth, known)
+    for name, value in expected.items():
+        assert got["metrics"]["model"][name] == pytest.approx(value, rel=1e-6), name
+    assert got["users"] == 12 and got["truth_window"][0] == as_of.isoformat()
+    stored = storage.get_json(configured, layout.intraday_monitoring_report_key(day, hour, "metrics"))
+    assert stored["metrics"] == got["metrics"]
+    storage.delete_prefix(configured, layout.partition_prefix(layout.CLEAN, DAYS[-1]))
+    storage.delete_prefix(configured, layout.partition_prefix(layout.CLEAN, DAYS[-2]))  # D+1+H: not landed
+    (waiting,) = monitor_intraday.monitor_intraday_day(configured, day)
+    assert waiting["hour"] == hour and "clean events end at" in waiting["waiting"]

@@ -30,4 +30,4 @@ def test_monitoring_dag_requests_retraining_then_checks(dag):
     assert check.trigger_rule == "none_failed" and check.retries == 0  # a skipped request still checks; fails once
     for task in dag.tasks:
         assert task.on_failure_callback in (monitor_alerts.on_check_failure, [monitor_alerts.on_check_failure])
-    assert "date" in dag.params
+    assert "date" in dag.params and dag.params["intraday"] is False

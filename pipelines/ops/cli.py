@@ -58,16 +58,29 @@ def _cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
     reports = []
     for day in days:
         try:
-            report = monitoring.monitor_day(settings, day)
+            report = monitoring.monitor_day(settings, day, intraday=args.intraday)
         except (PredictionsNotFound, monitoring.HorizonNotPassed) as exc:
             return fail(str(exc))
         reports.append(report)
         if report["streak"]["fired"]:
             print(f"warning: {monitor_alerts.degraded_message(settings.model_name, report['streak'])}",
                   file=sys.stderr)
-    emit(args, reports, lambda: monitoring.format_table(reports) if reports else
+    emit(args, reports, lambda: _monitor_text(reports) if reports else
          "nothing to monitor: no published day whose horizon has passed is without a report")
     return 0
+
+
+def _monitor_text(reports: list[dict[str, Any]]) -> str:
+    from pipelines.ops import monitoring
+
+    lines = [monitoring.format_table(reports)]
+    for report in reports:
+        for hour in report.get("intraday", []):
+            model = hour.get("metrics", {}).get("model", {})
+            lines.append(f"{report['as_of_date']} hour {hour['hour']:02d}: " + (
+                hour["waiting"] if "waiting" in hour else f"{model.get('users')} users, ndcg_at_5 "
+                f"{model.get('ndcg_at_5')} -> {hour['uri']}"))
+    return "\n".join(lines)
 
 
 def _cmd_ingest_inbox(args: argparse.Namespace, settings: Settings) -> int:
@@ -111,6 +124,9 @@ def register_cli(subparsers: Any) -> None:
                                                     "without a day, every published day whose horizon has passed and "
                                                     "that has no report yet")
     add_days(monitor, required=False)
+    monitor.add_argument("--intraday", action="store_true", help="also judge the day's intraday partitions "
+                                                                 "(predictions_intraday/dt=D/hour=HH/) whose horizon "
+                                                                 "has passed: reports/monitoring_intraday/")
     add_json(monitor)
     monitor.set_defaults(func=_cmd_monitor)
 

@@ -65,7 +65,7 @@ def step_of(day: dt.date) -> int:
     return (day - _EPOCH_DAY).days
 
 
-def _last_clean(settings: Settings) -> dt.date | None:
+def last_clean_day(settings: Settings) -> dt.date | None:
     """The last clean partition that holds a file (an emptied folder may still be listed)."""
     for day in reversed(clean_dates(settings, None, dt.date.max)):
         if storage.list_keys(settings, layout.partition_prefix(layout.CLEAN, day)):
@@ -75,7 +75,7 @@ def _last_clean(settings: Settings) -> dt.date | None:
 
 def pending_days(settings: Settings, start: dt.date | None = None, end: dt.date | None = None) -> list[dt.date]:
     """Published days in [start, end] whose horizon has passed and that have no monitoring report."""
-    last = _last_clean(settings)
+    last = last_clean_day(settings)
     done = set(storage.list_partitions(settings, layout.MONITORING_REPORTS))
     out = []
     for day in predictions.published_dates(settings):
@@ -87,7 +87,7 @@ def pending_days(settings: Settings, start: dt.date | None = None, end: dt.date 
     return out
 
 
-def _finite(summary: dict[str, Any]) -> dict[str, float]:
+def finite_metrics(summary: dict[str, Any]) -> dict[str, float]:
     """The numeric metrics of a summary (no calibration list), NaN as None for JSON."""
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()
             if k != "calibration"}
@@ -121,15 +121,18 @@ def score_at(settings: Settings, rows: pa.Table, as_of: dt.datetime, horizon_day
     return summaries
 
 
-def monitor_day(settings: Settings, date: dt.date | str, *, log_to_mlflow: bool = True) -> dict[str, Any]:
+def monitor_day(settings: Settings, date: dt.date | str, *, log_to_mlflow: bool = True,
+                intraday: bool = False) -> dict[str, Any]:
     """Monitor published day D (see the module doc) and return its report (the metrics.json
-    content plus ``uri``). Raises :class:`~pipelines.serving.predictions.PredictionsNotFound` when
-    D is not published and :class:`HorizonNotPassed` when its truth window is not over."""
+    content plus ``uri`` and ``streak``; with ``intraday`` also ``intraday``: the reports of D's
+    intraday partitions, :mod:`pipelines.ops.monitor_intraday`). Raises
+    :class:`~pipelines.serving.predictions.PredictionsNotFound` when D is not published and
+    :class:`HorizonNotPassed` when its truth window is not over."""
     day = to_date(date, "date")
     manifest = predictions.read_manifest(settings, day)
     horizon = int(manifest.get("horizon_days", settings.horizon_days))
     last_day = day + dt.timedelta(days=horizon)
-    last = _last_clean(settings)
+    last = last_clean_day(settings)
     if last is None or last < last_day:
         raise HorizonNotPassed(f"predictions for {day} are about [{day + dt.timedelta(days=1)}, {last_day}] but clean "
                                f"events end at {last or 'no day'}: monitor {day} once "
@@ -143,7 +146,7 @@ def monitor_day(settings: Settings, date: dt.date | str, *, log_to_mlflow: bool 
         "as_of_date": day.isoformat(), "model_name": manifest["model_name"], "model_version": version,
         "horizon_days": horizon, "truth_window": [start.isoformat(), end.isoformat()],
         "users": summaries["model"]["users"], "k": K, "explore_k": EXPLORE_K,
-        "metrics": {name: _finite(s) for name, s in summaries.items()},
+        "metrics": {name: finite_metrics(s) for name, s in summaries.items()},
         "calibration": {name: s["calibration"] for name, s in summaries.items()},
         "check": verdict,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -154,7 +157,12 @@ def monitor_day(settings: Settings, date: dt.date | str, *, log_to_mlflow: bool 
         report["mlflow_run_id"] = log_day(settings, report)
     streak = monitor_alerts.streak(settings, day, version)
     log.info("monitored %s (model v%s): %s", day, version, verdict["summary"])
-    return {**report, "uri": uri, "streak": streak}
+    extra: dict[str, Any] = {}
+    if intraday:
+        from pipelines.ops import monitor_intraday
+
+        extra["intraday"] = monitor_intraday.monitor_intraday_day(settings, day)
+    return {**report, "uri": uri, "streak": streak, **extra}
 
 
 def metrics_table(report: dict[str, Any]) -> pa.Table:
@@ -197,9 +205,9 @@ def log_day(settings: Settings, report: dict[str, Any]) -> str:
     return run_id
 
 
-def monitor_days(settings: Settings, days: list[dt.date]) -> list[dict[str, Any]]:
+def monitor_days(settings: Settings, days: list[dt.date], *, intraday: bool = False) -> list[dict[str, Any]]:
     """:func:`monitor_day` for each day, oldest first."""
-    return [monitor_day(settings, day) for day in sorted(days)]
+    return [monitor_day(settings, day, intraday=intraday) for day in sorted(days)]
 
 
 def format_table(reports: list[dict[str, Any]], metrics: tuple[str, ...] = ("ndcg_at_5", "recall_at_5",

@@ -12,6 +12,7 @@ layout described in ``docs/design.md`` is exactly this module::
     reports/{landing,validation,preprocess}/...                  what each data step did
     reports/migration/dt=D/...                                   population migration flows of day D
     reports/monitoring/dt=D/metrics.{json,parquet}               day D's predictions against outcomes
+    reports/monitoring_intraday/dt=D/hour=HH/metrics.{json,parquet}  an intraday partition against outcomes
     inbox/events/<file> + <file stem>.manifest.json              files waiting to be landed (ingest DAG)
     inbox/{processed,failed}/<batch>/...                         what the ingest DAG did with them
     features/<dataset id>/...                                    encoded training examples
@@ -39,6 +40,8 @@ MLFLOW_ARTIFACTS = "mlflow-artifacts"
 STACK_HEALTHCHECK = "_stack/healthcheck"
 MIGRATION_REPORTS = "reports/migration"
 MONITORING_REPORTS = "reports/monitoring"
+PREDICTIONS_INTRADAY = "predictions_intraday"
+MONITORING_INTRADAY_REPORTS = "reports/monitoring_intraday"
 INBOX = "inbox/events"
 INBOX_PROCESSED = "inbox/processed"
 INBOX_FAILED = "inbox/failed"
@@ -174,6 +177,22 @@ def migration_report_key(date: dt.date, name: str) -> str:
 def monitoring_report_key(date: dt.date, name: str) -> str:
     """One file of day D's monitoring report (``metrics`` or ``table``): ``reports/monitoring/dt=D/<file>``."""
     return partition_prefix(MONITORING_REPORTS, date) + MONITORING_FILES[name]
+
+
+def intraday_prefix(date: dt.date, hour: int) -> str:
+    """An intraday micro-batch partition: ``predictions_intraday/dt=D/hour=HH/``."""
+    return partition_prefix(PREDICTIONS_INTRADAY, date) + f"hour={hour:02d}/"
+
+
+def intraday_success_key(date: dt.date, hour: int) -> str:
+    """The manifest of an intraday partition (same rules as the daily ``_SUCCESS``)."""
+    return intraday_prefix(date, hour) + SUCCESS
+
+
+def intraday_monitoring_report_key(date: dt.date, hour: int, name: str) -> str:
+    """One file (``metrics`` or ``table``) of the monitoring report of an intraday partition:
+    ``reports/monitoring_intraday/dt=D/hour=HH/<file>``."""
+    return partition_prefix(MONITORING_INTRADAY_REPORTS, date) + f"hour={hour:02d}/" + MONITORING_FILES[name]
 
 
 def inbox_key(file_name: str) -> str:
