@@ -13,6 +13,7 @@ from pipelines.data import landing, synthetic
 from pipelines.data.events import read_clean_events
 from pipelines.flows import scoring as flows
 from pipelines.ops import monitoring
+from pipelines.platform import layout, storage
 from pipelines.serving import predictions, scoring
 from tests import pyfunc_models as pm
 from tests.test_monitoring import _independent
@@ -34,10 +35,15 @@ def test_monitoring_of_scored_demo_days_matches_an_independent_computation(setti
         flows.prepare_scoring_input(configured, day, report_id="monitoring-demo")
     pm.register_as_champion(configured)
     scored = [last - dt.timedelta(days=H + 2), last - dt.timedelta(days=H + 1), last - dt.timedelta(days=H)]
-    for day in scored + [last]:
+    assert monitoring.monitor_pending_table(configured) == "monitoring: no published predictions yet"
+    scoring.score_date(configured, last)
+    assert "no published day has its horizon behind it yet" in monitoring.monitor_pending_table(configured)
+    for day in scored:
         scoring.score_date(configured, day)
     assert monitoring.pending_days(configured) == scored  # `last` is published but its horizon is not over
-    reports = monitoring.monitor_days(configured, monitoring.pending_days(configured))
+    table = monitoring.monitor_pending_table(configured)  # what `make run` prints
+    assert table.count("model v1") == 3 and table.count("check: ") == 3
+    reports = [storage.get_json(configured, layout.monitoring_report_key(day, "metrics")) for day in scored]
 
     events = read_clean_events(configured, None, last).to_pandas()
     events["day"] = events["ts"].dt.date
@@ -55,4 +61,3 @@ def test_monitoring_of_scored_demo_days_matches_an_independent_computation(setti
         assert report["users"] == len(rows) and set(report["metrics"]) == {"model", "decayed_frequency", "markov",
                                                                              "popularity"}
     assert monitoring.pending_days(configured) == []
-    assert monitoring.print_recent(configured).count("model v") == 3

@@ -237,3 +237,19 @@ def print_recent(settings: Settings, days: int = 7) -> str:
     """The monitoring table of the last ``days`` reports as text (what ``make run`` prints), or a line
     saying there is none yet."""
     return format_table(recent_reports(settings, days))
+
+
+def monitor_pending_table(settings: Settings, days: int = 7) -> str:
+    """Monitor every pending day (:func:`pending_days`), then the table of the last ``days``
+    reports; or a line saying why there is none yet (what ``make run`` prints at its end)."""
+    monitor_days(settings, pending_days(settings))
+    reports = recent_reports(settings, days)
+    if reports:
+        return format_table(reports)
+    published = predictions.published_dates(settings)
+    last = last_clean_day(settings)
+    if not published:
+        return "monitoring: no published predictions yet"
+    return (f"monitoring: no published day has its horizon behind it yet (published {published[0]}..{published[-1]}, "
+            f"clean events end at {last}; day D is judged once D + {settings.horizon_days} days is clean)")
+
