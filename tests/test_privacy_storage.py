@@ -103,18 +103,20 @@ def test_the_search_finds_raw_ids_with_the_switch_off(settings: Settings, tmp_pa
     assert _holders(_object_texts(settings), [TARGET])
 
 
-def _predictions(settings: Settings, day: dt.date, users: list[str]) -> None:
-    """A published partition of two parts for ``users`` (stored ids), manifest last."""
+def _predictions(settings: Settings, day: dt.date, users: list[str], hour: int | None = None) -> None:
+    """A published partition (daily, or intraday with ``hour``) of two parts for ``users`` (stored ids),
+    manifest last."""
+    folder = layout.partition_prefix(layout.PREDICTIONS, day) if hour is None else layout.intraday_prefix(day, hour)
     files = []
     for shard, group in enumerate((users[::2], users[1::2])):
         rows = [{"user_id": u, "as_of_date": day, "horizon_days": 3, "predicted_categories": ["70"],
                  "predicted_scores": [0.5], "current_categories": ["70"], "current_strengths": [1.0],
                  "migration_score": 0.1, "emerging_categories": [], "fading_categories": [],
                  "model_name": "interest_migration", "model_version": "1"} for u in group]
-        key = layout.prediction_part_key(day, shard)
+        key = folder + layout.PREDICTION_PART.format(shard=shard)
         storage.write_parquet(settings, key, pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA))
         files.append(key)
-    storage.put_json(settings, layout.success_key(day), {"files": files, "row_count": len(users), "shards": 2,
+    storage.put_json(settings, folder + layout.SUCCESS, {"files": files, "row_count": len(users), "shards": 2,
                                                          "as_of_date": day.isoformat(), "model_version": "1"})
 
 
@@ -122,7 +124,8 @@ def _rows(settings: Settings) -> dict[str, list[dict]]:
     """Rows of every data object (raw files parsed as CSV text lines, Parquet as dicts)."""
     out = {}
     for key in storage.list_keys(settings, ""):
-        if key.startswith((layout.RAW, layout.QUARANTINE, layout.CLEAN, layout.PREDICTIONS, layout.FEATURES)):
+        if key.startswith((layout.RAW, layout.QUARANTINE, layout.CLEAN, layout.PREDICTIONS, layout.FEATURES,
+                           layout.PREDICTIONS_INTRADAY)):
             data = storage.get_bytes(settings, key)
             if key.endswith(".csv"):
                 out[key] = [{"line": line} for line in data.decode().splitlines()]
@@ -136,29 +139,33 @@ def test_forget_removes_the_user_everywhere_and_keeps_every_other_row(private: S
     _land_validate_preprocess(private, _source(tmp_path / "events.csv"), [D])
     target = stored_id(private, TARGET)
     _predictions(private, D, [stored_id(private, u) for u in USERS])
+    _predictions(private, D, [stored_id(private, u) for u in USERS[:10]], hour=5)
     features = layout.dataset_prefix("ds1") + layout.DATASET_TEST_EVENTS  # an encoded dataset's test events
     storage.write_parquet(private, features, storage.read_parquet(private, layout.clean_key(D)))
     before = _rows(private)
     assert _holders(_object_texts(private), [target]).keys() >= {
         layout.raw_key(D, "events", ".csv"), layout.clean_key(D), layout.quarantine_key(D, "validation"),
         layout.quarantine_key(D, "preprocess"), layout.unplaced_key("events"), layout.handover_key(D),
-        layout.prediction_part_key(D, 1), features}
+        layout.prediction_part_key(D, 1), layout.intraday_prefix(D, 5) + "part-00001.parquet", features}
 
     assert main(["forget", "--user", TARGET, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert TARGET not in json.dumps(report) and report["user_ref"] == target
 
     texts = _object_texts(private)
-    data_areas = (layout.RAW, layout.QUARANTINE, layout.VALIDATED, layout.CLEAN, layout.PREDICTIONS, layout.FEATURES)
+    data_areas = (layout.RAW, layout.QUARANTINE, layout.VALIDATED, layout.CLEAN, layout.PREDICTIONS, layout.FEATURES,
+                  layout.PREDICTIONS_INTRADAY)
     leftovers = {k: v for k, v in _holders(texts, [target]).items() if k.startswith(data_areas)}
     assert leftovers == {}
     after = _rows(private)
     manifest = read_manifest(private, D)
+    intraday = storage.get_json(private, layout.intraday_success_key(D, 5))
     # Row for row: each object keeps exactly its rows without the user's, in order.
     for key, rows in before.items():
         kept = [r for r in rows if target not in json.dumps(r, default=str)]
-        if key.startswith(layout.PREDICTIONS) and key not in manifest["files"]:  # rewritten under a new key
-            new_key = next(k for k in manifest["files"] if k.rsplit("/", 1)[-1].startswith(key.rsplit("/", 1)[-1][:10]))
+        if key.startswith(layout.PREDICTIONS) and key not in manifest["files"] + intraday["files"]:  # rewritten
+            new_key = layout.rewritten_part_key(key, report["erasure_id"].rsplit("-", 1)[-1])
+            assert new_key in manifest["files"] + intraday["files"]
             assert after[new_key] == kept and key not in after
         else:
             assert after.get(key, []) == kept, key
@@ -168,7 +175,8 @@ def test_forget_removes_the_user_everywhere_and_keeps_every_other_row(private: S
     assert removed == sum(len(r) for r in before.values()) - sum(len(r) for r in after.values()) > 25
     # Readers see a consistent partition: the manifest's count is the rows of the parts it lists.
     assert manifest["row_count"] == read_predictions(private, D).num_rows == len(USERS) - 1
-    assert manifest["erasures"] == [report["erasure_id"]]
+    assert manifest["erasures"] == intraday["erasures"] == [report["erasure_id"]]
+    assert intraday["row_count"] == len(after[intraday["files"][0]]) + len(after[intraday["files"][1]]) == 9
     meta = storage.get_json(private, layout.raw_meta_key(D, "events"))
     assert meta["rows"] == len(after[layout.raw_key(D, "events", ".csv")])
     # The pipeline still runs on the rewritten partition, and a second erasure finds nothing.
@@ -196,6 +204,7 @@ def test_retention_deletes_old_partitions_and_records_them(settings: Settings, t
     _land_validate_preprocess(settings, _source(tmp_path / "events.csv", days=4), days)
     for day in days:
         _predictions(settings, day, USERS[:4])
+    _predictions(settings, days[1], USERS[:4], hour=23)
     rules = dataclasses.replace(settings, retention_raw_days=2, retention_clean_days=3, retention_predictions_days=1)
     as_of = days[-1]  # raw kept from D+1, clean from D, predictions from D+2
     assert _days_with_objects(settings, layout.QUARANTINE) == [days[0]]
@@ -206,7 +215,9 @@ def test_retention_deletes_old_partitions_and_records_them(settings: Settings, t
     assert _days_with_objects(settings, layout.QUARANTINE) == []  # only D had quarantined rows
     assert _days_with_objects(settings, layout.CLEAN) == days
     assert _days_with_objects(settings, layout.PREDICTIONS) == days[2:]
+    assert _days_with_objects(settings, layout.PREDICTIONS_INTRADAY) == []
     assert record["by_area"]["raw"] == 1 and record["by_area"]["predictions"] == 2
+    assert record["by_area"]["predictions_intraday"] == 1
     stored = storage.get_json(settings, record["report"].split(f"{settings.bucket}/", 1)[1])
     assert stored["first_day_kept"]["raw"] == days[1].isoformat()
     assert {p["prefix"] for p in stored["partitions"]} >= {layout.partition_prefix(layout.RAW, days[0]),

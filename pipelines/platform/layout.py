@@ -243,9 +243,9 @@ ERASURE_REPORTS = "reports/erasure"
 # Raw-id -> pseudonym tables, written only on request (`pseudonym --map`); give this prefix its own
 # access policy: it is the one place in the bucket that links pseudonyms to raw ids.
 RESTRICTED_PSEUDONYMS = "restricted/pseudonyms"
-# A prediction part rewritten by an erasure: a new key, so the old manifest keeps naming the old part
-# until one manifest PUT switches readers to the new parts.
-PREDICTION_REWRITE_PART = "part-{shard:05d}-e{tag}.parquet"
+# A prediction part rewritten by an erasure gets a new key (``-e<tag>`` before ``.parquet``), so the old
+# manifest keeps naming the old part until one manifest PUT switches readers to the new parts.
+REWRITE_SUFFIX = "-e{tag}.parquet"
 
 
 def retention_report_key(stamp: str) -> str:
@@ -263,6 +263,9 @@ def pseudonym_map_key(name: str) -> str:
     return f"{RESTRICTED_PSEUDONYMS}/{name}.parquet"
 
 
-def prediction_rewrite_key(date: dt.date, shard: int, tag: str) -> str:
-    """A prediction part of day D rewritten by erasure ``tag``: ``predictions/dt=D/part-NNNNN-e<tag>.parquet``."""
-    return partition_prefix(PREDICTIONS, date) + PREDICTION_REWRITE_PART.format(shard=shard, tag=tag)
+def rewritten_part_key(part_key: str, tag: str) -> str:
+    """A prediction part (daily or intraday) rewritten by erasure ``tag``, beside the old one:
+    ``.../part-NNNNN.parquet`` -> ``.../part-NNNNN-e<tag>.parquet`` (an earlier tag is replaced)."""
+    stem = part_key.removesuffix(".parquet")
+    folder, _, name = stem.rpartition("/")
+    return f"{folder}/{name.split('-e', 1)[0]}" + REWRITE_SUFFIX.format(tag=tag)

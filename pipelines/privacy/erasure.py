@@ -14,8 +14,8 @@ on; also with the invalid-id mark). Every object holding a matching row is rewri
   makes it stale, and the next validation rebuilds it);
 - ``clean/events/dt=D/part-00000.parquet`` and the Parquet files of encoded datasets ``features/<id>/``
   that have a ``user_id`` column: rewritten at the same key;
-- ``predictions/dt=D/``: each part holding the user is written under a new key
-  (``part-NNNNN-e<erasure>.parquet``), then one PUT of the ``_SUCCESS`` manifest switches readers to
+- ``predictions/dt=D/`` and ``predictions_intraday/dt=D/hour=HH/``: each part holding the user is
+  written under a new key (``part-NNNNN-e<tag>.parquet``), then one PUT of the ``_SUCCESS`` manifest switches readers to
   the new parts with the new ``row_count``, then the old parts are deleted. A reader that trusts the
   manifest never sees a mix.
 
@@ -29,7 +29,6 @@ import datetime as dt
 import hashlib
 import io
 import logging
-import re
 import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -51,8 +50,6 @@ from pipelines.privacy.pseudonym import (
 )
 
 log = logging.getLogger(__name__)
-
-_PART_NUMBER = re.compile(r"part-(\d+)")
 
 
 @dataclass
@@ -252,15 +249,23 @@ def _erase_features(settings: Settings, forms: set[str], report: Erasure) -> Non
 
 # --- predictions ----------------------------------------------------------------------------------
 
+def _manifests(settings: Settings) -> list[str]:
+    """The ``_SUCCESS`` keys of every published prediction partition, daily and intraday."""
+    return [key for area in (layout.PREDICTIONS, layout.PREDICTIONS_INTRADAY)
+            for key in storage.list_keys(settings, layout.area_prefix(area))
+            if key.rsplit("/", 1)[-1] == layout.SUCCESS]
+
+
 def _erase_predictions(settings: Settings, forms: set[str], report: Erasure) -> None:
-    """Rewrite each published day holding the user: new parts, then one manifest PUT, then old parts removed."""
+    """Rewrite each published partition holding the user: new parts, then one manifest PUT, then old parts removed."""
     tag = report.erasure_id.rsplit("-", 1)[-1]
-    for day in storage.list_partitions(settings, layout.PREDICTIONS):
+    for manifest_key in _manifests(settings):
         try:
-            manifest = dict(storage.get_json(settings, layout.success_key(day)))
+            manifest = dict(storage.get_json(settings, manifest_key))
         except storage.StorageError:
-            continue  # not published (being written, or withdrawn): the next scoring run replaces it
-        report.scanned["predictions"] = report.scanned.get("predictions", 0) + 1
+            continue  # withdrawn meanwhile (a rerun): the run replaces the partition
+        area = "predictions" if manifest_key.startswith(layout.PREDICTIONS + "/") else "predictions_intraday"
+        report.scanned[area] = report.scanned.get(area, 0) + 1
         files, old, changes = [], [], []
         for key in manifest["files"]:
             table = storage.read_parquet(settings, key)
@@ -269,18 +274,17 @@ def _erase_predictions(settings: Settings, forms: set[str], report: Erasure) -> 
                 files.append(key)
                 continue
             kept = table.filter(pc.invert(hit))
-            number = _PART_NUMBER.search(key.rsplit("/", 1)[-1])
-            new_key = layout.prediction_rewrite_key(day, int(number.group(1)) if number else len(files), tag)
+            new_key = layout.rewritten_part_key(key, tag)
             storage.put_bytes(settings, new_key, _parquet_bytes(kept))
             files.append(new_key)
             old.append(key)
-            changes.append(Change("predictions", key, table.num_rows, kept.num_rows, f"rewritten as {new_key}"))
+            changes.append(Change(area, key, table.num_rows, kept.num_rows, f"rewritten as {new_key}"))
         if not changes:
             continue
         removed = sum(c.rows_before - c.rows_after for c in changes)
         manifest.update(files=files, row_count=int(manifest["row_count"]) - removed,
                         erasures=[*manifest.get("erasures", []), report.erasure_id])
-        storage.put_json(settings, layout.success_key(day), manifest)  # readers switch here, all at once
+        storage.put_json(settings, manifest_key, manifest)  # readers switch here, all at once
         storage.delete_keys(settings, old)
         report.changes.extend(changes)
 

@@ -6,8 +6,8 @@ the logic), a partition ``dt=D`` is *older than N days* when ``D < as_of - N``:
 - ``IM_RETENTION_RAW_DAYS``: ``raw/events/``, ``quarantine/events/dt=D/`` and the validated hand-overs
   ``staging/validated/`` (and any scoring staging left behind, ``staging/scoring/``);
 - ``IM_RETENTION_CLEAN_DAYS``: ``clean/events/``;
-- ``IM_RETENTION_PREDICTIONS_DAYS``: ``predictions/`` (the ``_SUCCESS`` manifest first, so readers
-  stop trusting the partition before its parts go).
+- ``IM_RETENTION_PREDICTIONS_DAYS``: ``predictions/`` and ``predictions_intraday/`` (the ``_SUCCESS``
+  manifests first, so readers stop trusting a partition before its parts go).
 
 0 keeps an area for ever. Every run writes ``reports/retention/<UTC timestamp>.json``: the reference
 day, the limits, the cut-off per area, and every partition deleted with its object count and keys.
@@ -42,7 +42,8 @@ def rules(settings: Settings) -> list[Rule]:
                                settings.retention_predictions_days)
     candidates = [Rule("raw", layout.RAW, raw), Rule("quarantine", layout.QUARANTINE, raw),
                   Rule("validated", layout.VALIDATED, raw), Rule("scoring_staging", layout.SCORING_STAGING, raw),
-                  Rule("clean", layout.CLEAN, clean), Rule("predictions", layout.PREDICTIONS, predictions)]
+                  Rule("clean", layout.CLEAN, clean), Rule("predictions", layout.PREDICTIONS, predictions),
+                  Rule("predictions_intraday", layout.PREDICTIONS_INTRADAY, predictions)]
     return [r for r in candidates if r.days > 0]
 
 
@@ -67,15 +68,11 @@ def plan(settings: Settings, as_of: dt.date | str) -> list[dict[str, Any]]:
 
 
 def _delete(settings: Settings, item: dict[str, Any]) -> int:
-    keys = list(item["keys"])
-    if item["area"] == "predictions":
-        success = layout.partition_prefix(layout.PREDICTIONS, to_date(item["date"])) + layout.SUCCESS
-        if success in keys:  # withdraw the partition before its parts go
-            storage.delete_key(settings, success)
-            keys.remove(success)
-            storage.delete_keys(settings, keys)
-            return len(keys) + 1
-    return storage.delete_keys(settings, keys)
+    """Delete a partition's keys, its manifests (daily or per hour) first: readers stop trusting it before
+    its parts go."""
+    manifests = [k for k in item["keys"] if k.rsplit("/", 1)[-1] == layout.SUCCESS]
+    deleted = storage.delete_keys(settings, manifests) if manifests else 0
+    return deleted + storage.delete_keys(settings, [k for k in item["keys"] if k not in set(manifests)])
 
 
 def apply_retention(settings: Settings, as_of: dt.date | str, *, dry_run: bool = False,
