@@ -240,7 +240,7 @@ def validation_data_docs_index_key(report_id: str) -> str:
 # --- privacy (pipelines/privacy): retention and erasure audit records, the restricted pseudonym map ----
 RETENTION_REPORTS = "reports/retention"
 ERASURE_REPORTS = "reports/erasure"
-# Raw-id -> pseudonym tables, written only on request (`pseudonym --map`); give this prefix its own
+# Raw-id -> pseudonym tables, written only on request (`pseudonym --restricted NAME`); give this prefix its own
 # access policy: it is the one place in the bucket that links pseudonyms to raw ids.
 RESTRICTED_PSEUDONYMS = "restricted/pseudonyms"
 # A prediction part rewritten by an erasure gets a new key (``-e<tag>`` before ``.parquet``), so the old
