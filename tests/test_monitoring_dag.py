@@ -31,3 +31,13 @@ def test_monitoring_dag_requests_retraining_then_checks(dag):
     for task in dag.tasks:
         assert task.on_failure_callback in (monitor_alerts.on_check_failure, [monitor_alerts.on_check_failure])
     assert "date" in dag.params and dag.params["intraday"] is False
+
+
+def test_monitoring_settings_are_range_checked():
+    from pipelines.config import ConfigError, load_settings
+
+    settings = load_settings(environ={"IM_MONITOR_MARGIN": "0.05", "IM_MONITOR_CONSECUTIVE_DAYS": "2"})
+    assert (settings.monitor_metric, settings.monitor_margin, settings.monitor_consecutive_days) == ("ndcg_at_5", 0.05, 2)
+    for name, value in (("IM_MONITOR_METRIC", "auc"), ("IM_MONITOR_MARGIN", "1.5"), ("IM_MONITOR_CONSECUTIVE_DAYS", "0")):
+        with pytest.raises(ConfigError, match=name):
+            load_settings(environ={name: value})
