@@ -13,7 +13,8 @@ from pipelines.ops import callbacks
 from pipelines.ops.sensors import InboxSensor
 from tests.conftest import REPO_ROOT
 
-DAG_IDS = {"interest_migration_training", "interest_migration_scoring", "interest_migration_ingest"}
+# Every DAG file defines exactly the DAG named after it (the file list is the expected set).
+DAG_IDS = {path.stem for path in (REPO_ROOT / "dags").glob("interest_migration_*.py")}
 
 
 def _bag(monkeypatch: pytest.MonkeyPatch | None = None, **env: str):

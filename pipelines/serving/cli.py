@@ -40,7 +40,9 @@ def _cmd_predictions(args: argparse.Namespace, settings: Settings) -> int:
         payload: dict[str, Any] = {}
         lines = []
         if args.user:
-            payload["user"] = reader.user_view(settings, day, args.user)
+            from pipelines.privacy.pseudonym import stored_id
+
+            payload["user"] = reader.user_view(settings, day, stored_id(settings, args.user))
             lines.append(reader.format_user(payload["user"]))
         if args.summary or not args.user:
             payload["summary"] = reader.summarize_day(settings, day, args.top)
