@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pipelines.ops import callbacks
+from pipelines.ops import callbacks, monitor_alerts
 from pipelines.ops.sensors import InboxSensor
 from tests.conftest import REPO_ROOT
 
@@ -42,6 +42,8 @@ def test_no_import_errors_and_dag_id_is_file_name(dagbag):
         assert dag.fileloc.endswith(f"{dag_id}.py")
         assert dag.doc_md and "Produces" in dag.doc_md
         expected = callbacks.on_training_failure if dag_id.endswith("training") else callbacks.on_task_failure
+        if dag_id.endswith("monitoring"):  # model_degraded for its check task, failure for the others
+            expected = monitor_alerts.on_check_failure
         for task in dag.tasks:
             assert task.on_failure_callback in (expected, [expected]), f"{dag_id}.{task.task_id} has no failure alert"
 
