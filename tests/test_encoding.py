@@ -184,7 +184,13 @@ def test_dataset_folder_round_trip_uses_the_layout_file_names(tmp_path) -> None:
     assert again.asof_times("test") == [t.isoformat() for t in encoded.asof["test"]]
     test_events = again.read_test_events()
     assert str(test_events["ts"].dt.tz) == "UTC" and len(test_events) == encoded.test_events.num_rows
-    assert set(test_events["user_id"]) == set(encoded.examples["test"]["user_id"].to_pylist())
+    # every user of the test look-backs and horizons (with or without a horizon event), nothing after
+    # the last test horizon: what the evaluation of the published columns judges on
+    first_test, last_test = encoded.asof["test"][0], encoded.asof["test"][-1]
+    assert set(test_events["user_id"]) >= set(encoded.examples["test"]["user_id"].to_pylist())
+    assert test_events["ts"].min() >= first_test - dt.timedelta(days=settings.lookback_days)
+    assert test_events["ts"].max() < last_test + dt.timedelta(days=settings.horizon_days)
+    assert test_events["ts"].max() >= last_test  # the last horizon's events are there
     assert again.stats == encoded.stats
 
 

@@ -88,7 +88,9 @@ def test_encode_train_evaluate_steps_log_model_metrics_and_plots(settings, tmp_p
     metrics = evaluate.evaluate_step(settings, encoded["dataset_uri"], trained["model_uri"], mlflow_run_id=run_id)
     for key in ("model/ndcg_at_5", "model/recall_at_5", "model/explore_recall_at_3", "model/gauc", "model/brier",
                 "baseline/popularity/ndcg_at_5", "baseline/last_day/recall_at_5",
-                "baseline/decayed_frequency/ndcg_at_5", "baseline/markov/explore_recall_at_3"):
+                "baseline/decayed_frequency/ndcg_at_5", "baseline/markov/explore_recall_at_3",
+                "model/published_ndcg_at_5", "model/published_migration_auc", "model/published_brier",
+                "baseline/decayed_frequency/published_ndcg_at_5", "baseline/markov/published_explore_recall_at_3"):
         assert key in metrics and 0.0 <= metrics[key] <= 1.0, key
     run = mlflow_client.get_run(run_id)
     assert run.data.metrics["model/ndcg_at_5"] == pytest.approx(metrics["model/ndcg_at_5"])

@@ -4,7 +4,7 @@ The folder (``features/<dataset id>/`` in the bucket, or a local copy) holds, wi
 of :mod:`pipelines.platform.layout`::
 
     <split>/part-NNNNN.parquet           examples of train / validation / test (EXAMPLE_SCHEMA)
-    test_events/part-00000.parquet       raw events of the test users (for pyfunc evaluation)
+    test_events/part-00000.parquet       every user's events of the test look-backs and horizons
     vocab.json  metadata.json  baseline_stats.json
 
 :class:`EncodedData` is a dataset in memory (what :func:`pipelines.features.encoding.encode_events`
@@ -87,8 +87,13 @@ class Dataset:
         tables = [pq.read_table(p) for p in self.files(split)]
         return pa.concat_tables(tables) if tables else EXAMPLE_SCHEMA.empty_table()
 
+    def read_test_event_table(self) -> pa.Table:
+        """:meth:`read_test_events` as an Arrow table (EVENT_SCHEMA)."""
+        return pq.read_table(self.root / layout.DATASET_TEST_EVENTS)
+
     def read_test_events(self) -> pd.DataFrame:
-        """The raw events of the test users (EVENT_SCHEMA columns, ``ts`` UTC-aware)."""
+        """The events of the test period (every user, each test as-of time's look-back and
+        horizon; EVENT_SCHEMA columns, ``ts`` UTC-aware) as pandas."""
         events = pq.read_table(self.root / layout.DATASET_TEST_EVENTS).to_pandas()
         events["ts"] = pd.to_datetime(events["ts"], utc=True)
         return events

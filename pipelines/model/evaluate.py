@@ -9,6 +9,7 @@ the same truth. The metrics themselves are :mod:`pipelines.model.metrics`; the f
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import json
 import logging
@@ -24,6 +25,7 @@ from pipelines.config import Settings
 from pipelines.features.batch import to_model_inputs
 from pipelines.features.dataset import Dataset
 from pipelines.features.vocab import RESERVED
+from pipelines.model import published
 from pipelines.model.baselines import DECAY_FEATURES, fit_baselines, score_all, score_decayed_frequency
 from pipelines.model.metrics import (
     EMERGING_KS,
@@ -108,9 +110,20 @@ def flatten_metrics(summaries: dict[str, dict[str, float]], *, model_prefix: str
     return out
 
 
+def evaluate_published(settings: Settings, dataset: Dataset, model_uri: str) -> dict[str, dict[str, Any]]:
+    """The published columns of ``model_uri`` and of every baseline at the dataset's test as-of
+    times, judged by the outcomes scorer (:mod:`pipelines.model.published`): summaries by name."""
+    from pipelines.serving.scoring import load_scorer
+
+    asofs = [dt.datetime.fromisoformat(t) for t in dataset.asof_times("test")]
+    return published.published_summaries(settings, load_scorer(settings, model_uri), dataset.read_test_event_table(),
+                                         asofs)
+
+
 def evaluate_model_uri(settings: Settings, dataset_uri: str, model_uri: str) -> dict[str, float]:
-    """Metrics (keys without prefix, e.g. ``ndcg_at_5``) of any pyfunc model URI on the test
-    split of ``dataset_uri``, through the public scoring contract."""
+    """Metrics (keys without prefix, e.g. ``ndcg_at_5``, and the published columns' metrics
+    ``published_ndcg_at_5`` ...) of any pyfunc model URI on the test split of ``dataset_uri``,
+    through the public scoring contract."""
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.work_dir) as tmp:
         dataset = Dataset.download(settings, dataset_uri, Path(tmp) / "dataset")
@@ -121,6 +134,8 @@ def evaluate_model_uri(settings: Settings, dataset_uri: str, model_uri: str) -> 
         per = example_metrics(scores, labels, known, tuple(settings.eval_ks), probabilities=True)
         summary = summarize(per)
         summary["auc"] = pooled_auc(scores, labels, settings.seed)
+        model_published = evaluate_published(settings, dataset, model_uri)["model"]
+        summary.update({published.PREFIX + k: v for k, v in model_published.items() if isinstance(v, int | float)})
     return {k: v for k, v in summary.items() if np.isfinite(v)}
 
 
@@ -139,6 +154,8 @@ def evaluate_step(settings: Settings, dataset_uri: str, model_uri: str, *, mlflo
         model_scores = score_pyfunc_on_examples(pyfunc, events, examples, dataset.vocab.category_ids())
         result = evaluate_dataset(dataset, model_scores, ks, examples=examples, seed=settings.seed)
         metrics = flatten_metrics(result["summaries"])
+        published_result = evaluate_published(settings, dataset, model_uri)
+        metrics.update(published.flat_metrics(published_result))
         metrics["eval/test_examples"] = float(examples.num_rows)
         metrics["eval/test_users"] = float(len(set(examples["user_id"].to_pylist())))
         table = comparison_table(result["summaries"], ks)
@@ -147,6 +164,7 @@ def evaluate_step(settings: Settings, dataset_uri: str, model_uri: str, *, mlflo
         table.to_csv(out / "comparison.csv")
         (out / "comparison.md").write_text(_markdown(table))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        (out / "published.json").write_text(json.dumps(published_result, indent=2, sort_keys=True, default=str))
         mlflow_client.log_artifacts(mlflow_run_id, str(out), "evaluation")
         mlflow_client.log_table(mlflow_run_id, table.reset_index(), "evaluation/comparison_table.json")
         for name, fig in evaluation_figures(result, dataset.vocab, ks).items():
