@@ -147,7 +147,9 @@ def _plan(rng: np.random.Generator, users: int, days: int, base_cats: np.ndarray
             chain = chains[int(rng.integers(len(chains)))]
             t = -int(rng.integers(0, dmin))
             for s, cat in enumerate(chain):
-                dwell = int(rng.integers(dmin, dmax + 1))
+                # the first stage lasts up to most of the window, so stage changes happen all along
+                # it (also in its last days, where a model is judged)
+                dwell = int(rng.integers(dmin, dmax + 1 if s else max(dmax + 1, days - dmax)))
                 end = t + dwell if s < len(chain) - 1 else days + 1
                 _set(seg, u, s, cat, t, end, STAGE_SHARE, NORMAL)
                 t = end

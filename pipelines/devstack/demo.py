@@ -3,7 +3,10 @@
 :func:`run_demo` brings the stack up, generates the default data set (synthetic Taobao-format
 logs with planted interest shifts), lands it, triggers the training DAG and waits, backfills the
 scoring DAG over the last days of the data and waits, then prints a summary: runs and states,
-model versions and aliases, prediction partitions, URLs. It is idempotent: a second call reuses
+what landing quarantined and what validation found, the gate's decision, model versions and
+aliases, prediction partitions, URLs. The data is :func:`pipelines.data.migrations.generate_migrations`
+with its noise (malformed rows, duplicates, a crawler, and a late file landed after the rest under
+its own name): migrations a model can see coming, so the model earns its promotion at the gate. It is idempotent: a second call reuses
 the data and the successful training run and re-scores the same days (partitions replaced).
 """
 
@@ -22,8 +25,8 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 
 from pipelines.config import Settings, env_name, load_settings
-from pipelines.data import synthetic
 from pipelines.data.landing import land_events
+from pipelines.data.migrations import generate_migrations
 from pipelines.devstack.airflow_api import (
     AirflowApi,
     ApiError,
@@ -48,6 +51,10 @@ log = logging.getLogger(__name__)
 TRAINING_DAG = "interest_migration_training"
 SCORING_DAG = "interest_migration_scoring"
 DEMO_START = dt.date(2017, 11, 1)  # the demo data sits where Taobao's does
+# The demo's data set (generate_migrations sizes; `make run` stays about 5 minutes from a warm venv)
+# and the IM_* settings it trains with (a value in the caller's environment wins).
+DEMO_DATA: dict[str, int] = {"users": 2000, "days": 21, "categories": 40, "seed": 7}
+DEMO_SETTINGS: dict[str, str] = {"IM_GATE_METRIC": "published_ndcg_at_5", "IM_EMERGING_MAX_HISTORY_SHARE": "0"}
 
 # What ends a demo with a one-line message instead of a traceback: the stack, a service, storage
 # or the registry failed (each message says what and where).
@@ -57,32 +64,38 @@ DEMO_FAILURES: tuple[type[Exception], ...] = (StackError, ServiceError, storage.
 
 @dataclasses.dataclass(frozen=True)
 class DemoData:
-    """The default data set: synthetic Taobao-format logs generated once into ``<root>/data``."""
+    """The default data set: synthetic Taobao-format logs generated once into ``<root>/data``
+    (``late_path``: the part of the last day that arrives after the rest)."""
 
     events_path: Path
     params: dict[str, Any]
     fingerprint: str
+    late_path: Path | None = None
 
 
 def ensure_demo_data(cfg: StackConfig, *, users: int, days: int, categories: int, seed: int,
                      start: dt.date = DEMO_START) -> DemoData:
     """Generate the synthetic data set unless the same parameters already produced it (same seed,
     same data: a second `make run` reuses the files)."""
-    params = {"users": users, "days": days, "categories": categories, "seed": seed, "start": start.isoformat()}
+    params = {"generator": "migrations", "noise": True, "users": users, "days": days, "categories": categories,
+              "seed": seed, "start": start.isoformat()}
     fingerprint = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
     out_dir = cfg.root / "data" / f"synthetic-{fingerprint}"
     done = out_dir / "params.json"
     if done.exists():
         saved = json.loads(done.read_text())
         log.info("reusing synthetic data in %s", out_dir)
-        return DemoData(Path(saved["events_path"]), params, fingerprint)
-    log.info("generating synthetic Taobao-format data (%s) into %s", params, out_dir)
-    data = synthetic.generate_taobao(out_dir, users=users, days=days, categories=categories, start=start,
-                                     seed=seed)
-    # The truth file (planted shifts) is recorded for a person who wants to compare; the demo does not read it.
+        late = saved.get("late_path")
+        return DemoData(Path(saved["events_path"]), params, fingerprint, Path(late) if late else None)
+    log.info("generating synthetic Taobao-format data with planted migrations (%s) into %s", params, out_dir)
+    data = generate_migrations(out_dir, users=users, days=days, categories=categories, start=start, seed=seed,
+                               noise=True)
+    # The truth file (planted migrations, noise counts) is for a person (and tests/test_demo_migrations.py)
+    # who wants to compare; the demo does not read it.
     done.write_text(json.dumps({**params, "events_path": str(data.events_path),
+                                "late_path": str(data.late_path) if data.late_path else None,
                                 "truth_path": str(data.truth_path)}, indent=2) + "\n")
-    return DemoData(Path(data.events_path), params, fingerprint)
+    return DemoData(Path(data.events_path), params, fingerprint, data.late_path)
 
 
 def run_training(api: AirflowApi, start: dt.date, end: dt.date, fingerprint: str, *,
@@ -157,21 +170,42 @@ def champion_version(settings: Settings) -> str | None:
     return None if version is None else str(version.version)
 
 
-def _gate_reason(api: AirflowApi, run_id: str) -> str:
-    """The registry step's decision for ``run_id`` (its XCom), as text; best effort."""
-    path = f"{run_path(TRAINING_DAG, run_id)}/taskInstances/register/xcomEntries/return_value"
-    try:
-        value = api.get(path).get("value")
-    except StackError as exc:
-        return f"(decision not readable: {exc})"
+def _xcom(api: AirflowApi, run_id: str, task_id: str) -> Any:
+    """The return value of a training task of ``run_id`` (its XCom), decoded; raises StackError."""
+    path = f"{run_path(TRAINING_DAG, run_id)}/taskInstances/{task_id}/xcomEntries/return_value"
+    value = api.get(path).get("value")
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except ValueError:
             pass
+    return value
+
+
+def _gate_reason(api: AirflowApi, run_id: str) -> str:
+    """The registry step's decision for ``run_id`` (its XCom), as text; best effort."""
+    try:
+        value = _xcom(api, run_id, "register")
+    except StackError as exc:
+        return f"(decision not readable: {exc})"
     if isinstance(value, dict):
         return f"{value.get('decision', '?')}: {value.get('reason', value)}"
     return str(value)
+
+
+def _task_value(api: AirflowApi, run_id: str, task_id: str) -> str:
+    """What the validate / preprocess task of ``run_id`` reported (row totals, failed partitions,
+    the Data Docs link), as one line; best effort."""
+    try:
+        value = _xcom(api, run_id, task_id)
+    except StackError as exc:
+        return f"{task_id}: (not readable: {exc})"
+    if not isinstance(value, dict):
+        return f"{task_id}: {value}"
+    totals = ", ".join(f"{k} {int(v)}" for k, v in sorted((value.get("totals") or {}).items()))
+    extra = f"; failed {value['failed']}" if value.get("failed") else ""
+    docs = f"; Data Docs {value['data_docs']}" if value.get("data_docs") else ""
+    return f"{task_id}: {len(value.get('partitions') or [])} partitions: {totals or 'no totals'}{extra}{docs}"
 
 
 def _model_lines(settings: Settings) -> list[str]:
@@ -208,13 +242,16 @@ def _partition_lines(settings: Settings) -> list[str]:
     return lines
 
 
-def demo_summary(cfg: StackConfig, settings: Settings, runs: Mapping[str, Mapping[str, str]]) -> str:
-    """DAG runs and states, model versions and aliases, prediction partitions and their row counts,
-    the URLs and where the credentials are."""
+def demo_summary(cfg: StackConfig, settings: Settings, runs: Mapping[str, Mapping[str, str]],
+                 reports: list[str] | None = None) -> str:
+    """DAG runs and states, the data reports (``reports``: quarantine, validation, gate lines),
+    model versions and aliases, prediction partitions and their row counts, the URLs and where
+    the credentials are."""
     lines = ["", "Summary", "  DAG runs:"]
     for dag_id, states in runs.items():
         for run_id, state in states.items():
             lines.append(f"    {dag_id:<30} {run_id:<60} {state}")
+    lines += reports or []
     lines += _model_lines(settings)
     lines += _partition_lines(settings)
     lines.append(summary_lines(cfg, None).replace("Stack:", "Explore (the stack stays up; `make down` stops it):"))
@@ -236,8 +273,9 @@ def _promote_for_demo(settings: Settings, out: Printer) -> str:
     return version
 
 
-def run_demo(cfg: StackConfig, *, retrain: bool = False, score_days: int = 3, users: int = 800, days: int = 21,
-             categories: int = 40, seed: int = 7, timeout: float = 3600, strict_gate: bool = False,
+def run_demo(cfg: StackConfig, *, retrain: bool = False, score_days: int = 3, users: int = DEMO_DATA["users"],
+             days: int = DEMO_DATA["days"], categories: int = DEMO_DATA["categories"], seed: int = DEMO_DATA["seed"],
+             timeout: float = 3600, strict_gate: bool = False,
              out: Printer = print) -> bool:
     """The `make run` job: bring the stack up, generate and land the default data, train, backfill
     scoring over the last ``score_days`` days, print the summary. Idempotent: a second call reuses
@@ -247,7 +285,15 @@ def run_demo(cfg: StackConfig, *, retrain: bool = False, score_days: int = 3, us
     its log tail) when a run failed."""
     if score_days < 1 or score_days > days:
         raise StackError(f"--score-days {score_days} must be between 1 and --days {days}")
-    up(cfg, out=out)
+    # The stack's processes get the demo's settings (a caller's value wins; a stack that is already
+    # up keeps the settings it was started with); this process's environment is left as it was.
+    added = {name: value for name, value in DEMO_SETTINGS.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        up(cfg, out=out)
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
     secret, _ = ensure_secrets(cfg)
     env = stack_environment(cfg, secret)
     settings = load_settings(environ=env)
@@ -256,29 +302,43 @@ def run_demo(cfg: StackConfig, *, retrain: bool = False, score_days: int = 3, us
     os.environ.update({k: v for k, v in package_environment(cfg, secret).items() if not k.startswith("IM_")})
 
     data = ensure_demo_data(cfg, users=users, days=days, categories=categories, seed=seed)
-    out(f"data: landing {data.events_path} (Taobao format) into {storage.uri(settings, layout.area_prefix(layout.RAW))}")
-    landed = land_events(settings, data.events_path, "taobao", name="synthetic")
-    if not landed.dates:
+    landings = [("migrations", data.events_path)] + ([("migrations_late", data.late_path)] if data.late_path else [])
+    landed_dates: set[dt.date] = set()
+    quarantine: list[str] = []
+    for name, path in landings:  # the late file lands after the rest, under its own name
+        out(f"data: landing {path} (Taobao format) as {name!r} into "
+            f"{storage.uri(settings, layout.area_prefix(layout.RAW))}")
+        landed = land_events(settings, path, "taobao", name=name)
+        landed_dates.update(landed.dates)
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(landed.quarantine_reasons.items()))
+        quarantine.append(f"    {name}: {landed.rows_read} rows read, {landed.rows} landed in {len(landed.dates)} "
+                          f"partitions, {landed.quarantined} quarantined ({reasons or 'none'})"
+                          + (f" -> {storage.uri(settings, landed.quarantine_key)}" if landed.quarantine_key else ""))
+        out(quarantine[-1].strip())
+    if not landed_dates:
         raise StackError(f"landing {data.events_path} produced no partitions")
-    start, end = min(landed.dates), max(landed.dates)
-    out(f"data: {landed.rows} rows in {len(landed.dates)} daily partitions {start}..{end} "
-        f"({landed.quarantined} quarantined)")
+    start, end = min(landed_dates), max(landed_dates)
+    out(f"data: {len(landed_dates)} daily partitions {start}..{end}")
 
     api = AirflowApi(cfg)
     runs: dict[str, dict[str, str]] = {}
     run_id, state = run_training(api, start, end, data.fingerprint, retrain=retrain, timeout=timeout, out=out)
     runs[TRAINING_DAG] = {run_id: state}
+    reports = ["  landing (quarantined rows, by reason):", *quarantine]
     if state != "success":
         report_failures(cfg, api, TRAINING_DAG, run_id, out)
-        out(demo_summary(cfg, settings, runs))
+        out(demo_summary(cfg, settings, runs, reports))
         return False
+    reports += ["  validation and cleaning (training run):", f"    {_task_value(api, run_id, 'validate')}",
+                f"    {_task_value(api, run_id, 'preprocess')}", "  registry gate:",
+                f"    {_gate_reason(api, run_id)}"]
     champion = champion_version(settings)
     if champion is None:
         out(f"training: the gate did not promote the new version; it said: {_gate_reason(api, run_id)}")
         if strict_gate:
             out(f"training: no version of {settings.model_name} has the champion alias, so there is nothing "
                 f"to score with (--strict-gate)")
-            out(demo_summary(cfg, settings, runs))
+            out(demo_summary(cfg, settings, runs, reports))
             return False
         champion = _promote_for_demo(settings, out)
     out(f"training: champion is {settings.model_name} version {champion}")
@@ -289,5 +349,5 @@ def run_demo(cfg: StackConfig, *, retrain: bool = False, score_days: int = 3, us
     failed = [r for r, s in states.items() if s != "success"]
     for run in failed:
         report_failures(cfg, api, SCORING_DAG, run, out)
-    out(demo_summary(cfg, settings, runs))
+    out(demo_summary(cfg, settings, runs, reports))
     return not failed

@@ -49,7 +49,7 @@ _STEPS_PER_EXECUTION = 8  # training steps per call into the compiled graph (les
 _VALIDATION_ROWS = 4096  # validation examples scored at a time by the early stopping
 # Model/loss options measured on Ciao (docs/model.md, "Measurements"); train_step uses these.
 LISTWISE_WEIGHT = 0.0  # listwise softmax term in the loss: 1.0 measured worse than BCE alone
-RESIDUAL_BASE = False  # start the repeat path from the decayed-frequency score
+RESIDUAL_BASE = True  # start the repeat path from the decayed-frequency score (wins the published gate: docs/experiments.md)
 
 
 def iter_batches(files: list[Path], n_categories: int, seq_len: int, batch_size: int, *, shuffle: bool,
