@@ -62,7 +62,7 @@ def encode_events(events: pa.Table, settings: Settings) -> EncodedData:
     train_end = pa.scalar(asof["validation"][0], type=EVENT_SCHEMA.field("ts").type)
     train_events = events.filter(pc.less(ts, train_end))
     vocab = build_vocab(train_events["category_id"].to_numpy(zero_copy_only=False), settings.min_category_count,
-                        events["behavior"].unique().to_pylist())
+                        train_events["behavior"].unique().to_pylist())  # both from the training window only
     log.info("vocabulary: %d categories (min count %d), %d behaviours; as-of times train %d, validation %d, "
              "test %d", len(vocab.categories), settings.min_category_count, len(vocab.behaviors),
              len(asof["train"]), len(asof["validation"]), len(asof["test"]))

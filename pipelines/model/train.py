@@ -166,7 +166,9 @@ def ranking_loss(listwise_weight: float) -> Any:
         # padding and OOV never win (they score 0 at prediction time): keep them out of the softmax
         reserved = ops.cast(ops.arange(ops.shape(logits)[-1]) < 2, "float32")[None, :]
         logits = logits - reserved * 1e4
-        target = y_true / ops.maximum(ops.sum(y_true, axis=-1, keepdims=True), 1.0)
+        # ... and out of the target: an OOV label would otherwise cost 1e4 x its share
+        listed = y_true * (1.0 - reserved)
+        target = listed / ops.maximum(ops.sum(listed, axis=-1, keepdims=True), 1.0)
         listwise = -ops.sum(target * ops.log_softmax(logits, axis=-1), axis=-1)
         return bce(y_true, y_pred) + listwise_weight * ops.mean(listwise)
 
