@@ -22,7 +22,7 @@ from pipelines.data.events import MissingInputError
 from pipelines.features.examples import EncodingConfig
 from pipelines.features.vocab import build_vocab
 from pipelines.platform import layout, storage, tracking
-from pipelines.serving import scoring, shards
+from pipelines.serving import predictions, scoring, shards
 from tests import pyfunc_models as pm
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -113,14 +113,57 @@ def test_rerun_replaces_the_partition_whole(scoring_settings):
     first = scoring.score_date(scoring_settings, D3)
     _, before = _read_partition(scoring_settings, D3)
     prefix = layout.partition_prefix(layout.PREDICTIONS, D3)
-    # A leftover of an older run with more shards must not survive the rerun.
+    # Leftovers of an older run (pre-run layout, more shards) must not survive the rerun.
     storage.write_parquet(scoring_settings, prefix + "part-00009.parquet", before)
     second = scoring.score_date(scoring_settings, D3)
     _, after = _read_partition(scoring_settings, D3)
     assert after.equals(before)
     assert storage.list_keys(scoring_settings, prefix) == sorted(second["files"] + [prefix + layout.SUCCESS])
-    assert second["files"] == first["files"] and second["row_count"] == first["row_count"]
+    assert second["run_id"] != first["run_id"] and all(f"/run={second['run_id']}/" in k for k in second["files"])
+    assert second["row_count"] == first["row_count"]
     assert second["created_at"] > first["created_at"]
+
+
+@pytest.mark.services
+def test_a_failing_rerun_leaves_the_published_partition_readable(scoring_settings):
+    pm.register_as_champion(scoring_settings)
+    first = scoring.score_date(scoring_settings, D3)
+    _, before = _read_partition(scoring_settings, D3)
+    model = scoring.resolve_champion(scoring_settings)
+    shards = scoring.plan_shards(scoring_settings, D3, model)
+    # Planned and half scored: readers still get the old partition, whole.
+    results = [scoring.score_shard(scoring_settings, D3, model, shards[0])]
+    assert predictions.read_manifest(scoring_settings, D3)["files"] == first["files"]
+    assert predictions.read_predictions(scoring_settings, D3).sort_by("user_id").equals(before)
+    # The rerun's publish fails (a shard never ran): nothing switches, nothing old is removed.
+    with pytest.raises(scoring.ScoringError, match="expected 0..1"):
+        scoring.publish_partition(scoring_settings, D3, model, results)
+    assert predictions.read_predictions(scoring_settings, D3).sort_by("user_id").equals(before)
+    results.append(scoring.score_shard(scoring_settings, D3, model, shards[1]))
+    storage.s3_client(scoring_settings).delete_object(Bucket=scoring_settings.bucket, Key=results[1]["key"])
+    with pytest.raises(scoring.ScoringError, match="missing"):
+        scoring.publish_partition(scoring_settings, D3, model, results)
+    assert predictions.read_manifest(scoring_settings, D3) == {k: v for k, v in first.items() if k != "uri"}
+    # The retried shard completes the run; one PUT switches readers, then the old run is gone.
+    results[1] = scoring.score_shard(scoring_settings, D3, model, shards[1])
+    second = scoring.publish_partition(scoring_settings, D3, model, results)
+    assert predictions.read_manifest(scoring_settings, D3)["files"] == second["files"] != first["files"]
+    assert not any(storage.exists(scoring_settings, key) for key in first["files"])
+    assert predictions.read_predictions(scoring_settings, D3).sort_by("user_id").equals(before)
+
+
+@pytest.mark.services
+def test_publish_is_retry_safe_after_the_switch(scoring_settings):
+    # The worker died after the manifest PUT: the retry finds its own manifest and succeeds (so the
+    # asset event is sent), without rewriting it.
+    pm.register_as_champion(scoring_settings)
+    model = scoring.resolve_champion(scoring_settings)
+    results = [scoring.score_shard(scoring_settings, D3, model, shard)
+               for shard in scoring.plan_shards(scoring_settings, D3, model)]
+    published = scoring.publish_partition(scoring_settings, D3, model, results)
+    again = scoring.publish_partition(scoring_settings, D3, model, results)
+    assert again == published
+    assert predictions.read_manifest(scoring_settings, D3)["created_at"] == published["created_at"]
 
 
 @pytest.mark.services

@@ -16,7 +16,7 @@ layout described in ``docs/design.md`` is exactly this module::
     inbox/events/<file> + <file stem>.manifest.json              files waiting to be landed (ingest DAG)
     inbox/{processed,failed}/<batch>/...                         what the ingest DAG did with them
     features/<dataset id>/...                                    encoded training examples
-    predictions/dt=D/part-NNNNN.parquet + _SUCCESS               the published contract
+    predictions/dt=D/run=<id>/part-NNNNN.parquet + dt=D/_SUCCESS the published contract (one run per manifest)
     reports/{retention,erasure}/<id>.json                        what a retention run / an erasure deleted
     restricted/pseudonyms/<name>.parquet                         raw id -> pseudonym tables, on request only
     mlflow-artifacts/...                                         MLflow's artifact store
@@ -269,3 +269,21 @@ def rewritten_part_key(part_key: str, tag: str) -> str:
     stem = part_key.removesuffix(".parquet")
     folder, _, name = stem.rpartition("/")
     return f"{folder}/{name.split('-e', 1)[0]}" + REWRITE_SUFFIX.format(tag=tag)
+
+
+# --- scoring runs (pipelines/serving/scoring): each run writes its parts under its own folder -----------
+# ``predictions/dt=D/run=<run id>/part-NNNNN.parquet``: a rerun never overwrites the parts the published
+# manifest lists; one manifest PUT switches readers to the new run, then older runs are removed.
+PREDICTION_RUN = "run={run_id}/"
+
+
+def prediction_run_prefix(date: dt.date, run_id: str) -> str:
+    """The folder of one scoring run's parts of day D: ``predictions/dt=D/run=<run id>/``."""
+    if not run_id or "/" in run_id:
+        raise ValueError(f"invalid scoring run id {run_id!r}")
+    return partition_prefix(PREDICTIONS, date) + PREDICTION_RUN.format(run_id=run_id)
+
+
+def prediction_run_part_key(date: dt.date, run_id: str, shard: int) -> str:
+    """One shard's part of one scoring run: ``predictions/dt=D/run=<run id>/part-NNNNN.parquet``."""
+    return prediction_run_prefix(date, run_id) + PREDICTION_PART.format(shard=shard)

@@ -4,16 +4,17 @@ The scoring DAG runs four steps, each one function here (``score_date`` runs the
 
 1. :func:`resolve_champion` pins the exact version behind ``models:/<name>@champion``, so every
    shard of the day uses the same version even if someone moves the alias meanwhile.
-2. :func:`plan_shards` checks the input exists, deletes the old partition (``_SUCCESS`` first, so
-   readers stop trusting it at once), reads the look-back window [D - lookback + 1, D] once and
-   stages each shard's users' events (:mod:`pipelines.serving.shards`), and returns one small
-   dict per shard.
+2. :func:`plan_shards` checks the input exists, picks a new run id, reads the look-back window
+   [D - lookback + 1, D] once and stages each shard's users' events (:mod:`pipelines.serving.shards`),
+   and returns one small dict per shard. It deletes nothing: the published partition stays readable.
 3. :func:`score_shard` (mapped, one task per shard) scores its staged users one bucket at a time
    (:mod:`pipelines.serving.engine`: this product's models on their fast core, any other pyfunc
-   through its ``predict`` contract) and writes ``part-<shard>.parquet`` (a deterministic name,
-   so a retried shard overwrites its own part and nothing else).
+   through its ``predict`` contract) and writes ``run=<run id>/part-<shard>.parquet`` (a name fixed
+   by the plan, so a retried shard overwrites its own part and nothing else).
 4. :func:`publish_partition` checks every part exists with the counts the shards reported, then
-   writes the ``_SUCCESS`` manifest last and removes the day's staging files.
+   switches readers to the run with ONE PUT of the ``_SUCCESS`` manifest, and only then removes
+   older runs' parts and the day's staging files. A retry that finds its own manifest already in
+   place succeeds (the asset event is still sent); a failing rerun leaves the old partition as it was.
 
 The as-of rule: only events with ``ts`` before the end of day D are read (older partitions only,
 and a filter on ``ts``), and the model gets ``as_of`` = end of D, so no event after D can change
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import secrets
 import tempfile
 import time
 import zlib
@@ -91,11 +93,12 @@ def resolve_champion(settings: Settings) -> dict[str, Any]:
 
 
 def plan_shards(settings: Settings, date: dt.date | str, model: dict[str, Any]) -> list[dict[str, Any]]:
-    """Check the input, clear ``predictions/dt=D/`` (``_SUCCESS`` first) and return the shards.
+    """Check the input, pick a new run id and return the shards (the published partition is untouched).
 
     Raises :class:`MissingInputError` when there is no clean partition for D itself (scoring D
     without D's events would silently repeat the day before). Each shard dict holds shard, shards,
-    as_of_date, key and model_version (JSON-able, for Airflow task mapping).
+    as_of_date, run_id, key (``predictions/dt=D/run=<run id>/part-NNNNN.parquet``) and model_version
+    (JSON-able, for Airflow task mapping).
     """
     day = to_date(date)
     start, end = lookback_window(day, settings.lookback_days)
@@ -106,18 +109,20 @@ def plan_shards(settings: Settings, date: dt.date | str, model: dict[str, Any]) 
             f"no clean events for {day}: s3://{settings.bucket}/{layout.partition_prefix(layout.CLEAN, day)} "
             f"is empty (clean partitions in the look-back window [{start}, {end}]: {in_window or 'none'}); "
             f"land, validate and preprocess {day} first")
-    prefix = layout.partition_prefix(layout.PREDICTIONS, day)
-    # _SUCCESS goes first: from this moment no reader trusts the old partition.
-    storage.delete_key(settings, layout.success_key(day))
-    removed = storage.delete_prefix(settings, prefix)
-    if removed:
-        log.info("cleared %d old objects under s3://%s/%s", removed, settings.bucket, prefix)
+    run_id = new_run_id()
     shards = settings.scoring_shards
     staged = staging.stage_inputs(settings, day, shards)
-    return [{"shard": i, "shards": shards, "as_of_date": day.isoformat(),
-             "key": layout.prediction_part_key(day, i), "model_version": model["model_version"],
+    log.info("scoring run %s of %s: parts go to s3://%s/%s", run_id, day, settings.bucket,
+             layout.prediction_run_prefix(day, run_id))
+    return [{"shard": i, "shards": shards, "as_of_date": day.isoformat(), "run_id": run_id,
+             "key": layout.prediction_run_part_key(day, run_id, i), "model_version": model["model_version"],
              "input_keys": staged["keys"][i], "buckets": staged["buckets"], "input_rows": staged["rows"][i]}
             for i in range(shards)]
+
+
+def new_run_id() -> str:
+    """A scoring run's id: UTC time (sortable) and 6 random hex digits, e.g. ``20240103T101500Z-3fa2c1``."""
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
 @lru_cache(maxsize=2)
@@ -213,7 +218,8 @@ def score_shard(settings: Settings, date: dt.date | str, model: dict[str, Any], 
     done = time.monotonic()
     log.info("shard %d/%d of %s: wrote %d rows to s3://%s/%s in %.1fs", number, shards, day, rows,
              settings.bucket, key, done - started)
-    return {"shard": number, "shards": shards, "key": key, "rows": rows, "model_version": model["model_version"],
+    return {"shard": number, "shards": shards, "key": key, "run_id": shard.get("run_id"), "rows": rows,
+            "model_version": model["model_version"],
             "seconds": round(done - started, 3), "read_seconds": round(seconds["read"], 3),
             "score_seconds": round(seconds["score"], 3), "write_seconds": round(seconds["write"], 3)}
 
@@ -225,13 +231,15 @@ def _part_rows_and_versions(settings: Settings, key: str) -> tuple[int, set[str]
 
 def publish_partition(settings: Settings, date: dt.date | str, model: dict[str, Any],
                       shard_results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Check the parts of ``predictions/dt=D/`` and write the ``_SUCCESS`` manifest last.
+    """Check the parts of one scoring run of D, switch ``predictions/dt=D/_SUCCESS`` to them with one
+    PUT, then remove older runs' parts.
 
     Checks: one result per planned shard, each part present with the row count its shard
-    reported, only ``model["model_version"]`` and D inside, and no other object under the prefix.
-    Raises :class:`ScoringError` naming what is wrong (nothing is published then). Returns the
-    manifest (model_name, model_version, model_uri, as_of_date, horizon_days, row_count, files,
-    created_at, shards) plus "uri".
+    reported, only ``model["model_version"]`` and D inside, and nothing else in the run's folder.
+    Raises :class:`ScoringError` naming what is wrong (the published manifest is left as it was).
+    A manifest already listing exactly these parts (a retry after the PUT) counts as success.
+    Returns the manifest (model_name, model_version, model_uri, as_of_date, horizon_days, row_count,
+    files, shards, run_id, created_at, schema_version, training_window) plus "uri".
     """
     day = to_date(date)
     prefix = layout.partition_prefix(layout.PREDICTIONS, day)
@@ -242,14 +250,23 @@ def publish_partition(settings: Settings, date: dt.date | str, model: dict[str, 
     if numbers != list(range(shards)):
         raise ScoringError(f"shard results for {day} cover shards {numbers}, expected 0..{shards - 1}")
     expected_keys = sorted(r["key"] for r in shard_results)
-    present = storage.list_keys(settings, prefix)
-    if layout.SUCCESS in {k.rsplit("/", 1)[-1] for k in present}:
-        raise ScoringError(f"s3://{settings.bucket}/{prefix}{layout.SUCCESS} already exists: another run "
-                           f"published {day} meanwhile; rerun the whole day")
-    missing = sorted(set(expected_keys) - set(present))
-    extra = sorted(set(present) - set(expected_keys))
+    run_ids = {r.get("run_id") for r in shard_results}
+    run_id = run_ids.pop() if len(run_ids) == 1 else None
+    if run_ids:
+        raise ScoringError(f"shard results for {day} come from different scoring runs: {sorted(map(str, run_ids))}")
+    current = _current_manifest(settings, day)
+    if current is not None and sorted(current.get("files") or []) == expected_keys \
+            and str(current.get("model_version")) == str(model["model_version"]):
+        log.info("%s already lists these %d parts (a retry after the switch): published", layout.success_key(day),
+                 len(expected_keys))
+        _remove_superseded(settings, day, current)
+        return {**current, "uri": storage.uri(settings, prefix)}
+    present = set(storage.list_keys(settings, prefix))
+    missing = sorted(set(expected_keys) - present)
+    run_folder = layout.prediction_run_prefix(day, run_id) if run_id else None
+    extra = sorted(k for k in present - set(expected_keys) if run_folder and k.startswith(run_folder))
     if missing or extra:
-        raise ScoringError(f"s3://{settings.bucket}/{prefix} does not match the shard results: missing "
+        raise ScoringError(f"s3://{settings.bucket}/{run_folder or prefix} does not match the shard results: missing "
                            f"{missing or 'none'}, unexpected {extra or 'none'}")
     total = 0
     for result in shard_results:
@@ -269,18 +286,43 @@ def publish_partition(settings: Settings, date: dt.date | str, model: dict[str, 
         "row_count": total,
         "files": expected_keys,
         "shards": shards,
+        "run_id": run_id,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         "schema_version": PREDICTION_CONTRACT_VERSION,
         "training_window": model.get("training_window") or {"start": None, "end": None},
     }
-    uri = storage.put_json(settings, layout.success_key(day), manifest)
-    try:
-        staging.clear_staging(settings, day)
-    except storage.StorageError as exc:  # the partition is published; the next plan of D clears them
-        log.warning("could not remove the staging files of %s: %s", day, exc)
-    log.info("published %s: %d rows in %d parts from %s version %s", uri, total, len(expected_keys),
-             model["model_name"], model["model_version"])
+    uri = storage.put_json(settings, layout.success_key(day), manifest)  # the switch: one PUT
+    _remove_superseded(settings, day, manifest)
+    log.info("published %s: %d rows in %d parts of run %s from %s version %s", uri, total, len(expected_keys),
+             run_id, model["model_name"], model["model_version"])
     return {**manifest, "uri": storage.uri(settings, prefix)}
+
+
+def _current_manifest(settings: Settings, day: dt.date) -> dict[str, Any] | None:
+    key = layout.success_key(day)
+    return dict(storage.get_json(settings, key)) if storage.exists(settings, key) else None
+
+
+def _remove_superseded(settings: Settings, day: dt.date, manifest: dict[str, Any]) -> None:
+    """After the switch: remove the parts of older runs (and of the pre-run layout) and D's staging
+    files. Parts of a run started after this one (its run id sorts later) are left alone, and
+    nothing is removed when the manifest no longer is this one (another run switched meanwhile).
+    A failure here only leaves garbage (logged): the partition is published."""
+    try:
+        if _current_manifest(settings, day) != {k: v for k, v in manifest.items() if k != "uri"}:
+            log.warning("the manifest of %s changed after this run switched it: old runs left in place", day)
+            return
+        keep = set(manifest["files"]) | {layout.success_key(day)}
+        mine = str(manifest.get("run_id") or "")
+        marker = "/" + layout.PREDICTION_RUN.split("{", 1)[0]
+        stale = [k for k in storage.list_keys(settings, layout.partition_prefix(layout.PREDICTIONS, day))
+                 if k not in keep and (marker not in k or k.split(marker, 1)[1].split("/", 1)[0] < mine)]
+        if stale:
+            storage.delete_keys(settings, stale)
+            log.info("removed %d parts of superseded runs of %s", len(stale), day)
+        staging.clear_staging(settings, day)
+    except storage.StorageError as exc:  # published; the next publish of D removes them
+        log.warning("could not remove superseded parts or staging files of %s: %s", day, exc)
 
 
 def score_date(settings: Settings, date: dt.date | str) -> dict[str, Any]:
