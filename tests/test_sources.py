@@ -90,6 +90,59 @@ def test_land_taobao_splits_by_utc_date_and_replaces(settings, tmp_path: Path) -
 
 
 @pytest.mark.services
+def test_a_different_file_under_the_same_default_name_is_refused_unless_replace(settings, tmp_path: Path) -> None:
+    # Daily drops all called export.csv: the second must not silently wipe the first one's rows.
+    (tmp_path / "monday").mkdir()
+    (tmp_path / "tuesday").mkdir()
+    monday, tuesday = tmp_path / "monday" / "export.csv", tmp_path / "tuesday" / "export.csv"
+    monday.write_text(f"1,100,7,pv,{D1 + 10}\n")
+    tuesday.write_text(f"2,100,7,pv,{D1 + 86400 + 10}\n")
+    first = land_events(settings, monday, "taobao")
+    with pytest.raises(SourceError, match="--replace"):
+        land_events(settings, tuesday, "taobao")
+    assert storage.get_bytes(settings, "raw/events/dt=2017-11-25/export.csv").decode() == f"1,100,7,pv,{D1 + 10}\n"
+    assert storage.list_keys(settings, "raw/events/dt=2017-11-26/") == []
+    # The same bytes again (a retried landing) are not a replace; --replace replaces.
+    assert land_events(settings, monday, "taobao").rows == first.rows == 1
+    replaced = land_events(settings, tuesday, "taobao", replace=True)
+    assert replaced.dates == [dt.date(2017, 11, 26)]
+    assert storage.list_keys(settings, "raw/events/dt=2017-11-25/") == []
+    assert storage.list_keys(settings, "staging/landing/") == []
+
+
+@pytest.mark.services
+def test_a_landing_that_dies_midway_leaves_the_earlier_landing_whole(settings, tmp_path: Path, monkeypatch) -> None:
+    # The storage stays real; only a crash (the process dying after its first upload) is injected.
+    from pipelines.data import landing
+
+    old = tmp_path / "old.csv"
+    old.write_text(f"1,100,7,pv,{D1 + 10}\n2,100,7,pv,{D1 + 86400 + 10}\n")
+    land_events(settings, old, "taobao", name="daily")
+    before = {k: storage.get_bytes(settings, k) for k in storage.list_keys(settings, "raw/events/")}
+    assert len(before) == 4
+    new = tmp_path / "new.csv"
+    new.write_text("".join(f"{u},100,7,pv,{D1 + 86400 * d + 10}\n" for u in (3, 4) for d in (1, 2, 3)))
+    real_put, calls = storage.put_bytes, []
+
+    def dies_after_one(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) > 1:
+            raise SystemExit("killed")
+        return real_put(*args, **kwargs)
+
+    monkeypatch.setattr(landing.storage, "put_bytes", dies_after_one)
+    with pytest.raises(SystemExit):
+        land_events(settings, new, "taobao", name="daily")
+    monkeypatch.undo()
+    assert {k: storage.get_bytes(settings, k) for k in storage.list_keys(settings, "raw/events/")} == before
+    # The retry completes and removes the earlier day the new file does not cover.
+    result = land_events(settings, new, "taobao", name="daily")
+    assert result.rows == 6 and [d.isoformat() for d in result.dates] == ["2017-11-26", "2017-11-27", "2017-11-28"]
+    assert storage.list_keys(settings, "raw/events/dt=2017-11-25/") == []
+    assert raw.list_raw_files(settings, dt.date(2017, 11, 26))[0][0].rows == 2
+
+
+@pytest.mark.services
 def test_land_from_s3_uri(settings, tmp_path: Path) -> None:
     storage.put_bytes(settings, "incoming/logs.csv", f"1,100,7,pv,{D1 + 1}\n".encode())
     result = land_events(settings, f"s3://{settings.bucket}/incoming/logs.csv", "taobao")

@@ -77,7 +77,8 @@ def _cmd_land(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.data.landing import land_events
 
     try:
-        result = land_events(settings, args.source, args.format, name=args.name, **_land_options(args))
+        result = land_events(settings, args.source, args.format, name=args.name, replace=args.replace,
+                             **_land_options(args))
     except SourceError as exc:
         return fail(f"land failed: {exc}")
     except storage.StorageError as exc:
@@ -170,6 +171,9 @@ def register_cli(subparsers: Any) -> None:
     land.add_argument("--source", required=True, help="local path or s3://bucket/key")
     land.add_argument("--format", required=True, choices=FORMATS, help="source format (see docs/data.md)")
     land.add_argument("--name", default=None, help="landing name (default: the file name); same name replaces")
+    land.add_argument("--replace", action="store_true",
+                      help="allow a file to replace the rows an earlier, different file landed under the same "
+                           "default name (refused otherwise)")
     land.add_argument("--column-map", default=None, metavar="FILE",
                       help="JSON/YAML column-map file (csv/parquet; see docs/data.md)")
     land.add_argument("--map", action="append", metavar="FIELD=COLUMN",

@@ -13,13 +13,24 @@ Rows that cannot be placed in a date partition are not dropped: they go to
 (``outside_window``): junk timestamps then never become thousands of one-row partitions. A file that cannot be read at all
 raises :class:`~pipelines.data.formats.SourceError` with the file and the rule, and nothing is
 written. A landing report goes to ``reports/landing/<name>.json``.
+
+Landing the same name again replaces the earlier landing without a moment where data is lost: the
+new files are written complete under ``staging/landing/<landing id>/`` first, then copied over the
+raw keys (each an atomic replace of one object), and only then are the earlier landing's keys of
+days the new file does not cover deleted (per-key errors of the batch delete fail the landing). A
+crash before the copies leaves the earlier landing untouched. When the name comes from the file
+name (no explicit ``name``) and that name was landed from a different file (SHA-256 of its
+bytes), the landing is refused unless ``replace=True`` (``--replace``): daily drops that are all
+called ``export.csv`` must not wipe each other.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import re
+import secrets
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,6 +67,8 @@ class LandResult:
     keys: list[str]
     quarantine_key: str | None
     rows_by_date: dict[str, int]
+    source_sha256: str = ""
+    landing_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -72,7 +85,7 @@ def default_name(source: str | Path) -> str:
 
 
 def land_events(settings: Settings, source: str | Path, fmt: str, *, column_map: dict[str, str] | None = None,
-                behavior_map: dict[str, str] | None = None, name: str | None = None,
+                behavior_map: dict[str, str] | None = None, name: str | None = None, replace: bool = False,
                 **spec_options: Any) -> LandResult:
     """Land ``source`` (local path or s3:// URI) of format ``fmt`` under ``raw/events/dt=D/<name>.*``.
 
@@ -81,9 +94,12 @@ def land_events(settings: Settings, source: str | Path, fmt: str, *, column_map:
     ``quarantine/events/unplaced/<name>.parquet`` with a reason (with a configured window, rows
     outside it as ``outside_window``); a landing report goes to
     ``reports/landing/<name>.json``. Landing the same ``name`` again replaces its earlier files in
-    every partition. Raises :class:`SourceError` when the file cannot be read at all.
+    every partition, once the new ones are complete (see the module doc); a name taken from the file
+    name that was landed from a different file is refused unless ``replace``. Raises
+    :class:`SourceError` when the file cannot be read at all or the replace is refused.
     """
     spec = build_spec(fmt, column_map, behavior_map, **spec_options)
+    implicit = name is None
     name = name or default_name(source)
     if not re.fullmatch(_NAME, name):
         raise SourceError(f"landing name {name!r}: use letters, digits, '_', '.', '-'")
@@ -93,10 +109,13 @@ def land_events(settings: Settings, source: str | Path, fmt: str, *, column_map:
     scratch.mkdir(parents=True)
     try:
         path = _resolve_source(settings, source, scratch)
+        digest = _sha256(path)
+        if implicit and not replace:
+            _refuse_other_file(settings, name, str(source), digest)
         now = dt.datetime.now(dt.UTC)
         split = split_parquet if fmt == "parquet" else split_csv
         stats = split(path, spec, scratch, now, window=window_bounds_us(settings))
-        result = _publish(settings, name, str(source), spec, stats, now)
+        result = _publish(settings, name, str(source), spec, stats, now, digest)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     log.info("landed %s (%s): %d rows into %d partitions, %d quarantined %s", source, fmt, result.rows,
@@ -120,51 +139,88 @@ def _resolve_source(settings: Settings, source: str | Path, scratch: Path) -> Pa
     return path
 
 
-def _delete_previous(settings: Settings, name: str) -> int:
-    """Remove earlier landings of ``name`` from every raw partition (landing replaces, never appends)."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _refuse_other_file(settings: Settings, name: str, source: str, digest: str) -> None:
+    """Raise :class:`SourceError` when ``name`` was landed before from a file with other bytes."""
+    key = layout.landing_report_key(name)
+    if not storage.exists(settings, key):
+        return
+    earlier = storage.get_json(settings, key)
+    if earlier.get("source_sha256") == digest or (not earlier.get("source_sha256") and earlier.get("source") == source):
+        return
+    raise SourceError(f"{source}: landing name {name!r} (from the file name) already holds rows landed from "
+                      f"{earlier.get('source')} at {earlier.get('landing_id') or 'an earlier landing'}, a different "
+                      f"file; landing it would replace those rows in every partition. Give this file its own "
+                      f"--name, or pass --replace to replace them")
+
+
+def _previous_keys(settings: Settings, name: str) -> list[str]:
+    """The raw keys (data and sidecars) of earlier landings of ``name``, in every partition."""
     file_names = {f"{name}{suffix}" for suffix in (*RAW_SUFFIXES, layout.META_SUFFIX)}
-    keys = [k for k in storage.list_keys(settings, layout.area_prefix(layout.RAW))
+    return [k for k in storage.list_keys(settings, layout.area_prefix(layout.RAW))
             if k.rsplit("/", 1)[-1] in file_names]
-    return storage.delete_keys(settings, keys)
 
 
 def _publish(settings: Settings, name: str, source: str, spec: SourceSpec, stats: SplitStats,
-             now: dt.datetime) -> LandResult:
-    """Upload the routed scratch files with their sidecars, the unplaced rows and the landing report."""
-    _delete_previous(settings, name)
+             now: dt.datetime, digest: str) -> LandResult:
+    """Stage the routed scratch files complete, copy them over the raw keys with their sidecars, then
+    delete what is left of the earlier landing; the unplaced rows and the landing report last."""
+    rows = sum(stats.rows_by_date.values())
+    rejects = stats.rejects()
+    quarantined = rejects.num_rows
+    if rows + quarantined != stats.rows_read:
+        raise AssertionError(f"landing {source}: rows read {stats.rows_read} != landed {rows} + "
+                             f"quarantined {quarantined}")
+    landing_id = f"{now:%Y%m%dT%H%M%S}Z-{secrets.token_hex(3)}"
+    previous = _previous_keys(settings, name)
 
-    def upload(day: dt.date) -> str:
+    def stage(day: dt.date) -> str:
         key = layout.raw_key(day, name, stats.suffix)
-        path = stats.files[day]
+        path, staged = stats.files[day], layout.landing_staging_key(landing_id, key)
         if path.stat().st_size < SMALL_FILE_BYTES:  # one request, without the transfer manager's threads
-            storage.put_bytes(settings, key, path.read_bytes())
+            storage.put_bytes(settings, staged, path.read_bytes())
         else:
-            storage.upload_file(settings, path, key)
+            storage.upload_file(settings, path, staged)
+        return key
+
+    def place(day: dt.date) -> str:
+        key = layout.raw_key(day, name, stats.suffix)
+        storage.copy_key(settings, layout.landing_staging_key(landing_id, key), key)
         meta = {"name": name, "source": source, "format": spec.fmt, "spec": spec.to_dict(),
                 "columns": stats.columns, "file": key, "rows": stats.rows_by_date[day],
-                "landed_at": now.isoformat()}
+                "landed_at": now.isoformat(), "landing_id": landing_id, "source_sha256": digest}
         storage.put_json(settings, layout.raw_meta_key(day, name), meta)
         return key
 
+    days = sorted(stats.files)
     big = sum(1 for p in stats.files.values() if p.stat().st_size >= SMALL_FILE_BYTES)
-    keys = map_io(upload, sorted(stats.files), threads=1 if big else IO_THREADS)  # a big upload runs its parts in parallel
+    keys = map_io(stage, days, threads=1 if big else IO_THREADS)  # a big upload runs its parts in parallel
+    map_io(place, days, threads=IO_THREADS)  # the new set is complete in staging: now replace
+    new = set(keys) | {layout.raw_meta_key(day, name) for day in days}
+    stale = [k for k in previous if k not in new]
+    if stale:
+        storage.delete_keys(settings, stale)  # raises naming any key S3 did not delete
+        log.info("removed %d raw keys of the earlier landing of %s", len(stale), name)
+    storage.delete_prefix(settings, layout.landing_staging_prefix(landing_id))
     q_key = layout.unplaced_key(name)
-    rejects = stats.rejects()
     if rejects.num_rows:
         table = pa.table({"source": pa.array([source] * rejects.num_rows, pa.string()), "raw": rejects["raw"],
                           "reason": rejects["reason"], "detail": rejects["detail"], "line": rejects["line"]})
         storage.write_parquet(settings, q_key, table)
     else:
         storage.delete_key(settings, q_key)
-    rows = sum(stats.rows_by_date.values())
-    quarantined = rejects.num_rows
-    if rows + quarantined != stats.rows_read:
-        raise AssertionError(f"landing {source}: rows read {stats.rows_read} != landed {rows} + "
-                             f"quarantined {quarantined}")
     result = LandResult(name=name, fmt=spec.fmt, source=source, rows_read=stats.rows_read, rows=rows,
                         quarantined=quarantined, quarantine_reasons=dict(stats.reasons),
                         dates=sorted(stats.rows_by_date), keys=keys,
                         quarantine_key=q_key if quarantined else None,
-                        rows_by_date={d.isoformat(): n for d, n in sorted(stats.rows_by_date.items())})
+                        rows_by_date={d.isoformat(): n for d, n in sorted(stats.rows_by_date.items())},
+                        source_sha256=digest, landing_id=landing_id)
     storage.put_json(settings, layout.landing_report_key(name), result.to_dict())
     return result

@@ -8,6 +8,7 @@ layout described in ``docs/design.md`` is exactly this module::
     quarantine/events/unplaced/<name>.parquet                    rows landing could not date
     staging/validated/dt=D/valid.parquet                         validation -> preprocess hand-over
     staging/scoring/dt=D/shard-NNNNN/bucket-MMMMM.arrow          scoring input of one bucket of a shard's users
+    staging/landing/<landing id>/raw/events/dt=D/<name>.*        a landing, complete before it replaces raw/
     clean/events/dt=D/part-00000.parquet                         canonical events
     reports/{landing,validation,preprocess}/...                  what each data step did
     reports/migration/dt=D/...                                   population migration flows of day D
@@ -287,3 +288,19 @@ def prediction_run_prefix(date: dt.date, run_id: str) -> str:
 def prediction_run_part_key(date: dt.date, run_id: str, shard: int) -> str:
     """One shard's part of one scoring run: ``predictions/dt=D/run=<run id>/part-NNNNN.parquet``."""
     return prediction_run_prefix(date, run_id) + PREDICTION_PART.format(shard=shard)
+
+
+# --- landing (pipelines/data/landing): a landing's files are complete in staging before they replace ---
+LANDING_STAGING = "staging/landing"
+
+
+def landing_staging_prefix(landing_id: str) -> str:
+    """``staging/landing/<landing id>/``: one landing's files before they are copied into ``raw/``."""
+    if not landing_id or "/" in landing_id:
+        raise ValueError(f"invalid landing id {landing_id!r}")
+    return f"{LANDING_STAGING}/{landing_id}/"
+
+
+def landing_staging_key(landing_id: str, raw_key_: str) -> str:
+    """Where a raw key waits in staging: ``staging/landing/<landing id>/<raw key>``."""
+    return landing_staging_prefix(landing_id) + raw_key_

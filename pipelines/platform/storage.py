@@ -259,3 +259,14 @@ def iter_parquet_prefix(settings: Settings, prefix: str, columns: list[str] | No
     for key in list_keys(settings, prefix):
         if key.endswith(".parquet"):
             yield read_parquet(settings, key, columns)
+
+
+def copy_key(settings: Settings, source_key: str, key: str) -> str:
+    """Server-side copy of one object of the bucket to ``key`` (replaces ``key`` whole; multipart for big
+    objects); raises :class:`StorageError` when the source is missing."""
+    client = s3_client(settings)
+    try:
+        client.copy({"Bucket": settings.bucket, "Key": source_key}, settings.bucket, key)
+    except client.exceptions.ClientError as exc:
+        raise StorageError(f"cannot copy s3://{settings.bucket}/{source_key} to {key}: {exc}") from exc
+    return uri(settings, key)
