@@ -4,8 +4,8 @@ equality tests (test code only, never imported by the package).
 
 Definitions (docs/design.md): *history share* (undecayed, behaviour-weighted share of the
 look-back events), *current interest* (the same with each event's weight halved every
-``half_life_days``), *migration score* (Jensen-Shannon divergence, base 2, between the current
-shares and the normalised predicted scores), *emerging* (best-ranked predicted categories whose
+``half_life_days``), *migration score* (the probability of touching at least one category that is
+not in the look-back history: 1 - prod(1 - p) over the predicted new categories), *emerging* (best-ranked predicted categories whose
 history share is at most a small share), *fading* (strong today, predicted probability below a
 bound; biggest expected loss first).
 """
@@ -82,39 +82,14 @@ def normalize(scores: Mapping[str, float]) -> dict[str, float]:
     return {k: v / total for k, v in positive.items()} if total > 0 else {}
 
 
-def jensen_shannon(p: Mapping[str, float], q: Mapping[str, float]) -> float:
-    """Jensen-Shannon divergence (base 2) of two distributions over category ids, in [0, 1].
-
-    Both are normalised first. Empty on one side only gives 1.0 (nothing in common); empty on
-    both sides gives 0.0.
-    """
-    return _js_of_shares(normalize(p), normalize(q))
-
-
-def _js_of_shares(p: Mapping[str, float], q: Mapping[str, float]) -> float:
-    """JS divergence (base 2) of two already normalised distributions."""
-    if not p and not q:
-        return 0.0
-    if not p or not q:
-        return 1.0
-    total = 0.0
-    log2 = math.log2
-    for key, pi in p.items():
-        qi = q.get(key, 0.0)
-        mi = 0.5 * (pi + qi)
-        total += pi * log2(pi / mi)
-        if qi > 0:
-            total += qi * log2(qi / mi)
-    for key, qi in q.items():
-        if key not in p:
-            total += qi  # qi * log2(qi / (qi / 2)) = qi
-    return min(1.0, max(0.0, 0.5 * total))
-
-
-def migration_score(current: Mapping[str, float], predicted_categories: Sequence[str],
+def migration_score(history: Mapping[str, float], predicted_categories: Sequence[str],
                     predicted_scores: Sequence[float]) -> float:
-    """JS divergence between the current interest shares and the normalised predicted scores."""
-    return jensen_shannon(current, _as_mapping(predicted_categories, predicted_scores))
+    """1 - prod(1 - p) over the predicted categories not in ``history`` (scores clipped to [0, 1])."""
+    keep = 1.0
+    for category, p in _as_mapping(predicted_categories, predicted_scores).items():
+        if history.get(category, 0.0) <= 0.0 and math.isfinite(p):
+            keep *= 1.0 - min(max(p, 0.0), 1.0 - 1e-7)
+    return 1.0 - keep
 
 
 def emerging_categories(predicted_categories: Sequence[str], history: Mapping[str, float], k: int,
@@ -154,19 +129,18 @@ def describe_user(interests: UserInterests | None, predicted_categories: Sequenc
                   predicted_scores: Sequence[float], params: InterestParams) -> dict[str, object]:
     """The interest columns of one prediction row (current_*, migration_score, emerging, fading).
 
-    ``interests`` None (no history before as-of) gives empty current lists, migration 1.0 when
-    something is predicted, and every predicted category counted as emerging.
+    ``interests`` None (no history before as-of) gives empty current lists, every predicted
+    category counted as new (migration) and as emerging.
     """
     if interests is None:
         interests = UserInterests(current={}, history={})
     current_categories, current_strengths = interests.top_current(params.current_k)
     current = normalize(interests.current)
     probability = _as_mapping(predicted_categories, predicted_scores)
-    predicted = normalize(probability)
     return {
         "current_categories": current_categories,
         "current_strengths": current_strengths,
-        "migration_score": _js_of_shares(current, predicted),
+        "migration_score": migration_score(interests.history, predicted_categories, predicted_scores),
         "emerging_categories": emerging_categories(predicted_categories, interests.history, params.emerging_k,
                                                    params.emerging_max_history_share),
         "fading_categories": _fading(current, probability, params.fading_k,

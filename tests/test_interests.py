@@ -5,7 +5,6 @@ prove the vectorised contract equal to the per-user reference (tests/reference_i
 from __future__ import annotations
 
 import datetime as dt
-import math
 
 import numpy as np
 import pandas as pd
@@ -104,25 +103,29 @@ def test_as_of_must_be_timezone_aware_and_the_half_life_positive():
         it.interest_history(index, np.arange(1), AS_OF, 0.0, np.arange(1))
 
 
-def test_jensen_shannon_bounds_and_symmetry():
-    p = {"a": 0.5, "b": 0.5}
-    assert migration(p, ["a", "b"], [0.5, 0.5]) == pytest.approx(0.0, abs=1e-7)
-    assert migration({"a": 1.0}, ["b"], [1.0]) == pytest.approx(1.0)
-    assert migration(p, ["a", "c"], [0.9, 0.1]) == pytest.approx(migration({"a": 0.9, "c": 0.1}, ["a", "b"], [0.5, 0.5]))
-    # Worked value: P=(1,0), Q=(1/2,1/2), M=(3/4,1/4): JS = (KL(P||M) + KL(Q||M)) / 2.
-    expected = 0.5 * (1.0 * math.log2(1.0 / 0.75)) + 0.5 * (0.5 * math.log2(0.5 / 0.75) + 0.5 * math.log2(0.5 / 0.25))
-    assert migration({"a": 1.0}, ["a", "b"], [1.0, 1.0]) == pytest.approx(expected)
-    assert migration({}, [], []) == 0.0 and migration({}, ["a", "b"], [0.5, 0.5]) == 1.0
-    assert migration({"a": 1.0}, ["b"], [0.0]) == 1.0  # a zero score is no prediction at all
-
-
-def test_migration_score_normalises_predicted_scores():
-    current = {"shoes": 0.6, "bags": 0.4}
-    # Scores are probabilities, not shares: 0.3/0.2 is the same distribution as 0.6/0.4.
-    assert migration(current, ["shoes", "bags"], [0.3, 0.2]) == pytest.approx(0.0, abs=1e-7)
-    assert migration(current, ["toys"], [0.9]) == pytest.approx(1.0)
+def test_migration_is_the_probability_of_touching_a_new_category():
+    known = {"a": 0.5, "b": 0.5}
+    assert migration(known, ["a", "b"], [0.9, 0.8]) == 0.0  # only known categories ranked
+    assert migration(known, ["a", "c", "hats"], [0.9, 0.5, 0.2]) == pytest.approx(1 - 0.5 * 0.8)
+    assert migration({}, [], []) == 0.0
+    assert migration({}, ["a", "b"], [0.5, 0.5]) == pytest.approx(0.75)  # no history: everything is new
+    assert migration(known, ["c"], [1.5]) == pytest.approx(1.0, abs=1e-6)  # scores clipped to [0, 1]
+    assert migration(known, ["c"], [-0.5]) == 0.0
     # a category listed twice adds up: the same as listing it once with the sum
-    assert migration(current, ["shoes", "bags", "shoes"], [0.2, 0.2, 0.1]) == pytest.approx(0.0, abs=1e-7)
+    assert migration(known, ["c", "a", "c"], [0.2, 0.9, 0.3]) == pytest.approx(0.5)
+
+
+def test_a_category_touched_in_the_look_back_is_known_however_small_its_share():
+    """"New" is "not in the look-back history" (the outcomes scorer's known_sets), not a share bound."""
+    out = row({"a": 1.0}, ["a", "c", "hats"], [0.9, 0.4, 0.5], it.InterestParams(), history={"a": 0.999, "c": 0.001})
+    assert out["migration_score"] == pytest.approx(0.5)  # only hats is new
+
+
+def test_migration_does_not_change_with_top_n_once_every_category_is_ranked():
+    """Ranked lists cut after every category with a positive score give the same migration score."""
+    known = {"a": 0.7, "b": 0.3}
+    full = migration(known, ["a", "c", "b", "hats", "toys"], [0.9, 0.4, 0.3, 0.1, 0.0])
+    assert migration(known, ["a", "c", "b", "hats"], [0.9, 0.4, 0.3, 0.1]) == pytest.approx(full)
 
 
 def test_emerging_keeps_model_order_and_skips_known_categories():
@@ -187,7 +190,7 @@ def test_a_user_moving_from_shoes_to_bags():
 def test_a_user_without_history():
     out = row({}, ["a", "b"], [0.5, 0.5], it.InterestParams(emerging_k=5))
     assert out == {"predicted_categories": ["a", "b"], "predicted_scores": [0.5, 0.5], "current_categories": [],
-                   "current_strengths": [], "migration_score": 1.0, "emerging_categories": ["a", "b"],
+                   "current_strengths": [], "migration_score": 0.75, "emerging_categories": ["a", "b"],
                    "fading_categories": []}
 
 

@@ -11,15 +11,19 @@ The one place that turns a model's (or a baseline's) scores and the users' inter
   ``top_n`` codes per row, best first, -1 = empty slot), e.g. a pyfunc's lists or a top-k done
   inside the model.
 
-Definitions (unchanged from the per-user code they replace, which ``tests/reference_interests.py``
-keeps): the *predicted distribution* is the ranked scores normalised to sum to 1 (a category
-listed twice adds up, non-positive scores drop out); the *migration score* is the Jensen-Shannon
-divergence (base 2, in [0, 1]) between the normalised current shares and it (both empty: 0, one
-empty: 1); *emerging* are the first ``emerging_k`` ranked categories whose history share is at most
-``emerging_max_history_share``; *fading* are categories whose normalised current share is at least
-``fading_min_current_share`` and whose ranked score (0 when not ranked) is below
-``fading_max_probability``, biggest share x (1 - probability) first, ties by category id;
-``current_categories`` are the ``current_k`` biggest current shares, ties by category id.
+Definitions: the *predicted probability* of a category is its ranked score (a category listed twice
+adds up); the *migration score* is the probability that the user touches at least one category new
+to them in the horizon, ``1 - prod(1 - p)`` over the ranked categories that are not in the user's
+look-back history (scores clipped to [0, 1]; no ranked new category: 0). It equals
+``outcomes.migration_auc``'s target ("adopts a new category") in meaning; it does not depend on
+``top_n`` once every category the model can score is ranked (``top_n`` >= the vocabulary), and
+otherwise leaves out only the tail below the ``top_n``-th score. *Emerging* are the first
+``emerging_k`` ranked categories whose history share is at most ``emerging_max_history_share`` (0:
+not touched in the look-back, the outcomes scorer's "new"); *fading* are categories whose normalised
+current share is at least ``fading_min_current_share`` and whose ranked score (0 when not ranked) is
+below ``fading_max_probability``, biggest share x (1 - probability) first, ties by category id;
+``current_categories`` are the ``current_k`` biggest current shares, ties by category id. The other
+definitions are those of the per-user code ``tests/reference_interests.py`` keeps.
 """
 
 from __future__ import annotations
@@ -79,9 +83,6 @@ def contract_columns(ranked: Ranked, categories: pa.Array, history: InterestHist
     prob_keys = flat_keys[heads]
     prob = np.add.reduceat(flat_scores, heads) if len(heads) else np.zeros(0)
     prob_row = prob_keys // n_codes
-    positive = (prob > 0) & (prob != np.inf)
-    q_total = _row_sums(prob_row, np.where(positive, prob, 0.0), n_rows)
-    q = np.where(positive, prob / np.where(q_total[prob_row] > 0, q_total[prob_row], 1.0), 0.0)
 
     # the interests, looked up by the same keys
     h_row = history.row_of_entry()
@@ -93,19 +94,14 @@ def contract_columns(ranked: Ranked, categories: pa.Array, history: InterestHist
     p_total = _row_sums(h_row, np.where(p_positive, cur, 0.0), n_rows)
     p = np.where(p_positive, cur / np.where(p_total[h_row] > 0, p_total[h_row], 1.0), 0.0)
 
-    h_prob, h_q = _lookup(prob_keys, (prob, q), h_keys)
+    h_prob, = _lookup(prob_keys, (prob,), h_keys)
     rank_share, = _lookup(h_sorted, (history.history[h_order],), keys.ravel())
-    prob_in_p, = _lookup(h_sorted, (p[h_order],), prob_keys)
 
-    # migration: JS divergence of the normalised current shares and the predicted distribution
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mid = 0.5 * (p + h_q)
-        terms = np.where(p > 0, p * np.log2(p / mid), 0.0) + np.where((p > 0) & (h_q > 0), h_q * np.log2(h_q / mid), 0.0)
-    total = _row_sums(h_row, terms, n_rows)
-    total += _row_sums(prob_row, np.where((q > 0) & ~(prob_in_p > 0), q, 0.0), n_rows)
-    p_empty = np.bincount(h_row[p > 0], minlength=n_rows) == 0
-    q_empty = np.bincount(prob_row[q > 0], minlength=n_rows) == 0
-    migration = np.where(p_empty & q_empty, 0.0, np.where(p_empty | q_empty, 1.0, np.clip(0.5 * total, 0.0, 1.0)))
+    # migration: the probability of touching at least one category new to the user (not in the
+    # look-back history), 1 - prod(1 - p) over the ranked new categories
+    in_history, = _lookup(h_sorted, (history.history[h_order] > 0,), prob_keys)
+    new_p = np.where((in_history > 0) | ~np.isfinite(prob), 0.0, np.clip(prob, 0.0, 1.0 - 1e-7))
+    migration = 1.0 - np.exp(_row_sums(prob_row, np.log1p(-new_p), n_rows))
 
     rank = _string_rank(categories)
     out = {
