@@ -197,3 +197,33 @@ def test_many_days_in_one_run_equal_one_by_one(settings, tmp_path: Path) -> None
     missing = dt.date(2017, 12, 30)
     run = preprocess_partitions(settings, [*land.dates[:2], missing])
     assert list(run.errors) == [missing] and "partition_not_empty" in run.errors[missing] and len(run.results) == 2
+
+
+@pytest.mark.services
+def test_a_truncated_raw_file_fails_and_preprocess_refuses_a_failed_day(settings, tmp_path: Path, monkeypatch,
+                                                                       capsys) -> None:
+    lines = [f"{u},{u},7,pv,{T0 + u}" for u in range(1, 101)]
+    src = tmp_path / "cut.csv"
+    src.write_text("\n".join(lines) + "\n")
+    land_events(settings, src, "taobao")
+    key = "raw/events/dt=2017-11-25/cut.csv"
+    # The raw file loses its tail after landing (a partial copy, a bad restore): 60 of 100 rows remain.
+    storage.put_bytes(settings, key, ("\n".join(lines[:60]) + "\n").encode())
+    # Preprocess on its own (no hand-over) re-reads the raw files and fails on the count.
+    with pytest.raises(rules.ValidationError, match=r"rows_as_landed.*cut.csv holds 60 rows but its landing wrote 100"):
+        preprocess_partition(settings, D)
+    with pytest.raises(rules.ValidationError, match="rows_as_landed"):
+        validation.validate_partition(settings, D, report_id="cut")
+    assert storage.exists(settings, "staging/validated/dt=2017-11-25/_FAILED.json")
+    # The CLI preprocess refuses the failed day, as the DAG does (exit 1, one error line naming it).
+    monkeypatch.setenv("IM_S3_ENDPOINT_URL", settings.s3_endpoint_url)
+    monkeypatch.setenv("IM_BUCKET", settings.bucket)
+    monkeypatch.setenv("IM_WORK_DIR", str(tmp_path / "work"))
+    assert main(["preprocess", "--date", D.isoformat()]) == 1
+    assert "dt=2017-11-25: refused: its last validation failed (report id cut)" in capsys.readouterr().err
+    assert storage.list_keys(settings, "clean/events/") == []
+    # Landed again whole and validated, the day is cleaned.
+    land_events(settings, src, "taobao")
+    validation.validate_partition(settings, D, report_id="whole")
+    assert not storage.exists(settings, "staging/validated/dt=2017-11-25/_FAILED.json")
+    assert preprocess_partition(settings, D).clean == 100

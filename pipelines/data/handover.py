@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from pipelines.config import Settings
 from pipelines.data.cleaning import FATES, CleaningPlan
+from pipelines.data.rules import FlaggedPartition, ValidationError
 from pipelines.platform import layout, storage
 
 log = logging.getLogger(__name__)
@@ -131,3 +132,27 @@ def input_order(table: pa.Table) -> pa.Table:
 def fates_of(table: pa.Table) -> np.ndarray:
     """The ``fate`` codes of hand-over rows."""
     return np.asarray(table[FATE].to_numpy(zero_copy_only=False), dtype=np.int8)
+
+
+def rows_per_file(flagged: FlaggedPartition) -> dict[str, int]:
+    """Rows read from each raw file of a flagged partition (by key)."""
+    counts: dict[str, int] = {}
+    for chunk in flagged.canon["source_file"].chunks:
+        if len(chunk.dictionary) == 1:  # one file per chunk: no per-row work
+            key = chunk.dictionary[0].as_py()
+            counts[key] = counts.get(key, 0) + len(chunk)
+            continue
+        for item in pc.value_counts(chunk.cast(pa.string())).to_pylist():
+            counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+    return counts
+
+
+def check_rows_as_landed(flagged: FlaggedPartition) -> None:
+    """Rule ``rows_as_landed``: every raw file holds the rows its landing wrote (its sidecar's count);
+    a file truncated or changed after landing fails the partition (:class:`ValidationError` naming it)."""
+    read = rows_per_file(flagged)
+    wrong = [(f.key, read.get(f.key, 0), f.rows) for f in flagged.files if read.get(f.key, 0) != f.rows]
+    if wrong:
+        shown = "; ".join(f"{key} holds {got} rows but its landing wrote {want}" for key, got, want in wrong[:3])
+        raise ValidationError(f"dt={flagged.date}: rule rows_as_landed failed: {shown} (truncated or changed "
+                              f"after landing); land the source file again")

@@ -19,9 +19,10 @@ new files are written complete under ``staging/landing/<landing id>/`` first, th
 raw keys (each an atomic replace of one object), and only then are the earlier landing's keys of
 days the new file does not cover deleted (per-key errors of the batch delete fail the landing). A
 crash before the copies leaves the earlier landing untouched. When the name comes from the file
-name (no explicit ``name``) and that name was landed from a different file (SHA-256 of its
-bytes), the landing is refused unless ``replace=True`` (``--replace``): daily drops that are all
-called ``export.csv`` must not wipe each other.
+name (no explicit ``name``) and that name was landed from a different file (another path or URI,
+and other bytes by SHA-256), the landing is refused unless ``replace=True`` (``--replace``): daily
+drops that are all called ``export.csv`` must not wipe each other. The same path landed again
+counts as a corrected version of that file and replaces it.
 """
 
 from __future__ import annotations
@@ -148,12 +149,13 @@ def _sha256(path: Path) -> str:
 
 
 def _refuse_other_file(settings: Settings, name: str, source: str, digest: str) -> None:
-    """Raise :class:`SourceError` when ``name`` was landed before from a file with other bytes."""
+    """Raise :class:`SourceError` when ``name`` was landed before from another file (another path or
+    URI) with other bytes. The same path again counts as a corrected version of the same file."""
     key = layout.landing_report_key(name)
     if not storage.exists(settings, key):
         return
     earlier = storage.get_json(settings, key)
-    if earlier.get("source_sha256") == digest or (not earlier.get("source_sha256") and earlier.get("source") == source):
+    if earlier.get("source") == source or earlier.get("source_sha256") == digest:
         return
     raise SourceError(f"{source}: landing name {name!r} (from the file name) already holds rows landed from "
                       f"{earlier.get('source')} at {earlier.get('landing_id') or 'an earlier landing'}, a different "

@@ -134,6 +134,16 @@ def preprocess_partitions(settings: Settings, dates: Iterable[dt.date], *, raise
     raw = list_raw_partitions(settings, days)
     existing = _existing_keys(settings, days)
     sizes = {o.key: o.size for o in existing.get(layout.VALIDATED, [])}
+    failed = {d for d in days if layout.validation_failed_key(d) in sizes}
+    for day in failed:  # as the DAG does: a day whose validation failed is not cleaned
+        note = storage.get_json(settings, layout.validation_failed_key(day))
+        message = (f"dt={day}: refused: its last validation failed (report id {note.get('report_id')}): "
+                   f"{note.get('error')}; fix the data and validate dt={day} again")
+        if raise_errors:
+            raise PreprocessError(message)
+        run.errors[day] = message
+        log.error("preprocess dt=%s refused: %s", day, message)
+    days = [d for d in days if d not in failed]
 
     def fetch(day: dt.date) -> handover.Handover | None:
         part = raw.get(day)
@@ -168,6 +178,7 @@ def _clean(settings: Settings, date: dt.date, validated: handover.Handover | Non
            part: RawPartition | None) -> _Cleaned:
     if validated is None:
         flagged = rules.flag_partition(settings, date, partition=part)
+        handover.check_rows_as_landed(flagged)
         valid, bad, reasons = rules.split_flagged(flagged)
         clean, noise, counts = clean_events(valid, settings)
         users = len(pc.unique(clean["user_id"])) if clean.num_rows else 0

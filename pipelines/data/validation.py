@@ -172,7 +172,21 @@ def validate_partitions(settings: Settings, dates: Iterable[dt.date], *, report_
                      result.volume_ratio, "" if not result.failures else " - FAILED: " + "; ".join(result.failures))
         if run.results:
             run.data_docs_key = publish_index(settings, report_id, run.results, writes)
+        _mark_failures(settings, run, days, writes)
     return run
+
+
+def _mark_failures(settings: Settings, run: ValidationRun, days: list[dt.date], writes: Background) -> None:
+    """Write ``staging/validated/dt=D/_FAILED.json`` for each failed day (preprocessing refuses the day
+    while it exists) and remove it for each day that passed."""
+    marked = {o.key for o in list_partition_objects(settings, layout.VALIDATED, days)}
+    for day in days:
+        key = layout.validation_failed_key(day)
+        if day in run.errors:
+            writes.submit(storage.put_json, settings, key, {"date": day.isoformat(), "report_id": run.report_id,
+                                                            "error": run.errors[day]})
+        elif key in marked:
+            writes.submit(storage.delete_key, settings, key)
 
 
 def _collect(settings: Settings, report_id: str, day: dt.date, future: Future[_Checked | ValidationError],
@@ -192,6 +206,7 @@ def _check(settings: Settings, part: RawPartition, contents: dict[str, bytes], h
     """Flag one partition's rows, plan their cleaning, start writing its quarantine and hand-over."""
     day = part.date
     flagged = flag_partition(settings, day, now, partition=part, contents=contents)
+    handover.check_rows_as_landed(flagged)
     rows = flagged.rows
     valid, bad, reasons = split_flagged(flagged)
     plan = plan_cleaning(valid, settings)

@@ -304,3 +304,9 @@ def landing_staging_prefix(landing_id: str) -> str:
 def landing_staging_key(landing_id: str, raw_key_: str) -> str:
     """Where a raw key waits in staging: ``staging/landing/<landing id>/<raw key>``."""
     return landing_staging_prefix(landing_id) + raw_key_
+
+
+def validation_failed_key(date: dt.date) -> str:
+    """``staging/validated/dt=D/_FAILED.json``: the last validation of D failed (preprocessing refuses D
+    while it exists; the next passing validation removes it)."""
+    return partition_prefix(VALIDATED, date) + "_FAILED.json"
