@@ -36,8 +36,11 @@ from pipelines.features.dataset import Dataset  # noqa: E402
 from pipelines.features.encoding import encode_events  # noqa: E402
 from pipelines.model.evaluate import evaluate_dataset  # noqa: E402
 from pipelines.model.metrics import EMERGING_KS, bootstrap_ci, comparison_table  # noqa: E402
-from pipelines.model.network import predict_proba  # noqa: E402
+from pipelines.model.network import Predictor, predict_proba  # noqa: E402
+from pipelines.model.published import published_summaries  # noqa: E402
+from pipelines.model.pyfunc import ModelCore  # noqa: E402
 from pipelines.model.train import fit_model  # noqa: E402
+from pipelines.serving.engine import CoreScorer  # noqa: E402
 
 CIAO_SETTINGS = dict(horizon_days=90, lookback_days=20000, seq_len=50, asof_step_days=30, eval_asof_step_days=30,
                      validation_asof_count=4, test_asof_count=24, min_category_count=1, batch_size=512, epochs=12,
@@ -92,6 +95,9 @@ def run(data: str, overrides: dict, n_boot: int, use_repeat: bool = True, fit_op
         predict_s = time.perf_counter() - t0
         ks = tuple(settings.eval_ks)
         result = evaluate_dataset(dataset, probs, ks, examples=test, seed=settings.seed)
+        t0 = time.perf_counter()
+        published_report = _published(settings, fit.model, dataset, encoded, n_boot)
+        published_report["seconds"] = time.perf_counter() - t0
     summaries, per = result["summaries"], result["per_example"]
     users = np.asarray(test["user_id"].to_pylist())
     table = comparison_table(summaries, ks)
@@ -113,7 +119,7 @@ def run(data: str, overrides: dict, n_boot: int, use_repeat: bool = True, fit_op
         "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run, "val_ndcg": fit.best_val_ndcg,
         "predict_seconds": predict_s, "new_category_share": float(np.mean(per["model"]["has_new"])),
         "decay_half_life_horizons": summaries["decayed_frequency"].get("half_life_horizons"),
-        "summaries": summaries, "ci": ci, "diff_ci": diffs,
+        "summaries": summaries, "ci": ci, "diff_ci": diffs, "published": published_report,
     }
     pd.set_option("display.width", 250)
     cols = ["recall_at_5", "ndcg_at_5", "precision_at_5", "hitrate_at_5", "recall_at_10", "ndcg_at_10",
@@ -138,10 +144,41 @@ def run(data: str, overrides: dict, n_boot: int, use_repeat: bool = True, fit_op
     print(f"training: {fit.train_seconds:.1f} s, {fit.epochs_run} epochs (best {fit.best_epoch}), "
           f"{fit.examples_per_second:.0f} examples/s; encoding {encode_s:.1f} s; "
           f"scoring {len(probs)} test examples {predict_s:.2f} s; emerging ks {EMERGING_KS}")
+    print_published(published_report)
     load = os.getloadavg()
     print(f"encoding + training: {encode_s + fit.train_seconds:.1f} s (load average {load[0]:.2f} {load[1]:.2f} "
           f"{load[2]:.2f})")
     return report
+
+
+PUBLISHED_HEADLINE = ["recall_at_5", "ndcg_at_5", "explore_recall_at_3"]
+
+
+def _published(settings, model, dataset, encoded, n_boot: int) -> dict:
+    """The published columns at the test as-of times (every look-back user; the scoring engine and
+    the outcomes scorer, as the training evaluation does), with bootstrap intervals over users of
+    model minus each baseline."""
+    scorer = CoreScorer(ModelCore(Predictor(model), dataset.vocab, dataset.config))
+    per_user: dict = {}
+    summaries = published_summaries(settings, scorer, encoded.test_events, encoded.asof["test"], per_user=per_user)
+    users = np.asarray([key.rsplit("@", 1)[0] for key in per_user["model"]["user_id"].to_pylist()])
+    per = {name: {m: np.asarray(t[m].to_numpy(zero_copy_only=False), float) for m in PUBLISHED_HEADLINE}
+           for name, t in per_user.items()}
+    diffs = {name: bootstrap_ci(per["model"], users, PUBLISHED_HEADLINE, baseline=per[name], n_boot=n_boot)
+             for name in per if name != "model"}
+    return {"summaries": summaries, "diff_ci": diffs}
+
+
+def print_published(report: dict) -> None:
+    summaries = report["summaries"]
+    print("\npublished columns (every look-back user, scoring engine + outcomes scorer):")
+    for name, s in summaries.items():
+        print(f"  {name:<18} users {s['users']}  " + "  ".join(
+            f"{m} {s[m]:.4f}" for m in (*PUBLISHED_HEADLINE, "migration_auc", "fading_precision", "brier")))
+    for name, values in report["diff_ci"].items():
+        print(f"  model vs {name:<18} " + "  ".join(
+            f"{m} {summaries['model'][m] - summaries[name][m]:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+            for m, (lo, hi) in values.items()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,11 +49,13 @@ def _keyed_sets(sets: dict[str, set[str]], as_of: dt.datetime) -> dict[str, set[
 
 
 def published_summaries(settings: Settings, scorer: Any, events: pa.Table, asof_times: Sequence[dt.datetime], *,
-                        model_name: str = "candidate", model_version: str = "0") -> dict[str, dict[str, Any]]:
+                        model_name: str = "candidate", model_version: str = "0",
+                        per_user: dict[str, pa.Table] | None = None) -> dict[str, dict[str, Any]]:
     """``{"model": summary, <baseline>: summary}`` (:func:`outcomes.score_rows` summaries) of the
     contract rows ``scorer`` (a :mod:`pipelines.serving.engine` scorer) and every monitored
     baseline publish at each of ``asof_times``, judged on ``events`` (EVENT_SCHEMA, covering every
-    look-back and horizon)."""
+    look-back and horizon). ``per_user``, when given, receives the per-user tables by name (rows
+    ``user@T`` in the same order for every name: for bootstrap intervals)."""
     rows: dict[str, list[pa.Table]] = {}
     truth: dict[str, set[str]] = {}
     known: dict[str, set[str]] = {}
@@ -77,8 +79,12 @@ def published_summaries(settings: Settings, scorer: Any, events: pa.Table, asof_
         truth.update(_keyed_sets(outcomes.truth_sets(events, as_of, horizon_end), as_of))
         known.update(_keyed_sets(outcomes.known_sets(lookback, as_of - dt.timedelta(days=settings.lookback_days),
                                                      as_of), as_of))
-    return {name: outcomes.score_rows(pa.concat_tables(tables), truth, known, k=K, explore_k=EXPLORE_K)[0]
-            for name, tables in rows.items()}
+    out = {}
+    for name, tables in rows.items():
+        out[name], table = outcomes.score_rows(pa.concat_tables(tables), truth, known, k=K, explore_k=EXPLORE_K)
+        if per_user is not None:
+            per_user[name] = table
+    return out
 
 
 def flat_metrics(summaries: dict[str, dict[str, Any]]) -> dict[str, float]:
