@@ -227,3 +227,37 @@ def test_a_truncated_raw_file_fails_and_preprocess_refuses_a_failed_day(settings
     validation.validate_partition(settings, D, report_id="whole")
     assert not storage.exists(settings, "staging/validated/dt=2017-11-25/_FAILED.json")
     assert preprocess_partition(settings, D).clean == 100
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("with_handover", [True, False], ids=["after validation", "on its own"])
+def test_every_row_in_is_in_exactly_one_output_row_for_row(settings, tmp_path: Path, with_handover: bool) -> None:
+    lines = [f"{u},{u},7,pv,{T0 + 60 * u}" for u in range(1, 101)]
+    lines += [f"{u},{u},7,pv,{T0 + 60 * u}" for u in (3, 3, 8)]  # exact duplicates (3 twice)
+    lines += [f"1,2,7,zap,{T0 + 3}"]  # validation quarantine
+    lines += [f"7777,{i},7,pv,{T0 + 100 + i // 5}" for i in range(3000)]  # crawler noise
+    src = tmp_path / "mix.csv"
+    src.write_text("\n".join(lines) + "\n")
+    land_events(settings, src, "taobao")
+    if with_handover:
+        validation.validate_partition(settings, D, report_id="mix")
+    res = preprocess_partition(settings, D)
+    assert res.exact_duplicates == 3 and res.rows_in == len(lines)
+    prefix = "quarantine/events/dt=2017-11-25/"
+    dups = storage.read_parquet(settings, res.duplicates_key)
+    assert res.duplicates_key == prefix + "duplicates.parquet"
+    assert sorted(dups["reason"].to_pylist()) == ["duplicate_exact"] * 3
+    assert sorted(dups["user_id"].to_pylist()) == ["3", "3", "8"]
+    # Row for row: the (file, line) of every input row is in exactly one of clean / quarantine / duplicates.
+    seen = []
+    for key in ("validation.parquet", "preprocess.parquet", "duplicates.parquet"):
+        seen += storage.read_parquet(settings, prefix + key, columns=["row"])["row"].to_pylist()
+    clean = read_clean_events(settings, D, D)
+    assert clean.num_rows == res.clean
+    assert len(seen) + clean.num_rows == len(lines) == res.clean + res.quarantined + res.duplicates_dropped
+    assert len(set(seen)) == len(seen)
+    # A rerun with no duplicates left removes the duplicates file.
+    src.write_text("\n".join(lines[:100]) + "\n")
+    land_events(settings, src, "taobao")
+    assert preprocess_partition(settings, D).duplicates_key is None
+    assert not storage.exists(settings, prefix + "duplicates.parquet")

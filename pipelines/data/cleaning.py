@@ -198,9 +198,15 @@ def clean_events(valid: pa.Table, settings: Settings) -> tuple[pa.Table, pa.Tabl
     Returns (clean rows in :data:`EVENT_SCHEMA` sorted by user, time, item; set-aside noise rows in
     input order with a ``fate`` column; counts per fate). Pure: no storage.
     """
+    clean, aside, counts = split_events(valid, settings)
+    return clean, aside.filter(pc.invert(pc.is_in(aside["fate"], pa.array(DUPLICATE_FATES)))), counts
+
+
+def split_events(valid: pa.Table, settings: Settings) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """:func:`clean_events`, but the set-aside rows include the dropped duplicates (``fate``
+    ``duplicate_exact`` / ``duplicate_near``), so every input row is in exactly one output."""
     plan = plan_cleaning(valid, settings)
     clean = to_event_schema(valid.take(pa.array(plan.clean_indices(), pa.int64())))
-    noisy = plan.fate >= RATE
-    noise = valid.filter(pa.array(noisy))
-    noise = noise.append_column("fate", fate_names(plan.fate[noisy]))
-    return clean, noise, plan.counts()
+    aside = plan.fate != CLEAN
+    rows = valid.filter(pa.array(aside))
+    return clean, rows.append_column("fate", fate_names(plan.fate[aside])), plan.counts()

@@ -7,7 +7,9 @@ the raw files and window are unchanged) or else recompute the validation row fla
 (:func:`pipelines.data.rules.flag_partition`, the same pure rules, so both steps agree), and clean
 them with :func:`pipelines.data.cleaning.plan_cleaning`:
 
-1. exact and near-exact duplicates are counted and dropped (they carry no information);
+1. exact and near-exact duplicates are counted and dropped (they carry no information); the
+   dropped rows are kept in ``quarantine/events/dt=D/duplicates.parquet`` (reason
+   ``duplicate_exact`` / ``duplicate_near``), so the reconciliation holds row for row;
 2. noise is set aside with a reason (``quarantine/events/dt=D/preprocess.parquet``):
    ``crawler_rate``, ``crawler_diversity``, ``burst``;
 3. the rest is written in :data:`pipelines.contracts.EVENT_SCHEMA`, sorted by user then time.
@@ -38,14 +40,14 @@ from pipelines.data.cleaning import (
     DUPLICATE_FATES,
     FATES,
     NOISE_REASONS,
-    RATE,
-    clean_events,
     cleaning_settings,
     fate_names,
+    split_events,
     to_event_schema,
 )
+from pipelines.data.cleaning import clean_events as clean_events  # re-exported
 from pipelines.data.fanout import Background, prefetch
-from pipelines.data.quarantine import PREPROCESS, quarantine_table, validation_quarantine_table
+from pipelines.data.quarantine import DUPLICATES, PREPROCESS, quarantine_table, validation_quarantine_table
 from pipelines.data.raw import RawPartition, list_partition_objects, list_raw_partitions
 from pipelines.data.rules import CANONICAL_KEY_COLUMNS
 from pipelines.platform import layout, storage
@@ -80,6 +82,7 @@ class PreprocessResult:
     clean_keys: list[str]
     quarantine_key: str | None
     users: int
+    duplicates_key: str | None = None  # the dropped duplicates, row for row (reason duplicate_exact/near)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -103,7 +106,7 @@ class _Cleaned:
     reasons: dict[str, int]
     q_validation: int
     clean: pa.Table
-    noise: pa.Table
+    noise: pa.Table  # set-aside rows with a ``fate``: noise and the dropped duplicates
     counts: dict[str, int]
     bad: pa.Table | None  # validation quarantine to rewrite (when the raw partition was flagged here)
     users: int  # distinct users among the clean rows
@@ -180,7 +183,7 @@ def _clean(settings: Settings, date: dt.date, validated: handover.Handover | Non
         flagged = rules.flag_partition(settings, date, partition=part)
         handover.check_rows_as_landed(flagged)
         valid, bad, reasons = rules.split_flagged(flagged)
-        clean, noise, counts = clean_events(valid, settings)
+        clean, noise, counts = split_events(valid, settings)
         users = len(pc.unique(clean["user_id"])) if clean.num_rows else 0
         return _Cleaned(date, flagged.rows, reasons, bad.num_rows, clean, noise, counts, bad, users)
     meta = validated.meta
@@ -191,7 +194,7 @@ def _clean(settings: Settings, date: dt.date, validated: handover.Handover | Non
         table = validated.read([*CANONICAL_KEY_COLUMNS, handover.FATE])
         fate = handover.fates_of(table)
         clean = to_event_schema(table.filter(pa.array(fate == CLEAN)))
-        noisy = fate >= RATE
+        noisy = fate != CLEAN  # noise and duplicates: every row not kept is kept aside
         noise = table.slice(0, 0).drop_columns([handover.FATE])
         if noisy.any():
             both = pa.Table.from_arrays([*table.columns, *validated.read(["source_file", "row"]).columns],
@@ -202,7 +205,7 @@ def _clean(settings: Settings, date: dt.date, validated: handover.Handover | Non
         users = int(meta.get("clean_users", len(pc.unique(clean["user_id"])) if clean.num_rows else 0))
     else:
         table = handover.input_order(validated.read()).drop_columns([handover.FATE])
-        clean, noise, counts = clean_events(table, settings)
+        clean, noise, counts = split_events(table, settings)
         users = len(pc.unique(clean["user_id"])) if clean.num_rows else 0
     return _Cleaned(date, rows_in, reasons, sum(reasons.values()), clean, noise, counts, None, users)
 
@@ -211,9 +214,15 @@ def _publish(settings: Settings, c: _Cleaned, existing: dict[str, list[storage.O
              writes: Background) -> PreprocessResult:
     """Check the counts, then write the clean part, the quarantine files and the report (in the
     background) and delete what the last run left that this one does not rewrite."""
-    q_noise = c.noise.num_rows
+    dups, noise = c.noise.slice(0, 0), c.noise
+    if c.noise.num_rows:
+        is_dup = pc.is_in(c.noise["fate"], pa.array(DUPLICATE_FATES))
+        dups, noise = c.noise.filter(is_dup), c.noise.filter(pc.invert(is_dup))
+    q_noise = noise.num_rows
     exact = c.counts.get("duplicate_exact", 0)
     near = c.counts.get("duplicate_near", 0)
+    if dups.num_rows != exact + near:
+        raise PreprocessError(f"dt={c.date}: {dups.num_rows} duplicate rows set aside but {exact + near} counted")
     if c.rows_in != c.clean.num_rows + c.q_validation + q_noise + exact + near:
         raise PreprocessError(f"dt={c.date}: counts do not reconcile: rows in {c.rows_in} != clean "
                               f"{c.clean.num_rows} + quarantined {c.q_validation} + noise {q_noise} + "
@@ -225,13 +234,16 @@ def _publish(settings: Settings, c: _Cleaned, existing: dict[str, list[storage.O
         q_val = validation_quarantine_table(c.bad)
         if q_val is not None:
             writing[layout.quarantine_key(c.date, "validation")] = q_val
-    q_noise_table = quarantine_table(_noise_rows(c.noise), PREPROCESS) if c.noise.num_rows else None
+    q_noise_table = quarantine_table(_noise_rows(noise), PREPROCESS) if noise.num_rows else None
     q_key = layout.quarantine_key(c.date, PREPROCESS) if q_noise_table is not None else None
     if q_noise_table is not None:
         writing[q_key] = q_noise_table
+    d_key = layout.quarantine_key(c.date, DUPLICATES) if dups.num_rows else None
+    if d_key is not None:
+        writing[d_key] = quarantine_table(_noise_rows(dups), DUPLICATES)
     stale = [o.key for o in existing[layout.CLEAN] if o.key.startswith(layout.partition_prefix(layout.CLEAN, c.date))]
     stale += [o.key for o in existing[layout.QUARANTINE]
-              if o.key == layout.quarantine_key(c.date, PREPROCESS)
+              if o.key in (layout.quarantine_key(c.date, PREPROCESS), layout.quarantine_key(c.date, DUPLICATES))
               or (c.bad is not None and o.key == layout.quarantine_key(c.date, "validation"))]
     stale = [k for k in stale if k not in writing]
     if stale:
@@ -244,7 +256,8 @@ def _publish(settings: Settings, c: _Cleaned, existing: dict[str, list[storage.O
         date=c.date, rows_in=c.rows_in, clean=c.clean.num_rows, quarantined=c.q_validation + q_noise,
         quarantined_validation=c.q_validation, quarantined_noise=q_noise, duplicates_dropped=exact + near,
         exact_duplicates=exact, near_duplicates=near, reasons=reasons,
-        clean_keys=[layout.clean_key(c.date)] if c.clean.num_rows else [], quarantine_key=q_key, users=c.users)
+        clean_keys=[layout.clean_key(c.date)] if c.clean.num_rows else [], quarantine_key=q_key, users=c.users,
+        duplicates_key=d_key)
     for key, table in writing.items():
         writes.submit(storage.write_parquet, settings, key, table)
     writes.submit(storage.put_json, settings, layout.preprocess_report_key(c.date), result.to_dict())

@@ -17,6 +17,7 @@ from pipelines.platform import layout, storage
 
 VALIDATION = "validation"
 PREPROCESS = "preprocess"
+DUPLICATES = "duplicates"  # rows preprocessing dropped as exact or near duplicates (reason = which)
 # What a person needs to find and judge a flagged row: where it came from, its raw values, the rules.
 VALIDATION_COLUMNS = ["source_file", "row", "user_id", "item_id", "category_id", "behavior_raw", "ts_raw",
                       "value_raw", "reason", "rules"]

@@ -4,7 +4,7 @@ Stages never write a prefix or a file name by hand; they call these functions, s
 layout described in ``docs/design.md`` is exactly this module::
 
     raw/events/dt=D/<name>.{csv,parquet} + <name>.meta.json     landed source rows, unchanged
-    quarantine/events/dt=D/{validation,preprocess}.parquet       rows set aside, with a reason
+    quarantine/events/dt=D/{validation,preprocess,duplicates}.parquet  rows set aside, with a reason
     quarantine/events/unplaced/<name>.parquet                    rows landing could not date
     staging/validated/dt=D/valid.parquet                         validation -> preprocess hand-over
     staging/scoring/dt=D/shard-NNNNN/bucket-MMMMM.arrow          scoring input of one bucket of a shard's users
@@ -52,7 +52,8 @@ SUCCESS = "_SUCCESS"
 META_SUFFIX = ".meta.json"
 HANDOVER_FILE = "valid.parquet"
 CLEAN_PART = "part-00000.parquet"
-QUARANTINE_FILES = {"validation": "validation.parquet", "preprocess": "preprocess.parquet"}
+QUARANTINE_FILES = {"validation": "validation.parquet", "preprocess": "preprocess.parquet",
+                    "duplicates": "duplicates.parquet"}
 PREDICTION_PART = "part-{shard:05d}.parquet"
 SCORING_STAGING = "staging/scoring"
 SCORING_INPUT_PART = "shard-{shard:05d}/bucket-{bucket:05d}.arrow"
