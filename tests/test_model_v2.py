@@ -34,3 +34,4 @@ def test_behaviours_seen_only_after_the_training_window_are_not_in_the_vocabular
     assert "teleport" not in encoded.vocab.behaviors
     early = events([("u0", "a", "teleport", 1.5)])
     assert "teleport" in encode_events(pa.concat_tables([daily_events(), early]), settings).vocab.behaviors
+
