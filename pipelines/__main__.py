@@ -25,6 +25,7 @@ STAGE_CLIS = (
     "pipelines.devstack.cli",
     "pipelines.ops.cli",
     "pipelines.privacy.cli",
+    "pipelines.online.cli",
 )
 
 

@@ -212,6 +212,18 @@ class Settings:
     retention_predictions_days: int = _field(0, "the retention DAG deletes prediction partitions older than this "
                                              "many days (0: keep them)", check=lambda x: x >= 0, rule=">= 0")
 
+    # --- online scoring (pipelines/online, docs/online.md) --------------------------------------
+    online_port: int = _field(8790, "port of the online scoring endpoint (bound to 127.0.0.1)", check=_port,
+                              rule="1..65535")
+    online_token_file: Path | None = _field(None, "file holding the online endpoint's bearer token (a secret: "
+                                            "never logged; the stacks generate secrets/online_token)")
+    online_reload_seconds: float = _field(30.0, "how often the online endpoint checks the champion alias and the "
+                                          "latest clean day (a change reloads it)", check=_positive, rule="> 0")
+    online_max_body_bytes: int = _field(1_000_000, "largest request body the online endpoint reads (larger: 413)",
+                                        check=_positive, rule="> 0")
+    online_max_events: int = _field(10_000, "most events one online request may post (more: 400)",
+                                    check=_positive, rule="> 0")
+
     # --- embedded stack (`make up`, `make run`) ------------------------------------------------
     stack_root_dir: Path | None = _field(None, "folder of the embedded stack's state (empty: .local/ in "
                                          "the repository)")

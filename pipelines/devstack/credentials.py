@@ -28,6 +28,7 @@ MLFLOW_CLIENT_USER = "pipelines"  # the account tasks, the CLI and the UI plugin
 POSTGRES_SUPERUSER = "postgres"
 POSTGRES_ROLES = ("airflow", "mlflow")
 PSEUDONYM_KEY_FILE = "pseudonym_key"  # read by tasks, the CLI and the UI plugin through IM_PSEUDONYM_KEY_FILE  # one role and one database each (plus mlflow_auth for MLflow's users)
+ONLINE_TOKEN_FILE = "online_token"  # the online endpoint's bearer token (pipelines/online)
 
 SECRET_FILES = {
     "s3_access_key": "S3 access key (AWS_ACCESS_KEY_ID)",
@@ -41,6 +42,7 @@ SECRET_FILES = {
     "mlflow_flask_secret": "MLflow auth app session/CSRF secret",
     "seaweedfs_jwt_keys": "SeaweedFS JWT signing keys (volume and filer, write and read)",
     PSEUDONYM_KEY_FILE: "user-id pseudonymisation key (HMAC-SHA256; IM_PSEUDONYM_KEY_FILE names this file)",
+    ONLINE_TOKEN_FILE: "online scoring endpoint bearer token (IM_ONLINE_TOKEN_FILE names this file)",
 }
 TEAM_SECRET_FILES = {
     "postgres_superuser_password": f"PostgreSQL superuser '{POSTGRES_SUPERUSER}' (used only to create roles)",

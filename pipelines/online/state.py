@@ -1,0 +1,171 @@
+"""What the online endpoint holds in memory, and how it scores one user.
+
+An :class:`OnlineState` is built once per reload (:func:`load_state`): the champion pinned to
+its version, its scorer (this product's models on the fast core, any other pyfunc through
+``predict``; :func:`pipelines.serving.scoring.load_scorer`), and the clean events of the look-back
+window that ends on the latest clean day D, sorted by user with a per-user row range, so a
+request slices its user's history without touching storage.
+
+A request (:func:`score_user`) scores the user's history plus the events it posts (events since
+the last partition) with ``as_of`` = the end of D, or just after the latest posted event when that
+is later, and returns the contract row (:data:`~pipelines.contracts.PREDICTION_SCHEMA`), the
+same columns the daily partition holds. Bad requests raise :class:`RequestError` with the HTTP
+status and a message naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.config import Settings
+from pipelines.contracts import EVENT_SCHEMA, MODEL_INPUT_COLUMNS
+from pipelines.data.events import iter_clean_events
+from pipelines.platform import layout, storage
+from pipelines.platform.dates import end_of_day, lookback_window
+from pipelines.serving.engine import RowSpec
+from pipelines.serving.interests import params_from_settings
+from pipelines.serving.scoring import load_scorer, resolve_champion
+
+log = logging.getLogger(__name__)
+
+INPUT_SCHEMA = pa.schema([EVENT_SCHEMA.field(c) for c in MODEL_INPUT_COLUMNS])
+EVENT_FIELDS = ("item_id", "category_id", "behavior", "ts")
+_ONE_US = dt.timedelta(microseconds=1)
+
+
+class RequestError(ValueError):
+    """A request the endpoint refuses: ``status`` (4xx/503) and a message naming the field."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineState:
+    """One loaded champion and the look-back history it scores against (immutable: a reload
+    builds a new one and swaps the reference)."""
+
+    model: dict[str, Any]
+    scorer: Any
+    day: dt.date | None
+    events: pa.Table  # INPUT_SCHEMA, sorted by user_id
+    rows_of: dict[str, tuple[int, int]]
+    loaded_at: str
+
+    @property
+    def version(self) -> str:
+        return str(self.model["model_version"])
+
+
+def latest_clean_day(settings: Settings) -> dt.date | None:
+    days = storage.list_partitions(settings, layout.CLEAN)
+    return max(days) if days else None
+
+
+def load_state(settings: Settings) -> OnlineState:
+    """Pin the champion, load its scorer and index the look-back history of the latest clean day.
+    Raises :class:`~pipelines.serving.scoring.NoChampionError` when there is no champion."""
+    model = resolve_champion(settings)
+    scorer = load_scorer(settings, model["model_uri"])
+    day = latest_clean_day(settings)
+    tables = []
+    if day is not None:
+        start, end = lookback_window(day, settings.lookback_days)
+        tables = [t.select(MODEL_INPUT_COLUMNS).cast(INPUT_SCHEMA)
+                  for t in iter_clean_events(settings, start, end, list(MODEL_INPUT_COLUMNS))]
+    events = pa.concat_tables(tables) if tables else INPUT_SCHEMA.empty_table()
+    events = events.sort_by([("user_id", "ascending"), ("ts", "ascending")]).combine_chunks()
+    state = OnlineState(model, scorer, day, events, user_ranges(events["user_id"]),
+                        dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    log.info("online state: %s version %s, clean day %s, %d events of %d users", model["model_name"],
+             state.version, day, events.num_rows, len(state.rows_of))
+    return state
+
+
+def user_ranges(users: pa.ChunkedArray) -> dict[str, tuple[int, int]]:
+    """user id -> (first row, end row) of a column sorted by user id."""
+    if len(users) == 0:
+        return {}
+    codes = pc.dictionary_encode(users.combine_chunks())
+    idx = codes.indices.to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
+    ends = np.r_[starts[1:], len(idx)]
+    names = codes.dictionary.take(pa.array(idx[starts])).to_pylist()
+    return {name: (int(s), int(e)) for name, s, e in zip(names, starts, ends, strict=True)}
+
+
+def parse_request(payload: Any, max_events: int) -> tuple[str, pa.Table]:
+    """The user id and the posted events (INPUT_SCHEMA) of a request body; :class:`RequestError` 400
+    naming the field otherwise."""
+    if not isinstance(payload, dict):
+        raise RequestError(400, "the body must be a JSON object {\"user_id\": ..., \"events\": [...]}")
+    user = payload.get("user_id")
+    if not isinstance(user, str | int) or isinstance(user, bool) or str(user) == "":
+        raise RequestError(400, "'user_id' is required: a non-empty string (or integer)")
+    user = str(user)
+    events = payload.get("events") or []
+    if not isinstance(events, list):
+        raise RequestError(400, "'events' must be a list of {item_id, category_id, behavior, ts} objects")
+    if len(events) > max_events:
+        raise RequestError(400, f"'events' holds {len(events)} events; at most {max_events} per request")
+    columns: dict[str, list[Any]] = {c: [] for c in EVENT_FIELDS}
+    for i, event in enumerate(events):
+        if not isinstance(event, dict):
+            raise RequestError(400, f"events[{i}] must be an object with {list(EVENT_FIELDS)}")
+        for name in EVENT_FIELDS:
+            value = event.get(name)
+            if value is None or (isinstance(value, str) and not value.strip()) or isinstance(value, bool) \
+                    or not isinstance(value, str | int):
+                raise RequestError(400, f"events[{i}].{name} is missing or not a string")
+            columns[name].append(str(value))
+        columns["ts"][-1] = _parse_ts(columns["ts"][-1], i)
+    table = pa.table({"user_id": pa.array([user] * len(events), pa.string()),
+                      **{c: pa.array(columns[c], pa.string()) for c in EVENT_FIELDS[:3]},
+                      "ts": pa.array(columns["ts"], INPUT_SCHEMA.field("ts").type)})
+    return user, table.select(MODEL_INPUT_COLUMNS).cast(INPUT_SCHEMA)
+
+
+def _parse_ts(text: str, i: int) -> dt.datetime:
+    try:
+        ts = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise RequestError(400, f"events[{i}].ts {text!r} is not an ISO-8601 timestamp") from exc
+    if ts.tzinfo is None:
+        raise RequestError(400, f"events[{i}].ts {text!r} has no time zone (give UTC, e.g. ...+00:00 or Z)")
+    return ts.astimezone(dt.UTC)
+
+
+def score_user(state: OnlineState, settings: Settings, user: str, posted: pa.Table) -> dict[str, Any]:
+    """The contract row of ``user``: its look-back history plus ``posted``, as of the end of the
+    loaded day (or just after the latest posted event). :class:`RequestError` 404 for a user with
+    neither history nor posted events."""
+    lo, hi = state.rows_of.get(user, (0, 0))
+    if hi == lo and posted.num_rows == 0:
+        raise RequestError(404, f"user {user!r} has no events in the look-back window of {state.day} and the "
+                           f"request posts none: post its events (\"events\": [...]) to score it")
+    events = pa.concat_tables([state.events.slice(lo, hi - lo), posted]) if posted.num_rows else \
+        state.events.slice(lo, hi - lo)
+    as_of = end_of_day(state.day) if state.day else dt.datetime.min.replace(tzinfo=dt.UTC)
+    if posted.num_rows:
+        as_of = max(as_of, pc.max(posted["ts"]).as_py() + _ONE_US)
+    spec = RowSpec(as_of=as_of, as_of_date=(as_of - _ONE_US).date(),  # the day the last counted instant is in
+                   horizon_days=settings.horizon_days,
+                   model_name=state.model["model_name"], model_version=state.version,
+                   params=params_from_settings(settings), top_k=settings.top_k, top_n=settings.scoring_top_n,
+                   batch_users=settings.scoring_batch_users)
+    rows = [row for table in state.scorer.score(events, spec) for row in table.to_pylist()]
+    if len(rows) != 1:
+        raise RequestError(500, f"the scorer returned {len(rows)} rows for user {user!r}; expected 1")
+    row = rows[0]
+    row["as_of_date"] = row["as_of_date"].isoformat()
+    return {**row, "as_of": as_of.isoformat(), "model_uri": state.model["model_uri"],
+            "loaded_day": state.day.isoformat() if state.day else None,
+            "history_events": hi - lo, "posted_events": posted.num_rows}
