@@ -10,10 +10,11 @@ is validated and cleaned first when it exists), loads `models:/interest_migratio
 pins that exact version for every shard, scores every user active in the look-back window in
 mapped shards, and publishes the partition.
 
-**Produces**: `predictions/dt=D/part-*.parquet` with the public prediction contract, then the
-`_SUCCESS` manifest (model version, row count, files) last, and an event on the asset
+**Produces**: `predictions/dt=D/run=<id>/part-*.parquet` with the public prediction contract, then
+the `_SUCCESS` manifest (model version, row count, files) switched with one PUT, and an event on the asset
 `s3://<bucket>/predictions` (extra: `as_of_date`, `model_version`) that downstream DAGs can be
-scheduled on. A rerun for D replaces the partition whole. Then `report_migration` writes the
+scheduled on. A rerun for D replaces the partition whole; until its
+manifest switch, readers keep the old one. Then `report_migration` writes the
 population migration report of D under `reports/migration/dt=D/` (flows between categories, the
 top flows against the week before, the share of users migrating per category, a bar chart).
 
@@ -47,13 +48,11 @@ DEFAULT_ARGS = {
 
 
 def _as_of_date() -> dt.date:
-    """D: this run's logical date (for scheduled and backfilled runs, the start of the day it covers).
+    """D: the start of this run's data interval (a UI trigger's is the last complete day, not today)."""
+    from pipelines.flows.scoring import scoring_day
 
-    A manual run without a logical date scores its data interval's start, never a day in progress.
-    """
     context = get_current_context()
-    when = context.get("logical_date") or context.get("data_interval_start") or context["dag_run"].run_after
-    return when.date()
+    return scoring_day(context.get("data_interval_start"), context.get("logical_date"), context["dag_run"].run_after)
 
 
 @dag(
@@ -85,21 +84,22 @@ def interest_migration_scoring():
 
     @task
     def plan_shards(model: dict) -> list[dict]:
-        """Withdraw the old partition's manifest and parts; one shard spec per mapped task."""
+        """Pick a run id (the published partition stays readable); one shard spec per mapped task."""
         from pipelines.flows import scoring as flows
 
         return flows.plan_scoring(load_settings(), _as_of_date(), model)
 
     @task(max_active_tis_per_dagrun=4)
     def score_shard(model: dict, shard: dict) -> dict:
-        """Score one shard of users in bounded batches; write predictions/dt=D/part-<shard>.parquet."""
+        """Score one shard of users in bounded batches; write predictions/dt=D/run=<id>/part-<shard>.parquet."""
         from pipelines.flows import scoring as flows
 
         return flows.score_shard(load_settings(), _as_of_date(), model, shard)
 
     @task(outlets=[PREDICTIONS])
     def publish(model: dict, shard_results: list[dict]) -> dict:
-        """Check every part, then write the _SUCCESS manifest last and emit the asset event."""
+        """Check every part, switch the _SUCCESS manifest with one PUT (a retry finding it in place
+        succeeds), remove older runs, and emit the asset event."""
         from pipelines.flows import scoring as flows
 
         date = _as_of_date()

@@ -211,6 +211,22 @@ def test_moving_the_alias_by_hand_changes_the_next_run(scoring_settings):
     assert scoring.score_date(scoring_settings, D3)["model_version"] == first
 
 
+def test_a_ui_trigger_scores_the_last_complete_day_not_today():
+    from airflow.timetables.interval import CronDataIntervalTimetable
+    from pendulum import DateTime
+
+    from pipelines.flows.scoring import scoring_day
+
+    now = DateTime(2024, 1, 5, 14, 30, tzinfo=dt.UTC)
+    # What Airflow 3 gives a UI "Trigger": logical_date = now, the data interval inferred by the timetable.
+    interval = CronDataIntervalTimetable("0 0 * * *", timezone="UTC").infer_manual_data_interval(run_after=now)
+    assert scoring_day(interval.start, now, now) == D4
+    # A scheduled or backfilled run for D: interval start = logical date = D.
+    start = dt.datetime(2024, 1, 3, tzinfo=dt.UTC)
+    assert scoring_day(start, start, now) == D3
+    assert scoring_day(None, None, now) == D4
+
+
 @pytest.mark.services
 def test_no_champion_is_a_clear_error(scoring_settings):
     with pytest.raises(scoring.NoChampionError, match="promote --version"):
@@ -222,6 +238,19 @@ def test_missing_clean_input_is_a_clear_error(scoring_settings):
     model = {"model_name": scoring_settings.model_name, "model_version": "1", "model_uri": "models:/x/1"}
     with pytest.raises(MissingInputError, match="no clean events for 2024-01-09"):
         scoring.plan_shards(scoring_settings, dt.date(2024, 1, 9), model)
+
+
+@pytest.mark.services
+def test_a_look_back_day_with_raw_but_no_clean_data_fails(scoring_settings):
+    model = {"model_name": scoring_settings.model_name, "model_version": "1", "model_uri": "models:/x/1"}
+    # D2 was landed but its clean partition is gone (being rewritten, or never cleaned).
+    storage.put_bytes(scoring_settings, layout.partition_prefix(layout.RAW, D2) + "late.csv", b"u1,i1,7,pv,0\n")
+    storage.delete_prefix(scoring_settings, layout.partition_prefix(layout.CLEAN, D2))
+    with pytest.raises(MissingInputError, match="2024-01-02 of 2024-01-03 have raw events .* but no clean partition"):
+        scoring.plan_shards(scoring_settings, D3, model)
+    # A day whose preprocessing set every row aside (clean = 0) is not missing.
+    storage.put_json(scoring_settings, layout.preprocess_report_key(D2), {"clean": 0})
+    assert len(scoring.plan_shards(scoring_settings, D3, model)) == scoring_settings.scoring_shards
 
 
 @pytest.mark.services

@@ -12,6 +12,21 @@ from pipelines.platform import layout, storage
 from pipelines.platform.dates import date_range, lookback_window
 
 
+def scoring_day(data_interval_start: dt.datetime | None, logical_date: dt.datetime | None,
+                run_after: dt.datetime | None = None) -> dt.date:
+    """The day D a scoring run scores: its data interval's start (scheduled, backfilled and UI-triggered
+    runs alike: a manual trigger's interval is the last complete day before it), never the logical
+    date first: the Airflow 3 UI fills that with *now*, a day still in progress. Without an interval,
+    the logical date; without either, the day before ``run_after``."""
+    if data_interval_start is not None:
+        return data_interval_start.date()
+    if logical_date is not None:
+        return logical_date.date()
+    if run_after is None:
+        raise ValueError("a scoring run needs a data interval, a logical date or a run_after time")
+    return run_after.date() - dt.timedelta(days=1)
+
+
 def prepare_scoring_input(settings: Settings, date: dt.date, *, report_id: str) -> dict[str, Any]:
     """Task ``prepare_input``: make sure clean events exist for the look-back window ending at D.
 

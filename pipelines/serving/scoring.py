@@ -109,6 +109,7 @@ def plan_shards(settings: Settings, date: dt.date | str, model: dict[str, Any]) 
             f"no clean events for {day}: s3://{settings.bucket}/{layout.partition_prefix(layout.CLEAN, day)} "
             f"is empty (clean partitions in the look-back window [{start}, {end}]: {in_window or 'none'}); "
             f"land, validate and preprocess {day} first")
+    _check_window_is_clean(settings, day, start, end, clean)
     run_id = new_run_id()
     shards = settings.scoring_shards
     staged = staging.stage_inputs(settings, day, shards)
@@ -118,6 +119,26 @@ def plan_shards(settings: Settings, date: dt.date | str, model: dict[str, Any]) 
              "key": layout.prediction_run_part_key(day, run_id, i), "model_version": model["model_version"],
              "input_keys": staged["keys"][i], "buckets": staged["buckets"], "input_rows": staged["rows"][i]}
             for i in range(shards)]
+
+
+def _check_window_is_clean(settings: Settings, day: dt.date, start: dt.date, end: dt.date,
+                           clean: list[dt.date]) -> None:
+    """Raise :class:`MissingInputError` when a look-back day has raw events but no clean partition
+    (unless its preprocess report says it cleaned to zero rows): scoring would silently drop that day."""
+    raw_days = [d for d in storage.list_partitions(settings, layout.RAW) if start <= d <= end]
+    missing = []
+    for d in raw_days:
+        if d in clean and any(k.endswith(".parquet") for k in
+                              storage.list_keys(settings, layout.partition_prefix(layout.CLEAN, d))):
+            continue  # (a listed folder can be empty: an object store may keep the folder of deleted keys)
+        report = layout.preprocess_report_key(d)
+        if not (storage.exists(settings, report) and int(storage.get_json(settings, report).get("clean", -1)) == 0):
+            missing.append(d.isoformat())
+    if missing:
+        raise MissingInputError(
+            f"look-back day(s) {', '.join(missing)} of {day} have raw events under s3://{settings.bucket}/"
+            f"{layout.area_prefix(layout.RAW)} but no clean partition: scoring would silently leave them out; "
+            f"validate and preprocess them first (`python -m pipelines preprocess --date {missing[0]}`)")
 
 
 def new_run_id() -> str:
