@@ -228,6 +228,24 @@ def test_a_ui_trigger_scores_the_last_complete_day_not_today():
 
 
 @pytest.mark.services
+def test_a_model_whose_files_changed_after_registration_is_not_loaded(scoring_settings, tmp_path):
+    from pipelines.model import registry
+
+    version = pm.register_as_champion(scoring_settings)
+    digest = registry.record_digest(scoring_settings, version, tmp_path / "a")
+    assert len(digest) == 64
+    scoring.load_scorer.cache_clear()
+    assert scoring.score_date(scoring_settings, D3)["model_version"] == version
+    # Recorded digest and files disagree (as after someone overwrote a file in the artifact store).
+    tracking.client(scoring_settings).set_model_version_tag(scoring_settings.model_name, version,
+                                                            registry.TAG_SHA256, "0" * 64)
+    scoring.load_scorer.cache_clear()
+    with pytest.raises(registry.ModelIntegrityError, match=f"version {version}: its files have SHA-256 {digest}"):
+        scoring.score_date(scoring_settings, D3)
+    scoring.load_scorer.cache_clear()
+
+
+@pytest.mark.services
 def test_no_champion_is_a_clear_error(scoring_settings):
     with pytest.raises(scoring.NoChampionError, match="promote --version"):
         scoring.resolve_champion(scoring_settings)

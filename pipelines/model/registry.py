@@ -18,8 +18,11 @@ promoted. People promote or roll back by moving the alias (:func:`promote_versio
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pipelines.config import Settings
@@ -35,6 +38,11 @@ MODEL_PREFIX = "model/"
 BASELINE_PREFIX = "baseline/"
 
 ChampionEvaluator = Callable[[Settings, str, str], dict[str, float]]
+TAG_SHA256 = "model.sha256"  # on the version: SHA-256 of its model files (recorded at registration)
+
+
+class ModelIntegrityError(RuntimeError):
+    """A model version's files do not match the SHA-256 recorded when it was registered."""
 
 
 class RegistryError(RuntimeError):
@@ -188,6 +196,9 @@ def register_step(settings: Settings, *, mlflow_run_id: str, model_uri: str, dat
         version = tracking.register_model(settings, model_uri,
                                           {"source_run_id": mlflow_run_id, "dataset_uri": dataset_uri})
         log.info("registered %s version %s from %s", settings.model_name, version.version, model_uri)
+        settings.work_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=settings.work_dir) as tmp:
+            record_digest(settings, str(version.version), Path(tmp))
     else:
         log.info("run %s already registered as %s version %s; reusing it", mlflow_run_id, settings.model_name,
                  version.version)
@@ -316,3 +327,54 @@ def promote_version(settings: Settings, version: str | int, *, alias: str = CHAM
                                         f"{reason} at {now} (previous: {previous or 'none'})")
     log.info("moved %s@%s from version %s to %s", settings.model_name, alias, previous, version)
     return {"model_name": settings.model_name, "alias": alias, "previous": previous, "current": str(version)}
+
+
+# --- integrity: the SHA-256 of a version's files, recorded at registration, checked before loading ---
+
+
+def files_digest(folder: Path) -> str:
+    """SHA-256 over every file under ``folder``: relative path and bytes, in path order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with path.open("rb") as handle:
+            while chunk := handle.read(8 << 20):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _download_version(settings: Settings, version: str, dest: Path) -> Path:
+    import mlflow.artifacts
+
+    tracking.configure(settings)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{settings.model_name}/{version}",
+                                                    dst_path=str(dest)))
+
+
+def record_digest(settings: Settings, version: str, workdir: Path) -> str:
+    """Download version ``version``'s files, tag the version with their SHA-256 (``model.sha256``) and return it."""
+    digest = files_digest(_download_version(settings, str(version), workdir))
+    tracking.client(settings).set_model_version_tag(settings.model_name, str(version), TAG_SHA256, digest)
+    log.info("%s version %s: files SHA-256 %s recorded", settings.model_name, version, digest)
+    return digest
+
+
+def verified_download(settings: Settings, version: str, workdir: Path) -> Path:
+    """The files of version ``version`` downloaded into ``workdir`` and checked against the recorded
+    SHA-256; load the model from the returned folder (what was checked is what is loaded). Raises
+    :class:`ModelIntegrityError` on a mismatch. A version registered before digests were recorded
+    (no tag) is loaded with a warning."""
+    recorded = dict(tracking.client(settings).get_model_version(settings.model_name, str(version)).tags).get(TAG_SHA256)
+    local = _download_version(settings, str(version), workdir)
+    if not recorded:
+        log.warning("%s version %s has no recorded %s (registered before integrity checks): loaded unverified",
+                    settings.model_name, version, TAG_SHA256)
+        return local
+    actual = files_digest(local)
+    if actual != recorded:
+        raise ModelIntegrityError(
+            f"{settings.model_name} version {version}: its files have SHA-256 {actual} but {recorded} was recorded "
+            f"at registration: the model files were changed after registration; refusing to load them "
+            f"(re-register a trusted model, or move @champion to another version)")
+    return local

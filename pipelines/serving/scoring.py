@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import secrets
+import shutil
 import tempfile
 import time
 import zlib
@@ -45,7 +47,7 @@ from pipelines.contracts import (
     PREDICTION_SCHEMA,
 )
 from pipelines.data.events import MissingInputError, iter_clean_events
-from pipelines.model.registry import CHAMPION, version_by_alias
+from pipelines.model.registry import CHAMPION, verified_download, version_by_alias
 from pipelines.platform import layout, storage, tracking
 from pipelines.platform.dates import end_of_day, lookback_window, to_date
 from pipelines.serving import shards as staging
@@ -151,7 +153,15 @@ def load_scorer(settings: Settings, model_uri: str) -> CoreScorer | PyfuncScorer
     """The scorer of a pinned version, loaded once per process (every shard and bucket of a day
     reuses it): this product's models on their fast core, any other pyfunc through ``predict``."""
     log.info("loading %s from %s", model_uri, settings.mlflow_tracking_uri)
-    predictor = tracking.load_pyfunc(settings, model_uri)
+    name, _, version = model_uri.removeprefix("models:/").partition("/")
+    if name == settings.model_name and version.isdigit():
+        # What is checked against the SHA-256 recorded at registration is what is loaded.
+        folder = settings.work_dir / "models" / f"{name}-{version}-{os.getpid()}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        predictor = tracking.load_pyfunc(settings, str(verified_download(settings, version, folder)))
+    else:
+        predictor = tracking.load_pyfunc(settings, model_uri)
     try:
         python_model = predictor.unwrap_python_model()
     except Exception:  # noqa: BLE001 - not a python_model pyfunc (another flavour): the public contract
