@@ -103,6 +103,7 @@ def make_handler(settings: Settings, reloader: Reloader, token: str) -> type[Bas
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
         server_version = "interest-migration-online"
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature

@@ -27,10 +27,12 @@ import pyarrow.compute as pc
 from pipelines.config import Settings
 from pipelines.contracts import EVENT_SCHEMA, MODEL_INPUT_COLUMNS
 from pipelines.data.events import iter_clean_events
+from pipelines.features.batch import encode, index_events
 from pipelines.platform import layout, storage
 from pipelines.platform.dates import end_of_day, lookback_window
-from pipelines.serving.engine import RowSpec
-from pipelines.serving.interests import params_from_settings
+from pipelines.serving.contract import Ranked, contract_columns
+from pipelines.serving.engine import CoreScorer, RowSpec, category_space, prediction_table
+from pipelines.serving.interests import interest_history, params_from_settings
 from pipelines.serving.scoring import load_scorer, resolve_champion
 
 log = logging.getLogger(__name__)
@@ -161,7 +163,9 @@ def score_user(state: OnlineState, settings: Settings, user: str, posted: pa.Tab
                    model_name=state.model["model_name"], model_version=state.version,
                    params=params_from_settings(settings), top_k=settings.top_k, top_n=settings.scoring_top_n,
                    batch_users=settings.scoring_batch_users)
-    rows = [row for table in state.scorer.score(events, spec) for row in table.to_pylist()]
+    tables = [_score_on_core(state.scorer.core, events, spec)] if isinstance(state.scorer, CoreScorer) else \
+        list(state.scorer.score(events, spec))
+    rows = [row for table in tables for row in table.to_pylist()]
     if len(rows) != 1:
         raise RequestError(500, f"the scorer returned {len(rows)} rows for user {user!r}; expected 1")
     row = rows[0]
@@ -169,3 +173,17 @@ def score_user(state: OnlineState, settings: Settings, user: str, posted: pa.Tab
     return {**row, "as_of": as_of.isoformat(), "model_uri": state.model["model_uri"],
             "loaded_day": state.day.isoformat() if state.day else None,
             "history_events": hi - lo, "posted_events": posted.num_rows}
+
+
+def _score_on_core(core: Any, events: pa.Table, spec: RowSpec) -> pa.Table:
+    """:meth:`CoreScorer.score` for the few rows of one request, in the calling thread (the batch
+    path's model thread costs a thread start per request): the same encoder, model call and
+    contract columns."""
+    index = index_events(events, core.vocab)
+    examples = encode(index, [spec.as_of], core.vocab, core.config, with_labels=False)
+    categories, code_of_raw = category_space(core.vocab, index)
+    history = interest_history(index, examples.user, spec.as_of, spec.params.half_life_days, code_of_raw)
+    inputs = examples.model_inputs(core.config.seq_len, trim=core.predictor.sparse)
+    ranked = Ranked(*core.predictor.top_n(inputs, spec.top_n))
+    columns = contract_columns(ranked, categories, history, spec.params, top_k=spec.top_k)
+    return prediction_table(index.users.take(pa.array(examples.user)), columns, spec)

@@ -1,0 +1,171 @@
+"""Online scoring benchmark: latency of one user and throughput under a bounded local load, over loopback.
+
+Starts SeaweedFS + an MLflow server on free ports, writes synthetic clean events for the look-back
+window (``--users`` users), trains and registers the product's Keras model as champion with the
+scoring benchmark's own steps (bench/scoring_bench.py, in a child process), then starts the online
+endpoint (pipelines/online/server.py) in this process and measures:
+
+1. latency: ``--requests`` sequential POST /v1/score for random users over one keep-alive
+   connection (half of them post 3 events since the partition), p50/p99/max in milliseconds;
+2. throughput: ``--clients`` client processes, each one keep-alive connection sending requests
+   back to back for ``--seconds`` seconds; requests/s and the p50/p99 seen under that load.
+
+The clients run on the same machine as the server (loopback only), so they take CPU from it: the
+figures are for the whole machine. It prints the load average at the end.
+
+    .venv/bin/python bench/online_bench.py                 # 10,000 users, 4 clients for 10 s
+    .venv/bin/python bench/online_bench.py --clients 8 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import http.client
+import json
+import logging
+import multiprocessing
+import os
+import random
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import scoring_bench as sb  # noqa: E402  # the scoring benchmark's generator and training child
+
+from pipelines.config import load_settings  # noqa: E402
+from pipelines.devstack import services  # noqa: E402
+from pipelines.online import server as online  # noqa: E402
+
+
+def _post(conn: http.client.HTTPConnection, token: str, body: bytes) -> float:
+    t0 = time.perf_counter()
+    conn.request("POST", "/v1/score", body, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    answer = conn.getresponse()
+    answer.read()
+    if answer.status != 200:
+        raise RuntimeError(f"POST /v1/score answered {answer.status}")
+    return time.perf_counter() - t0
+
+
+def _body(rng: random.Random, users: int, post_events: bool) -> bytes:
+    payload: dict[str, Any] = {"user_id": f"u{rng.randrange(users)}"}
+    if post_events:
+        day = sb.AS_OF_DATE + dt.timedelta(days=1)
+        payload["events"] = [{"item_id": f"i{rng.randrange(10**6)}", "category_id": f"c{rng.randrange(200)}",
+                              "behavior": "view", "ts": f"{day}T{h:02d}:15:00Z"} for h in (8, 9, 10)]
+    return json.dumps(payload).encode()
+
+
+def _client(args: tuple[int, str, str, int, float, int]) -> list[float]:
+    """One client process: back-to-back requests over one connection until the deadline."""
+    port, token, _, users, seconds, seed = args
+    rng = random.Random(seed)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    times = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        times.append(_post(conn, token, _body(rng, users, rng.random() < 0.5)))
+    conn.close()
+    return times
+
+
+def _ms(times: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(times) * 1000.0, q)) if times else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=10_000, help="users in the look-back window (default 10,000)")
+    parser.add_argument("--days", type=int, default=30, help="look-back window length (lookback_days)")
+    parser.add_argument("--events-per-user", type=int, default=20, help="mean events per user in the window")
+    parser.add_argument("--categories", type=int, default=2_000, help="categories the generator draws from")
+    parser.add_argument("--train-users", type=int, default=1_000, help="users in the training window")
+    parser.add_argument("--requests", type=int, default=1_000, help="sequential requests of the latency phase")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent client processes of the load phase")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the load phase")
+    parser.add_argument("--seed", type=int, default=7, help="generator seed")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+
+    root = Path(tempfile.mkdtemp(prefix="online-bench-"))
+    env = dict(os.environ)
+    env["AWS_ACCESS_KEY_ID"] = "bench-" + secrets.token_hex(4)
+    env["AWS_SECRET_ACCESS_KEY"] = secrets.token_hex(16)
+    bucket = "bench"
+    started: list[services.Process] = []
+    server = None
+    try:
+        seaweed = services.start_seaweedfs(root / "seaweedfs", services.seaweed_ports(services.free_port()), env,
+                                           bucket, root / "logs" / "seaweedfs.log", record=started.append)
+        env["MLFLOW_S3_ENDPOINT_URL"] = seaweed.extra["s3_endpoint_url"]
+        mlflow_proc = services.start_mlflow(services.free_port(), root / "mlflow.db", f"s3://{bucket}/mlflow",
+                                            env, root / "logs" / "mlflow.log")
+        started.append(mlflow_proc)
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
+            os.environ[key] = env[key]
+        token_file = root / "online_token"
+        token_file.write_text(secrets.token_urlsafe(32))
+        overrides: dict[str, Any] = {
+            "s3_endpoint_url": seaweed.extra["s3_endpoint_url"], "bucket": bucket,
+            "mlflow_tracking_uri": mlflow_proc.extra["tracking_uri"], "lookback_days": args.days,
+            "work_dir": root / "work"}
+        settings = load_settings(environ={}, **overrides)
+        train_end = sb.AS_OF_DATE - dt.timedelta(days=args.days)
+        sb.write_events(settings, sb.generate_events(args.train_users, 21, args.events_per_user, args.categories,
+                                                     args.seed + 1, end=train_end))
+        trained = sb.run_child("--train-only", {
+            "settings": {**overrides, "work_dir": str(root / "train-work"), "epochs": 1, "asof_step_days": 2},
+            "train_start": (train_end - dt.timedelta(days=20)).isoformat(), "train_end": train_end.isoformat(),
+            "run_key": "online-bench-" + secrets.token_hex(4)})
+        events = sb.write_events(settings, sb.generate_events(args.users, args.days, args.events_per_user,
+                                                              args.categories, args.seed))
+        settings = dataclasses.replace(settings, online_token_file=token_file, online_reload_seconds=3600.0)
+        t0 = time.monotonic()
+        server = online.start(settings, port=0)
+        state = server.reloader.state
+        print(f"champion version {trained['model_version']} ({trained['categories']} categories); look-back "
+              f"{state.day} with {events:,} events of {len(state.rows_of):,} users; endpoint loaded in "
+              f"{time.monotonic() - t0:.1f}s")
+        port, token = server.server.server_address[1], token_file.read_text()
+
+        rng = random.Random(args.seed)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for _ in range(20):  # warm-up: the model's first calls trace its graph
+            _post(conn, token, _body(rng, args.users, rng.random() < 0.5))
+        times = [_post(conn, token, _body(rng, args.users, i % 2 == 1)) for i in range(args.requests)]
+        conn.close()
+        print(f"latency, one client, {args.requests} sequential requests (half post 3 events): p50 "
+              f"{_ms(times, 50):.1f} ms, p99 {_ms(times, 99):.1f} ms, max {max(times) * 1000:.1f} ms "
+              f"(target p99 <= 50 ms)")
+
+        jobs = [(port, token, "", args.users, args.seconds, args.seed + i) for i in range(args.clients)]
+        t0 = time.monotonic()
+        with multiprocessing.get_context("spawn").Pool(args.clients) as pool:
+            results = pool.map(_client, jobs)
+        wall = time.monotonic() - t0
+        loaded = [t for r in results for t in r]
+        print(f"throughput, {args.clients} concurrent clients for {args.seconds:.0f}s over loopback: "
+              f"{len(loaded) / args.seconds:,.0f} requests/s ({len(loaded):,} requests, pool wall {wall:.1f}s); "
+              f"latency under load p50 {_ms(loaded, 50):.1f} ms, p99 {_ms(loaded, 99):.1f} ms "
+              f"(target >= 1,000 requests/s)")
+        load = os.getloadavg()
+        print(f"machine: {os.cpu_count()} CPUs; load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+        return 0
+    finally:
+        if server is not None:
+            server.stop()
+        for proc in reversed(started):
+            proc.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
