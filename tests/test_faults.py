@@ -1,0 +1,89 @@
+"""Faults on real services: a SeaweedFS of the test's own (so killing it breaks no other test) is
+SIGKILLed between a scoring run's parts and its publish, then restarted on the same data folder.
+The published partition must stay whole and readable, and the retried publish must complete."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+import signal
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from pipelines.config import load_settings
+from pipelines.contracts import PREDICTION_SCHEMA
+from pipelines.devstack import credentials
+from pipelines.devstack import services as svc
+from pipelines.platform import layout, storage
+from pipelines.serving import predictions, scoring
+
+pytestmark = pytest.mark.faults
+
+D = dt.date(2024, 1, 3)
+MODEL = {"model_name": "interest_migration", "model_version": "7", "model_uri": "models:/interest_migration/7"}
+
+
+def _rows(users: list[str], score: float) -> pa.Table:
+    return pa.Table.from_pylist([
+        {"user_id": u, "as_of_date": D, "horizon_days": 7, "predicted_categories": ["a"], "predicted_scores": [score],
+         "current_categories": ["a"], "current_strengths": [1.0], "migration_score": score,
+         "emerging_categories": [], "fading_categories": [], "model_name": MODEL["model_name"],
+         "model_version": MODEL["model_version"]} for u in users], schema=PREDICTION_SCHEMA)
+
+
+def _write_run(settings, score: float) -> list[dict]:
+    """One scoring run's parts (two shards) as score_shard writes them; returns the shard results."""
+    run_id = scoring.new_run_id() + secrets.token_hex(1)
+    results = []
+    for shard, users in enumerate((["u1", "u2"], ["u3"])):
+        key = layout.prediction_run_part_key(D, run_id, shard)
+        storage.write_parquet(settings, key, _rows(users, score))
+        results.append({"shard": shard, "shards": 2, "key": key, "run_id": run_id, "rows": len(users)})
+    return results
+
+
+def _start(root: Path, ports: dict[str, int], env: dict[str, str], security: Path) -> svc.Process:
+    return svc.start_seaweedfs(root / "seaweedfs", ports, env, "im-faults", root / "seaweedfs.log",
+                               security_dir=security.parent)
+
+
+def test_seaweedfs_killed_before_the_switch_loses_nothing_and_the_retry_publishes(tmp_path: Path, monkeypatch):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = "faults-" + secrets.token_hex(4), secrets.token_hex(16)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, env[key])
+    security = credentials.write_seaweed_security(
+        credentials.make_private_dir(tmp_path / "secrets") / "seaweedfs",
+        "\n".join(secrets.token_hex(24) for _ in credentials.SEAWEED_JWT_SECTIONS))
+    ports = svc.seaweed_ports(svc.free_port())
+    seaweed = _start(tmp_path, ports, env, security)
+    try:
+        settings = load_settings(environ={}, s3_endpoint_url=seaweed.extra["s3_endpoint_url"], bucket="im-faults",
+                                 work_dir=tmp_path / "work")
+        storage.reset_clients()
+        storage.ensure_bucket(settings)
+        first = scoring.publish_partition(settings, D, MODEL, _write_run(settings, 0.25))
+        rerun = _write_run(settings, 0.75)
+        # The store dies (SIGKILL, no shutdown) after the rerun's parts, before its manifest switch.
+        svc.stop_process_group(seaweed.popen.pid, first=signal.SIGKILL)
+        seaweed.popen.wait(timeout=10)
+        with pytest.raises(Exception):  # noqa: B017 - whatever the client raises for a dead endpoint
+            scoring.publish_partition(settings, D, MODEL, rerun)
+        seaweed = _start(tmp_path, ports, env, security)  # same data folder, same ports
+        storage.reset_clients()
+        # Nothing lost, nothing half-visible: the old manifest and every part it lists are there.
+        assert predictions.read_manifest(settings, D)["files"] == first["files"]
+        table = predictions.read_predictions(settings, D)
+        assert table.num_rows == 3 and set(table["migration_score"].to_pylist()) == {0.25}
+        # The retry switches to the rerun whole and removes the old run.
+        second = scoring.publish_partition(settings, D, MODEL, rerun)
+        table = predictions.read_predictions(settings, D)
+        assert table.num_rows == 3 and set(table["migration_score"].to_pylist()) == {0.75}
+        assert storage.list_keys(settings, layout.partition_prefix(layout.PREDICTIONS, D)) == sorted(
+            [*second["files"], layout.success_key(D)])
+    finally:
+        seaweed.stop()
+        storage.reset_clients()
