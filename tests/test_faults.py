@@ -87,3 +87,27 @@ def test_seaweedfs_killed_before_the_switch_loses_nothing_and_the_retry_publishe
     finally:
         seaweed.stop()
         storage.reset_clients()
+
+
+def test_concurrent_preprocess_of_one_date_equals_one_run(settings, tmp_path: Path):
+    # A training preprocess and a scoring re-clean of the same day at once (here: four threads):
+    # every run reconciles, and the clean partition equals that of a run on its own.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipelines.data import validation
+    from pipelines.data.events import read_clean_events
+    from pipelines.data.landing import land_events
+    from pipelines.data.preprocess import preprocess_partition
+    from pipelines.data.synthetic import generate_taobao
+
+    day = dt.date(2017, 11, 25)
+    gen = generate_taobao(tmp_path / "gen", users=150, days=1, categories=20, start=day, seed=3)
+    land_events(settings, gen.events_path, "taobao", name="synthetic")
+    validation.validate_partition(settings, day, report_id="alone")
+    alone = preprocess_partition(settings, day)
+    reference = read_clean_events(settings, day, day)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: preprocess_partition(settings, day), range(4)))
+    assert all(r.to_dict() == alone.to_dict() for r in results)
+    assert read_clean_events(settings, day, day).equals(reference)
+    assert storage.list_keys(settings, layout.partition_prefix(layout.CLEAN, day)) == [layout.clean_key(day)]
