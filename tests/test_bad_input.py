@@ -16,7 +16,7 @@ from pipelines.__main__ import main
 from pipelines.data.events import read_clean_events
 from pipelines.data.formats import SourceError
 from pipelines.data.landing import land_events
-from pipelines.data.preprocess import preprocess_partition
+from pipelines.data.preprocess import PreprocessError, preprocess_partition
 from pipelines.data.rules import ValidationError
 from pipelines.data.validation import validate_partition
 from pipelines.platform import storage
@@ -133,9 +133,10 @@ def test_a_whole_partition_of_duplicates_fails_the_batch(settings, tmp_path: Pat
     land_events(settings, _write(tmp_path, "dups.csv", "\n".join(rows) + "\n"), "taobao")
     with pytest.raises(ValidationError, match=r"duplicate_share failed: 99\.67% of 300 rows"):
         validate_partition(settings, D, report_id="dups")
-    # Preprocessing alone (e.g. run by hand) still accounts for every row.
-    pre = preprocess_partition(settings, D)
-    assert pre.clean == 1 and pre.exact_duplicates == 299 and pre.rows_in == 300
+    # Preprocessing by hand refuses the failed day (as the DAG does), naming the rule.
+    with pytest.raises(PreprocessError, match=r"dt=2017-11-25: refused: .*rule duplicate_share failed"):
+        preprocess_partition(settings, D)
+    assert storage.list_keys(settings, "clean/events/") == []
 
 
 def test_crawler_with_100k_events_in_an_hour_is_set_aside(settings, tmp_path: Path) -> None:
@@ -167,3 +168,15 @@ def test_mixed_time_zones_are_normalised_to_utc(settings, tmp_path: Path) -> Non
     ts = sorted(t.isoformat() for t in read_clean_events(settings, D, D)["ts"].to_pylist())
     assert pre.clean == 3 and ts == ["2017-11-25T00:30:00+00:00", "2017-11-25T01:00:00+00:00",
                                      "2017-11-25T02:00:00+00:00"]
+
+
+@pytest.mark.services
+def test_a_file_whose_every_row_is_quarantined_fails_and_keeps_its_rows(settings, tmp_path: Path) -> None:
+    # Timestamps in milliseconds read as seconds: every row is implausible. Not "landed 0 of 200" and exit 0.
+    src = tmp_path / "millis.csv"
+    src.write_text("".join(f"{u},1,7,pv,{1511568000000 + u}\n" for u in range(200)))
+    with pytest.raises(SourceError, match=r"every one of its 200 rows was quarantined \(implausible_timestamp \(200\)\)"):
+        land_events(settings, src, "taobao")
+    unplaced = storage.read_parquet(settings, "quarantine/events/unplaced/millis.parquet")
+    assert unplaced.num_rows == 200 and set(unplaced["reason"].to_pylist()) == {"implausible_timestamp"}
+    assert storage.list_keys(settings, "raw/events/") == []

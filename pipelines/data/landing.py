@@ -225,4 +225,9 @@ def _publish(settings: Settings, name: str, source: str, spec: SourceSpec, stats
                         rows_by_date={d.isoformat(): n for d, n in sorted(stats.rows_by_date.items())},
                         source_sha256=digest, landing_id=landing_id)
     storage.put_json(settings, layout.landing_report_key(name), result.to_dict())
+    if rows == 0 and quarantined:
+        top = ", ".join(f"{r} ({n})" for r, n in sorted(stats.reasons.items(), key=lambda kv: -kv[1])[:3])
+        raise SourceError(f"{source}: every one of its {quarantined} rows was quarantined ({top}); nothing landed. "
+                          f"The rows and their reasons are in s3://{settings.bucket}/{q_key}; check the format "
+                          f"options (--ts-format, --map, --no-header) and land it again")
     return result
