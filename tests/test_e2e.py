@@ -157,13 +157,17 @@ def test_training_then_three_scoring_days_then_rerun(trained_and_scored):
         assert set(table.column("as_of_date").to_pylist()) == {day}
         assert set(table.column("model_version").to_pylist()) == {str(manifest["model_version"])}
 
-    # Rerun one day: same files, same rows, nothing appended.
+    # Rerun one day: a new run's files replace the old ones (same part names, same rows), nothing appended.
     day = SCORING_DAYS[1]
     before_manifest, before = _read_partition(settings, day)
-    keys_before = storage.list_keys(settings, layout.partition_prefix(layout.PREDICTIONS, day))
     _airflow(env, "dags", "test", "interest_migration_scoring", day.isoformat())
     after_manifest, after = _read_partition(settings, day)
-    assert storage.list_keys(settings, layout.partition_prefix(layout.PREDICTIONS, day)) == keys_before
+    keys_after = storage.list_keys(settings, layout.partition_prefix(layout.PREDICTIONS, day))
+    assert sorted(k for k in keys_after if not k.endswith(layout.SUCCESS)) == sorted(after_manifest["files"])
+    assert after_manifest["run_id"] != before_manifest["run_id"]
+    assert not set(after_manifest["files"]) & set(before_manifest["files"]), "the old run's parts were kept"
+    assert sorted(k.rsplit("/", 1)[-1] for k in after_manifest["files"]) == \
+        sorted(k.rsplit("/", 1)[-1] for k in before_manifest["files"])
     assert after.num_rows == before.num_rows
     assert _differences(before, after) == []
     assert after_manifest["created_at"] >= before_manifest["created_at"]

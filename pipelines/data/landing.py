@@ -45,6 +45,7 @@ from pipelines.data.formats import SourceError, SourceSpec, build_spec
 from pipelines.data.routing import SplitStats, split_csv, split_parquet
 from pipelines.data.rules import window_bounds_us
 from pipelines.platform import layout, storage
+from pipelines.privacy import pseudonym
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,8 @@ def land_events(settings: Settings, source: str | Path, fmt: str, *, column_map:
             _refuse_other_file(settings, name, str(source), digest)
         now = dt.datetime.now(dt.UTC)
         split = split_parquet if fmt == "parquet" else split_csv
-        stats = split(path, spec, scratch, now, window=window_bounds_us(settings))
+        stats = split(path, spec, scratch, now, window=window_bounds_us(settings),
+                      pseudonymize=pseudonym.active(settings))
         result = _publish(settings, name, str(source), spec, stats, now, digest)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
