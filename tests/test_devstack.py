@@ -195,7 +195,14 @@ def test_up_status_down_up_keeps_data_and_leaves_nothing(tmp_path):
         report = lifecycle.status(cfg)
         assert report["up"], report
         assert set(report["processes"]) == {"seaweedfs", "mlflow", *lifecycle.AIRFLOW_COMPONENTS,
-                                            "log-server-scheduler", "log-server-triggerer"}
+                                            "log-server-scheduler", "log-server-triggerer", "online"}
+        # The online endpoint is up (no champion yet: its health says so) and scores only with its token.
+        online = f"http://127.0.0.1:{cfg.online_port}"
+        with urllib.request.urlopen(f"{online}/healthz", timeout=10) as answer:
+            assert json.load(answer)["status"] == "no_model"
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(urllib.request.Request(f"{online}/v1/score", data=b'{"user_id": "1"}'), timeout=10)
+        assert denied.value.code == 401
         # No listener of the stack on a wildcard address (Airflow's own log servers would be).
         pids = processes.find_stack_processes(cfg.root, [p["pid"] for p in json.loads(
             cfg.state_file.read_text())["processes"].values()])

@@ -62,6 +62,8 @@ class StackConfig:
     team: bool = False
     workers: int = DEFAULT_WORKERS
     worker_concurrency: int = DEFAULT_WORKER_CONCURRENCY
+    # the online scoring endpoint (pipelines/online); 0: not started
+    online_port: int = 0
 
     @property
     def kind(self) -> str:
@@ -135,6 +137,8 @@ class StackConfig:
             ports["Airflow API/UI"] = self.airflow_port
             ports.update({f"Airflow {k.removeprefix('airflow.')} server": v
                           for k, v in self.internal_ports.items() if k.startswith("airflow.")})
+        if self.online_port:
+            ports["Online scoring"] = self.online_port
         if self.team:
             ports["PostgreSQL"] = self.postgres_port
             ports["Redis"] = self.redis_port
@@ -172,7 +176,8 @@ def default_config(settings: Settings, repo: Path = REPO_ROOT, *, team: bool = F
                        s3_port=settings.stack_s3_port, mlflow_port=settings.stack_mlflow_port,
                        airflow_port=settings.stack_airflow_port,
                        internal_ports=internal_ports(settings.stack_port_base, team=team), bucket=settings.bucket,
-                       use_schedule=settings.stack_use_schedule, team=team, workers=workers)
+                       use_schedule=settings.stack_use_schedule, team=team, workers=workers,
+                       online_port=settings.online_port)
 
 
 def isolated_config(root: Path, repo: Path = REPO_ROOT, *, with_airflow: bool = True, team: bool = False,
@@ -182,4 +187,5 @@ def isolated_config(root: Path, repo: Path = REPO_ROOT, *, with_airflow: bool = 
     return StackConfig(root=root.resolve(), repo=repo.resolve(), s3_port=services.free_port(),
                        mlflow_port=services.free_port(), airflow_port=services.free_port(),
                        internal_ports=internal_ports(None, team=team), with_airflow=with_airflow, team=team,
-                       workers=workers, worker_concurrency=worker_concurrency)
+                       workers=workers, worker_concurrency=worker_concurrency,
+                       online_port=services.free_port() if with_airflow else 0)

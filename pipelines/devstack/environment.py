@@ -64,6 +64,7 @@ PROCESS_SECRETS: dict[str, tuple[str, ...]] = {
     "triggerer": ("PGPASSFILE", "AIRFLOW__CORE__FERNET_KEY"),
     "log-server": ("AIRFLOW__API__SECRET_KEY",),
     "worker": (*EMBEDDING_VARIABLES, *CLIENT_SECRETS),
+    "online": CLIENT_SECRETS,  # reads clean events and the champion; its token is a file (IM_ONLINE_TOKEN_FILE)
 }
 EMBEDDED_SCHEDULER_EXTRA = CLIENT_SECRETS
 ALL_SECRET_VARIABLES = frozenset(v for names in PROCESS_SECRETS.values() for v in names) | {
@@ -91,6 +92,7 @@ def package_environment(cfg: StackConfig, secret: Mapping[str, str]) -> dict[str
         "IM_WORK_DIR": str(cfg.root / "work"),
         # A path, not the key: pseudonymisation (IM_PSEUDONYMIZE) reads the file when it needs the key.
         "IM_PSEUDONYM_KEY_FILE": str(cfg.secrets_dir / credentials.PSEUDONYM_KEY_FILE),
+        "IM_ONLINE_TOKEN_FILE": str(cfg.secrets_dir / credentials.ONLINE_TOKEN_FILE),
         "MLFLOW_TRACKING_URI": cfg.mlflow_url,
         "MLFLOW_TRACKING_USERNAME": MLFLOW_CLIENT_USER,
         "MLFLOW_TRACKING_PASSWORD": secret["mlflow_client_password"],

@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import os
 import signal
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -137,6 +138,8 @@ def _start_services(cfg: StackConfig, state: dict[str, Any], secret: Mapping[str
     log.info("starting MLflow (%s, artifacts in %s, basic auth)", cfg.mlflow_url, artifacts)
     services.start_mlflow(cfg.mlflow_port, mlflow_backend_uri(cfg), artifacts, env_for("mlflow"),
                           cfg.logs_dir / "mlflow.log", record=record, auth=mlflow_auth(cfg, secret))
+    if cfg.online_port:
+        _start_online(cfg, env_for("online"), record)
     if migrate is None:
         return
     code = migrate.popen.wait(timeout=600)
@@ -153,6 +156,17 @@ def _start_services(cfg: StackConfig, state: dict[str, Any], secret: Mapping[str
     airflow_api.wait_until_ready(cfg, procs, dags)
     if cfg.team:
         airflow_api.wait_workers_ready({n: procs[n] for n in cfg.worker_names()})
+
+
+def _start_online(cfg: StackConfig, env: dict[str, str], record: Callable[[services.Process], None]) -> None:
+    """The online scoring endpoint (``python -m pipelines serve-online``): it answers its health
+    check at once when there is no champion yet, and loads the champion when the alias moves."""
+    url = f"http://{services.LOOPBACK}:{cfg.online_port}"
+    log.info("starting online scoring (%s)", url)
+    proc = _spawn(cfg, "online", [sys.executable, "-m", "pipelines", "serve-online", "--port", str(cfg.online_port)],
+                  env, f"{url}/healthz")
+    record(proc)
+    services.wait_healthy(proc, timeout=180)
 
 
 def mlflow_auth(cfg: StackConfig, secret: Mapping[str, str]) -> services.MlflowAuth:
@@ -196,6 +210,9 @@ def summary_lines(cfg: StackConfig, state: Mapping[str, Any] | None = None) -> s
     if cfg.with_airflow:
         lines.append(f"  Airflow UI/API  {cfg.airflow_url}   (user {ADMIN_USER}; password in {cfg.passwords_file})")
     lines.append(f"  MLflow UI       {cfg.mlflow_url}")
+    if cfg.online_port:
+        lines.append(f"  online scoring  http://{services.LOOPBACK}:{cfg.online_port} (POST /v1/score with the "
+                     f"bearer token in {cfg.secrets_dir / credentials.ONLINE_TOKEN_FILE}; GET /healthz)")
     lines.append(f"  S3 endpoint     {cfg.s3_endpoint_url}   bucket {cfg.bucket} (keys in {cfg.secrets_dir})")
     lines.append(f"  environment     source {cfg.env_file}")
     lines.append(f"  logs            {cfg.logs_dir}")

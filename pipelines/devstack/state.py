@@ -52,7 +52,7 @@ def config_record(cfg: StackConfig) -> dict[str, Any]:
     return {"s3_port": cfg.s3_port, "mlflow_port": cfg.mlflow_port, "airflow_port": cfg.airflow_port,
             "internal_ports": dict(cfg.internal_ports), "bucket": cfg.bucket, "with_airflow": cfg.with_airflow,
             "use_schedule": cfg.use_schedule, "repo": str(cfg.repo), "team": cfg.team, "workers": cfg.workers,
-            "worker_concurrency": cfg.worker_concurrency}
+            "worker_concurrency": cfg.worker_concurrency, "online_port": cfg.online_port}
 
 
 def running_config(cfg: StackConfig) -> StackConfig:
@@ -70,4 +70,5 @@ def running_config(cfg: StackConfig) -> StackConfig:
                                bucket=record["bucket"], with_airflow=record["with_airflow"],
                                use_schedule=record["use_schedule"], repo=Path(record["repo"]),
                                team=record.get("team", False), workers=record.get("workers", cfg.workers),
-                               worker_concurrency=record.get("worker_concurrency", cfg.worker_concurrency))
+                               worker_concurrency=record.get("worker_concurrency", cfg.worker_concurrency),
+                               online_port=record.get("online_port", 0))

@@ -27,7 +27,7 @@ AIRFLOW_COMPONENTS = tuple(AIRFLOW_COMMANDS)
 WORKER_CONCURRENCY = 2  # the default task slots per worker (config.DEFAULT_WORKER_CONCURRENCY)
 CELERY_QUEUE = "default"
 # Stop order: who creates work first, then who does it, then what they all depend on.
-STOP_ORDER = ("scheduler", "worker", "triggerer", "dag-processor", "api-server", "log-server", "mlflow",
+STOP_ORDER = ("scheduler", "worker", "triggerer", "dag-processor", "api-server", "log-server", "online", "mlflow",
               "seaweedfs", "redis", "postgres")
 
 
@@ -87,6 +87,8 @@ def expected_processes(cfg: StackConfig) -> set[str]:
         names |= {"postgres", "redis"}
     if cfg.with_airflow:
         names |= {p.name for p in airflow_processes(cfg)}
+    if cfg.online_port:
+        names.add("online")
     return names
 
 
