@@ -145,7 +145,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     run.add_argument("--retrain", action="store_true", help="train again even if this data window has a "
                      "successful training run")
     run.add_argument("--score-days", type=int, default=3, help="score the last N days of the window (3)")
-    run.add_argument("--users", type=int, default=800, help="synthetic users (800)")
+    run.add_argument("--users", type=int, default=2000, help="synthetic users (2000)")
     run.add_argument("--days", type=int, default=21, help="synthetic days (21)")
     run.add_argument("--categories", type=int, default=40, help="synthetic categories (40)")
     run.add_argument("--seed", type=int, default=7, help="synthetic data seed (7)")

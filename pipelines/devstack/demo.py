@@ -350,4 +350,21 @@ def run_demo(cfg: StackConfig, *, retrain: bool = False, score_days: int = 3, us
     for run in failed:
         report_failures(cfg, api, SCORING_DAG, run, out)
     out(demo_summary(cfg, settings, runs, reports))
+    if not failed:
+        out(_insight_lines(cfg, settings, end))
     return not failed
+
+
+def _insight_lines(cfg: StackConfig, settings: Settings, day: dt.date) -> str:
+    """Where the population migration report and the Airflow page are, and the outcome monitoring
+    table (or why there is none yet: a day is judged once its horizon has clean events)."""
+    from pipelines.ops import monitoring
+
+    lines = ["insight:",
+             f"  migration report of {day}: {storage.uri(settings, layout.partition_prefix(layout.MIGRATION_REPORTS, day))}",
+             f"  Airflow page (flows, monitoring, user lookup): {cfg.airflow_url}/interest-migration/"]
+    try:
+        lines.append("  " + monitoring.monitor_pending_table(settings).replace("\n", "\n  "))
+    except Exception as exc:  # the demo's summary is printed; monitoring is reported, not fatal here
+        lines.append(f"  monitoring: could not run ({type(exc).__name__}: {exc}); try `python -m pipelines monitor`")
+    return "\n".join(lines)
