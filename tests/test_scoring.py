@@ -225,6 +225,12 @@ def test_a_ui_trigger_scores_the_last_complete_day_not_today():
     start = dt.datetime(2024, 1, 3, tzinfo=dt.UTC)
     assert scoring_day(start, start, now) == D3
     assert scoring_day(None, None, now) == D4
+    # `airflow dags test <dag> D` (a manual run whose logical date is D's midnight): D, although the
+    # timetable infers the interval of the day before for it.
+    midnight = DateTime(2024, 1, 3, tzinfo=dt.UTC)
+    manual = CronDataIntervalTimetable("0 0 * * *", timezone="UTC").infer_manual_data_interval(run_after=midnight)
+    assert manual.start.date() == D3 - dt.timedelta(days=1)
+    assert scoring_day(manual.start, midnight, midnight) == D3
 
 
 @pytest.mark.services

@@ -14,10 +14,15 @@ from pipelines.platform.dates import date_range, lookback_window
 
 def scoring_day(data_interval_start: dt.datetime | None, logical_date: dt.datetime | None,
                 run_after: dt.datetime | None = None) -> dt.date:
-    """The day D a scoring run scores: its data interval's start (scheduled, backfilled and UI-triggered
-    runs alike: a manual trigger's interval is the last complete day before it), never the logical
-    date first: the Airflow 3 UI fills that with *now*, a day still in progress. Without an interval,
-    the logical date; without either, the day before ``run_after``."""
+    """The day D a scoring run scores.
+
+    - A logical date at UTC midnight names its day: scheduled and backfilled runs (whose data
+      interval starts there too), ``airflow dags test <dag> D`` and a trigger with a chosen date.
+    - Otherwise the data interval's start: a UI "Trigger" gets logical date = *now*, a day still in
+      progress, and the timetable's interval for it is the last complete day.
+    - Without either, the day before ``run_after``."""
+    if logical_date is not None and logical_date.astimezone(dt.UTC).time() == dt.time(0):
+        return logical_date.astimezone(dt.UTC).date()
     if data_interval_start is not None:
         return data_interval_start.date()
     if logical_date is not None:
