@@ -354,3 +354,10 @@ def test_own_models_score_on_the_fast_core_as_their_public_contract_does(scoring
                                    rtol=1e-5)
     if saved_by != "today":
         assert load_keras_model(path).get_layer("migration_scorer").get_config()["sparse"] is False
+
+
+def test_run_ids_sort_in_the_order_runs_started_even_within_one_second():
+    # Cleanup after a publish keeps runs whose id sorts later (started later); ids made in the same
+    # second must still sort by start, or a rerun keeps the run it replaced.
+    ids = [scoring.new_run_id() for _ in range(50)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)

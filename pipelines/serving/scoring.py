@@ -144,8 +144,9 @@ def _check_window_is_clean(settings: Settings, day: dt.date, start: dt.date, end
 
 
 def new_run_id() -> str:
-    """A scoring run's id: UTC time (sortable) and 6 random hex digits, e.g. ``20240103T101500Z-3fa2c1``."""
-    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    """A scoring run's id: UTC time to the microsecond (sortable: a run started later sorts later,
+    even within one second) and 6 random hex digits, e.g. ``20240103T101500123456Z-3fa2c1``."""
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}"
 
 
 @lru_cache(maxsize=2)
