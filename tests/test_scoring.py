@@ -361,3 +361,12 @@ def test_run_ids_sort_in_the_order_runs_started_even_within_one_second():
     # second must still sort by start, or a rerun keeps the run it replaced.
     ids = [scoring.new_run_id() for _ in range(50)]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_a_backfill_inside_the_training_window_is_flagged():
+    model = {"model_name": "m", "model_version": "3", "training_window": {"start": "2024-01-01", "end": "2024-01-20"}}
+    warning = scoring.training_window_warning(dt.date(2024, 1, 10), model)
+    assert warning and "trained on events up to 2024-01-20" in warning and "after 2024-01-10" in warning
+    assert scoring.training_window_warning(dt.date(2024, 1, 20), model) is None
+    assert scoring.training_window_warning(dt.date(2024, 1, 21), model) is None
+    assert scoring.training_window_warning(dt.date(2024, 1, 10), {"training_window": {"end": None}}) is None

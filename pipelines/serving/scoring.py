@@ -112,6 +112,9 @@ def plan_shards(settings: Settings, date: dt.date | str, model: dict[str, Any]) 
             f"is empty (clean partitions in the look-back window [{start}, {end}]: {in_window or 'none'}); "
             f"land, validate and preprocess {day} first")
     _check_window_is_clean(settings, day, start, end, clean)
+    leak = training_window_warning(day, model)
+    if leak:
+        log.warning(leak)
     run_id = new_run_id()
     shards = settings.scoring_shards
     staged = staging.stage_inputs(settings, day, shards)
@@ -141,6 +144,18 @@ def _check_window_is_clean(settings: Settings, day: dt.date, start: dt.date, end
             f"look-back day(s) {', '.join(missing)} of {day} have raw events under s3://{settings.bucket}/"
             f"{layout.area_prefix(layout.RAW)} but no clean partition: scoring would silently leave them out; "
             f"validate and preprocess them first (`python -m pipelines preprocess --date {missing[0]}`)")
+
+
+def training_window_warning(day: dt.date, model: dict[str, Any]) -> str | None:
+    """A warning when ``day`` lies inside the model's training window (a backfill of a past day): the
+    model was fitted on events after ``day``, so its predictions there look better than they can be.
+    The manifest records the window (``training_window``) either way."""
+    end = (model.get("training_window") or {}).get("end")
+    if not end or day >= dt.date.fromisoformat(str(end)[:10]):
+        return None
+    return (f"scoring {day} with {model.get('model_name')} version {model.get('model_version')}, which was trained "
+            f"on events up to {str(end)[:10]}: it has seen what users did after {day}; do not judge the model "
+            f"on this day (the manifest's training_window says so too)")
 
 
 def new_run_id() -> str:
