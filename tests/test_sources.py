@@ -55,6 +55,16 @@ def test_canonicalize_taobao_maps_behaviours() -> None:
     assert canon["value"].null_count == 2
 
 
+def test_behaviour_codes_match_regardless_of_case_and_blanks() -> None:
+    # An export with upper-case codes ("PV") had every row quarantined as unknown_behavior.
+    source = pa.table({c: pa.array(v) for c, v in zip(formats.TAOBAO_COLUMNS, [
+        ["1", "2", "3"], ["10", "11", "12"], ["5", "5", "5"], ["PV", " Buy ", "LIKE"],
+        [str(D1), str(D1 + 60), str(D1 + 90)]], strict=True)})
+    canon = canonicalize(source, formats.TAOBAO_SPEC)
+    assert canon["behavior"].to_pylist() == ["view", "buy", None]
+    assert canon["behavior_raw"].to_pylist() == ["PV", "Buy", "LIKE"]  # fields are trimmed on reading
+
+
 @pytest.mark.services
 def test_land_taobao_splits_by_utc_date_and_replaces(settings, tmp_path: Path) -> None:
     lines = [f"1,100,7,pv,{D1 + 3600}", f"1,101,7,buy,{D1 + 86400 + 5}", f"2,100,7,cart,{D1 - 10}",

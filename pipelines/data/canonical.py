@@ -140,12 +140,16 @@ def canonicalize(table: pa.Table, spec: SourceSpec) -> pa.Table:
     else:
         raw_b = text(cmap["behavior"])
         out["behavior_raw"] = raw_b
+        # Codes match exactly first, then regardless of case and surrounding blanks ("PV", " buy ").
+        loose_b = pc.utf8_lower(pc.utf8_trim_whitespace(raw_b))
         if spec.behavior_map:
             keys = pa.array(list(spec.behavior_map), pa.string())
             vals = pa.array(list(spec.behavior_map.values()), pa.string())
-            out["behavior"] = pc.take(vals, pc.index_in(raw_b, value_set=keys))
+            index = pc.coalesce(pc.index_in(raw_b, value_set=keys),
+                                pc.index_in(loose_b, value_set=pc.utf8_lower(pc.utf8_trim_whitespace(keys))))
+            out["behavior"] = pc.take(vals, index)
         else:
-            out["behavior"] = pc.if_else(pc.is_in(raw_b, value_set=pa.array(BEHAVIORS)), raw_b,
+            out["behavior"] = pc.if_else(pc.is_in(loose_b, value_set=pa.array(BEHAVIORS)), loose_b,
                                          pa.scalar(None, pa.string()))
     ts_col = table[cmap["ts"]]
     out["ts"] = parse_ts(ts_col, spec.ts_format, spec.timezone)
