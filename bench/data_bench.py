@@ -29,7 +29,6 @@ import argparse
 import datetime as dt
 import multiprocessing as mp
 import os
-import resource
 import secrets
 import shutil
 import sys
@@ -38,23 +37,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _memory import peak_rss_mb
+
 WINDOW = (dt.date(2017, 11, 25), dt.date(2017, 12, 3))
 WINDOW_ZONE = "Asia/Shanghai"
 WINDOW_US = (1511539200, 1512316800)  # the official window in Unix seconds, [start, end)
 JUNK_FROM = 1262304000  # 2010-01-01: junk timestamps lie between this and the window start
 HISTORY_START = dt.date(2000, 6, 1)
-
-
-def _peak_mb() -> float:
-    """This process's peak resident memory: VmHWM (ru_maxrss would count the parent's peak too, as
-    Linux keeps it across fork and exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def write_taobao_file(path: Path, events: int, *, seed: int = 7, dup_share: float = 0.005,
@@ -158,7 +147,7 @@ def _phase(name: str, env: dict[str, str], args: dict[str, Any], queue: Any) -> 
                 assert r.rows_in == r.clean + r.quarantined + r.duplicates_dropped, r
             out = {"rows": sum(r.rows_in for r in run.results), "clean": sum(r.clean for r in run.results),
                    "errors": {str(k): v for k, v in run.errors.items()}}
-    out.update(seconds=time.perf_counter() - t0, peak_mb=_peak_mb(), load=load)
+    out.update(seconds=time.perf_counter() - t0, peak_mb=peak_rss_mb(), load=load)
     queue.put(out)
 
 

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from _memory import peak_rss_mb
 
 from pipelines.config import Settings, load_settings
 from pipelines.contracts import BEHAVIORS, EVENT_SCHEMA
@@ -123,18 +124,6 @@ def generate_events(users: int, days: int, events_per_user: int, categories: int
         yield start.date() + dt.timedelta(days=offset), table
 
 
-def _rss_mb() -> float:
-    """Peak resident memory of this process image, in MB: VmHWM of /proc/self/status on Linux (a
-    child's ``ru_maxrss`` starts at its parent's RSS when it was forked), else ``ru_maxrss``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -196,7 +185,7 @@ def train_keras(spec: dict[str, Any]) -> dict[str, Any]:
     return {"run_id": run_id, "model_version": version, "examples": encoded["examples"],
             "categories": encoded["categories"], "encode_seconds": t1 - t0, "train_seconds": t2 - t1,
             "fit_seconds": trained["train_seconds"], "register_seconds": t3 - t2, "val_ndcg": trained["val_ndcg"],
-            "peak_rss_mb": _rss_mb()}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 RESULT_MARK = "CHILD_RESULT "
@@ -222,7 +211,7 @@ def score_child(spec: dict[str, Any]) -> dict[str, Any]:
     overrides = dict(spec["settings"])
     overrides["work_dir"] = Path(overrides["work_dir"])
     settings = load_settings(environ={}, **overrides)
-    rss_before = _rss_mb()
+    rss_before = peak_rss_mb()
     cpu_before = _cpu_seconds()
     t0 = time.monotonic()
     model = scoring.resolve_champion(settings)
@@ -239,7 +228,7 @@ def score_child(spec: dict[str, Any]) -> dict[str, Any]:
         profiler.enable()
     shards = scoring.plan_shards(settings, AS_OF_DATE, model)
     t2 = time.monotonic()
-    rss_plan = _rss_mb()
+    rss_plan = peak_rss_mb()
     results = [scoring.score_shard(settings, AS_OF_DATE, model, shard) for shard in shards]
     t3 = time.monotonic()
     manifest = scoring.publish_partition(settings, AS_OF_DATE, model, results)
@@ -251,7 +240,7 @@ def score_child(spec: dict[str, Any]) -> dict[str, Any]:
             "tf_import": t_tf - t0,
             "plan": t2 - t1, "shards": t3 - t2, "publish": t4 - t3, "total": t4 - t0,
             "read": sum(r["read_seconds"] for r in results), "score": sum(r["score_seconds"] for r in results),
-            "write": sum(r["write_seconds"] for r in results), "peak_rss_mb": _rss_mb(),
+            "write": sum(r["write_seconds"] for r in results), "peak_rss_mb": peak_rss_mb(),
             "cpu_seconds": _cpu_seconds() - cpu_before,
             "rss_before_mb": rss_before, "rss_after_plan_mb": rss_plan, "buckets": shards[0]["buckets"] if shards else 0}
 
