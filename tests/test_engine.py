@@ -17,7 +17,7 @@ from pipelines.features.examples import EncodingConfig
 from pipelines.features.vocab import build_vocab
 from pipelines.model.network import Predictor, build_model
 from pipelines.model.pyfunc import ModelCore, score_events
-from pipelines.serving import engine, shards
+from pipelines.serving import contract, engine, shards
 from pipelines.serving.interests import InterestParams
 
 DAY = dt.date(2024, 1, 3)
@@ -80,6 +80,8 @@ class ListModel:
         cats = [[7, 3, 7] if self.defect is None else ["c1", "c2"] for _ in users]  # ints and duplicates
         scores = [[0.5, 0.4, 0.1] if self.defect is None else [0.9] if self.defect == "lengths" else [0.9, 0.1]
                   for _ in users]
+        if self.defect in ("nan", "negative"):
+            scores[-1] = [0.9, float("nan") if self.defect == "nan" else -0.2]
         return pd.DataFrame({"user_id": users, "categories": cats, "scores": scores})
 
 
@@ -92,6 +94,18 @@ def test_a_pyfunc_output_is_ranked_as_it_comes_and_its_defects_are_named() -> No
         list(engine.PyfuncScorer(ListModel("missing user"), "models:/x/1", naive_ts=False).score(table, SPEC))
     with pytest.raises(engine.ScoringError, match="got 2 categories but 1 scores"):
         list(engine.PyfuncScorer(ListModel("lengths"), "models:/x/1", naive_ts=False).score(table, SPEC))
+    # NaN would publish as a migration score of 0, a negative score as a probability below zero.
+    for defect, shown in (("nan", "nan"), ("negative", "-0.2")):
+        with pytest.raises(engine.ScoringError, match=rf"1 scores are not finite numbers >= 0 \(user '.*' got {shown}\)"):
+            list(engine.PyfuncScorer(ListModel(defect), "models:/x/1", naive_ts=False).score(table, SPEC))
+
+
+def test_the_contract_refuses_scores_that_are_not_finite_or_negative() -> None:
+    scores = np.array([[0.5, 0.2], [np.nan, 0.1], [0.3, -1.0]])
+    valid = np.array([[True, True], [True, True], [True, False]])  # a padded slot may hold anything
+    with pytest.raises(contract.ScoringError, match=r"1 scores .* in 1 of 3 rows \(first: row 1, rank 1: nan\)"):
+        contract.check_scores(scores, valid)
+    contract.check_scores(scores[[0, 2]], valid[[0, 2]])
 
 
 def test_staging_hands_every_event_to_the_one_bucket_file_of_its_users_shard(tmp_path: Path) -> None:

@@ -59,6 +59,21 @@ def columns_from_scores(scores: np.ndarray, categories: pa.Array, history: Inter
     return contract_columns(Ranked(codes, values), categories, history, params, top_k=top_k)
 
 
+class ScoringError(RuntimeError):
+    """The model's output or the written partition breaks the contract; the message says how."""
+
+
+def check_scores(scores: np.ndarray, valid: np.ndarray) -> None:
+    """Raise :class:`ScoringError` when a ranked score is not a finite number >= 0 (NaN would
+    publish as a migration score of 0, a negative score as a probability below zero)."""
+    bad = valid & ~(np.isfinite(scores) & (scores >= 0))
+    if bad.any():
+        row, col = (int(i[0]) for i in np.nonzero(bad))
+        raise ScoringError(f"the model returned {int(bad.sum())} scores that are not finite numbers >= 0 in "
+                           f"{int(bad.any(axis=1).sum())} of {len(scores)} rows (first: row {row}, rank {col + 1}: "
+                           f"{float(scores[row, col])}); nothing is published (rule: scores_finite_non_negative)")
+
+
 def contract_columns(ranked: Ranked, categories: pa.Array, history: InterestHistory, params: InterestParams,
                      *, top_k: int) -> dict[str, pa.Array]:
     """The :data:`CONTRACT_COLUMNS` of B rows as Arrow arrays, row r from ``ranked`` row r and
@@ -70,6 +85,7 @@ def contract_columns(ranked: Ranked, categories: pa.Array, history: InterestHist
         raise ValueError(f"ranked scores have {n_rows} rows but the interest history {history.n_rows}")
     n_codes = max(len(categories), 1)
     valid = codes >= 0
+    check_scores(scores, valid)
     rank_row = np.broadcast_to(np.arange(n_rows, dtype=np.int64)[:, None], codes.shape)
 
     # the predicted probability of each (row, category): duplicates add up; sorted keys for lookups

@@ -29,16 +29,12 @@ import pyarrow.compute as pc
 from pipelines.contracts import MODEL_INPUT_COLUMNS, PREDICTION_SCHEMA
 from pipelines.features.batch import EventIndex, encode, index_events
 from pipelines.features.vocab import RESERVED, Vocab
-from pipelines.serving.contract import Ranked, contract_columns
+from pipelines.serving.contract import Ranked, ScoringError, contract_columns
 from pipelines.serving.interests import InterestParams, interest_history
 
 # Budgets of one model call: rows x categories of the [B, V] output, rows x history slots.
 _CELL_BUDGET = 16_000_000
 _SLOT_BUDGET = 1_000_000
-
-
-class ScoringError(RuntimeError):
-    """The model's output or the written partition breaks the contract; the message says how."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +189,12 @@ class PyfuncScorer:
         categories = pa.concat_arrays([raw_categories, extra])
         codes_flat = pc.index_in(flat, value_set=categories).to_numpy(zero_copy_only=False).astype(np.int64)
         values_flat = pc.list_flatten(scores).to_numpy(zero_copy_only=False).astype(np.float64)
+        wrong = np.flatnonzero(~(np.isfinite(values_flat) & (values_flat >= 0)))
+        if len(wrong):
+            owner = int(np.searchsorted(np.cumsum(lengths), wrong[0], side="right"))
+            raise ScoringError(f"{self.model_uri}: {len(wrong)} scores are not finite numbers >= 0 (user "
+                               f"{out_users[owner].as_py()!r} got {float(values_flat[wrong[0]])}); nothing is published "
+                               "(rule: scores_finite_non_negative)")
         source = found.to_numpy(zero_copy_only=False).astype(np.int64)
         take, pos = _ragged_positions(np.r_[0, np.cumsum(lengths)], source)
         row = np.repeat(np.arange(len(users)), lengths[source])
