@@ -180,3 +180,171 @@ def test_a_file_whose_every_row_is_quarantined_fails_and_keeps_its_rows(settings
     unplaced = storage.read_parquet(settings, "quarantine/events/unplaced/millis.parquet")
     assert unplaced.num_rows == 200 and set(unplaced["reason"].to_pylist()) == {"implausible_timestamp"}
     assert storage.list_keys(settings, "raw/events/") == []
+
+
+# --- more classes, as a new user's exports come -------------------------------------------------
+
+def _land_ok(settings, path: Path, fmt: str = "taobao", **options):
+    res = land_events(settings, path, fmt, **options)
+    _accounted(res)
+    return res
+
+
+def test_a_headerless_file_holding_only_a_header_line_fails_clearly(settings, tmp_path: Path) -> None:
+    path = _write(tmp_path, "only_header.csv", "user_id,item_id,category_id,behavior_type,timestamp\n")
+    with pytest.raises(SourceError, match=r"every one of its 1 rows was quarantined \(unexpected_header \(1\)\)"):
+        land_events(settings, path, "taobao")
+
+
+def test_comment_lines_on_top_are_set_aside_and_the_rows_land(settings, tmp_path: Path) -> None:
+    text = "# exported 2017-11-26 by ops\n\n#  columns: user,item,cat,behaviour,ts\n" + "\n".join(GOOD) + "\n"
+    res = _land_ok(settings, _write(tmp_path, "commented.csv", text))
+    assert res.rows == 20 and res.quarantine_reasons == {"comment_line": 2}
+    q = storage.read_parquet(settings, res.quarantine_key).to_pydict()
+    assert q["line"] == [1, 3] and q["raw"][0] == "# exported 2017-11-26 by ops"
+    # A file with a header: comments and blank lines above it are skipped too (the header is not a row).
+    text = "\n# by ops\n\nuid,cat,ev,at\n" + "".join(f"u{u},7,view,{T0 + u}\n" for u in range(5))
+    res = _land_ok(settings, _write(tmp_path, "commented_header.csv", text), "csv", name="hdr",
+                   column_map={"user_id": "uid", "category_id": "cat", "behavior": "ev", "ts": "at"})
+    assert res.rows == 5 and res.quarantine_reasons == {"comment_line": 1}
+    only = _write(tmp_path, "only_comments.csv", "# nothing today\n# really\n")
+    with pytest.raises(SourceError, match=r"only comment lines \(2\), no rows"):
+        land_events(settings, only, "taobao")
+
+
+def test_bytes_that_are_not_utf8_quarantine_their_rows_not_the_file(settings, tmp_path: Path) -> None:
+    latin = b"user,cat,event,at\n" + b"".join(f"u{u},7,view,{T0 + u}\n".encode() for u in range(10))
+    latin += f"caf\xe9,7,view,{T0}\n".encode("latin-1") + f"u1,Cr\xe8me,view,{T0}\n".encode("latin-1")
+    cmap = {"user_id": "user", "category_id": "cat", "behavior": "event", "ts": "at"}
+    path = _write(tmp_path, "latin.csv", latin)
+    res = _land_ok(settings, path, "csv", column_map=cmap)
+    assert res.rows == 10 and res.quarantine_reasons == {"invalid_encoding": 2}
+    q = storage.read_parquet(settings, res.quarantine_key).to_pydict()
+    assert q["raw"][0] == f"caf\ufffd,7,view,{T0}" and "--encoding" in q["detail"][0]
+    # Told the encoding, every row lands, and the text is right (raw files are UTF-8).
+    res = _land_ok(settings, path, "csv", column_map=cmap, encoding="latin-1", id_pattern=r"^[^,\s]{1,64}$")
+    assert res.rows == 12 and res.quarantined == 0
+    assert validate_partition(settings, D, report_id="latin").quarantined == 0
+    assert preprocess_partition(settings, D).clean == 12
+    clean = read_clean_events(settings, D, D)
+    assert "café" in clean["user_id"].to_pylist() and "Crème" in clean["category_id"].to_pylist()
+    with pytest.raises(SourceError, match=r"encoding 'latin-42' is not known"):
+        land_events(settings, path, "csv", column_map=cmap, encoding="latin-42")
+
+
+def test_placeholder_ids_are_not_users(settings, tmp_path: Path) -> None:
+    rows = [f"u{u},i{u},7,view,{T0 + u}" for u in range(20)]
+    rows += [f"{p},i1,7,view,{T0}" for p in ("NaN", "null", "None", "-", "N/A")] + [f"u1,i1,nan,view,{T0}"]
+    cmap = {"user_id": "user", "item_id": "item", "category_id": "cat", "behavior": "event", "ts": "at"}
+    _land_ok(settings, _write(tmp_path, "placeholders.csv", "user,item,cat,event,at\n" + "\n".join(rows) + "\n"),
+             "csv", column_map=cmap)
+    res = validate_partition(settings, D, report_id="placeholders")
+    assert res.reasons == {"placeholder_id": 6}
+    pre = preprocess_partition(settings, D)
+    assert pre.clean == 20 and pre.rows_in == pre.clean + pre.quarantined + pre.duplicates_dropped
+
+
+def test_float_parquet_ids_are_the_same_users_as_integers(settings, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "float_ids.parquet"
+    pq.write_table(pa.table({"uid": pa.array([123.0, 123.0, 124.0, float("nan"), 2.5], pa.float64()),
+                             "cat": pa.array([7.0, 8.0, 7.0, 7.0, 7.0]), "ev": ["view"] * 5,
+                             "at": pa.array([T0 + i for i in range(5)], pa.int64())}), path)
+    res = _land_ok(settings, path, "parquet",
+                   column_map={"user_id": "uid", "category_id": "cat", "behavior": "ev", "ts": "at"})
+    assert res.rows == 5
+    val = validate_partition(settings, D, report_id="floats")
+    assert val.reasons == {"placeholder_id": 1}  # NaN; 2.5 is an id of the generic pattern
+    preprocess_partition(settings, D)
+    clean = read_clean_events(settings, D, D)
+    assert sorted(set(clean["user_id"].to_pylist())) == ["123", "124", "2.5"]
+    assert set(clean["category_id"].to_pylist()) == {"7", "8"}
+
+
+def test_list_columns_fail_clearly_when_mapped_and_travel_as_json_when_not(settings, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "lists.parquet"
+    pq.write_table(pa.table({"uid": ["1", "2"], "cats": [[7, 8], [9]], "tags": [["a"], None], "ev": ["view"] * 2,
+                             "at": [T0, 0]}), path)
+    with pytest.raises(SourceError, match=r"column\(s\) \['cats \(list<element: int64>\)'\] hold lists"):
+        land_events(settings, path, "parquet", column_map={"user_id": "uid", "category_id": "cats", "behavior": "ev",
+                                                           "ts": "at"})
+    path2 = tmp_path / "tags.parquet"
+    pq.write_table(pa.table({"uid": ["1", "2"], "cat": ["7", "8"], "tags": [["a", "b"], None], "ev": ["view"] * 2,
+                             "at": [T0, 0]}), path2)
+    res = _land_ok(settings, path2, "parquet",
+                   column_map={"user_id": "uid", "category_id": "cat", "behavior": "ev", "ts": "at"})
+    assert res.rows == 1 and res.quarantine_reasons == {"implausible_timestamp": 1}
+    assert storage.read_parquet(settings, res.quarantine_key)["raw"].to_pylist() == ["2,8,,view,0"]
+
+
+@pytest.mark.parametrize(("unit", "scale"), [("unix_ms", 10**3), ("unix_us", 10**6), ("unix_ns", 10**9)])
+def test_integer_timestamps_in_ms_us_ns_are_read_by_their_unit_and_named_when_not(
+        settings, tmp_path: Path, unit: str, scale: int) -> None:
+    path = _write(tmp_path, f"{unit}.csv", "".join(f"{u},1,7,pv,{(T0 + u) * scale + 7}\n" for u in range(50)))
+    with pytest.raises(SourceError, match=rf"look like {unit} since 1970: land it with --ts-format {unit}"):
+        land_events(settings, path, "taobao")  # read as seconds: far future, every row
+    for fmt in (unit, "unix_auto"):
+        res = _land_ok(settings, path, "taobao", ts_format=fmt, replace=True)
+        assert res.rows == 50 and res.rows_by_date == {"2017-11-25": 50}
+    val = validate_partition(settings, D, report_id=unit)
+    assert val.quarantined == 0
+    pre = preprocess_partition(settings, D)
+    assert pre.clean == 50
+    first = dt.datetime.fromtimestamp(T0, dt.UTC) + dt.timedelta(microseconds=7 * 10**6 // scale)  # ns: truncated
+    assert min(read_clean_events(settings, D, D)["ts"].to_pylist()) == first
+
+
+def test_a_line_longer_than_a_read_block_is_set_aside_not_the_file(settings, tmp_path: Path) -> None:
+    from pipelines.data.sourcefile import LONG_LINE_BYTES
+
+    blob = "9,9,7,pv," + "1" * (17 << 20)  # 17 MiB: longer than Arrow's 16 MiB read block
+    path = _write(tmp_path, "long.csv", "\n".join(GOOD[:10] + [blob] + GOOD[10:]) + "\n")
+    res = _land_ok(settings, path)
+    assert res.rows == 20 and res.quarantine_reasons == {"line_too_long": 1}
+    q = storage.read_parquet(settings, res.quarantine_key).to_pydict()
+    assert q["line"] == [11] and q["raw"][0].startswith("9,9,7,pv,111") and len(q["raw"][0]) == 200
+    assert f"> {LONG_LINE_BYTES}" in q["detail"][0]
+
+
+def test_a_category_level_log_without_item_ids_lands_and_cleans(settings, tmp_path: Path) -> None:
+    text = "user,cat,event,at\n" + "".join(f"u{u % 7},c{u % 3},view,{T0 + u}\n" for u in range(30))
+    res = _land_ok(settings, _write(tmp_path, "no_items.csv", text), "csv",
+                   column_map={"user_id": "user", "category_id": "cat", "behavior": "event", "ts": "at"})
+    assert res.rows == 30
+    assert validate_partition(settings, D, report_id="noitems").quarantined == 0
+    pre = preprocess_partition(settings, D)
+    clean = read_clean_events(settings, D, D)
+    assert pre.clean == 30 and clean["item_id"].to_pylist() == clean["category_id"].to_pylist()
+
+
+def test_a_header_naming_a_column_twice_fails_clearly(settings, tmp_path: Path) -> None:
+    path = _write(tmp_path, "twice.csv", "user,cat,cat,event,at\nu1,7,8,view,1511568000\n")
+    with pytest.raises(SourceError, match=r"header names column\(s\) \['cat'\] more than once"):
+        land_events(settings, path, "csv",
+                    column_map={"user_id": "user", "category_id": "cat", "behavior": "event", "ts": "at"})
+
+
+def test_cli_lands_another_encoding_and_timestamp_unit(settings, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("IM_BUCKET", settings.bucket)
+    monkeypatch.setenv("IM_WORK_DIR", str(tmp_path / "work"))
+    path = _write(tmp_path, "cp1252.csv", ("user,cat,event,at\n" + "".join(
+        f"Jos\xe9{u},7,view,{(T0 + u) * 1000}\n" for u in range(5))).encode("cp1252"))
+    assert main(["land", "--source", str(path), "--format", "csv", "--map", "user_id=user", "--map", "category_id=cat",
+                 "--map", "behavior=event", "--map", "ts=at", "--ts-format", "unix_ms", "--encoding", "cp1252",
+                 "--json"]) == 0
+    assert '"rows": 5' in capsys.readouterr().out
+
+
+def test_the_scan_finds_the_longest_line_across_chunks(tmp_path: Path, monkeypatch) -> None:
+    from pipelines.data import sourcefile
+
+    monkeypatch.setattr(sourcefile, "_SCAN_BYTES", 7)
+    lines = [b"ab", b"x" * 23, b"", b"c" * 5, b"d" * 9]
+    for name, data in (("plain.csv", b"\n".join(lines)), ("packed.csv.gz", gzip.compress(b"\n".join(lines) + b"\n"))):
+        path = _write(tmp_path, name, data)
+        assert sourcefile.scan_file(path) == sourcefile.Scan(has_quote=False, longest_line=23)

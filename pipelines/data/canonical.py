@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.contracts import BEHAVIORS
-from pipelines.data.formats import SourceSpec
+from pipelines.data.formats import UNIX_FORMATS, SourceSpec
 
 # Timestamps before this or after now + 1 day are implausible for any source (always quarantined).
 PLAUSIBLE_FROM = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
@@ -47,12 +47,12 @@ def parse_ts(values: pa.Array | pa.ChunkedArray, ts_format: str, timezone: str =
     if pa.types.is_date(t):
         return pc.multiply(pc.cast(pc.cast(values, pa.date32()), pa.int64()), 86_400_000_000)
     strings = pc.cast(values, pa.string())
-    if ts_format in ("unix_s", "unix_ms"):
-        if _all_short_digits(strings, 15):
-            # The common case, checked without a regex: every value is 1-15 ASCII digits.
+    if ts_format in UNIX_FORMATS:
+        if _all_short_digits(strings, 18):
+            # The common case, checked without a regex: every value is 1-18 ASCII digits.
             return _scale(pc.cast(strings, pa.int64()), ts_format)
         strings = pc.utf8_trim_whitespace(strings)
-        ok = pc.match_substring_regex(strings, r"^-?[0-9]{1,15}$")
+        ok = pc.match_substring_regex(strings, r"^-?([0-9]{1,18}|[1-8][0-9]{18})$")  # fits int64
         ints = pc.cast(pc.if_else(ok, strings, pa.scalar(None, pa.string())), pa.int64())
         return _scale(ints, ts_format)
     return _parse_iso(pc.utf8_trim_whitespace(strings), timezone)
@@ -76,14 +76,42 @@ def digits_mask(strings: pa.Array | pa.ChunkedArray, max_length: int) -> pa.Arra
     return pc.and_(pc.ascii_is_decimal(strings), pc.less_equal(pc.binary_length(strings), max_length))
 
 
+_PER_US = {"unix_s": 1_000_000, "unix_ms": 1_000, "unix_us": 1, "unix_ns": -1_000}  # negative: divide
+
+
 def _scale(ints: pa.Array, ts_format: str) -> pa.Array:
-    if ts_format == "unix_ms":
-        return pc.multiply(ints, pa.scalar(1000, pa.int64()))
-    # Seconds (an integer column declared iso is read as seconds too). Guard the multiplication:
-    # |seconds| beyond ~9e12 would overflow microseconds.
-    big = pc.greater(pc.abs(ints), pa.scalar(9_000_000_000_000, pa.int64()))
-    safe = pc.if_else(big, pa.scalar(None, pa.int64()), ints)
-    return pc.multiply(safe, pa.scalar(1_000_000, pa.int64()))
+    """Integers in the unit of ``ts_format`` as microseconds. ``unix_auto`` reads each value by its
+    size: below 1e11 seconds, below 1e14 milliseconds, below 1e17 microseconds, else nanoseconds
+    (any date from 1973 to 5138 has one reading). A value that overflows microseconds reads as
+    a far-future time (quarantined as implausible, not as unreadable)."""
+    if ts_format == "unix_auto":
+        size = pc.abs(ints)
+        unit = pc.if_else(pc.less(size, 10**11), 1_000_000, pc.if_else(pc.less(size, 10**14), 1_000,
+                          pc.if_else(pc.less(size, 10**17), 1, -1_000)))
+        return pc.if_else(pc.less(unit, 0), pc.divide(ints, 1_000), pc.multiply(ints, unit))
+    factor = _PER_US.get(ts_format, 1_000_000)  # an integer column declared iso is read as seconds
+    if factor < 0:
+        return pc.divide(ints, -factor)  # integer division, truncating toward zero
+    limit = (2**63 - 1) // factor
+    overflow = pc.greater(pc.abs(ints), pa.scalar(limit, pa.int64()))
+    safe = pc.if_else(overflow, pa.scalar(0, pa.int64()), ints)
+    return pc.if_else(overflow, pa.scalar(2**63 - 1, pa.int64()), pc.multiply(safe, pa.scalar(factor, pa.int64())))
+
+
+def guess_unix_unit(details: pa.Array | pa.ChunkedArray) -> str | None:
+    """The ``unix_*`` format that most of the quoted timestamps (``<column>='<digits>' ...``) of
+    ``details`` would read as a plausible date in, by their number of digits; None when unclear."""
+    if isinstance(details, pa.ChunkedArray):
+        details = details.combine_chunks()
+    if len(details) == 0:
+        return None
+    digits = pc.extract_regex(details, r"='(?P<d>[0-9]{9,19})'").field("d")
+    lengths = pc.binary_length(digits.drop_null()).to_numpy(zero_copy_only=False)
+    if len(lengths) == 0:
+        return None
+    units = {10: "unix_s", 13: "unix_ms", 16: "unix_us", 19: "unix_ns"}
+    common = np.bincount(lengths).argmax()
+    return units.get(int(common)) if np.mean(lengths == common) > 0.5 else None
 
 
 def _parse_iso(strings: pa.Array, timezone: str) -> pa.Array:
@@ -99,6 +127,17 @@ def _parse_iso(strings: pa.Array, timezone: str) -> pa.Array:
             naive = naive.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
         result[~has_offset] = naive.dt.tz_convert("UTC").dt.as_unit("us")
     return pa.array(result, pa.timestamp("us", tz="UTC")).cast(pa.int64())
+
+
+def _integral_floats_as_ints(values: pa.Array) -> pa.Array:
+    """Float ids as text, whole numbers without a fraction: a Parquet export that wrote ids as
+    doubles gives ``123.0`` for user ``123``, which must not become a second user. NaN reads
+    ``nan`` (a placeholder id), other fractions keep their digits."""
+    f = values.to_numpy(zero_copy_only=False).astype(np.float64)
+    whole = np.isfinite(f) & (np.abs(f) < 2.0**53)
+    whole[whole] = f[whole] == np.round(f[whole])
+    as_int = pc.cast(pa.array(np.where(whole, f, 0).astype(np.int64)), pa.string())
+    return pc.if_else(pa.array(whole), as_int, pc.cast(values, pa.string()))
 
 
 def plausible_bounds_us(now: dt.datetime | None = None) -> tuple[int, int]:
@@ -124,15 +163,19 @@ def canonicalize(table: pa.Table, spec: SourceSpec) -> pa.Table:
 
     def text(column: str) -> pa.Array:
         arr = table[column].combine_chunks() if isinstance(table[column], pa.ChunkedArray) else table[column]
-        arr = pc.cast(arr, pa.string())
+        arr = _integral_floats_as_ints(arr) if pa.types.is_floating(arr.type) else pc.cast(arr, pa.string())
         if not arr.null_count and _all_plain(arr):
             return arr  # nothing to trim, nothing empty: one pass instead of three copies
         s = pc.utf8_trim_whitespace(arr)
         return pc.if_else(pc.equal(s, ""), pa.scalar(None, pa.string()), s)
 
     out: dict[str, Any] = {}
-    for f in ("user_id", "item_id", "category_id"):
+    for f in ("user_id", "category_id"):
         out[f] = text(cmap[f])
+    # A category-level log has no item ids: the category stands in for the item (nothing
+    # downstream ranks items; duplicates are then the same user, category, behaviour and time).
+    out["item_id"] = text(cmap["item_id"]) if "item_id" in cmap else out["category_id"]
+    out = {f: out[f] for f in ("user_id", "item_id", "category_id")}
     if spec.behavior_constant:
         out["behavior_raw"] = pc.take(pa.array([spec.behavior_constant], pa.string()),
                                       pa.array(np.zeros(n, dtype=np.int64)))

@@ -65,7 +65,7 @@ def _land_options(args: argparse.Namespace) -> dict[str, Any]:
     behavior_map = _pairs(args.behavior_map, "--behavior-map")
     if behavior_map:
         options["behavior_map"] = {**options.get("behavior_map", {}), **behavior_map}
-    for name in ("ts_format", "timezone", "behavior_constant", "delimiter"):
+    for name in ("ts_format", "timezone", "behavior_constant", "delimiter", "encoding"):
         if getattr(args, name):
             options[name] = getattr(args, name)
     if args.no_header:
@@ -185,6 +185,8 @@ def register_cli(subparsers: Any) -> None:
                       help="how timestamps are written (default: the format's, unix_s for csv/parquet)")
     land.add_argument("--timezone", default=None, help="zone of timestamps without an offset (default UTC)")
     land.add_argument("--delimiter", default=None, help="csv field delimiter (default ',')")
+    land.add_argument("--encoding", default=None,
+                      help="csv: the file's text encoding (default utf-8; e.g. latin-1, cp1252, gb18030)")
     land.add_argument("--no-header", action="store_true", help="csv: the file has no header line")
     add_json(land)
     land.set_defaults(func=_cmd_land)

@@ -16,6 +16,7 @@ here touches storage or the data, so the command line can import it cheaply.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,8 @@ import yaml
 from pipelines.contracts import BEHAVIORS
 
 FORMATS = ("taobao", "ciao", "csv", "parquet")
-TS_FORMATS = ("unix_s", "unix_ms", "iso")
+TS_FORMATS = ("unix_s", "unix_ms", "unix_us", "unix_ns", "unix_auto", "iso")
+UNIX_FORMATS = ("unix_s", "unix_ms", "unix_us", "unix_ns", "unix_auto")
 DIGITS = r"^[0-9]{1,20}$"
 GENERIC_ID = r"^[A-Za-z0-9_.:\-]{1,128}$"
 BATCH_BYTES = 16 << 20  # CSV block size when reading a source or a landed raw file
@@ -59,6 +61,7 @@ class SourceSpec:
     timezone: str = "UTC"
     has_header: bool = True
     delimiter: str = ","
+    encoding: str = "utf-8"  # of a CSV source; landed raw files are always UTF-8
     columns: list[str] | None = None  # expected source columns in order (None: read the header)
     id_pattern: str = GENERIC_ID
     value_range: tuple[float, float] | None = None
@@ -103,7 +106,7 @@ def build_spec(fmt: str, column_map: dict[str, str] | None = None,
                behavior_map: dict[str, str] | None = None, **options: Any) -> SourceSpec:
     """The :class:`SourceSpec` of ``fmt``; for ``csv``/``parquet`` from ``column_map`` (required) plus
     options from a column-map file (``behavior_constant``, ``ts_format``, ``timezone``, ``has_header``,
-    ``delimiter``, ``id_pattern``, ``value_range``). Raises :class:`SourceError` on a bad map."""
+    ``delimiter``, ``encoding``, ``id_pattern``, ``value_range``). Raises :class:`SourceError` on a bad map."""
     if fmt not in FORMATS:
         raise SourceError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if fmt == "taobao":
@@ -120,7 +123,7 @@ def build_spec(fmt: str, column_map: dict[str, str] | None = None,
     if unknown:
         raise SourceError(f"column map: unknown canonical field(s) {unknown}; allowed: {list(CANONICAL_FIELDS)}")
     bconst = options.pop("behavior_constant", base.behavior_constant)
-    required = ["user_id", "item_id", "category_id", "ts"] + ([] if bconst else ["behavior"])
+    required = ["user_id", "category_id", "ts"] + ([] if bconst else ["behavior"])  # item_id is optional
     missing = [f for f in required if f not in cmap]
     if missing:
         raise SourceError(f"column map: no source column for canonical field(s) {missing}")
@@ -135,11 +138,16 @@ def build_spec(fmt: str, column_map: dict[str, str] | None = None,
     spec = SourceSpec(
         fmt=fmt, column_map=cmap, behavior_map=bmap, behavior_constant=bconst, ts_format=ts_format,
         timezone=options.pop("timezone", base.timezone), has_header=bool(options.pop("has_header", base.has_header)),
-        delimiter=options.pop("delimiter", base.delimiter), columns=options.pop("columns", base.columns),
+        delimiter=options.pop("delimiter", base.delimiter), encoding=str(options.pop("encoding", base.encoding)),
+        columns=options.pop("columns", base.columns),
         id_pattern=options.pop("id_pattern", base.id_pattern),
         value_range=tuple(float(v) for v in value_range) if value_range else None)
     if options:
         raise SourceError(f"column map: unknown option(s) {sorted(options)}")
+    try:
+        codecs.lookup(spec.encoding)
+    except LookupError as exc:
+        raise SourceError(f"encoding {spec.encoding!r} is not known (e.g. utf-8, latin-1, cp1252, gb18030)") from exc
     try:
         re.compile(spec.id_pattern)
     except re.error as exc:

@@ -38,8 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.config import Settings
+from pipelines.data.canonical import guess_unix_unit
 from pipelines.data.fanout import IO_THREADS, map_io
 from pipelines.data.formats import SourceError, SourceSpec, build_spec
 from pipelines.data.routing import SplitStats, split_csv, split_parquet
@@ -229,7 +231,10 @@ def _publish(settings: Settings, name: str, source: str, spec: SourceSpec, stats
     storage.put_json(settings, layout.landing_report_key(name), result.to_dict())
     if rows == 0 and quarantined:
         top = ", ".join(f"{r} ({n})" for r, n in sorted(stats.reasons.items(), key=lambda kv: -kv[1])[:3])
-        raise SourceError(f"{source}: every one of its {quarantined} rows was quarantined ({top}); nothing landed. "
-                          f"The rows and their reasons are in s3://{settings.bucket}/{q_key}; check the format "
-                          f"options (--ts-format, --map, --no-header) and land it again")
+        unit = guess_unix_unit(rejects.filter(pc.equal(rejects["reason"], "implausible_timestamp"))["detail"])
+        hint = (f"; the timestamps look like {unit} since 1970: land it with --ts-format {unit} (or unix_auto)"
+                if unit and unit != spec.ts_format else "")
+        raise SourceError(f"{source}: every one of its {quarantined} rows was quarantined ({top}){hint}; nothing "
+                          f"landed. The rows and their reasons are in s3://{settings.bucket}/{q_key}; check the "
+                          f"format options (--ts-format, --map, --no-header, --encoding) and land it again")
     return result

@@ -15,18 +15,14 @@ A file that cannot be read at all (empty, corrupt gzip, wrong columns) raises
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import gzip
-import mmap
-import os
+import json
 import re
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -37,12 +33,20 @@ import pyarrow.parquet as pq
 from pipelines.config import load_settings
 from pipelines.data.canonical import parse_ts, plausible_bounds_us
 from pipelines.data.formats import BATCH_BYTES, SourceError, SourceSpec
+from pipelines.data.sourcefile import (
+    LONG_LINE_BYTES,
+    Preamble,
+    as_utf8,
+    read_preamble,
+    scan_file,
+    split_line,
+    valid_encoding,
+    without_long_lines,
+)
 from pipelines.privacy.pseudonym import Pseudonymizer, active
 
 PARQUET_BATCH_ROWS = 500_000
 MAX_OPEN_WRITERS = 256  # day files kept open at once; older ones are closed and reopened for appending
-_GZIP_MAGIC = b"\x1f\x8b"
-_SCAN_BYTES = 8 << 20
 REJECT_SCHEMA = pa.schema([("reason", pa.string()), ("raw", pa.string()), ("detail", pa.string()),
                            ("line", pa.int64())])
 
@@ -59,7 +63,7 @@ def _pseudonymizer(choice: Pseudonymizer | str | None) -> Pseudonymizer | None:
 
 def _withheld(text: str, delimiter: str) -> str:
     """What a set-aside row keeps of its text under pseudonymisation when its user id cannot be located."""
-    return f"[withheld under pseudonymisation: {len(_split_line(text.encode(), delimiter))} fields, {len(text)} chars]"
+    return f"[withheld under pseudonymisation: {len(split_line(text.encode(), delimiter))} fields, {len(text)} chars]"
 
 
 @dataclass
@@ -100,64 +104,27 @@ class SplitStats:
 # --- the file itself -----------------------------------------------------------------------------
 
 
-def _open_binary(path: Path) -> IO[bytes]:
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    return gzip.open(path, "rb") if magic == _GZIP_MAGIC else open(path, "rb")
-
-
-def _first_line(path: Path) -> bytes | None:
-    """The first non-empty line (BOM stripped), or None for an empty file; SourceError when unreadable."""
-    try:
-        with _open_binary(path) as fh:
-            for raw in fh:
-                line = raw.removeprefix(b"\xef\xbb\xbf").rstrip(b"\r\n")
-                if line.strip():
-                    return line
-    except (OSError, EOFError, zlib.error) as exc:
-        raise SourceError(f"{path}: unreadable file (corrupt or truncated gzip?): {exc}") from exc
-    return None
-
-
-def _scan_file(path: Path, *, quote_char: bytes = b'"') -> bool:
-    """Read the whole (decompressed) file once: a corrupt gzip stream fails here, before anything is
-    landed. Returns whether ``quote_char`` occurs anywhere (without it no field of a CSV row can hold a
-    delimiter, a quote or a line break)."""
-    found = False
-    try:
-        with open(path, "rb") as raw:
-            if raw.read(2) != _GZIP_MAGIC:  # a plain file: searched in place, without reading it through Python
-                if os.fstat(raw.fileno()).st_size == 0:
-                    return False
-                with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                    return mapped.find(quote_char) >= 0
-        with _open_binary(path) as fh:
-            while chunk := fh.read(_SCAN_BYTES):
-                found = found or quote_char in chunk
-    except (OSError, EOFError, zlib.error) as exc:
-        raise SourceError(f"{path}: unreadable file (corrupt or truncated gzip): {exc}") from exc
-    return found
-
-
-def _split_line(line: bytes, delimiter: str) -> list[str]:
-    return next(csv.reader([line.decode("utf-8", errors="replace")], delimiter=delimiter))
-
-
-def _header_columns(path: Path, spec: SourceSpec) -> tuple[list[str], bool]:
-    """The source's column names and whether the file's first line is a header to skip.
+def _header_columns(path: Path, spec: SourceSpec, preamble: Preamble) -> tuple[list[str], bool]:
+    """The source's column names and whether the file's first line (after blank and comment lines)
+    is a header to skip.
 
     Raises :class:`SourceError` for an empty file, a wrong column count, or missing/extra columns.
     """
-    line = _first_line(path)
+    line = preamble.first
     if line is None:
+        if preamble.comments:
+            raise SourceError(f"{path}: only comment lines ({len(preamble.comments)}), no rows: nothing to land")
         raise SourceError(f"{path}: empty file (no rows): nothing to land")
-    fields = _split_line(line, spec.delimiter)
+    fields = split_line(line, spec.delimiter, spec.encoding)
     if spec.has_header:
         names = [f.strip() for f in fields]
         missing = sorted(set(spec.column_map.values()) - set(names))
         if missing:
             raise SourceError(f"{path}: missing column(s) {missing} in header {names} "
                               f"(format {spec.fmt}, rule: columns)")
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise SourceError(f"{path}: header names column(s) {duplicated} more than once (rule: columns)")
         if spec.columns is not None and names != spec.columns:
             extra = [c for c in names if c not in spec.columns]
             raise SourceError(f"{path}: header {names} does not match the {spec.fmt} columns {spec.columns}"
@@ -182,9 +149,16 @@ def _is_header_row(fields: list[str], spec: SourceSpec) -> bool:
 # --- routing rows by date ------------------------------------------------------------------------
 
 
+def _as_text(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A column as text; lists and structs (a Parquet source may hold them) as JSON."""
+    if pa.types.is_nested(column.type):
+        return pa.array([None if v is None else json.dumps(v, default=str) for v in column.to_pylist()], pa.string())
+    return pc.cast(column, pa.string())
+
+
 def _raw_text(table: pa.Table, spec: SourceSpec) -> pa.Array:
     """Each row's text: its fields joined by the delimiter (vectorised)."""
-    cols = [pc.fill_null(pc.cast(table[c], pa.string()), "") for c in table.column_names]
+    cols = [pc.fill_null(_as_text(table[c]), "") for c in table.column_names]
     if not cols:
         return pa.array([""] * table.num_rows, pa.string())
     joined = pc.binary_join_element_wise(*cols, spec.delimiter)
@@ -325,16 +299,44 @@ def split_csv(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime, *,
     """Route the rows of a CSV source (plain or gzip) into ``scratch/dt=D.csv`` files, unchanged
     but for pseudonymised user ids (``pseudonymize``: a :class:`Pseudonymizer`, None for off, or by
     default the environment's settings); rows outside ``window`` (UTC microseconds, None = open) are
-    set aside as ``outside_window``."""
+    set aside as ``outside_window``. Comment lines above the first row are set aside as
+    ``comment_line``, rows whose bytes are not in the file's encoding as ``invalid_encoding`` and
+    lines longer than half a read block as ``line_too_long``."""
+    valid_encoding(spec.encoding)
     pseudonyms = _pseudonymizer(pseudonymize)
+    # One pass over the bytes: a corrupt gzip fails before anything is landed, a file without any
+    # quote character cannot hold a mangled Taobao row (so the per-field check is skipped), and a
+    # line longer than Arrow's read block is found before the reader cuts it into rows.
+    scan = scan_file(path)
+    if scan.longest_line <= LONG_LINE_BYTES:
+        return _split_csv_once(path, spec, scratch, now, window, pseudonyms, scan.has_quote)
+    copy = scratch / ".without-long-lines.csv"
+    dropped = without_long_lines(path, copy)
+    try:
+        stats = _split_csv_once(copy, spec, scratch, now, window, pseudonyms, scan.has_quote, source_name=path)
+    finally:
+        copy.unlink(missing_ok=True)
+    for line, shown, length in dropped:
+        stats.rows_read += 1
+        text = shown if pseudonyms is None else _withheld(shown, spec.delimiter)
+        stats.reject("line_too_long", text, f"{length} bytes > {LONG_LINE_BYTES} (first {len(shown)} characters kept)",
+                     line=line)
+    return stats
+
+
+def _split_csv_once(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime,
+                    window: tuple[int | None, int | None], pseudonyms: Pseudonymizer | None, has_quote: bool, *,
+                    source_name: Path | None = None) -> SplitStats:
+    name = source_name or path
     withhold = spec.delimiter if pseudonyms is not None else None
-    # One pass over the bytes: a corrupt gzip fails before anything is landed, and a Taobao file
-    # without any quote character cannot hold a mangled row (so the per-field check is skipped).
-    with open(path, "rb") as fh:
-        gzipped = fh.read(2) == _GZIP_MAGIC
-    check_fields = _scan_file(path) if (gzipped or spec.needs_plain_fields) else True
-    columns, skip_header = _header_columns(path, spec)
+    check_fields = has_quote
+    preamble = read_preamble(path, spec.encoding)
+    columns, skip_header = _header_columns(name, spec, preamble)
     stats = SplitStats(columns=columns, suffix=".csv")
+    for line, text in preamble.comments:
+        stats.rows_read += 1
+        stats.reject("comment_line", text if withhold is None else _withheld(text, withhold),
+                     "a comment line above the rows", line=line)
     pending_invalid: list[tuple[str, int, int]] = []
 
     def on_invalid(row: Any) -> str:
@@ -342,23 +344,29 @@ def split_csv(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime, *,
         return "skip"
 
     day_files = _CsvDayFiles(scratch, spec, pa.schema([(c, pa.string()) for c in columns]), stats)
+    utf8 = valid_encoding(spec.encoding) == "utf-8"
     try:
         reader = pacsv.open_csv(
             str(path),
-            read_options=pacsv.ReadOptions(column_names=columns, skip_rows=1 if skip_header else 0,
-                                           block_size=BATCH_BYTES),
+            read_options=pacsv.ReadOptions(column_names=columns, block_size=BATCH_BYTES,
+                                           skip_rows=preamble.lines_before + (1 if skip_header else 0),
+                                           encoding="utf8" if utf8 else spec.encoding),
             parse_options=pacsv.ParseOptions(delimiter=spec.delimiter, invalid_row_handler=on_invalid,
                                              newlines_in_values=False),
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns},
+            # Bytes first: a row that is not UTF-8 is set aside, not the whole file refused.
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in columns},
                                                  strings_can_be_null=False, quoted_strings_can_be_null=False))
     except pa.ArrowInvalid as exc:
         if "Empty CSV file" in str(exc):
-            raise SourceError(f"{path}: no data rows after the header: nothing to land") from exc
-        raise SourceError(f"{path}: unreadable as {spec.fmt} CSV: {exc}") from exc
+            raise SourceError(f"{name}: no data rows after the header: nothing to land") from exc
+        raise SourceError(f"{name}: unreadable as {spec.fmt} CSV: {exc}") from exc
     first = True
     try:
         for batch in reader:
-            table = pa.Table.from_batches([batch])
+            table, not_text = as_utf8(pa.Table.from_batches([batch]))
+            if not_text is not None:
+                _set_aside_encoding(stats, table, not_text, spec, withhold)
+                table = table.filter(pa.array(~not_text))
             if first and not spec.has_header and table.num_rows:
                 first = False
                 head = [table[c][0].as_py() for c in columns]
@@ -366,17 +374,28 @@ def split_csv(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime, *,
                     stats.rows_read += 1
                     text = spec.delimiter.join(head)
                     stats.reject("unexpected_header", text if withhold is None else _withheld(text, withhold),
-                                 "a header line where the format has none", line=1)
+                                 "a header line where the format has none", line=preamble.lines_before + 1)
                     table = table.slice(1)
             _route(table, spec, stats, now, day_files.write, window=window, check_fields=check_fields,
                    pseudonyms=pseudonyms)
             _flush_invalid(pending_invalid, stats, withhold)
         _flush_invalid(pending_invalid, stats, withhold)
     except pa.ArrowInvalid as exc:
-        raise SourceError(f"{path}: unreadable as {spec.fmt} CSV after {stats.rows_read} rows: {exc}") from exc
+        raise SourceError(f"{name}: unreadable as {spec.fmt} CSV after {stats.rows_read} rows: {exc}") from exc
     finally:
         day_files.close()
     return stats
+
+
+def _set_aside_encoding(stats: SplitStats, table: pa.Table, mask: np.ndarray, spec: SourceSpec,
+                        withhold: str | None) -> None:
+    rows = table.filter(pa.array(mask))
+    stats.rows_read += rows.num_rows
+    texts = _raw_text(rows, spec).to_pylist()
+    hint = (f"bytes that are not {spec.encoding} (shown as U+FFFD); if the file is in another encoding, "
+            "land it with --encoding (e.g. latin-1, cp1252)")
+    for text in texts:
+        stats.reject("invalid_encoding", text if withhold is None else _withheld(text, withhold), hint)
 
 
 def split_parquet(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime, *,
@@ -394,6 +413,10 @@ def split_parquet(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime,
     missing = sorted(set(spec.column_map.values()) - set(schema.names))
     if missing:
         raise SourceError(f"{path}: missing column(s) {missing}; file has {schema.names} (rule: columns)")
+    nested = [f"{c} ({schema.field(c).type})" for c in spec.column_map.values() if pa.types.is_nested(schema.field(c).type)]
+    if nested:
+        raise SourceError(f"{path}: column(s) {nested} hold lists or structs, but each mapped field needs one value "
+                          "per row (rule: column_type)")
     if pf.metadata.num_rows == 0:
         raise SourceError(f"{path}: empty file (0 rows): nothing to land")
     if pseudonyms is not None:  # pseudonyms are strings, whatever the source's id type

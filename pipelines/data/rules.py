@@ -30,10 +30,13 @@ from pipelines.platform import layout, storage
 from pipelines.platform.dates import utc_day_us
 
 # Row rules in priority order: a row's reason is the first that fails.
-ROW_RULES = ("null_user_id", "null_item_id", "null_category_id", "bad_id_format", "unknown_behavior",
+ROW_RULES = ("null_user_id", "null_item_id", "null_category_id", "placeholder_id", "bad_id_format", "unknown_behavior",
              "unparseable_timestamp", "implausible_timestamp", "outside_window", "wrong_partition",
              "bad_value", "value_out_of_range")
 OUTSIDE_WINDOW = "outside_window"
+# Texts that exports write for a missing id (pandas, SQL, spreadsheets): not a user, item or category.
+PLACEHOLDER_IDS = pa.array(["nan", "null", "none", "nil", "na", "n/a", "-", "--", "?", "\\n", "undefined", "<na>",
+                            "#n/a"], pa.string())
 CANONICAL_KEY_COLUMNS = ["user_id", "item_id", "category_id", "behavior", "ts", "value"]
 
 
@@ -100,6 +103,14 @@ def flag_rows(canon: pa.Table, spec: SourceSpec, date: dt.date, settings: Settin
             out = pc.or_(out, pc.fill_null(pc.invert(ok), False))
         return out
 
+    def placeholders() -> pa.Array:
+        out = pa.array([False] * n)
+        if spec.id_pattern == DIGITS:  # no placeholder is digits: bad_id_format catches them, cheaper
+            return out
+        for f in ("user_id", "item_id", "category_id"):
+            out = pc.or_(out, pc.fill_null(pc.is_in(pc.utf8_lower(canon[f]), value_set=PLACEHOLDER_IDS), False))
+        return out
+
     known = pc.is_in(canon["behavior"], value_set=pa.array(BEHAVIORS))
     parsed = pc.is_valid(ts)
     plausible = pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi))
@@ -120,6 +131,7 @@ def flag_rows(canon: pa.Table, spec: SourceSpec, date: dt.date, settings: Settin
         "null_user_id": pc.is_null(canon["user_id"]),
         "null_item_id": pc.is_null(canon["item_id"]),
         "null_category_id": pc.is_null(canon["category_id"]),
+        "placeholder_id": placeholders(),
         "bad_id_format": ids_bad(),
         "unknown_behavior": pc.invert(pc.fill_null(known, false)),
         "unparseable_timestamp": pc.invert(parsed),

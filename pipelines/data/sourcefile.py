@@ -1,0 +1,179 @@
+"""The bytes of a local source file before its rows are routed: the preamble, encoding and line length.
+
+:mod:`pipelines.data.routing` reads sources through these helpers:
+
+- :func:`read_preamble`: blank and ``#`` comment lines above the first header or data line
+  (comment lines are set aside as ``comment_line``; an export tool's ``# exported ... by ops`` no
+  longer refuses the file), and that first line.
+- :func:`scan_file`: one pass over the (decompressed) bytes, so a corrupt gzip fails before
+  anything is landed; it also finds quotes and the longest line.
+- :func:`as_utf8`: CSV columns read as bytes, made text; rows whose bytes are not UTF-8 are marked
+  (quarantined as ``invalid_encoding``) instead of refusing the whole file. A file in another
+  encoding is landed with ``--encoding`` (``encoding:`` in a column-map file).
+- :func:`without_long_lines`: a copy of the source without lines longer than a read block
+  (quarantined as ``line_too_long``): Arrow's reader would cut such a line into rows.
+
+A file that cannot be read at all raises :class:`~pipelines.data.formats.SourceError` naming it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import mmap
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.data.formats import BATCH_BYTES, SourceError
+
+GZIP_MAGIC = b"\x1f\x8b"
+COMMENT = b"#"
+LONG_LINE_BYTES = BATCH_BYTES // 2  # a line longer than this may straddle two read blocks
+_SCAN_BYTES = 8 << 20
+_SHOWN_CHARS = 200  # of a line too long to keep whole in the quarantine
+
+
+@dataclass(frozen=True)
+class Preamble:
+    """What precedes the rows: the first header or data line, the physical lines before it, and
+    the comment lines among them (1-based line number, text)."""
+
+    first: bytes | None
+    lines_before: int
+    comments: list[tuple[int, str]] = field(default_factory=list)
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    """The file's (decompressed) bytes: gzip by its magic number, whatever the name says."""
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    return gzip.open(path, "rb") if magic == GZIP_MAGIC else open(path, "rb")
+
+
+def is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == GZIP_MAGIC
+
+
+def valid_encoding(encoding: str) -> str:
+    """``encoding`` as Python's codec name; :class:`SourceError` when Python does not know it."""
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError as exc:
+        raise SourceError(f"encoding {encoding!r} is not known (e.g. utf-8, latin-1, cp1252, gb18030)") from exc
+
+
+def read_preamble(path: Path, encoding: str = "utf-8") -> Preamble:
+    """The :class:`Preamble` of ``path`` (a UTF-8 byte-order mark stripped); ``first`` is None for a
+    file of blank and comment lines only. Raises :class:`SourceError` when it cannot be read."""
+    comments: list[tuple[int, str]] = []
+    try:
+        with open_binary(path) as fh:
+            for number, raw in enumerate(fh):
+                line = (raw.removeprefix(b"\xef\xbb\xbf") if number == 0 else raw).rstrip(b"\r\n")
+                if line.lstrip().startswith(COMMENT):
+                    comments.append((number + 1, line.decode(encoding, errors="replace")))
+                elif line.strip():
+                    return Preamble(line, number, comments)
+                if number > 10_000:
+                    break
+    except (OSError, EOFError, zlib.error) as exc:
+        raise SourceError(f"{path}: unreadable file (corrupt or truncated gzip?): {exc}") from exc
+    return Preamble(None, 0, comments)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What one pass over a file's bytes found."""
+
+    has_quote: bool  # without a quote no field of a CSV row can hold a delimiter, quote or line break
+    longest_line: int  # bytes, line break excluded
+
+
+def scan_file(path: Path, *, quote_char: bytes = b'"') -> Scan:
+    """Read the whole (decompressed) file once: a corrupt gzip stream fails here, before anything is
+    landed. Finds whether ``quote_char`` occurs and the longest line (NumPy over 8 MiB chunks, about
+    1 s per GB: a line longer than Arrow's read block would otherwise be cut into rows)."""
+    found, longest, run = False, 0, 0
+    try:
+        for chunk in _chunks(path):
+            found = found or quote_char in chunk
+            breaks = np.flatnonzero(np.frombuffer(chunk, np.uint8) == 10)
+            if len(breaks) == 0:
+                run += len(chunk)
+                continue
+            gaps = np.diff(breaks)
+            longest = max(longest, run + int(breaks[0]), int(gaps.max()) - 1 if len(gaps) else 0)
+            run = len(chunk) - int(breaks[-1]) - 1
+    except (OSError, EOFError, zlib.error) as exc:
+        raise SourceError(f"{path}: unreadable file (corrupt or truncated gzip): {exc}") from exc
+    return Scan(found, max(longest, run))
+
+
+def _chunks(path: Path) -> Iterator[bytes | memoryview]:
+    with open(path, "rb") as raw:
+        if raw.read(2) != GZIP_MAGIC:  # a plain file: read in place, without copying it through Python
+            if os.fstat(raw.fileno()).st_size == 0:
+                return
+            with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                for start in range(0, len(mapped), _SCAN_BYTES):
+                    yield mapped[start:start + _SCAN_BYTES]
+            return
+    with open_binary(path) as fh:
+        while chunk := fh.read(_SCAN_BYTES):
+            yield chunk
+
+
+def split_line(line: bytes, delimiter: str, encoding: str = "utf-8") -> list[str]:
+    """The fields of one CSV line (undecodable bytes replaced)."""
+    return next(csv.reader([line.decode(encoding, errors="replace")], delimiter=delimiter))
+
+
+def as_utf8(table: pa.Table) -> tuple[pa.Table, np.ndarray | None]:
+    """Binary CSV columns as strings, and a mask of the rows holding bytes that are not UTF-8 (None
+    when every row is valid: the common case costs one validating cast per column). Invalid bytes
+    of a marked row read as U+FFFD in its text."""
+    strings: dict[str, pa.Array] = {}
+    bad: np.ndarray | None = None
+    for name in table.column_names:
+        column = table[name].combine_chunks()
+        try:
+            strings[name] = column.cast(pa.string())
+            continue
+        except (pa.ArrowInvalid, UnicodeDecodeError):
+            pass
+        bad = np.zeros(table.num_rows, bool) if bad is None else bad
+        texts = []
+        for i, value in enumerate(column.to_pylist()):
+            try:
+                texts.append(None if value is None else value.decode("utf-8"))
+            except UnicodeDecodeError:
+                bad[i] = True
+                texts.append(value.decode("utf-8", errors="replace"))
+        strings[name] = pa.array(texts, pa.string())
+    return pa.table(strings), bad
+
+
+def without_long_lines(path: Path, target: Path, limit: int = LONG_LINE_BYTES) -> list[tuple[int, str, int]]:
+    """Copy the (decompressed) ``path`` to ``target`` without its lines longer than ``limit`` bytes;
+    returns (1-based line, first characters, length in bytes) of each line left out."""
+    dropped: list[tuple[int, str, int]] = []
+    try:
+        with open_binary(path) as src, open(target, "wb") as out:
+            for number, line in enumerate(src):
+                if len(line.rstrip(b"\r\n")) > limit:
+                    shown = line[:_SHOWN_CHARS].decode("utf-8", errors="replace")
+                    dropped.append((number + 1, shown, len(line.rstrip(b"\r\n"))))
+                else:
+                    out.write(line)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise SourceError(f"{path}: unreadable file (corrupt or truncated gzip): {exc}") from exc
+    return dropped
