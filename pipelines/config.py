@@ -68,6 +68,11 @@ class Settings:
     mlflow_tracking_uri: str = _field("http://127.0.0.1:5000", "MLflow tracking server URI")
     mlflow_experiment: str = _field("interest_migration", "MLflow experiment of the training runs")
     model_name: str = _field("interest_migration", "registered model name")
+    mlflow_timeout_s: int = _field(20, "seconds one MLflow request may take (sets MLFLOW_HTTP_REQUEST_TIMEOUT)",
+                                   check=_positive, rule="> 0")
+    mlflow_retries: int = _field(2, "retries of a failed MLflow request before a task fails "
+                                 "(sets MLFLOW_HTTP_REQUEST_MAX_RETRIES; backoff 1 s, 2 s, 4 s, ...)",
+                                 check=lambda x: x >= 0, rule=">= 0")
     mlflow_ui_url: str = _field("", "MLflow UI address shown in Airflow's navigation (empty: the tracking URI)")
     code_version: str = _field("", "code version recorded on training runs (empty: the git commit of this "
                                "checkout); images and CI set it")

@@ -4,6 +4,7 @@ The published partition must stay whole and readable, and the retried publish mu
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import secrets
@@ -111,3 +112,56 @@ def test_concurrent_preprocess_of_one_date_equals_one_run(settings, tmp_path: Pa
     assert all(r.to_dict() == alone.to_dict() for r in results)
     assert read_clean_events(settings, day, day).equals(reference)
     assert storage.list_keys(settings, layout.partition_prefix(layout.CLEAN, day)) == [layout.clean_key(day)]
+
+
+def test_mlflow_stopped_fails_lookup_and_registration_within_bounds_and_the_retry_works(settings, tmp_path: Path):
+    """A private MLflow server (the session's stays up) is SIGKILLed with a champion registered
+    and a challenger run logged; champion lookup and registration then fail within the configured
+    bounds, naming MLflow; once it is back on the same database both work, and a registration
+    retried after dying before its digest records the digest."""
+    import time
+
+    from pipelines.model import registry
+    from pipelines.platform import tracking
+    from tests import pyfunc_models as pm
+    from tests.conftest import BASE_BUCKET
+
+    port = svc.free_port()
+    env = dict(os.environ)  # the session's S3 credentials and MLFLOW_S3_ENDPOINT_URL
+
+    def start() -> svc.Process:
+        return svc.start_mlflow(port, tmp_path / "mlflow" / "mlflow.db", f"s3://{BASE_BUCKET}/faults-mlflow", env,
+                                tmp_path / "mlflow.log")
+
+    server = start()
+    try:
+        configured = pm.isolate(dataclasses.replace(settings, mlflow_tracking_uri=server.extra["tracking_uri"],
+                                                    mlflow_timeout_s=2, mlflow_retries=1))
+        champion = pm.register_as_champion(configured)
+        run_id, uri = pm.log_model(configured, metrics={"model/ndcg_at_5": 0.9, "baseline/popular/ndcg_at_5": 0.1})
+        svc.stop_process_group(server.popen.pid, first=signal.SIGKILL)
+        server.popen.wait(timeout=10)
+
+        def register() -> dict:
+            return registry.register_step(configured, mlflow_run_id=run_id, model_uri=uri, dataset_uri="s3://x/y",
+                                          evaluate_champion=lambda *_: {"ndcg_at_5": 0.5})
+
+        for call, action in ((lambda: scoring.resolve_champion(configured), "looking up"), (register, "registering")):
+            started = time.monotonic()
+            with pytest.raises(tracking.TrackingUnavailable, match=rf"did not answer while {action} .*1 retries, "
+                                                                   r"2 s per request.*safe to repeat"):
+                call()
+            assert time.monotonic() - started < 30  # MLflow's defaults (7 retries, 120 s) take minutes
+
+        server = start()  # the same database: nothing was lost
+        assert scoring.resolve_champion(configured)["model_version"] == champion
+        decision = register()
+        assert decision["promoted"] and decision["model_version"] != champion
+        # A registration that died between registering and recording the files' SHA-256: the retry records it.
+        client = tracking.client(configured)
+        client.delete_model_version_tag(configured.model_name, decision["model_version"], registry.TAG_SHA256)
+        assert register()["model_version"] == decision["model_version"]  # reused, not registered twice
+        tags = client.get_model_version(configured.model_name, decision["model_version"]).tags
+        assert len(tags[registry.TAG_SHA256]) == 64
+    finally:
+        server.stop()

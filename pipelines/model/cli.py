@@ -15,6 +15,7 @@ from typing import Any
 from pipelines.cli import add_json, emit, fail
 from pipelines.config import Settings
 from pipelines.model import registry
+from pipelines.platform.tracking import TrackingUnavailable
 
 
 def _run_step(step: Callable[[], Any]) -> int:
@@ -26,7 +27,7 @@ def _run_step(step: Callable[[], Any]) -> int:
 
     try:
         result = step()
-    except (FileNotFoundError, MlflowException, StorageError, ValueError) as exc:
+    except (FileNotFoundError, MlflowException, StorageError, TrackingUnavailable, ValueError) as exc:
         return fail(str(exc))
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return 0
@@ -50,7 +51,7 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     try:
         moved = registry.promote_version(settings, args.version, alias=args.alias, reason=args.reason)
-    except registry.RegistryError as exc:
+    except (registry.RegistryError, TrackingUnavailable) as exc:
         return fail(str(exc))
     emit(args, moved, f"{moved['model_name']}@{moved['alias']}: version {moved['previous'] or 'none'} -> "
                       f"{moved['current']}")
@@ -61,7 +62,7 @@ def _cmd_register(args: argparse.Namespace, settings: Settings) -> int:
     try:
         decision = registry.register_step(settings, mlflow_run_id=args.mlflow_run_id, model_uri=args.model_uri,
                                           dataset_uri=args.dataset_uri)
-    except registry.RegistryError as exc:
+    except (registry.RegistryError, TrackingUnavailable) as exc:
         return fail(str(exc))
     emit(args, decision, f"{decision['model_name']} version {decision['model_version']} {decision['decision']}: "
                          f"{decision['reason']}")

@@ -183,9 +183,19 @@ def register_step(settings: Settings, *, mlflow_run_id: str, model_uri: str, dat
     Returns the decision as a JSON-able dict: model_name, model_version, decision
     (``promoted``/``rejected``), promoted, reason, metric, challenger, champion,
     champion_version, champion_source, best_baseline, best_baseline_value, baselines, margins.
-    A retry for the same run reuses the version it already registered. ``evaluate_champion``
+    A retry for the same run reuses the version it already registered (and records its files'
+    SHA-256 if the first try died before that). Raises
+    :class:`~pipelines.platform.tracking.TrackingUnavailable` when MLflow does not answer in time.
+    ``evaluate_champion``
     (settings, dataset_uri, model_uri) -> metrics defaults to ``evaluate.evaluate_model_uri``.
     """
+    with tracking.reachable(settings, f"registering run {mlflow_run_id} as {settings.model_name}"):
+        return _register_step(settings, mlflow_run_id=mlflow_run_id, model_uri=model_uri, dataset_uri=dataset_uri,
+                              evaluate_champion=evaluate_champion)
+
+
+def _register_step(settings: Settings, *, mlflow_run_id: str, model_uri: str, dataset_uri: str,
+                   evaluate_champion: ChampionEvaluator | None) -> dict[str, Any]:
     mlflow_client = tracking.client(settings)
     run = mlflow_client.get_run(mlflow_run_id)
     challenger_value, baselines = gate_metrics(dict(run.data.metrics), settings.gate_metric)
@@ -202,6 +212,10 @@ def register_step(settings: Settings, *, mlflow_run_id: str, model_uri: str, dat
     else:
         log.info("run %s already registered as %s version %s; reusing it", mlflow_run_id, settings.model_name,
                  version.version)
+        if not dict(version.tags or {}).get(TAG_SHA256):  # the first try died between registering and the digest
+            settings.work_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=settings.work_dir) as tmp:
+                record_digest(settings, str(version.version), Path(tmp))
     new_version = str(version.version)
     mlflow_client.set_registered_model_alias(settings.model_name, CHALLENGER, new_version)
 

@@ -11,12 +11,14 @@ training over several runs. Everything logs into a run **by id** (never through 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +36,50 @@ TAG_VALIDATION = "validation.summary"
 MAX_TAG_CHARS = 5000
 
 
+class TrackingUnavailable(RuntimeError):
+    """The MLflow server did not answer within the configured timeout and retries."""
+
+
+def _bound_requests(settings: Settings) -> None:
+    """Bound every MLflow request of this process (MLflow reads these at each request): a down
+    server fails a task in about timeout x (retries + 1) + backoff, not after MLflow's default of
+    7 retries with up to minutes of backoff."""
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(settings.mlflow_timeout_s)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(settings.mlflow_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0"
+
+
+_UNREACHABLE = ("Max retries exceeded", "Connection refused", "Read timed out", "ConnectionError",
+                "RemoteDisconnected", "Connection aborted", "timed out")
+
+
+@contextlib.contextmanager
+def reachable(settings: Settings, action: str) -> Iterator[None]:
+    """Turn "MLflow did not answer" during ``action`` into :class:`TrackingUnavailable` naming the
+    server, the time spent and the limits (instead of a page of urllib3 retries)."""
+    started = time.monotonic()
+    try:
+        yield
+    except Exception as exc:
+        import requests
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(exc, MlflowException | requests.exceptions.RequestException | OSError) or not any(
+                marker in str(exc) for marker in _UNREACHABLE):
+            raise
+        raise TrackingUnavailable(
+            f"MLflow at {settings.mlflow_tracking_uri} did not answer while {action} (gave up after "
+            f"{time.monotonic() - started:.0f} s: {settings.mlflow_retries} retries, {settings.mlflow_timeout_s} s "
+            f"per request; IM_MLFLOW_RETRIES / IM_MLFLOW_TIMEOUT_S). The step is safe to repeat: run it again "
+            f"once MLflow is back (Airflow retries the task)") from exc
+
+
 def client(settings: Settings) -> Any:
     """An :class:`mlflow.MlflowClient` for the configured tracking (and registry) server."""
     from mlflow import MlflowClient  # mlflow takes seconds to import: only when tracking is used
 
+    _bound_requests(settings)
     return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
 
 
@@ -46,6 +88,7 @@ def configure(settings: Settings) -> None:
     server. Idempotent; called by the functions here that need it, never by stage code."""
     import mlflow
 
+    _bound_requests(settings)
     if mlflow.get_tracking_uri() != settings.mlflow_tracking_uri:
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)

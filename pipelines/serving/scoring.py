@@ -71,7 +71,13 @@ def shard_of(user_id: str, shards: int) -> int:
 
 def resolve_champion(settings: Settings) -> dict[str, Any]:
     """The version behind ``<model_name>@champion``, pinned: {"model_name", "model_version",
-    "model_uri" (``models:/<name>/<version>``), "run_id"}. Raises :class:`NoChampionError`."""
+    "model_uri" (``models:/<name>/<version>``), "run_id"}. Raises :class:`NoChampionError`, or
+    :class:`~pipelines.platform.tracking.TrackingUnavailable` when MLflow does not answer in time."""
+    with tracking.reachable(settings, f"looking up {settings.model_name}@{CHAMPION}"):
+        return _resolve_champion(settings)
+
+
+def _resolve_champion(settings: Settings) -> dict[str, Any]:
     version = version_by_alias(settings, CHAMPION)
     if version is None:
         raise NoChampionError(
