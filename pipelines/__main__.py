@@ -9,6 +9,7 @@ follows (``--date`` / ``--start --end``, ``--json``, errors on stderr) are in :m
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -65,7 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
     except ConfigError as exc:
         return fail(f"configuration: {exc}", 2)
-    return int(args.func(args, settings) or 0)
+    try:
+        return int(args.func(args, settings) or 0)
+    except OSError as exc:  # a full disk, a permission, a vanished folder: one line, not a traceback
+        where = ""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc):
+            where = f" (work folder {settings.work_dir}, IM_WORK_DIR: free space there and run it again)"
+        return fail(f"{args.command} failed: {exc}{where}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,11 @@ import dataclasses
 import datetime as dt
 import os
 import secrets
+import shlex
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -165,3 +169,62 @@ def test_mlflow_stopped_fails_lookup_and_registration_within_bounds_and_the_retr
         assert len(tags[registry.TAG_SHA256]) == 64
     finally:
         server.stop()
+
+
+def _in_small_tmpfs(work: Path, argv: list[str], env: dict[str, str], size: str) -> subprocess.CompletedProcess:
+    """Run the CLI ``argv`` with its work folder on a fresh tmpfs of ``size`` (a private mount
+    namespace: nothing outside the command sees it)."""
+    work.mkdir(parents=True, exist_ok=True)
+    script = (f"mount -t tmpfs -o size={size} tmpfs {shlex.quote(str(work))} && "
+              + " ".join(shlex.quote(a) for a in [sys.executable, "-m", "pipelines", *argv]))
+    return subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _can_mount_tmpfs(tmp_path: Path) -> bool:
+    if not shutil.which("unshare"):
+        return False
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    done = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {probe}"],
+                          capture_output=True, timeout=30)
+    return done.returncode == 0
+
+
+def test_a_full_work_disk_fails_clearly_and_deletes_nothing_it_did_not_rewrite(settings, tmp_path: Path):
+    if not _can_mount_tmpfs(tmp_path):
+        pytest.skip("needs unshare and tmpfs mounts in a user namespace to fill a work disk without filling this one")
+    from pipelines.data.landing import land_events
+    from tests import pyfunc_models as pm
+
+    day = dt.date(2017, 11, 25)
+    first = tmp_path / "export.csv"
+    first.write_text("".join(f"{u},{u},7,pv,{1511568000 + u}\n" for u in range(50)))
+    before = land_events(settings, first, "taobao")
+    raw_before = {k: storage.get_bytes(settings, k) for k in storage.list_keys(settings, "raw/")}
+    bigger = tmp_path / "next" / "export.csv"
+    bigger.parent.mkdir()
+    bigger.write_text("".join(f"{u},{u},7,pv,{1511568000 + u % 80000}\n" for u in range(200_000)))
+    env = {**os.environ, "IM_BUCKET": settings.bucket, "IM_S3_ENDPOINT_URL": settings.s3_endpoint_url,
+           "IM_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "IM_WORK_DIR": str(tmp_path / "work")}
+    done = _in_small_tmpfs(tmp_path / "work", ["land", "--source", str(bigger), "--format", "taobao", "--replace"],
+                           env, "256k")
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: land failed") and "No space left on device" in last, done.stderr
+    # The earlier landing is whole: same keys, same bytes, same report.
+    assert {k: storage.get_bytes(settings, k) for k in storage.list_keys(settings, "raw/")} == raw_before
+    assert storage.get_json(settings, layout.landing_report_key("export"))["landing_id"] == before.landing_id
+
+    # Scoring on a full disk: a one-line failure, and the published partition stays as it was.
+    configured = pm.isolate(settings)
+    pm.register_as_champion(configured)
+    pm.write_clean(configured, pm.clean_events({day: [(f"u{u}", "i", f"c{u % 5}", "view", 10) for u in range(300)]}))
+    published = scoring.score_date(configured, day)
+    env.update(IM_MODEL_NAME=configured.model_name, IM_MLFLOW_EXPERIMENT=configured.mlflow_experiment)
+    done = _in_small_tmpfs(tmp_path / "work", ["score", "--date", day.isoformat()], env, "16k")
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 2017-11-25: downloading models:/") and "No space left on device" in last, last
+    assert predictions.read_manifest(configured, day)["files"] == published["files"]
+    assert predictions.read_predictions(configured, day).num_rows == 300

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,10 @@ TAG_SHA256 = "model.sha256"  # on the version: SHA-256 of its model files (recor
 
 class ModelIntegrityError(RuntimeError):
     """A model version's files do not match the SHA-256 recorded when it was registered."""
+
+
+class ModelDownloadError(RuntimeError):
+    """A registered version's files could not be downloaded; the message says where and why."""
 
 
 class RegistryError(RuntimeError):
@@ -358,12 +363,25 @@ def files_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+FULL_DISK_BYTES = 1 << 20  # below this much free space a failed download is reported as a full work disk
+
+
 def _download_version(settings: Settings, version: str, dest: Path) -> Path:
+    """Download a version's files into ``dest``; :class:`ModelDownloadError` names the version,
+    the folder and its free space when it fails (MLflow's own error lists files, not causes)."""
     import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
 
     tracking.configure(settings)
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{settings.model_name}/{version}",
-                                                    dst_path=str(dest)))
+    uri = f"models:/{settings.model_name}/{version}"
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+    except (MlflowException, OSError) as exc:
+        free = shutil.disk_usage(dest).free
+        cause = (f"No space left on device: the work folder {settings.work_dir} (IM_WORK_DIR) has {free // 1024} KiB "
+                 "free; free space there and run it again" if free < FULL_DISK_BYTES
+                 else f"{str(exc).splitlines()[0][:300]} ({free >> 20} MiB free in {dest})")
+        raise ModelDownloadError(f"downloading {uri} into {dest} failed: {cause}") from exc
 
 
 def record_digest(settings: Settings, version: str, workdir: Path) -> str:

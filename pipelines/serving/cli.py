@@ -11,6 +11,7 @@ from pipelines.config import Settings
 
 def _cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.data.events import MissingInputError
+    from pipelines.model.registry import ModelDownloadError, ModelIntegrityError
     from pipelines.platform.tracking import TrackingUnavailable
     from pipelines.serving.scoring import NoChampionError, ScoringError, score_date
 
@@ -22,7 +23,8 @@ def _cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     for day in days:
         try:
             manifest = score_date(settings, day)
-        except (NoChampionError, MissingInputError, ScoringError, TrackingUnavailable, ValueError) as exc:
+        except (NoChampionError, MissingInputError, ModelDownloadError, ModelIntegrityError, ScoringError,
+                TrackingUnavailable, ValueError) as exc:
             return fail(f"{day}: {exc}")
         manifests.append(manifest)
         if not args.json:
