@@ -145,8 +145,12 @@ def test_a_landing_that_dies_midway_leaves_the_earlier_landing_whole(settings, t
         land_events(settings, new, "taobao", name="daily")
     monkeypatch.undo()
     assert {k: storage.get_bytes(settings, k) for k in storage.list_keys(settings, "raw/events/")} == before
-    # The retry completes and removes the earlier day the new file does not cover.
+    assert len(storage.list_keys(settings, "staging/landing/")) == 1  # what the dead landing staged
+    # The retry completes and removes the earlier day the new file does not cover, and the dead
+    # landing's staged files once they are old enough (here: any age).
+    monkeypatch.setattr(landing, "ABANDONED_AFTER", dt.timedelta(0))
     result = land_events(settings, new, "taobao", name="daily")
+    assert storage.list_keys(settings, "staging/landing/") == []
     assert result.rows == 6 and [d.isoformat() for d in result.dates] == ["2017-11-26", "2017-11-27", "2017-11-28"]
     assert storage.list_keys(settings, "raw/events/dt=2017-11-25/") == []
     assert raw.list_raw_files(settings, dt.date(2017, 11, 26))[0][0].rows == 2

@@ -27,6 +27,7 @@ counts as a corrected version of that file and replaces it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -174,6 +175,27 @@ def _previous_keys(settings: Settings, name: str) -> list[str]:
             if k.rsplit("/", 1)[-1] in file_names]
 
 
+ABANDONED_AFTER = dt.timedelta(days=1)
+
+
+def _remove_abandoned_staging(settings: Settings, now: dt.datetime) -> None:
+    """Delete what landings that died before cleaning up left in staging (their ids start with
+    their UTC start time; one older than :data:`ABANDONED_AFTER` is no longer running)."""
+    prefix = layout.landing_staging_prefix("x")[:-2]
+    stale = []
+    for key in storage.list_keys(settings, prefix):
+        started = key[len(prefix):].split("/", 1)[0].split("Z-", 1)[0]
+        try:
+            when = dt.datetime.strptime(started, "%Y%m%dT%H%M%S").replace(tzinfo=dt.UTC)
+        except ValueError:
+            continue
+        if now - when > ABANDONED_AFTER:
+            stale.append(key)
+    if stale:
+        storage.delete_keys(settings, stale)
+        log.info("removed %d staged keys of landings that died more than %s ago", len(stale), ABANDONED_AFTER)
+
+
 def _publish(settings: Settings, name: str, source: str, spec: SourceSpec, stats: SplitStats,
              now: dt.datetime, digest: str) -> LandResult:
     """Stage the routed scratch files complete, copy them over the raw keys with their sidecars, then
@@ -199,7 +221,8 @@ def _publish(settings: Settings, name: str, source: str, spec: SourceSpec, stats
     def place(day: dt.date) -> str:
         key = layout.raw_key(day, name, stats.suffix)
         storage.copy_key(settings, layout.landing_staging_key(landing_id, key), key)
-        meta = {"name": name, "source": source, "format": spec.fmt, "spec": spec.to_dict(),
+        meta = {"name": name, "source": source, "format": spec.fmt, "source_encoding": spec.encoding,
+                "spec": dataclasses.replace(spec, encoding="utf-8").to_dict(),  # raw files are written as UTF-8
                 "columns": stats.columns, "file": key, "rows": stats.rows_by_date[day],
                 "landed_at": now.isoformat(), "landing_id": landing_id, "source_sha256": digest}
         storage.put_json(settings, layout.raw_meta_key(day, name), meta)
@@ -215,6 +238,7 @@ def _publish(settings: Settings, name: str, source: str, spec: SourceSpec, stats
         storage.delete_keys(settings, stale)  # raises naming any key S3 did not delete
         log.info("removed %d raw keys of the earlier landing of %s", len(stale), name)
     storage.delete_prefix(settings, layout.landing_staging_prefix(landing_id))
+    _remove_abandoned_staging(settings, now)
     q_key = layout.unplaced_key(name)
     if rejects.num_rows:
         table = pa.table({"source": pa.array([source] * rejects.num_rows, pa.string()), "raw": rejects["raw"],
