@@ -226,6 +226,8 @@ class Settings:
                                           "latest clean day (a change reloads it)", check=_positive, rule="> 0")
     online_max_body_bytes: int = _field(1_000_000, "largest request body the online endpoint reads (larger: 413)",
                                         check=_positive, rule="> 0")
+    online_cache_users: int = _field(50_000, "answers of users who post no events the online endpoint keeps per "
+                                     "loaded model and day (0: off)", check=lambda x: x >= 0, rule=">= 0")
     online_max_events: int = _field(10_000, "most events one online request may post (more: 400)",
                                     check=_positive, rule="> 0")
 

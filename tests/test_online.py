@@ -89,6 +89,10 @@ def test_the_answer_is_the_daily_partitions_row_and_posted_events_count(online_s
                 assert row[column] == daily[user][column], (user, column)
             np.testing.assert_allclose(row["predicted_scores"], daily[user]["predicted_scores"], rtol=1e-5)
             np.testing.assert_allclose(row["migration_score"], daily[user]["migration_score"], rtol=1e-5)
+        # a returning user is answered from the state's cache, the same row
+        assert _score(server.url, {"user_id": "u1"}) == (200, _score(server.url, {"user_id": "u1"})[1])
+        assert _call(server.url + "/healthz", token=None)[1]["answers_cached"] == 3
+        assert len(server.reloader.state.answers) == 3
         # events since the partition: the as-of time moves past them and they join the history
         posted = [{"item_id": "i11", "category_id": "garden", "behavior": "buy", "ts": "2024-01-05T09:30:00Z"}]
         status, row = _score(server.url, {"user_id": "u1", "events": posted})
@@ -164,3 +168,17 @@ def test_it_refuses_to_start_without_a_token(online_settings):
     with pytest.raises(ValueError, match="IM_ONLINE_TOKEN_FILE"):
         online.start(dataclasses.replace(online_settings, online_token_file=None), port=0)
     assert storage.list_partitions(online_settings, layout.CLEAN)  # the fixture's data is there
+
+
+def test_the_answer_cache_keeps_the_most_recent_users():
+    from pipelines.online.state import AnswerCache
+
+    cache = AnswerCache(2)
+    for user in ("a", "b"):
+        cache.put(user, {"user_id": user})
+    assert cache.get("a") == {"user_id": "a"}  # a is now the most recent
+    cache.put("c", {"user_id": "c"})
+    assert cache.get("b") is None and cache.get("a") and cache.get("c") and len(cache) == 2
+    off = AnswerCache(0)
+    off.put("a", {})
+    assert off.get("a") is None and len(off) == 0

@@ -6,6 +6,9 @@ its version, its scorer (this product's models on the fast core, any other pyfun
 window that ends on the latest clean day D, sorted by user with a per-user row range, so a
 request slices its user's history without touching storage.
 
+The answer of a user who posts no events is kept per state (:class:`AnswerCache`,
+``IM_ONLINE_CACHE_USERS``): a returning user costs a lookup, not a model call.
+
 A request (:func:`score_user`) scores the user's history plus the events it posts (events since
 the last partition) with ``as_of`` = the end of D, or just after the latest posted event when that
 is later, and returns the contract row (:data:`~pipelines.contracts.PREDICTION_SCHEMA`), the
@@ -15,9 +18,11 @@ status and a message naming the field.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -42,6 +47,38 @@ EVENT_FIELDS = ("item_id", "category_id", "behavior", "ts")
 _ONE_US = dt.timedelta(microseconds=1)
 
 
+class AnswerCache:
+    """A thread-safe LRU of at most ``size`` answers by user id (``size`` 0: off). A state never
+    changes once built (a reload builds a new one, with an empty cache), so the answer of a user
+    who posts no events stays right for as long as its state serves."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._answers: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, user: str) -> dict[str, Any] | None:
+        if self.size <= 0:
+            return None
+        with self._lock:
+            answer = self._answers.get(user)
+            if answer is not None:
+                self._answers.move_to_end(user)
+            return answer
+
+    def put(self, user: str, answer: dict[str, Any]) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._answers[user] = answer
+            self._answers.move_to_end(user)
+            while len(self._answers) > self.size:
+                self._answers.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+
 class RequestError(ValueError):
     """A request the endpoint refuses: ``status`` (4xx/503) and a message naming the field."""
 
@@ -61,6 +98,7 @@ class OnlineState:
     events: pa.Table  # INPUT_SCHEMA, sorted by user_id
     rows_of: dict[str, tuple[int, int]]
     loaded_at: str
+    answers: AnswerCache = dataclasses.field(default_factory=lambda: AnswerCache(0), compare=False)
 
     @property
     def version(self) -> str:
@@ -86,7 +124,7 @@ def load_state(settings: Settings) -> OnlineState:
     events = pa.concat_tables(tables) if tables else INPUT_SCHEMA.empty_table()
     events = events.sort_by([("user_id", "ascending"), ("ts", "ascending")]).combine_chunks()
     state = OnlineState(model, scorer, day, events, user_ranges(events["user_id"]),
-                        dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+                        dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), AnswerCache(settings.online_cache_users))
     log.info("online state: %s version %s, clean day %s, %d events of %d users", model["model_name"],
              state.version, day, events.num_rows, len(state.rows_of))
     return state
@@ -149,6 +187,8 @@ def score_user(state: OnlineState, settings: Settings, user: str, posted: pa.Tab
     """The contract row of ``user``: its look-back history plus ``posted``, as of the end of the
     loaded day (or just after the latest posted event). :class:`RequestError` 404 for a user with
     neither history nor posted events."""
+    if posted.num_rows == 0 and (cached := state.answers.get(user)) is not None:
+        return cached
     lo, hi = state.rows_of.get(user, (0, 0))
     if hi == lo and posted.num_rows == 0:
         raise RequestError(404, f"user {user!r} has no events in the look-back window of {state.day} and the "
@@ -170,9 +210,12 @@ def score_user(state: OnlineState, settings: Settings, user: str, posted: pa.Tab
         raise RequestError(500, f"the scorer returned {len(rows)} rows for user {user!r}; expected 1")
     row = rows[0]
     row["as_of_date"] = row["as_of_date"].isoformat()
-    return {**row, "as_of": as_of.isoformat(), "model_uri": state.model["model_uri"],
-            "loaded_day": state.day.isoformat() if state.day else None,
-            "history_events": hi - lo, "posted_events": posted.num_rows}
+    answer = {**row, "as_of": as_of.isoformat(), "model_uri": state.model["model_uri"],
+              "loaded_day": state.day.isoformat() if state.day else None,
+              "history_events": hi - lo, "posted_events": posted.num_rows}
+    if posted.num_rows == 0:
+        state.answers.put(user, answer)
+    return answer
 
 
 def _score_on_core(core: Any, events: pa.Table, spec: RowSpec) -> pa.Table:
