@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,8 +34,9 @@ from pipelines.data.canonical import parse_ts, plausible_bounds_us
 from pipelines.data.formats import BATCH_BYTES, SourceError, SourceSpec
 from pipelines.data.sourcefile import (
     LONG_LINE_BYTES,
-    Preamble,
     as_utf8,
+    header_columns,
+    is_header_row,
     read_preamble,
     scan_file,
     split_line,
@@ -102,48 +102,6 @@ class SplitStats:
 
 
 # --- the file itself -----------------------------------------------------------------------------
-
-
-def _header_columns(path: Path, spec: SourceSpec, preamble: Preamble) -> tuple[list[str], bool]:
-    """The source's column names and whether the file's first line (after blank and comment lines)
-    is a header to skip.
-
-    Raises :class:`SourceError` for an empty file, a wrong column count, or missing/extra columns.
-    """
-    line = preamble.first
-    if line is None:
-        if preamble.comments:
-            raise SourceError(f"{path}: only comment lines ({len(preamble.comments)}), no rows: nothing to land")
-        raise SourceError(f"{path}: empty file (no rows): nothing to land")
-    fields = split_line(line, spec.delimiter, spec.encoding)
-    if spec.has_header:
-        names = [f.strip() for f in fields]
-        missing = sorted(set(spec.column_map.values()) - set(names))
-        if missing:
-            raise SourceError(f"{path}: missing column(s) {missing} in header {names} "
-                              f"(format {spec.fmt}, rule: columns)")
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise SourceError(f"{path}: header names column(s) {duplicated} more than once (rule: columns)")
-        if spec.columns is not None and names != spec.columns:
-            extra = [c for c in names if c not in spec.columns]
-            raise SourceError(f"{path}: header {names} does not match the {spec.fmt} columns {spec.columns}"
-                              + (f" (extra: {extra})" if extra else "") + " (rule: columns)")
-        return names, True
-    if spec.columns is None:
-        raise SourceError(f"{path}: a headerless {spec.fmt} file needs 'source_columns' (the column names in "
-                          "order) in the column-map file")
-    if len(fields) != len(spec.columns):
-        raise SourceError(f"{path}: first row has {len(fields)} columns, expected {len(spec.columns)} "
-                          f"({','.join(spec.columns)}) for format {spec.fmt} (rule: column_count)")
-    return list(spec.columns), False
-
-
-def _is_header_row(fields: list[str], spec: SourceSpec) -> bool:
-    ts_index = (spec.columns or []).index(spec.column_map["ts"])
-    lowered = [f.strip().lower() for f in fields]
-    return lowered == [c.lower() for c in (spec.columns or [])] or not re.fullmatch(
-        r"-?[0-9]+", fields[ts_index].strip()) and lowered[ts_index] in ("timestamp", "ts", "time")
 
 
 # --- routing rows by date ------------------------------------------------------------------------
@@ -331,7 +289,7 @@ def _split_csv_once(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetim
     withhold = spec.delimiter if pseudonyms is not None else None
     check_fields = has_quote
     preamble = read_preamble(path, spec.encoding)
-    columns, skip_header = _header_columns(name, spec, preamble)
+    columns, skip_header = header_columns(name, spec, preamble)
     stats = SplitStats(columns=columns, suffix=".csv")
     for line, text in preamble.comments:
         stats.rows_read += 1
@@ -370,7 +328,7 @@ def _split_csv_once(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetim
             if first and not spec.has_header and table.num_rows:
                 first = False
                 head = [table[c][0].as_py() for c in columns]
-                if _is_header_row(head, spec):
+                if is_header_row(head, spec):
                     stats.rows_read += 1
                     text = spec.delimiter.join(head)
                     stats.reject("unexpected_header", text if withhold is None else _withheld(text, withhold),

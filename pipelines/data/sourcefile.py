@@ -5,6 +5,8 @@
 - :func:`read_preamble`: blank and ``#`` comment lines above the first header or data line
   (comment lines are set aside as ``comment_line``; an export tool's ``# exported ... by ops`` no
   longer refuses the file), and that first line.
+- :func:`header_columns`: the source's column names from its first line (header or first row),
+  refusing a file whose columns cannot be right.
 - :func:`scan_file`: one pass over the (decompressed) bytes, so a corrupt gzip fails before
   anything is landed; it also finds quotes and the longest line.
 - :func:`as_utf8`: CSV columns read as bytes, made text; rows whose bytes are not UTF-8 are marked
@@ -23,6 +25,7 @@ import csv
 import gzip
 import mmap
 import os
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,7 +35,7 @@ from typing import IO
 import numpy as np
 import pyarrow as pa
 
-from pipelines.data.formats import BATCH_BYTES, SourceError
+from pipelines.data.formats import BATCH_BYTES, SourceError, SourceSpec
 
 GZIP_MAGIC = b"\x1f\x8b"
 COMMENT = b"#"
@@ -130,6 +133,48 @@ def _chunks(path: Path) -> Iterator[bytes | memoryview]:
     with open_binary(path) as fh:
         while chunk := fh.read(_SCAN_BYTES):
             yield chunk
+
+
+def header_columns(path: Path, spec: SourceSpec, preamble: Preamble) -> tuple[list[str], bool]:
+    """The source's column names and whether the file's first line (after blank and comment lines)
+    is a header to skip.
+
+    Raises :class:`SourceError` for an empty file, a wrong column count, or missing/extra columns.
+    """
+    line = preamble.first
+    if line is None:
+        if preamble.comments:
+            raise SourceError(f"{path}: only comment lines ({len(preamble.comments)}), no rows: nothing to land")
+        raise SourceError(f"{path}: empty file (no rows): nothing to land")
+    fields = split_line(line, spec.delimiter, spec.encoding)
+    if spec.has_header:
+        names = [f.strip() for f in fields]
+        missing = sorted(set(spec.column_map.values()) - set(names))
+        if missing:
+            raise SourceError(f"{path}: missing column(s) {missing} in header {names} "
+                              f"(format {spec.fmt}, rule: columns)")
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise SourceError(f"{path}: header names column(s) {duplicated} more than once (rule: columns)")
+        if spec.columns is not None and names != spec.columns:
+            extra = [c for c in names if c not in spec.columns]
+            raise SourceError(f"{path}: header {names} does not match the {spec.fmt} columns {spec.columns}"
+                              + (f" (extra: {extra})" if extra else "") + " (rule: columns)")
+        return names, True
+    if spec.columns is None:
+        raise SourceError(f"{path}: a headerless {spec.fmt} file needs 'source_columns' (the column names in "
+                          "order) in the column-map file")
+    if len(fields) != len(spec.columns):
+        raise SourceError(f"{path}: first row has {len(fields)} columns, expected {len(spec.columns)} "
+                          f"({','.join(spec.columns)}) for format {spec.fmt} (rule: column_count)")
+    return list(spec.columns), False
+
+
+def is_header_row(fields: list[str], spec: SourceSpec) -> bool:
+    ts_index = (spec.columns or []).index(spec.column_map["ts"])
+    lowered = [f.strip().lower() for f in fields]
+    return lowered == [c.lower() for c in (spec.columns or [])] or not re.fullmatch(
+        r"-?[0-9]+", fields[ts_index].strip()) and lowered[ts_index] in ("timestamp", "ts", "time")
 
 
 def split_line(line: bytes, delimiter: str, encoding: str = "utf-8") -> list[str]:
