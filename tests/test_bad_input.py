@@ -348,3 +348,18 @@ def test_the_scan_finds_the_longest_line_across_chunks(tmp_path: Path, monkeypat
     for name, data in (("plain.csv", b"\n".join(lines)), ("packed.csv.gz", gzip.compress(b"\n".join(lines) + b"\n"))):
         path = _write(tmp_path, name, data)
         assert sourcefile.scan_file(path) == sourcefile.Scan(has_quote=False, longest_line=23)
+
+
+def test_another_delimiter_and_boolean_id_columns_fail_naming_the_fix(settings, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cmap = {"user_id": "uid", "category_id": "cat", "behavior": "ev", "ts": "at"}
+    semi = _write(tmp_path, "semi.csv", "uid;cat;ev;at\n" + "".join(f"u{u};7;view;{T0 + u}\n" for u in range(5)))
+    with pytest.raises(SourceError, match=r"looks semicolon-delimited: land it with --delimiter ';'"):
+        land_events(settings, semi, "csv", column_map=cmap)
+    assert _land_ok(settings, semi, "csv", column_map=cmap, delimiter=";").rows == 5
+    flags = tmp_path / "flags.parquet"
+    pq.write_table(pa.table({"uid": [True, False], "cat": ["x", "y"], "ev": ["view"] * 2, "at": [T0, T0 + 1]}), flags)
+    with pytest.raises(SourceError, match=r"id column\(s\) \['user_id -> uid'\] hold true/false values"):
+        land_events(settings, flags, "parquet", column_map=cmap)

@@ -35,6 +35,7 @@ from pipelines.data.formats import BATCH_BYTES, SourceError, SourceSpec
 from pipelines.data.sourcefile import (
     LONG_LINE_BYTES,
     as_utf8,
+    check_parquet_columns,
     header_columns,
     is_header_row,
     read_preamble,
@@ -368,13 +369,7 @@ def split_parquet(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime,
     except (pa.ArrowInvalid, OSError) as exc:
         raise SourceError(f"{path}: unreadable Parquet file: {exc}") from exc
     schema = pf.schema_arrow
-    missing = sorted(set(spec.column_map.values()) - set(schema.names))
-    if missing:
-        raise SourceError(f"{path}: missing column(s) {missing}; file has {schema.names} (rule: columns)")
-    nested = [f"{c} ({schema.field(c).type})" for c in spec.column_map.values() if pa.types.is_nested(schema.field(c).type)]
-    if nested:
-        raise SourceError(f"{path}: column(s) {nested} hold lists or structs, but each mapped field needs one value "
-                          "per row (rule: column_type)")
+    check_parquet_columns(path, schema, spec)
     if pf.metadata.num_rows == 0:
         raise SourceError(f"{path}: empty file (0 rows): nothing to land")
     if pseudonyms is not None:  # pseudonyms are strings, whatever the source's id type

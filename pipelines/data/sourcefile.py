@@ -151,8 +151,12 @@ def header_columns(path: Path, spec: SourceSpec, preamble: Preamble) -> tuple[li
         names = [f.strip() for f in fields]
         missing = sorted(set(spec.column_map.values()) - set(names))
         if missing:
+            hint = next((f"; the header looks {name}-delimited: land it with --delimiter {shown}"
+                         for sep, name, shown in ((";", "semicolon", "';'"), ("\t", "tab", "$'\\t'"),
+                                                  ("|", "pipe", "'|'"), (",", "comma", "','"))
+                         if sep != spec.delimiter and len(names) == 1 and sep in names[0]), "")
             raise SourceError(f"{path}: missing column(s) {missing} in header {names} "
-                              f"(format {spec.fmt}, rule: columns)")
+                              f"(format {spec.fmt}, rule: columns){hint}")
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise SourceError(f"{path}: header names column(s) {duplicated} more than once (rule: columns)")
@@ -175,6 +179,23 @@ def is_header_row(fields: list[str], spec: SourceSpec) -> bool:
     lowered = [f.strip().lower() for f in fields]
     return lowered == [c.lower() for c in (spec.columns or [])] or not re.fullmatch(
         r"-?[0-9]+", fields[ts_index].strip()) and lowered[ts_index] in ("timestamp", "ts", "time")
+
+
+def check_parquet_columns(path: Path, schema: pa.Schema, spec: SourceSpec) -> None:
+    """Raise :class:`SourceError` when a mapped column of a Parquet source is missing, holds lists
+    or structs, or (for an id) true/false values."""
+    missing = sorted(set(spec.column_map.values()) - set(schema.names))
+    if missing:
+        raise SourceError(f"{path}: missing column(s) {missing}; file has {schema.names} (rule: columns)")
+    nested = [f"{c} ({schema.field(c).type})" for c in spec.column_map.values() if pa.types.is_nested(schema.field(c).type)]
+    if nested:
+        raise SourceError(f"{path}: column(s) {nested} hold lists or structs, but each mapped field needs one value "
+                          "per row (rule: column_type)")
+    flags = [f"{field} -> {spec.column_map[field]}" for field in ("user_id", "item_id", "category_id")
+             if field in spec.column_map and pa.types.is_boolean(schema.field(spec.column_map[field]).type)]
+    if flags:
+        raise SourceError(f"{path}: id column(s) {flags} hold true/false values, not ids: check the column map "
+                          "(rule: column_type)")
 
 
 def split_line(line: bytes, delimiter: str, encoding: str = "utf-8") -> list[str]:
