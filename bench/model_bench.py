@@ -34,6 +34,7 @@ from pipelines.contracts import EVENT_SCHEMA  # noqa: E402
 from pipelines.features.batch import to_model_inputs  # noqa: E402
 from pipelines.features.dataset import Dataset  # noqa: E402
 from pipelines.features.encoding import encode_events  # noqa: E402
+from pipelines.model.activity import ActivityModel  # noqa: E402
 from pipelines.model.evaluate import evaluate_dataset  # noqa: E402
 from pipelines.model.metrics import EMERGING_KS, bootstrap_ci, comparison_table  # noqa: E402
 from pipelines.model.network import Predictor, predict_proba  # noqa: E402
@@ -158,7 +159,9 @@ def _published(settings, model, dataset, encoded, n_boot: int) -> dict:
     """The published columns at the test as-of times (every look-back user; the scoring engine and
     the outcomes scorer, as the training evaluation does), with bootstrap intervals over users of
     model minus each baseline."""
-    scorer = CoreScorer(ModelCore(Predictor(model), dataset.vocab, dataset.config))
+    activity = encoded.stats.get("activity")  # P(active): published probabilities are unconditional
+    scorer = CoreScorer(ModelCore(Predictor(model), dataset.vocab, dataset.config,
+                                  ActivityModel.from_dict(activity) if activity else None))
     per_user: dict = {}
     summaries = published_summaries(settings, scorer, encoded.test_events, encoded.asof["test"], per_user=per_user)
     users = np.asarray([key.rsplit("@", 1)[0] for key in per_user["model"]["user_id"].to_pylist()])

@@ -21,13 +21,15 @@ import pytest
 from pipelines.contracts import EVENT_SCHEMA
 from pipelines.features import encoding
 from pipelines.model import evaluate, train
+from pipelines.model.pyfunc import score_events
 from pipelines.platform import layout, storage, tracking
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def synthetic_events(n_users: int = 40, days: int = 36, n_categories: int = 8, seed: int = 0) -> pa.Table:
-    """Users with a home category, each moving to the next category half-way (a planted migration)."""
+    """Users with a home category, each moving to the next category half-way (a planted migration);
+    every fourth user is quiet (no event on most days), so not everyone acts in every horizon."""
     rng = np.random.default_rng(seed)
     start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
     rows = []
@@ -35,6 +37,8 @@ def synthetic_events(n_users: int = 40, days: int = 36, n_categories: int = 8, s
         home = u % n_categories
         switch = int(rng.integers(days // 3, 2 * days // 3))
         for day in range(days):
+            if u % 4 == 0 and rng.random() < 0.6:  # a quiet user: no event on most days
+                continue
             for _ in range(int(rng.integers(1, 4))):
                 cat = home if day < switch or rng.random() < 0.3 else (home + 1) % n_categories
                 if rng.random() < 0.1:
@@ -84,6 +88,12 @@ def test_encode_train_evaluate_steps_log_model_metrics_and_plots(settings, tmp_p
     assert all(c.startswith("c") and c != "never-seen" for cats in out["categories"] for c in cats)
     assert all(0.0 <= x <= 1.0 for scores in out["scores"] for x in scores)
     assert all(list(s) == sorted(s, reverse=True) for s in out["scores"])
+    # P(active) travels with the model: the served scores are P(active) x P(c | active), the ranking unchanged
+    core = model.unwrap_python_model().core()
+    assert core.activity is not None and 0.0 < core.activity.base_rate < 1.0
+    conditional = score_events(core.predictor, core.vocab, core.config, events, "2024-02-01T00:00:00+00:00", 3)
+    for with_p, without in zip(out["scores"], conditional["scores"], strict=True):
+        assert all(a < b for a, b in zip(with_p, without, strict=True))
 
     metrics = evaluate.evaluate_step(settings, encoded["dataset_uri"], trained["model_uri"], mlflow_run_id=run_id)
     for key in ("model/ndcg_at_5", "model/recall_at_5", "model/explore_recall_at_3", "model/gauc", "model/brier",

@@ -29,6 +29,7 @@ from pipelines.features.batch import EventIndex, encode, index_events
 from pipelines.features.dataset import Dataset, EncodedData
 from pipelines.features.examples import EncodingConfig
 from pipelines.features.vocab import Vocab, build_vocab
+from pipelines.model.activity import fit_activity
 from pipelines.platform import tracking
 from pipelines.platform.dates import floor_day
 
@@ -75,6 +76,10 @@ def encode_events(events: pa.Table, settings: Settings) -> EncodedData:
         raise ValueError(f"no training or test examples (train {examples['train'].num_rows}, test "
                          f"{examples['test'].num_rows}): the window is too short or too sparse")
     stats = baseline_statistics(index_events(train_events, vocab), examples["train"], vocab)
+    # P(active in the horizon) of every look-back user at the training as-of times (the network
+    # only sees users who act): it makes the published probabilities unconditional.
+    activity = fit_activity(index, asof["train"], lookback_days=config.lookback_days, horizon_days=config.horizon_days)
+    stats["activity"] = activity.to_dict() if activity is not None else None
     # The test period's events of every user: each test as-of time's look-back (the users scoring
     # would score, with or without an event in the horizon) and its horizon (what they did next),
     # so the evaluation can judge the published columns (pipelines/model/published.py).

@@ -19,6 +19,7 @@ installed) and only real packages as requirements (:func:`pip_requirements`).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import shutil
 from importlib.metadata import PackageNotFoundError, version
@@ -34,9 +35,10 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
 from pipelines.contracts import EVENT_SCHEMA, MODEL_INPUT_COLUMNS
-from pipelines.features.batch import encode, index_events
+from pipelines.features.batch import EventIndex, encode, index_events
 from pipelines.features.examples import EncodingConfig
 from pipelines.features.vocab import Vocab
+from pipelines.model.activity import ActivityModel
 from pipelines.model.network import Predictor, configure_threads, load_keras_model
 
 DEFAULT_TOP_N = 50
@@ -68,13 +70,22 @@ class ModelCore:
     predictor: Predictor
     vocab: Vocab
     config: EncodingConfig
+    activity: ActivityModel | None = None  # P(active in the horizon); None: scores stay P(c | active)
+
+    def scale(self, index: EventIndex, users: np.ndarray, as_of: dt.datetime) -> np.ndarray:
+        """The factor each user's scores are multiplied by: P(active), or 1 without an activity model."""
+        if self.activity is None:
+            return np.ones(len(users))
+        return self.activity.p_active(index, users, as_of)
 
 
 def score_events(model: keras.Model | Predictor, vocab: Vocab, config: EncodingConfig, events: pd.DataFrame,
-                 as_of: pd.Timestamp | str, top_n: int, batch_size: int = 4096) -> pd.DataFrame:
+                 as_of: pd.Timestamp | str, top_n: int, batch_size: int = 4096, *,
+                 activity: ActivityModel | None = None) -> pd.DataFrame:
     """The scoring contract on an in-memory Keras model: one row per user in ``events`` with
-    ``user_id``, ``categories`` (best first, real ids, at most ``top_n``) and ``scores``. Only
-    events strictly before ``as_of`` (and within the look-back) are used; unknown ids are OOV."""
+    ``user_id``, ``categories`` (best first, real ids, at most ``top_n``) and ``scores`` (times
+    the user's P(active) with an ``activity`` model). Only events strictly before ``as_of`` (and
+    within the look-back) are used; unknown ids are OOV."""
     as_of = pd.Timestamp(as_of)
     as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
     predictor = model if isinstance(model, Predictor) else Predictor(model)
@@ -88,6 +99,8 @@ def score_events(model: keras.Model | Predictor, vocab: Vocab, config: EncodingC
     width = parts[0][0].shape[1] if parts else 0
     codes = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, width), np.int64)
     scores = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, width), np.float32)
+    if activity is not None and len(scores):
+        scores = scores * activity.p_active(index, examples.user, as_of.to_pydatetime())[:, None]
     offsets = pa.array(np.arange(len(codes) + 1, dtype=np.int32) * width)
     return pd.DataFrame({
         "user_id": index.users.take(pa.array(examples.user)).to_pylist(),
@@ -99,7 +112,8 @@ def score_events(model: keras.Model | Predictor, vocab: Vocab, config: EncodingC
 class InterestMigrationPyfunc(mlflow.pyfunc.PythonModel):
     """The scoring contract: ``predict(events_df, params={"as_of": ISO, "top_n": 50})``.
 
-    Artifacts: ``keras_model`` (model.keras), ``vocab`` (vocab.json), ``encoding`` (encoding.json).
+    Artifacts: ``keras_model`` (model.keras), ``vocab`` (vocab.json), ``encoding`` (encoding.json),
+    ``activity`` (activity.json, P(active in the horizon): scores are P(active) x P(c | active)).
     """
 
     def load_context(self, context: Any) -> None:
@@ -108,10 +122,12 @@ class InterestMigrationPyfunc(mlflow.pyfunc.PythonModel):
         self.vocab = Vocab.from_dict(json.loads(Path(context.artifacts["vocab"]).read_text()))
         self.config = EncodingConfig(**json.loads(Path(context.artifacts["encoding"]).read_text()))
         self.predictor = Predictor(self.model)
+        path = context.artifacts.get("activity")  # models logged before P(active) existed have none
+        self.activity = ActivityModel.from_dict(json.loads(Path(path).read_text())) if path else None
 
     def core(self) -> ModelCore:
         """The fast scoring core (what the daily scoring uses instead of :meth:`predict`)."""
-        return ModelCore(self.predictor, self.vocab, self.config)
+        return ModelCore(self.predictor, self.vocab, self.config, getattr(self, "activity", None))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
                 ) -> pd.DataFrame:
@@ -119,7 +135,7 @@ class InterestMigrationPyfunc(mlflow.pyfunc.PythonModel):
         if not params.get("as_of"):
             raise ValueError("params['as_of'] (ISO-8601 UTC timestamp) is required")
         return score_events(self.predictor, self.vocab, self.config, model_input, pd.Timestamp(params["as_of"]),
-                            int(params.get("top_n") or DEFAULT_TOP_N))
+                            int(params.get("top_n") or DEFAULT_TOP_N), activity=getattr(self, "activity", None))
 
 
 def scoring_signature(outputs: Any) -> ModelSignature:

@@ -212,13 +212,17 @@ def fit_model(dataset: Dataset, settings: Settings, *, use_repeat: bool = True,
 
 
 def save_model_artifacts(result: FitResult, dataset: Dataset, out_dir: Path) -> dict[str, str]:
-    """Write ``model.keras``, ``vocab.json`` and ``encoding.json``; returns the pyfunc artifacts map."""
+    """Write ``model.keras``, ``vocab.json``, ``encoding.json`` and (when the dataset fitted one)
+    ``activity.json``; returns the pyfunc artifacts map."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"keras_model": out_dir / "model.keras", "vocab": out_dir / "vocab.json",
              "encoding": out_dir / "encoding.json"}
     result.model.save(paths["keras_model"])
     paths["vocab"].write_text(json.dumps(dataset.vocab.to_dict()))
     paths["encoding"].write_text(json.dumps(dataset.config.to_dict()))
+    if dataset.stats.get("activity"):  # P(active): scoring publishes P(active) x P(c | active)
+        paths["activity"] = out_dir / "activity.json"
+        paths["activity"].write_text(json.dumps(dataset.stats["activity"]))
     return {k: str(v) for k, v in paths.items()}
 
 

@@ -227,6 +227,7 @@ def _score_on_core(core: Any, events: pa.Table, spec: RowSpec) -> pa.Table:
     categories, code_of_raw = category_space(core.vocab, index)
     history = interest_history(index, examples.user, spec.as_of, spec.params.half_life_days, code_of_raw)
     inputs = examples.model_inputs(core.config.seq_len, trim=core.predictor.sparse)
-    ranked = Ranked(*core.predictor.top_n(inputs, spec.top_n))
+    codes, values = core.predictor.top_n(inputs, spec.top_n)
+    ranked = Ranked(codes, values * core.scale(index, examples.user, spec.as_of)[:, None])
     columns = contract_columns(ranked, categories, history, spec.params, top_k=spec.top_k)
     return prediction_table(index.users.take(pa.array(examples.user)), columns, spec)

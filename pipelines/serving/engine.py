@@ -82,11 +82,14 @@ class CoreScorer:
         examples = encode(index, [spec.as_of], vocab, config, with_labels=False)
         categories, code_of_raw = category_space(vocab, index)
         history = interest_history(index, examples.user, spec.as_of, spec.params.half_life_days, code_of_raw)
+        scale = self.core.scale(index, examples.user, spec.as_of)  # P(active): unconditional probabilities
         seq_lengths = np.diff(examples.seq_offsets)
         order = np.lexsort((examples.hist_counts(), seq_lengths))  # similar rows together: little padding
 
         def rows_of(batch: np.ndarray, ranked: concurrent.futures.Future) -> pa.Table:
-            columns = contract_columns(Ranked(*ranked.result()), categories, history.take(batch), spec.params,
+            codes, values = ranked.result()
+            columns = contract_columns(Ranked(codes, values * scale[batch][:, None]), categories, history.take(batch),
+                                       spec.params,
                                        top_k=spec.top_k)
             return prediction_table(index.users.take(pa.array(examples.user[batch])), columns, spec)
 
