@@ -236,3 +236,36 @@ def test_batch_encoder_matches_the_reference_on_real_ciao_reviews(shared_data) -
     new = encode_examples(table, asofs, vocab, config)
     assert new.num_rows > 500
     assert_same_examples(new, reference_encoder.encode_examples(table, asofs, vocab, config))
+
+
+def test_encode_each_gives_every_user_the_features_of_its_own_as_of_time() -> None:
+    import datetime as _dt
+
+    import numpy as _np
+
+    from pipelines.features.batch import encode, encode_each, index_events
+    from pipelines.features.examples import EncodingConfig
+    from pipelines.features.vocab import build_vocab
+    from tests.test_engine import events
+
+    table = events(n_users=25, seed=3)
+    vocab = build_vocab([f"c{i}" for i in range(10)], 1, ["view", "buy", "cart"])
+    config = EncodingConfig(horizon_days=1, lookback_days=2, seq_len=4)
+    index = index_events(table, vocab)
+    rng = _np.random.default_rng(0)
+    base = _dt.datetime(2024, 1, 2, tzinfo=_dt.UTC)
+    asofs = [base + _dt.timedelta(seconds=int(s)) for s in rng.integers(0, 2 * 86400, index.n_users)]
+    asof_us = _np.array([(a - _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)) // _dt.timedelta(microseconds=1)
+                         for a in asofs])
+    each = encode_each(index, asof_us, vocab, config)
+    assert each.n == index.n_users and list(each.asof) == list(asof_us)
+    for u in range(index.n_users):
+        alone = encode(index, [asofs[u]], vocab, config, with_labels=False).take(_np.array([u]))
+        mine = each.take(_np.array([u]))
+        a, b = alone.model_inputs(4), mine.model_inputs(4)
+        for name in a:
+            _np.testing.assert_allclose(a[name], b[name], rtol=1e-6, err_msg=f"user {u} {name}")
+    same = encode_each(index, _np.full(index.n_users, asof_us[0]), vocab, config)
+    together = encode(index, [asofs[0]], vocab, config, with_labels=False)
+    for name, value in together.model_inputs(4).items():
+        _np.testing.assert_allclose(value, same.model_inputs(4)[name], rtol=1e-6)

@@ -15,7 +15,13 @@ from pipelines.contracts import EVENT_SCHEMA
 from pipelines.features.batch import index_events
 from pipelines.features.vocab import Vocab, build_vocab
 from pipelines.serving import interests as it
-from pipelines.serving.contract import CONTRACT_COLUMNS, Ranked, columns_from_scores, contract_columns
+from pipelines.serving.contract import (
+    CONTRACT_COLUMNS,
+    Ranked,
+    ScoringError,
+    columns_from_scores,
+    contract_columns,
+)
 from pipelines.serving.engine import category_space
 from tests import reference_interests as ref
 
@@ -110,7 +116,8 @@ def test_migration_is_the_probability_of_touching_a_new_category():
     assert migration({}, [], []) == 0.0
     assert migration({}, ["a", "b"], [0.5, 0.5]) == pytest.approx(0.75)  # no history: everything is new
     assert migration(known, ["c"], [1.5]) == pytest.approx(1.0, abs=1e-6)  # scores clipped to [0, 1]
-    assert migration(known, ["c"], [-0.5]) == 0.0
+    with pytest.raises(ScoringError, match="scores_finite_non_negative"):  # refused, not clipped: a broken model
+        migration(known, ["c"], [-0.5])
     # a category listed twice adds up: the same as listing it once with the sum
     assert migration(known, ["c", "a", "c"], [0.2, 0.9, 0.3]) == pytest.approx(0.5)
 

@@ -274,42 +274,60 @@ def encode(index: EventIndex, asof_times: Sequence[dt.datetime], vocab: Vocab, c
     return Examples.concat(parts)
 
 
+def encode_each(index: EventIndex, asof_us: np.ndarray, vocab: Vocab, config: EncodingConfig) -> Examples:
+    """Scoring examples (no labels) of every user of ``index``, each at its own as-of time:
+    ``asof_us[u]`` (microseconds since the epoch) for user ``u``. The same features as
+    :func:`encode` at that time; the online endpoint scores a batch of requests in one call."""
+    asof_us = np.asarray(asof_us, np.int64)
+    if len(asof_us) != index.n_users:
+        raise ValueError(f"{len(asof_us)} as-of times for {index.n_users} users")
+    if index.n_users == 0:
+        return _encode_at(index, None, vocab.n_categories, config, False)
+    return _encode_at(index, _EPOCH, vocab.n_categories, config, False, asof_us=asof_us)
+
+
 def _encode_at(index: EventIndex, asof: dt.datetime | None, n_categories: int, config: EncodingConfig,
-               with_labels: bool) -> Examples:
+               with_labels: bool, *, asof_us: np.ndarray | None = None) -> Examples:
     if asof is None:  # no as-of time: an empty set of examples of the right shapes
         empty = np.zeros(0, np.int64)
         return Examples(empty, empty, np.zeros(1, np.int64), empty.astype(np.int32), empty.astype(np.int32),
                         empty.astype(np.float32), empty.astype(np.int32), empty.astype(np.int32),
                         np.zeros(1, np.int64), empty.astype(np.int32), np.zeros((0, N_HIST), np.float32),
                         np.zeros(1, np.int64), empty.astype(np.int32))
-    t = asof.timestamp()
     first = index.bounds[:-1]
     user_of = index.user_of_event()
-    start = first + np.bincount(user_of[index.ts < t - config.lookback_days * DAY_S], minlength=index.n_users)
-    before = first + np.bincount(user_of[index.ts < t], minlength=index.n_users)
+    # one as-of time for everyone (a float), or one per user (``asof_us``: then t_ev per event)
+    t = asof.timestamp() if asof_us is None else asof_us.astype(np.float64) / 1e6
+    t_ev = t if asof_us is None else t[user_of]
+    start = first + np.bincount(user_of[index.ts < t_ev - config.lookback_days * DAY_S], minlength=index.n_users)
+    before = first + np.bincount(user_of[index.ts < t_ev], minlength=index.n_users)
     if with_labels:
-        after = first + np.bincount(user_of[index.ts < t + config.horizon_days * DAY_S], minlength=index.n_users)
+        after = first + np.bincount(user_of[index.ts < t_ev + config.horizon_days * DAY_S], minlength=index.n_users)
         chosen = np.flatnonzero((before > start) & (after > before))
         start, before, after = start[chosen], before[chosen], after[chosen]
     else:
         chosen = np.arange(index.n_users, dtype=np.int64)
         after = before
     n = len(chosen)
-    hist_offsets, hist_cat, hist_feat = _history(index, start, before, t, n_categories, config.horizon_days)
+    t_ex = t if asof_us is None else t[chosen]
+    hist_offsets, hist_cat, hist_feat = _history(index, start, before, t_ex, n_categories, config.horizon_days)
     label_offsets, label = _labels(index, before, after, n_categories)
     seq, seq_offsets = ranges(np.maximum(start, before - config.seq_len), before)
     seq_ts = index.ts[seq]
     days = np.floor(seq_ts / DAY_S)
-    asof_us = (asof - _EPOCH) // dt.timedelta(microseconds=1)
-    return Examples(chosen.astype(np.int64), np.full(n, asof_us, np.int64), seq_offsets, index.cat[seq],
-                    index.beh[seq], ((t - seq_ts) / DAY_S).astype(np.float32), ((days + 3) % 7).astype(np.int32),
+    t_seq = t if asof_us is None else np.repeat(t_ex, np.diff(seq_offsets))
+    example_us = (np.full(n, (asof - _EPOCH) // dt.timedelta(microseconds=1), np.int64) if asof_us is None
+                  else asof_us[chosen])
+    return Examples(chosen.astype(np.int64), example_us, seq_offsets, index.cat[seq],
+                    index.beh[seq], ((t_seq - seq_ts) / DAY_S).astype(np.float32), ((days + 3) % 7).astype(np.int32),
                     ((seq_ts - days * DAY_S) // 3600).astype(np.int32), hist_offsets, hist_cat, hist_feat,
                     label_offsets, label)
 
 
-def _history(index: EventIndex, start: np.ndarray, before: np.ndarray, t: float, n_categories: int,
+def _history(index: EventIndex, start: np.ndarray, before: np.ndarray, t: float | np.ndarray, n_categories: int,
              horizon_days: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per (example, category) summary of the events ``[start, before)`` of each example."""
+    """Per (example, category) summary of the events ``[start, before)`` of each example, as of
+    ``t`` (seconds: one for all, or one per example)."""
     rows, _ = ranges(start, before)
     lengths = before - start
     example = np.repeat(np.arange(len(start), dtype=np.int64), lengths)
@@ -320,7 +338,8 @@ def _history(index: EventIndex, start: np.ndarray, before: np.ndarray, t: float,
         return np.zeros(len(start) + 1, np.int64), np.zeros(0, np.int32), np.zeros((0, N_HIST), np.float32)
     group_start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     group_end = np.r_[group_start[1:], len(key)]
-    age_h = ((t - index.ts[rows[order]]) / DAY_S) / horizon_days
+    t_at = t if np.isscalar(t) else np.asarray(t)[example[order]]
+    age_h = ((t_at - index.ts[rows[order]]) / DAY_S) / horizon_days
     counts = (group_end - group_start).astype(np.float64)
     group_example = key[group_start] // n_categories
     group_cat = (key[group_start] % n_categories).astype(np.int32)

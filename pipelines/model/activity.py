@@ -45,9 +45,11 @@ class ActivityModel:
     fitted_rows: int = 0
     base_rate: float = 0.0  # share of the fitted rows active in the horizon
 
-    def p_active(self, index: EventIndex, users: np.ndarray, as_of: dt.datetime) -> np.ndarray:
-        """P(active in the horizon) of ``users`` (indices into ``index``) at ``as_of``."""
-        x = (activity_features(index, users, as_of.timestamp(), self.lookback_days) - self.mean) / self.scale
+    def p_active(self, index: EventIndex, users: np.ndarray, as_of: dt.datetime | np.ndarray) -> np.ndarray:
+        """P(active in the horizon) of ``users`` (indices into ``index``) at ``as_of`` (one time, or
+        int64 microseconds per user of ``users``)."""
+        as_of_s = as_of.timestamp() if isinstance(as_of, dt.datetime) else np.asarray(as_of, np.float64) / 1e6
+        x = (activity_features(index, users, as_of_s, self.lookback_days) - self.mean) / self.scale
         return _sigmoid(x @ np.asarray(self.coef) + self.intercept)
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,32 +62,41 @@ class ActivityModel:
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
-def activity_features(index: EventIndex, users: np.ndarray, as_of_s: float, lookback_days: float) -> np.ndarray:
+def activity_features(index: EventIndex, users: np.ndarray, as_of_s: float | np.ndarray,
+                      lookback_days: float) -> np.ndarray:
     """``[len(users), len(FEATURES)]`` log1p activity features of the events in
-    ``[as_of - lookback, as_of)`` (events are sorted by user, then time)."""
+    ``[as_of - lookback, as_of)`` (events are sorted by user, then time). ``as_of_s`` is one time
+    (seconds) for all, or one per user of ``users`` (which are then distinct)."""
+    users = np.asarray(users, np.int64)
     user_of = index.user_of_event()
     ts = index.ts
-    window = (ts >= as_of_s - lookback_days * DAY_S) & (ts < as_of_s)
     n_users = index.n_users
+    t_all = np.full(n_users, float(as_of_s) if np.isscalar(as_of_s) else np.nan)
+    if not np.isscalar(as_of_s):
+        t_all[users] = np.asarray(as_of_s, np.float64)
+    t_ev = t_all[user_of]
+    lookback_s = lookback_days * DAY_S
+    window = (ts >= t_ev - lookback_s) & (ts < t_ev)
 
     def count(mask: np.ndarray) -> np.ndarray:
         return np.bincount(user_of[mask], minlength=n_users).astype(np.float64)
 
     n_window = count(window)
-    n_7 = count(window & (ts >= as_of_s - 7 * DAY_S))
-    n_1 = count(window & (ts >= as_of_s - DAY_S))
+    n_7 = count(window & (ts >= t_ev - 7 * DAY_S))
+    n_1 = count(window & (ts >= t_ev - DAY_S))
     first = index.bounds[:-1]
-    before = first + np.bincount(user_of[ts < as_of_s], minlength=n_users)
-    start = first + np.bincount(user_of[ts < as_of_s - lookback_days * DAY_S], minlength=n_users)
+    before = first + count(ts < t_ev).astype(np.int64)
+    start = first + count(ts < t_ev - lookback_s).astype(np.int64)
     has = before > start
-    last_ts = np.where(has, ts[np.maximum(before - 1, 0)], as_of_s - lookback_days * DAY_S)
-    first_ts = np.where(has, ts[np.minimum(start, len(ts) - 1)] if len(ts) else 0.0, as_of_s - lookback_days * DAY_S)
+    empty = t_all - lookback_s
+    last_ts = np.where(has, ts[np.clip(before - 1, 0, max(len(ts) - 1, 0))] if len(ts) else 0.0, empty)
+    first_ts = np.where(has, ts[np.clip(start, 0, max(len(ts) - 1, 0))] if len(ts) else 0.0, empty)
     # events are sorted by user, then time: a new active day starts where the user or the day changes
     w_user, w_day = user_of[window], np.floor(ts[window] / DAY_S)
     starts = np.r_[True, (w_user[1:] != w_user[:-1]) | (w_day[1:] != w_day[:-1])] if len(w_user) else np.zeros(0, bool)
     active_days = np.bincount(w_user[starts], minlength=n_users).astype(np.float64)
-    raw = np.stack([n_1, n_7, n_window, active_days, (as_of_s - last_ts) / DAY_S, (as_of_s - first_ts) / DAY_S], 1)
-    return np.log1p(np.maximum(raw[np.asarray(users, np.int64)], 0.0))
+    raw = np.stack([n_1, n_7, n_window, active_days, (t_all - last_ts) / DAY_S, (t_all - first_ts) / DAY_S], 1)
+    return np.log1p(np.maximum(raw[users], 0.0))
 
 
 def fit_activity(index: EventIndex, asof_times: Sequence[dt.datetime], *, lookback_days: float,

@@ -86,20 +86,24 @@ def behavior_weights(behaviors: pa.Array) -> np.ndarray:
     return np.array([BEHAVIOR_WEIGHTS.get(b, DEFAULT_BEHAVIOR_WEIGHT) for b in behaviors.to_pylist()], np.float64)
 
 
-def interest_history(index: EventIndex, users: np.ndarray, as_of: dt.datetime, half_life_days: float,
+def interest_history(index: EventIndex, users: np.ndarray, as_of: dt.datetime | np.ndarray, half_life_days: float,
                      code_of_raw: np.ndarray, *, lookback_days: float | None = None) -> InterestHistory:
     """Current and history shares of the users ``users`` (indices into ``index.users``, one row
     each, in that order) as of ``as_of`` (UTC-aware), from their events before ``as_of`` (and, with
     ``lookback_days``, not before ``as_of - lookback_days``: scoring reads only the look-back
-    window, an evaluation over a longer history passes it). ``code_of_raw`` maps each raw category
+    window, an evaluation over a longer history passes it); ``as_of`` may also be one time per user
+    (int64 microseconds, aligned with ``users``, which are then distinct). ``code_of_raw`` maps each raw category
     of the index to the caller's category code. Raises ValueError on a bad half-life or a naive
     ``as_of``."""
     if half_life_days <= 0:
         raise ValueError(f"half_life_days must be > 0, got {half_life_days}")
-    if as_of.tzinfo is None:
-        raise ValueError(f"as_of must be timezone-aware (UTC), got {as_of!r}")
     users = np.asarray(users, np.int64)
-    as_of_us = (as_of - _EPOCH) // dt.timedelta(microseconds=1)
+    if isinstance(as_of, np.ndarray):
+        as_of_us: int | np.ndarray = as_of.astype(np.int64)
+    elif as_of.tzinfo is None:
+        raise ValueError(f"as_of must be timezone-aware (UTC), got {as_of!r}")
+    else:
+        as_of_us = (as_of - _EPOCH) // dt.timedelta(microseconds=1)
     # events are sorted by time inside each user: those in the window are a range of its rows
     before = index.bounds[users] + _count_before(index, users, as_of_us)
     first = index.bounds[users]
@@ -116,7 +120,8 @@ def interest_history(index: EventIndex, users: np.ndarray, as_of: dt.datetime, h
         return InterestHistory(np.zeros(len(users) + 1, np.int64), empty.astype(np.int64), empty, empty)
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     weight = behavior_weights(index.raw_behaviors)[index.raw_beh[rows]]
-    age_days = (as_of_us - index.ts_us[rows]) / 1e6 / SECONDS_PER_DAY
+    as_of_at = as_of_us if np.isscalar(as_of_us) else as_of_us[key // n_raw]
+    age_days = (as_of_at - index.ts_us[rows]) / 1e6 / SECONDS_PER_DAY
     w = np.add.reduceat(weight, starts)
     d = np.add.reduceat(weight * np.exp2(-age_days / half_life_days), starts)
     entry_row = key[starts] // n_raw
@@ -128,9 +133,13 @@ def interest_history(index: EventIndex, users: np.ndarray, as_of: dt.datetime, h
                            np.asarray(code_of_raw, np.int64)[key[starts] % n_raw], history, current)
 
 
-def _count_before(index: EventIndex, users: np.ndarray, as_of_us: int) -> np.ndarray:
-    """Events of each user strictly before ``as_of_us``."""
-    if index.n_events == 0 or int(index.ts_us.max()) < as_of_us:
+def _count_before(index: EventIndex, users: np.ndarray, as_of_us: int | np.ndarray) -> np.ndarray:
+    """Events of each user strictly before ``as_of_us`` (one time, or one per user of ``users``)."""
+    if index.n_events == 0 or int(index.ts_us.max()) < np.min(as_of_us, initial=np.iinfo(np.int64).max):
         return np.diff(index.bounds)[users]
     user_of = index.user_of_event()
-    return np.bincount(user_of[index.ts_us < as_of_us], minlength=index.n_users)[users]
+    if np.isscalar(as_of_us):
+        return np.bincount(user_of[index.ts_us < as_of_us], minlength=index.n_users)[users]
+    per_user = np.full(index.n_users, np.iinfo(np.int64).min)
+    per_user[users] = as_of_us
+    return np.bincount(user_of[index.ts_us < per_user[user_of]], minlength=index.n_users)[users]
