@@ -25,10 +25,10 @@ import datetime as dt
 import http.client
 import json
 import logging
-import multiprocessing
 import os
 import random
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _load_client as load_client  # noqa: E402  # the load clients' request bodies and timing
 import scoring_bench as sb  # noqa: E402  # the scoring benchmark's generator and training child
 
 from pipelines.config import load_settings  # noqa: E402
@@ -46,35 +47,26 @@ from pipelines.online import server as online  # noqa: E402
 
 
 def _post(conn: http.client.HTTPConnection, token: str, body: bytes) -> float:
-    t0 = time.perf_counter()
-    conn.request("POST", "/v1/score", body, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    answer = conn.getresponse()
-    answer.read()
-    if answer.status != 200:
-        raise RuntimeError(f"POST /v1/score answered {answer.status}")
-    return time.perf_counter() - t0
+    return load_client.post(conn, token, body)
 
 
 def _body(rng: random.Random, users: int, post_events: bool) -> bytes:
-    payload: dict[str, Any] = {"user_id": f"u{rng.randrange(users)}"}  # users: the pool requests draw from
-    if post_events:
-        day = sb.AS_OF_DATE + dt.timedelta(days=1)
-        payload["events"] = [{"item_id": f"i{rng.randrange(10**6)}", "category_id": f"c{rng.randrange(200)}",
-                              "behavior": "view", "ts": f"{day}T{h:02d}:15:00Z"} for h in (8, 9, 10)]
-    return json.dumps(payload).encode()
+    return load_client.body(rng, users, (sb.AS_OF_DATE + dt.timedelta(days=1)).isoformat(), post_events)
 
 
-def _client(args: tuple[int, str, str, int, float, int]) -> list[float]:
-    """One client process: back-to-back requests over one connection until the deadline."""
-    port, token, _, users, seconds, seed = args
-    rng = random.Random(seed)
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    times = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        times.append(_post(conn, token, _body(rng, users, rng.random() < 0.5)))
-    conn.close()
-    return times
+def _load(port: int, token_file: Path, users: int, clients: int, seconds: float, seed: int) -> tuple[list[float], float]:
+    """``clients`` client processes (bench/_load_client.py: standard library only), started first and
+    all sending from the same instant for ``seconds``; returns every latency and the wall time."""
+    start_at = time.time() + 2.0 + 0.05 * clients  # every client is up and connected before it
+    day = (sb.AS_OF_DATE + dt.timedelta(days=1)).isoformat()
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "_load_client.py"), str(port),
+                               str(token_file), str(users), day, f"{start_at:.3f}", str(seconds), str(seed + i)],
+                              stdout=subprocess.PIPE, text=True) for i in range(clients)]
+    t0 = time.monotonic()
+    outputs = [p.communicate(timeout=seconds + 120)[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"a load client failed (exit codes {[p.returncode for p in procs]})")
+    return [t for out in outputs for t in json.loads(out)], time.monotonic() - t0
 
 
 def _ms(times: list[float], q: float) -> float:
@@ -151,15 +143,15 @@ def main(argv: list[str] | None = None) -> int:
               f"(target p99 <= 50 ms)")
 
         pool_users = args.returning_users or args.users
-        jobs = [(port, token, "", pool_users, args.seconds, args.seed + i) for i in range(args.clients)]
-        t0 = time.monotonic()
-        with multiprocessing.get_context("spawn").Pool(args.clients) as pool:
-            results = pool.map(_client, jobs)
-        wall = time.monotonic() - t0
-        loaded = [t for r in results for t in r]
+        cpu0 = os.times()
+        loaded, wall = _load(port, token_file, pool_users, args.clients, args.seconds, args.seed)
+        cpu1 = os.times()
+        server_cpu = cpu1.user - cpu0.user + cpu1.system - cpu0.system
+        client_cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
         print(f"throughput, {args.clients} concurrent clients for {args.seconds:.0f}s over loopback, users drawn "
               f"from {pool_users:,}: "
-              f"{len(loaded) / args.seconds:,.0f} requests/s ({len(loaded):,} requests, pool wall {wall:.1f}s); "
+              f"{len(loaded) / args.seconds:,.0f} requests/s ({len(loaded):,} requests; CPU seconds: endpoint "
+              f"{server_cpu:.1f}, clients {client_cpu:.1f}, wall {wall:.1f}s); "
               f"latency under load p50 {_ms(loaded, 50):.1f} ms, p99 {_ms(loaded, 99):.1f} ms "
               f"(target >= 1,000 requests/s)")
         load = os.getloadavg()

@@ -228,6 +228,8 @@ class Settings:
                                         check=_positive, rule="> 0")
     online_cache_users: int = _field(50_000, "answers of users who post no events the online endpoint keeps per "
                                      "loaded model and day (0: off)", check=lambda x: x >= 0, rule=">= 0")
+    online_batch_requests: int = _field(64, "most requests the online endpoint scores together in one pass",
+                                        check=_positive, rule="> 0")
     online_max_events: int = _field(10_000, "most events one online request may post (more: 400)",
                                     check=_positive, rule="> 0")
 

@@ -128,7 +128,9 @@ def make_handler(settings: Settings, reloader: Reloader, token: str) -> type[Bas
                              "loaded_day": state.day.isoformat() if state and state.day else None,
                              "loaded_at": state.loaded_at if state else None,
                              "users": len(state.rows_of) if state else 0, "error": reloader.error,
-                             "answers_cached": len(state.answers) if state else 0})
+                             "answers_cached": len(state.answers) if state else 0,
+                             "batches": state.batcher.batches if state else 0,
+                             "scored": state.batcher.items if state else 0})
 
         def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
             try:

@@ -23,6 +23,7 @@ import dataclasses
 import datetime as dt
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,8 @@ import pyarrow.compute as pc
 from pipelines.config import Settings
 from pipelines.contracts import EVENT_SCHEMA, MODEL_INPUT_COLUMNS
 from pipelines.data.events import iter_clean_events
-from pipelines.features.batch import encode, index_events
+from pipelines.features.batch import encode_each, index_events
+from pipelines.online.batching import Batcher
 from pipelines.platform import layout, storage
 from pipelines.platform.dates import end_of_day, lookback_window
 from pipelines.serving.contract import Ranked, contract_columns
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 INPUT_SCHEMA = pa.schema([EVENT_SCHEMA.field(c) for c in MODEL_INPUT_COLUMNS])
 EVENT_FIELDS = ("item_id", "category_id", "behavior", "ts")
 _ONE_US = dt.timedelta(microseconds=1)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class AnswerCache:
@@ -99,6 +102,7 @@ class OnlineState:
     rows_of: dict[str, tuple[int, int]]
     loaded_at: str
     answers: AnswerCache = dataclasses.field(default_factory=lambda: AnswerCache(0), compare=False)
+    batcher: Batcher = dataclasses.field(default_factory=Batcher, compare=False)
 
     @property
     def version(self) -> str:
@@ -124,7 +128,8 @@ def load_state(settings: Settings) -> OnlineState:
     events = pa.concat_tables(tables) if tables else INPUT_SCHEMA.empty_table()
     events = events.sort_by([("user_id", "ascending"), ("ts", "ascending")]).combine_chunks()
     state = OnlineState(model, scorer, day, events, user_ranges(events["user_id"]),
-                        dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), AnswerCache(settings.online_cache_users))
+                        dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), AnswerCache(settings.online_cache_users),
+                        Batcher(settings.online_batch_requests))
     log.info("online state: %s version %s, clean day %s, %d events of %d users", model["model_name"],
              state.version, day, events.num_rows, len(state.rows_of))
     return state
@@ -183,51 +188,96 @@ def _parse_ts(text: str, i: int) -> dt.datetime:
     return ts.astimezone(dt.UTC)
 
 
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    """One request to score: the user, its rows of the loaded history, what it posts, its as-of time."""
+
+    user: str
+    lo: int
+    hi: int
+    posted: pa.Table
+    as_of: dt.datetime
+
+    @property
+    def as_of_date(self) -> dt.date:
+        return (self.as_of - _ONE_US).date()  # the day the last counted instant is in
+
+
 def score_user(state: OnlineState, settings: Settings, user: str, posted: pa.Table) -> dict[str, Any]:
     """The contract row of ``user``: its look-back history plus ``posted``, as of the end of the
-    loaded day (or just after the latest posted event). :class:`RequestError` 404 for a user with
-    neither history nor posted events."""
+    loaded day (or just after the latest posted event). Scored together with the requests that
+    arrive at the same time (:class:`~pipelines.online.batching.Batcher`). :class:`RequestError`
+    404 for a user with neither history nor posted events."""
+    prepared = prepare(state, user, posted)
+    if isinstance(prepared, dict):
+        return prepared
+    answer = state.batcher.run(prepared, lambda batch: score_batch(state, settings, batch))
+    if posted.num_rows == 0:
+        state.answers.put(user, answer)
+    return answer
+
+
+def prepare(state: OnlineState, user: str, posted: pa.Table) -> dict[str, Any] | Pending:
+    """The cached answer of ``user`` (no posted events), or what scoring it needs."""
     if posted.num_rows == 0 and (cached := state.answers.get(user)) is not None:
         return cached
     lo, hi = state.rows_of.get(user, (0, 0))
     if hi == lo and posted.num_rows == 0:
         raise RequestError(404, f"user {user!r} has no events in the look-back window of {state.day} and the "
                            f"request posts none: post its events (\"events\": [...]) to score it")
-    events = pa.concat_tables([state.events.slice(lo, hi - lo), posted]) if posted.num_rows else \
-        state.events.slice(lo, hi - lo)
     as_of = end_of_day(state.day) if state.day else dt.datetime.min.replace(tzinfo=dt.UTC)
     if posted.num_rows:
         as_of = max(as_of, pc.max(posted["ts"]).as_py() + _ONE_US)
-    spec = RowSpec(as_of=as_of, as_of_date=(as_of - _ONE_US).date(),  # the day the last counted instant is in
-                   horizon_days=settings.horizon_days,
+    return Pending(user, lo, hi, posted, as_of)
+
+
+def score_batch(state: OnlineState, settings: Settings, batch: Sequence[Pending]) -> list[dict[str, Any]]:
+    """The answers of ``batch`` (in its order): this product's models in one vectorised call (each
+    request at its own as-of time), any other pyfunc one request at a time."""
+    spec = RowSpec(as_of=batch[0].as_of, as_of_date=batch[0].as_of_date, horizon_days=settings.horizon_days,
                    model_name=state.model["model_name"], model_version=state.version,
                    params=params_from_settings(settings), top_k=settings.top_k, top_n=settings.scoring_top_n,
                    batch_users=settings.scoring_batch_users)
-    tables = [_score_on_core(state.scorer.core, events, spec)] if isinstance(state.scorer, CoreScorer) else \
-        list(state.scorer.score(events, spec))
-    rows = [row for table in tables for row in table.to_pylist()]
-    if len(rows) != 1:
-        raise RequestError(500, f"the scorer returned {len(rows)} rows for user {user!r}; expected 1")
-    row = rows[0]
-    row["as_of_date"] = row["as_of_date"].isoformat()
-    answer = {**row, "as_of": as_of.isoformat(), "model_uri": state.model["model_uri"],
-              "loaded_day": state.day.isoformat() if state.day else None,
-              "history_events": hi - lo, "posted_events": posted.num_rows}
-    if posted.num_rows == 0:
-        state.answers.put(user, answer)
-    return answer
+    if isinstance(state.scorer, CoreScorer):
+        rows = _score_on_core(state.scorer.core, [_events_of(state, p) for p in batch],
+                              np.array([_us(p.as_of) for p in batch], np.int64), spec).to_pylist()
+    else:
+        rows = []
+        for pending in batch:
+            one = dataclasses.replace(spec, as_of=pending.as_of, as_of_date=pending.as_of_date)
+            found = [row for table in state.scorer.score(_events_of(state, pending), one) for row in table.to_pylist()]
+            if len(found) != 1:
+                raise RequestError(500, f"the scorer returned {len(found)} rows for user {pending.user!r}; expected 1")
+            rows.extend(found)
+    answers = []
+    for pending, row in zip(batch, rows, strict=True):
+        row["user_id"], row["as_of_date"] = pending.user, pending.as_of_date.isoformat()
+        answers.append({**row, "as_of": pending.as_of.isoformat(), "model_uri": state.model["model_uri"],
+                        "loaded_day": state.day.isoformat() if state.day else None,
+                        "history_events": pending.hi - pending.lo, "posted_events": pending.posted.num_rows})
+    return answers
 
 
-def _score_on_core(core: Any, events: pa.Table, spec: RowSpec) -> pa.Table:
-    """:meth:`CoreScorer.score` for the few rows of one request, in the calling thread (the batch
-    path's model thread costs a thread start per request): the same encoder, model call and
-    contract columns."""
-    index = index_events(events, core.vocab)
-    examples = encode(index, [spec.as_of], core.vocab, core.config, with_labels=False)
+def _events_of(state: OnlineState, pending: Pending) -> pa.Table:
+    history = state.events.slice(pending.lo, pending.hi - pending.lo)
+    return pa.concat_tables([history, pending.posted]) if pending.posted.num_rows else history
+
+
+def _us(when: dt.datetime) -> int:
+    return (when - _EPOCH) // _ONE_US
+
+
+def _score_on_core(core: Any, events: list[pa.Table], asof_us: np.ndarray, spec: RowSpec) -> pa.Table:
+    """:meth:`CoreScorer.score` for the requests of one batch in one pass: the same encoder, model
+    call and contract columns, each request (its events under a key of its own, in batch order) at
+    its own as-of time."""
+    keyed = [t.set_column(0, "user_id", pa.array([f"{i:08d}"] * t.num_rows, pa.string())) for i, t in enumerate(events)]
+    index = index_events(pa.concat_tables(keyed), core.vocab)  # users sorted by key: the batch order
+    examples = encode_each(index, asof_us, core.vocab, core.config)
     categories, code_of_raw = category_space(core.vocab, index)
-    history = interest_history(index, examples.user, spec.as_of, spec.params.half_life_days, code_of_raw)
+    history = interest_history(index, examples.user, asof_us[examples.user], spec.params.half_life_days, code_of_raw)
     inputs = examples.model_inputs(core.config.seq_len, trim=core.predictor.sparse)
     codes, values = core.predictor.top_n(inputs, spec.top_n)
-    ranked = Ranked(codes, values * core.scale(index, examples.user, spec.as_of)[:, None])
+    ranked = Ranked(codes, values * core.scale(index, examples.user, asof_us[examples.user])[:, None])
     columns = contract_columns(ranked, categories, history, spec.params, top_k=spec.top_k)
     return prediction_table(index.users.take(pa.array(examples.user)), columns, spec)
