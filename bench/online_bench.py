@@ -7,14 +7,16 @@ endpoint (pipelines/online/server.py) in this process and measures:
 
 1. latency: ``--requests`` sequential POST /v1/score for random users over one keep-alive
    connection (half of them post 3 events since the partition), p50/p99/max in milliseconds;
-2. throughput: ``--clients`` client processes, each one keep-alive connection sending requests
-   back to back for ``--seconds`` seconds; requests/s and the p50/p99 seen under that load.
+2. throughput: ``--clients`` client processes (``bench/_load_client.py``, standard library only,
+   started before the measured window), each one keep-alive connection sending requests back to
+   back for ``--seconds`` seconds; requests/s, the p50/p99 seen under that load and the CPU
+   seconds the endpoint and the clients used.
 
 The clients run on the same machine as the server (loopback only), so they take CPU from it: the
 figures are for the whole machine. It prints the load average at the end.
 
-    .venv/bin/python bench/online_bench.py                 # 10,000 users, 4 clients for 10 s
-    .venv/bin/python bench/online_bench.py --clients 8 --seconds 20
+    .venv/bin/python bench/online_bench.py                 # 10,000 users, 16 clients for 10 s
+    .venv/bin/python bench/online_bench.py --clients 4 --seconds 20
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--categories", type=int, default=2_000, help="categories the generator draws from")
     parser.add_argument("--train-users", type=int, default=1_000, help="users in the training window")
     parser.add_argument("--requests", type=int, default=1_000, help="sequential requests of the latency phase")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent client processes of the load phase")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent client processes of the load phase")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the load phase")
     parser.add_argument("--seed", type=int, default=7, help="generator seed")
     parser.add_argument("--returning-users", type=int, default=0,
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"champion version {trained['model_version']} ({trained['categories']} categories); look-back "
               f"{state.day} with {events:,} events of {len(state.rows_of):,} users; endpoint loaded in "
               f"{time.monotonic() - t0:.1f}s")
-        port, token = server.server.server_address[1], token_file.read_text()
+        port, token = server.port, token_file.read_text()
 
         rng = random.Random(args.seed)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)

@@ -1,96 +1,96 @@
-"""Online requests scored together: the batcher's leader/follower hand-over, and the vectorised
+"""Online requests scored together: the endpoint's batch scorer, and the vectorised
 pass over a batch (each request at its own as-of time) giving exactly the answers of one call
 per request. The product's real Keras model and encoder; no services."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import threading
 
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from pipelines.config import load_settings
 from pipelines.features.examples import EncodingConfig
 from pipelines.features.vocab import build_vocab
 from pipelines.model.network import Predictor, build_model
 from pipelines.model.pyfunc import ModelCore
-from pipelines.online.batching import Batcher
-from pipelines.online.state import INPUT_SCHEMA, AnswerCache, OnlineState, Pending, prepare, score_batch, user_ranges
+from pipelines.online.server import BatchScorer
+from pipelines.online.state import (
+    INPUT_SCHEMA,
+    AnswerCache,
+    OnlineState,
+    Pending,
+    prepare,
+    score_batch,
+    user_ranges,
+)
 from pipelines.serving.engine import CoreScorer
 from tests.test_engine import events
 
 
-def test_requests_waiting_together_run_as_one_batch_in_their_order():
-    batcher: Batcher[int] = Batcher(max_items=10)
+def _scorer_with(score) -> BatchScorer:
+    return BatchScorer(load_settings(environ={}, online_batch_requests=10), score)
+
+
+def test_requests_waiting_together_are_scored_as_one_batch_in_their_order():
     calls: list[list[int]] = []
     entered, gate = threading.Event(), threading.Event()
 
-    def score(items):
-        calls.append(list(items))
+    def score(state, settings, pendings):
+        calls.append(list(pendings))
         if len(calls) == 1:
             entered.set()
             gate.wait(30)
-        return [item * 10 for item in items]
+        return [p * 10 for p in pendings]
 
-    answers: dict[int, int] = {}
+    scorer = _scorer_with(score)
 
-    def ask(i: int) -> None:
-        answers[i] = batcher.run(i, score)
+    async def run() -> list[int]:
+        first = scorer.submit("state", 0)
+        while not entered.is_set():  # request 0 is being scored ...
+            await asyncio.sleep(0.01)
+        rest = [scorer.submit("state", i) for i in range(1, 6)]  # ... while the others arrive
+        gate.set()
+        return list(await asyncio.gather(first, *rest))
 
-    first = threading.Thread(target=ask, args=(0,))
-    first.start()
-    assert entered.wait(30)  # request 0 leads and is busy ...
-    others = [threading.Thread(target=ask, args=(i,)) for i in range(1, 6)]
-    for t in others:
-        t.start()
-    while len(batcher._pending) < 5:  # ... while the others queue up behind it
-        threading.Event().wait(0.01)
-    gate.set()
-    for t in [first, *others]:
-        t.join(30)
-    assert calls[0] == [0] and sorted(calls[1]) == [1, 2, 3, 4, 5] and len(calls) == 2
-    assert answers == {i: i * 10 for i in range(6)} and (batcher.batches, batcher.items) == (2, 6)
+    try:
+        assert asyncio.run(run()) == [0, 10, 20, 30, 40, 50]
+    finally:
+        scorer.close()
+    assert calls == [[0], [1, 2, 3, 4, 5]] and (scorer.batches, scorer.scored) == (2, 6)
 
 
 def test_one_bad_request_does_not_fail_the_others_of_its_batch():
-    batcher: Batcher[int] = Batcher()
-    entered, gate = threading.Event(), threading.Event()
     calls: list[list[int]] = []
+    entered, gate = threading.Event(), threading.Event()
 
-    def score(items):
-        calls.append(list(items))
+    def score(state, settings, pendings):
+        calls.append(list(pendings))
         if len(calls) == 1:
             entered.set()
             gate.wait(30)
-        if -1 in items:
-            raise ValueError(f"bad item among {list(items)}")
-        return list(items)
+        if -1 in pendings:
+            raise ValueError(f"bad item among {list(pendings)}")
+        return list(pendings)
 
-    answers: dict[int, object] = {}
+    scorer = _scorer_with(score)
 
-    def ask(i: int) -> None:
-        try:
-            answers[i] = batcher.run(i, score)
-        except ValueError as exc:
-            answers[i] = exc
+    async def run() -> list[object]:
+        first = scorer.submit("state", 0)
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        rest = [scorer.submit("state", i) for i in (-1, 2, 3)]
+        gate.set()
+        return list(await asyncio.gather(first, *rest, return_exceptions=True))
 
-    threads = [threading.Thread(target=ask, args=(0,))]
-    threads[0].start()
-    assert entered.wait(30)
-    threads += [threading.Thread(target=ask, args=(i,)) for i in (-1, 2, 3)]
-    for t in threads[1:]:
-        t.start()
-    while len(batcher._pending) < 3:
-        threading.Event().wait(0.01)
-    gate.set()
-    for t in threads:
-        t.join(30)
-    assert sorted(calls[1]) == [-1, 2, 3]  # together first, then each alone
-    assert answers[0] == 0 and answers[2] == 2 and answers[3] == 3
-    assert isinstance(answers[-1], ValueError) and "[-1]" in str(answers[-1])
-    assert batcher.run(4, score) == 4
+    try:
+        first, bad, two, three = asyncio.run(run())
+    finally:
+        scorer.close()
+    assert calls[1] == [-1, 2, 3] and calls[2:] == [[-1], [2], [3]]  # together first, then each alone
+    assert (first, two, three) == (0, 2, 3) and isinstance(bad, ValueError) and "[-1]" in str(bad)
 
 
 def test_a_batch_answers_each_request_as_if_it_were_alone():

@@ -9,9 +9,9 @@ request slices its user's history without touching storage.
 The answer of a user who posts no events is kept per state (:class:`AnswerCache`,
 ``IM_ONLINE_CACHE_USERS``): a returning user costs a lookup, not a model call.
 
-A request (:func:`score_user`) scores the user's history plus the events it posts (events since
-the last partition) with ``as_of`` = the end of D, or just after the latest posted event when that
-is later, and returns the contract row (:data:`~pipelines.contracts.PREDICTION_SCHEMA`), the
+A request (:func:`prepare`, then :func:`score_batch` with the requests that arrive with it)
+scores the user's history plus the events it posts (events since the last partition) with
+``as_of`` = the end of D, or just after the latest posted event when that is later, and returns the contract row (:data:`~pipelines.contracts.PREDICTION_SCHEMA`), the
 same columns the daily partition holds. Bad requests raise :class:`RequestError` with the HTTP
 status and a message naming the field.
 """
@@ -34,7 +34,6 @@ from pipelines.config import Settings
 from pipelines.contracts import EVENT_SCHEMA, MODEL_INPUT_COLUMNS
 from pipelines.data.events import iter_clean_events
 from pipelines.features.batch import encode_each, index_events
-from pipelines.online.batching import Batcher
 from pipelines.platform import layout, storage
 from pipelines.platform.dates import end_of_day, lookback_window
 from pipelines.serving.contract import Ranked, contract_columns
@@ -102,7 +101,6 @@ class OnlineState:
     rows_of: dict[str, tuple[int, int]]
     loaded_at: str
     answers: AnswerCache = dataclasses.field(default_factory=lambda: AnswerCache(0), compare=False)
-    batcher: Batcher = dataclasses.field(default_factory=Batcher, compare=False)
 
     @property
     def version(self) -> str:
@@ -128,8 +126,7 @@ def load_state(settings: Settings) -> OnlineState:
     events = pa.concat_tables(tables) if tables else INPUT_SCHEMA.empty_table()
     events = events.sort_by([("user_id", "ascending"), ("ts", "ascending")]).combine_chunks()
     state = OnlineState(model, scorer, day, events, user_ranges(events["user_id"]),
-                        dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), AnswerCache(settings.online_cache_users),
-                        Batcher(settings.online_batch_requests))
+                        dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), AnswerCache(settings.online_cache_users))
     log.info("online state: %s version %s, clean day %s, %d events of %d users", model["model_name"],
              state.version, day, events.num_rows, len(state.rows_of))
     return state
@@ -201,20 +198,6 @@ class Pending:
     @property
     def as_of_date(self) -> dt.date:
         return (self.as_of - _ONE_US).date()  # the day the last counted instant is in
-
-
-def score_user(state: OnlineState, settings: Settings, user: str, posted: pa.Table) -> dict[str, Any]:
-    """The contract row of ``user``: its look-back history plus ``posted``, as of the end of the
-    loaded day (or just after the latest posted event). Scored together with the requests that
-    arrive at the same time (:class:`~pipelines.online.batching.Batcher`). :class:`RequestError`
-    404 for a user with neither history nor posted events."""
-    prepared = prepare(state, user, posted)
-    if isinstance(prepared, dict):
-        return prepared
-    answer = state.batcher.run(prepared, lambda batch: score_batch(state, settings, batch))
-    if posted.num_rows == 0:
-        state.answers.put(user, answer)
-    return answer
 
 
 def prepare(state: OnlineState, user: str, posted: pa.Table) -> dict[str, Any] | Pending:
