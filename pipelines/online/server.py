@@ -43,6 +43,7 @@ from pipelines.online.state import (
     prepare,
     score_batch,
 )
+from pipelines.platform.secrets import read_secret
 
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
@@ -101,10 +102,7 @@ def read_token(settings: Settings) -> str:
     if path is None or not Path(path).is_file():
         raise ValueError(f"IM_ONLINE_TOKEN_FILE must name the file holding the endpoint's bearer token "
                          f"(got {path}); the stacks generate secrets/online_token")
-    token = Path(path).read_text().strip()
-    if not token:
-        raise ValueError(f"{path} is empty")
-    return token
+    return read_secret(path, "online endpoint token (IM_ONLINE_TOKEN_FILE)")  # SecretError is a ValueError
 
 
 _MAX_LINE = 8192  # bytes of the request line or one header line

@@ -28,6 +28,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from pipelines.ops.options import OpsOptions
+from pipelines.platform.secrets import SecretError, read_secret
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,10 @@ class Alert:
 
 
 def _secret(path: Path | None, what: str) -> str:
-    if path is None:
-        raise NotifyError(f"{what}: no file configured")
     try:
-        value = Path(path).read_text().strip()
-    except OSError as exc:
-        raise NotifyError(f"{what}: cannot read {path} ({exc.strerror})") from None
-    if not value:
-        raise NotifyError(f"{what}: {path} is empty")
-    return value
+        return read_secret(path, what)
+    except SecretError as exc:
+        raise NotifyError(str(exc)) from None
 
 
 def _post_webhook(options: OpsOptions, alert: Alert) -> None:

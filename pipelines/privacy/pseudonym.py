@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import ConfigError, Settings, env_name
+from pipelines.platform.secrets import SecretError, read_secret
 
 PSEUDONYM_DIGITS = 20
 INVALID_MARK = "~"  # prefix of the pseudonym of an id that fails its format's id rule
@@ -60,12 +61,9 @@ def read_key(path: Path | None) -> bytes:
     if path is None:
         raise PseudonymKeyError(f"{var} is not set: the pseudonymisation key file is needed")
     try:
-        text = Path(path).read_text().strip()
-    except OSError as exc:
-        raise PseudonymKeyError(f"{var}={path}: cannot read the key file ({exc.strerror})") from exc
-    if len(text) < 2 * MIN_KEY_BYTES:
-        raise PseudonymKeyError(f"{var}={path}: the key is too short (at least {2 * MIN_KEY_BYTES} characters)")
-    return text.encode()
+        return read_secret(path, f"pseudonymisation key ({var})", min_chars=2 * MIN_KEY_BYTES).encode()
+    except SecretError as exc:
+        raise PseudonymKeyError(str(exc)) from None
 
 
 class Pseudonymizer:
