@@ -182,3 +182,30 @@ def test_the_answer_cache_keeps_the_most_recent_users():
     off = AnswerCache(0)
     off.put("a", {})
     assert off.get("a") is None and len(off) == 0
+
+
+def test_the_http_layer_keeps_connections_alive_and_refuses_malformed_requests(online_settings):
+    import socket
+
+    server = online.start(online_settings, port=0)  # no champion needed: these answers come before scoring
+
+    def exchange(raw: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+            conn.sendall(raw)
+            chunks = []
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+    try:
+        # two requests on one connection: two answers, the second closes it as asked
+        out = exchange(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert out.count(b"HTTP/1.1 200 OK") == 2 and out.rstrip().endswith(b"}")
+        assert exchange(b"NONSENSE\r\n\r\n").startswith(b"HTTP/1.1 400 Bad Request")
+        many = b"".join(b"X-H%d: v\r\n" % i for i in range(101))
+        assert exchange(b"GET /healthz HTTP/1.1\r\n" + many + b"\r\n").startswith(b"HTTP/1.1 431")
+        missing_length = b"POST /v1/score HTTP/1.1\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n\r\n"
+        assert exchange(missing_length).startswith(b"HTTP/1.1 411")
+        assert exchange(b"GET /elsewhere HTTP/1.1\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 404")
+    finally:
+        server.stop()
