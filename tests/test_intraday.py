@@ -37,13 +37,15 @@ def test_only_users_with_new_events_are_scored_hour_by_hour(settings, tmp_path):
     pm.write_clean(configured, pm.clean_events(CLEAN))
     version = pm.register_as_champion(configured)
     _land(configured, tmp_path, "morning", [(1, 21, 400, "pv", _unix(8)), (7, 22, 100, "buy", _unix(9, 30)),
-                                            (7, 23, 100, "bogus", _unix(9, 40))])
+                                            (7, 23, 100, "bogus", _unix(9, 40)), ("x9", 26, 100, "pv", _unix(8, 30))])
     first = intraday.score_hour(configured, D4, 9)
     part = storage.read_parquet(configured, first["files"][0])
     assert part.schema == PREDICTION_SCHEMA
     assert sorted(part["user_id"].to_pylist()) == ["1", "7"] and first["row_count"] == 2
     assert first["as_of"] == "2024-01-04T10:00:00+00:00" and first["model_version"] == version
-    assert first["dropped_rows"] == 1  # the unknown behaviour is left out and counted
+    # the unknown behaviour and the id validation would quarantine ("x9": Taobao ids are digits) are
+    # left out and counted: intraday scores what the daily run would clean, no more
+    assert first["dropped_rows"] == 2
     assert set(part["as_of_date"].to_pylist()) == {D4}
     # user 1's clean history (category 100) counts with its new event (400)
     row = next(r for r in part.to_pylist() if r["user_id"] == "1")

@@ -29,6 +29,7 @@ from pipelines.contracts import MODEL_INPUT_COLUMNS, PREDICTION_CONTRACT_VERSION
 from pipelines.data.canonical import canonicalize
 from pipelines.data.events import iter_clean_events
 from pipelines.data.raw import list_raw_files, read_raw_file
+from pipelines.data.rules import flag_rows
 from pipelines.platform import layout, storage
 from pipelines.platform.dates import end_of_day, lookback_window, start_of_day, to_date
 from pipelines.serving.engine import RowSpec
@@ -52,16 +53,17 @@ def consumed_inputs(settings: Settings, day: dt.date, hour: int) -> set[str]:
     return seen
 
 
-def _raw_events(settings: Settings, files: list[Any], as_of: dt.datetime) -> tuple[pa.Table, int]:
-    """Canonical rows of raw files with every field set, a known behaviour and ts before ``as_of``;
-    and the count of rows left out."""
+def _raw_events(settings: Settings, files: list[Any], day: dt.date, as_of: dt.datetime) -> tuple[pa.Table, int]:
+    """Canonical rows of the raw files of ``day`` that pass every row rule of validation and lie
+    before ``as_of``; and the count of rows left out."""
     tables, dropped = [], 0
     cutoff = (as_of - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
     for raw in files:
         rows = canonicalize(read_raw_file(settings, raw), raw.spec)
-        ok = pc.and_(pc.and_(pc.is_valid(rows["user_id"]), pc.is_valid(rows["item_id"])),
-                     pc.and_(pc.is_valid(rows["category_id"]), pc.is_valid(rows["behavior"])))
-        ok = pc.and_(ok, pc.and_(pc.is_valid(rows["ts"]), pc.less(rows["ts"], cutoff)))
+        # the validation step's row rules (ids, placeholders, behaviours, timestamps, the window, the
+        # partition, values): a row the daily run would quarantine is not scored intraday either
+        reason, _ = flag_rows(rows, raw.spec, day, settings)
+        ok = pc.and_(pc.is_null(reason), pc.less(rows["ts"], cutoff))
         kept = rows.filter(pc.fill_null(ok, False))
         dropped += rows.num_rows - kept.num_rows
         tables.append(pa.table({c: kept[c] for c in MODEL_INPUT_COLUMNS[:-1]}).append_column(
@@ -83,9 +85,9 @@ def score_hour(settings: Settings, date: dt.date | str, hour: int) -> dict[str, 
     if not new:
         log.info("intraday %s hour %02d: no new raw file since the last run", day, hour)
         return {"skipped": True, "as_of_date": day.isoformat(), "hour": hour, "row_count": 0}
-    new_rows, dropped = _raw_events(settings, new, as_of)
+    new_rows, dropped = _raw_events(settings, new, day, as_of)
     users = pc.unique(new_rows["user_id"])
-    today, _ = _raw_events(settings, files, as_of)
+    today, _ = _raw_events(settings, files, day, as_of)
     start, end = lookback_window(day, settings.lookback_days)
     history = [t.select(MODEL_INPUT_COLUMNS).cast(INPUT_SCHEMA)
                for t in iter_clean_events(settings, start, end - dt.timedelta(days=1), list(MODEL_INPUT_COLUMNS))]
