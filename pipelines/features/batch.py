@@ -27,10 +27,10 @@ import pyarrow.compute as pc
 
 from pipelines.features.examples import DECAY_HALF_LIVES, EXAMPLE_SCHEMA, N_HIST, EncodingConfig
 from pipelines.features.vocab import Vocab
+from pipelines.platform.dates import epoch_us
 
 DAY_S = 86400.0
 _TS_TYPE = pa.timestamp("us", tz="UTC")
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,14 +281,12 @@ def encode_each(index: EventIndex, asof_us: np.ndarray, vocab: Vocab, config: En
     asof_us = np.asarray(asof_us, np.int64)
     if len(asof_us) != index.n_users:
         raise ValueError(f"{len(asof_us)} as-of times for {index.n_users} users")
-    if index.n_users == 0:
-        return _encode_at(index, None, vocab.n_categories, config, False)
-    return _encode_at(index, _EPOCH, vocab.n_categories, config, False, asof_us=asof_us)
+    return _encode_at(index, None, vocab.n_categories, config, False, asof_us=asof_us if index.n_users else None)
 
 
 def _encode_at(index: EventIndex, asof: dt.datetime | None, n_categories: int, config: EncodingConfig,
                with_labels: bool, *, asof_us: np.ndarray | None = None) -> Examples:
-    if asof is None:  # no as-of time: an empty set of examples of the right shapes
+    if asof is None and asof_us is None:  # no as-of time: an empty set of examples of the right shapes
         empty = np.zeros(0, np.int64)
         return Examples(empty, empty, np.zeros(1, np.int64), empty.astype(np.int32), empty.astype(np.int32),
                         empty.astype(np.float32), empty.astype(np.int32), empty.astype(np.int32),
@@ -316,8 +314,7 @@ def _encode_at(index: EventIndex, asof: dt.datetime | None, n_categories: int, c
     seq_ts = index.ts[seq]
     days = np.floor(seq_ts / DAY_S)
     t_seq = t if asof_us is None else np.repeat(t_ex, np.diff(seq_offsets))
-    example_us = (np.full(n, (asof - _EPOCH) // dt.timedelta(microseconds=1), np.int64) if asof_us is None
-                  else asof_us[chosen])
+    example_us = np.full(n, epoch_us(asof), np.int64) if asof_us is None else asof_us[chosen]
     return Examples(chosen.astype(np.int64), example_us, seq_offsets, index.cat[seq],
                     index.beh[seq], ((t_seq - seq_ts) / DAY_S).astype(np.float32), ((days + 3) % 7).astype(np.int32),
                     ((seq_ts - days * DAY_S) // 3600).astype(np.int32), hist_offsets, hist_cat, hist_feat,

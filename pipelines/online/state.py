@@ -11,8 +11,9 @@ The answer of a user who posts no events is kept per state (:class:`AnswerCache`
 
 A request (:func:`prepare`, then :func:`score_batch` with the requests that arrive with it)
 scores the user's history plus the events it posts (events since the last partition) with
-``as_of`` = the end of D, or just after the latest posted event when that is later, and returns the contract row (:data:`~pipelines.contracts.PREDICTION_SCHEMA`), the
-same columns the daily partition holds. Bad requests raise :class:`RequestError` with the HTTP
+``as_of`` = the end of D, or just after the latest posted event when that is later, and returns
+the contract row (:data:`~pipelines.contracts.PREDICTION_SCHEMA`), the same columns the daily
+partition holds. Bad requests raise :class:`RequestError` with the HTTP
 status and a message naming the field.
 """
 
@@ -35,7 +36,7 @@ from pipelines.contracts import EVENT_SCHEMA, MODEL_INPUT_COLUMNS
 from pipelines.data.events import iter_clean_events
 from pipelines.features.batch import encode_each, index_events
 from pipelines.platform import layout, storage
-from pipelines.platform.dates import end_of_day, lookback_window
+from pipelines.platform.dates import end_of_day, epoch_us, lookback_window
 from pipelines.serving.contract import Ranked, contract_columns
 from pipelines.serving.engine import CoreScorer, RowSpec, category_space, prediction_table
 from pipelines.serving.interests import interest_history, params_from_settings
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 INPUT_SCHEMA = pa.schema([EVENT_SCHEMA.field(c) for c in MODEL_INPUT_COLUMNS])
 EVENT_FIELDS = ("item_id", "category_id", "behavior", "ts")
 _ONE_US = dt.timedelta(microseconds=1)
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class AnswerCache:
@@ -223,7 +223,7 @@ def score_batch(state: OnlineState, settings: Settings, batch: Sequence[Pending]
                    batch_users=settings.scoring_batch_users)
     if isinstance(state.scorer, CoreScorer):
         rows = _score_on_core(state.scorer.core, [_events_of(state, p) for p in batch],
-                              np.array([_us(p.as_of) for p in batch], np.int64), spec).to_pylist()
+                              np.array([epoch_us(p.as_of) for p in batch], np.int64), spec).to_pylist()
     else:
         rows = []
         for pending in batch:
@@ -244,10 +244,6 @@ def score_batch(state: OnlineState, settings: Settings, batch: Sequence[Pending]
 def _events_of(state: OnlineState, pending: Pending) -> pa.Table:
     history = state.events.slice(pending.lo, pending.hi - pending.lo)
     return pa.concat_tables([history, pending.posted]) if pending.posted.num_rows else history
-
-
-def _us(when: dt.datetime) -> int:
-    return (when - _EPOCH) // _ONE_US
 
 
 def _score_on_core(core: Any, events: list[pa.Table], asof_us: np.ndarray, spec: RowSpec) -> pa.Table:

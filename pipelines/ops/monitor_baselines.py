@@ -27,6 +27,7 @@ from pipelines.features.batch import EventIndex, index_events
 from pipelines.features.examples import HIST_FEATURES
 from pipelines.features.vocab import RESERVED, Vocab
 from pipelines.model.baselines import fit_baselines, score_decayed_frequency, score_markov, score_popularity
+from pipelines.platform.dates import epoch_us
 from pipelines.serving.contract import columns_from_scores
 from pipelines.serving.interests import InterestHistory, InterestParams, interest_history
 
@@ -83,7 +84,7 @@ def baseline_rows(events: pa.Table, user_ids: list[str], as_of: dt.datetime, *, 
     index = index_events(events, vocab)
     position = {u: i for i, u in enumerate(index.users.to_pylist())}
     rows = np.array([position.get(u, -1) for u in user_ids], np.int64)
-    as_of_us = (as_of - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+    as_of_us = epoch_us(as_of)
     present = np.flatnonzero(rows >= 0)
     known = interest_history(index, rows[present], as_of, params.half_life_days, index.cat_of_raw,
                              lookback_days=lookback_days)

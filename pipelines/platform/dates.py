@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_ONE_US = dt.timedelta(microseconds=1)
+
 
 def to_date(value: str | dt.date | dt.datetime, name: str = "date") -> dt.date:
     """``YYYY-MM-DD`` (or a date/datetime) to a date; a bad value raises ValueError naming ``name``."""
@@ -52,6 +55,11 @@ def floor_day(ts: dt.datetime) -> dt.datetime:
 def lookback_window(date: dt.date, lookback_days: int) -> tuple[dt.date, dt.date]:
     """The look-back window ``[D - lookback_days + 1, D]`` of day D (scoring and its input)."""
     return date - dt.timedelta(days=lookback_days - 1), date
+
+
+def epoch_us(when: dt.datetime) -> int:
+    """Microseconds since the epoch of a timezone-aware ``when`` (exact: no float on the way)."""
+    return (when - _EPOCH) // _ONE_US
 
 
 def utc_day_us(date: dt.date) -> tuple[int, int]:

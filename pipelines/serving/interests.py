@@ -21,12 +21,12 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.features.batch import EventIndex, ranges
+from pipelines.platform.dates import epoch_us
 
 # Why weights: a purchase says more about an interest than a page view (Taobao is ~90% views).
 BEHAVIOR_WEIGHTS: dict[str, float] = {"view": 1.0, "fav": 2.0, "cart": 2.0, "buy": 3.0, "review": 3.0}
 DEFAULT_BEHAVIOR_WEIGHT = 1.0
 SECONDS_PER_DAY = 86_400.0
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +103,7 @@ def interest_history(index: EventIndex, users: np.ndarray, as_of: dt.datetime | 
     elif as_of.tzinfo is None:
         raise ValueError(f"as_of must be timezone-aware (UTC), got {as_of!r}")
     else:
-        as_of_us = (as_of - _EPOCH) // dt.timedelta(microseconds=1)
+        as_of_us = epoch_us(as_of)
     # events are sorted by time inside each user: those in the window are a range of its rows
     before = index.bounds[users] + _count_before(index, users, as_of_us)
     first = index.bounds[users]

@@ -31,7 +31,7 @@ from pipelines.data.events import iter_clean_events
 from pipelines.data.raw import list_raw_files, read_raw_file
 from pipelines.data.rules import flag_rows
 from pipelines.platform import layout, storage
-from pipelines.platform.dates import end_of_day, lookback_window, start_of_day, to_date
+from pipelines.platform.dates import end_of_day, epoch_us, lookback_window, start_of_day, to_date
 from pipelines.serving.engine import RowSpec
 from pipelines.serving.interests import params_from_settings
 from pipelines.serving.scoring import load_scorer, resolve_champion
@@ -57,7 +57,7 @@ def _raw_events(settings: Settings, files: list[Any], day: dt.date, as_of: dt.da
     """Canonical rows of the raw files of ``day`` that pass every row rule of validation and lie
     before ``as_of``; and the count of rows left out."""
     tables, dropped = [], 0
-    cutoff = (as_of - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+    cutoff = epoch_us(as_of)
     for raw in files:
         rows = canonicalize(read_raw_file(settings, raw), raw.spec)
         # the validation step's row rules (ids, placeholders, behaviours, timestamps, the window, the
