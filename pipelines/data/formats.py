@@ -144,15 +144,20 @@ def build_spec(fmt: str, column_map: dict[str, str] | None = None,
         value_range=tuple(float(v) for v in value_range) if value_range else None)
     if options:
         raise SourceError(f"column map: unknown option(s) {sorted(options)}")
-    try:
-        codecs.lookup(spec.encoding)
-    except LookupError as exc:
-        raise SourceError(f"encoding {spec.encoding!r} is not known (e.g. utf-8, latin-1, cp1252, gb18030)") from exc
+    valid_encoding(spec.encoding)
     try:
         re.compile(spec.id_pattern)
     except re.error as exc:
         raise SourceError(f"id_pattern {spec.id_pattern!r} is not a regular expression: {exc}") from exc
     return spec
+
+
+def valid_encoding(encoding: str) -> str:
+    """``encoding`` as Python's codec name; :class:`SourceError` when Python does not know it."""
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError as exc:
+        raise SourceError(f"encoding {encoding!r} is not known (e.g. utf-8, latin-1, cp1252, gb18030)") from exc
 
 
 def read_column_map_file(path: Path) -> dict[str, Any]:

@@ -181,7 +181,7 @@ ABANDONED_AFTER = dt.timedelta(days=1)
 def _remove_abandoned_staging(settings: Settings, now: dt.datetime) -> None:
     """Delete what landings that died before cleaning up left in staging (their ids start with
     their UTC start time; one older than :data:`ABANDONED_AFTER` is no longer running)."""
-    prefix = layout.landing_staging_prefix("x")[:-2]
+    prefix = layout.LANDING_STAGING + "/"
     stale = []
     for key in storage.list_keys(settings, prefix):
         started = key[len(prefix):].split("/", 1)[0].split("Z-", 1)[0]

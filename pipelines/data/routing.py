@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from pipelines.config import load_settings
 from pipelines.data.canonical import parse_ts, plausible_bounds_us
-from pipelines.data.formats import BATCH_BYTES, SourceError, SourceSpec
+from pipelines.data.formats import BATCH_BYTES, SourceError, SourceSpec, valid_encoding
 from pipelines.data.sourcefile import (
     LONG_LINE_BYTES,
     as_utf8,
@@ -41,7 +41,6 @@ from pipelines.data.sourcefile import (
     read_preamble,
     scan_file,
     split_line,
-    valid_encoding,
     without_long_lines,
 )
 from pipelines.privacy.pseudonym import Pseudonymizer, active

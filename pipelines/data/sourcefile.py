@@ -20,7 +20,6 @@ A file that cannot be read at all raises :class:`~pipelines.data.formats.SourceE
 
 from __future__ import annotations
 
-import codecs
 import csv
 import gzip
 import mmap
@@ -64,14 +63,6 @@ def open_binary(path: Path) -> IO[bytes]:
 def is_gzip(path: Path) -> bool:
     with open(path, "rb") as fh:
         return fh.read(2) == GZIP_MAGIC
-
-
-def valid_encoding(encoding: str) -> str:
-    """``encoding`` as Python's codec name; :class:`SourceError` when Python does not know it."""
-    try:
-        return codecs.lookup(encoding).name
-    except LookupError as exc:
-        raise SourceError(f"encoding {encoding!r} is not known (e.g. utf-8, latin-1, cp1252, gb18030)") from exc
 
 
 def read_preamble(path: Path, encoding: str = "utf-8") -> Preamble:
