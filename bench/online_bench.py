@@ -48,10 +48,6 @@ from pipelines.devstack import services  # noqa: E402
 from pipelines.online import server as online  # noqa: E402
 
 
-def _post(conn: http.client.HTTPConnection, token: str, body: bytes) -> float:
-    return load_client.post(conn, token, body)
-
-
 def _body(rng: random.Random, users: int, post_events: bool) -> bytes:
     return load_client.body(rng, users, (sb.AS_OF_DATE + dt.timedelta(days=1)).isoformat(), post_events)
 
@@ -137,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         rng = random.Random(args.seed)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         for _ in range(20):  # warm-up: the model's first calls trace its graph
-            _post(conn, token, _body(rng, args.users, rng.random() < 0.5))
-        times = [_post(conn, token, _body(rng, args.users, i % 2 == 1)) for i in range(args.requests)]
+            load_client.post(conn, token, _body(rng, args.users, rng.random() < 0.5))
+        times = [load_client.post(conn, token, _body(rng, args.users, i % 2 == 1)) for i in range(args.requests)]
         conn.close()
         print(f"latency, one client, {args.requests} sequential requests (half post 3 events): p50 "
               f"{_ms(times, 50):.1f} ms, p99 {_ms(times, 99):.1f} ms, max {max(times) * 1000:.1f} ms "

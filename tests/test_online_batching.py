@@ -30,11 +30,10 @@ from pipelines.serving.engine import CoreScorer
 from tests.test_engine import events
 
 
-def _scorer_with(score) -> BatchScorer:
-    return BatchScorer(load_settings(environ={}, online_batch_requests=10), score)
-
-
-def test_requests_waiting_together_are_scored_as_one_batch_in_their_order():
+def _first_then_together(answer, rest: list[int]) -> tuple[list[list[int]], list[object], BatchScorer]:
+    """Submit request 0; while the scorer is busy with it, submit ``rest``; then let it go on.
+    ``answer(pendings)`` is the score function's work. Returns (the batches the scorer was called
+    with, every request's answer or exception, in submission order, the scorer)."""
     calls: list[list[int]] = []
     entered, gate = threading.Event(), threading.Event()
 
@@ -43,52 +42,37 @@ def test_requests_waiting_together_are_scored_as_one_batch_in_their_order():
         if len(calls) == 1:
             entered.set()
             gate.wait(30)
-        return [p * 10 for p in pendings]
+        return answer(pendings)
 
-    scorer = _scorer_with(score)
+    scorer = BatchScorer(load_settings(environ={}, online_batch_requests=10), score)
 
-    async def run() -> list[int]:
+    async def run() -> list[object]:
         first = scorer.submit("state", 0)
         while not entered.is_set():  # request 0 is being scored ...
             await asyncio.sleep(0.01)
-        rest = [scorer.submit("state", i) for i in range(1, 6)]  # ... while the others arrive
+        others = [scorer.submit("state", i) for i in rest]  # ... while the others arrive
         gate.set()
-        return list(await asyncio.gather(first, *rest))
+        return list(await asyncio.gather(first, *others, return_exceptions=True))
 
     try:
-        assert asyncio.run(run()) == [0, 10, 20, 30, 40, 50]
+        return calls, asyncio.run(run()), scorer
     finally:
         scorer.close()
+
+
+def test_requests_waiting_together_are_scored_as_one_batch_in_their_order():
+    calls, answers, scorer = _first_then_together(lambda pendings: [p * 10 for p in pendings], [1, 2, 3, 4, 5])
+    assert answers == [0, 10, 20, 30, 40, 50]
     assert calls == [[0], [1, 2, 3, 4, 5]] and (scorer.batches, scorer.scored) == (2, 6)
 
 
 def test_one_bad_request_does_not_fail_the_others_of_its_batch():
-    calls: list[list[int]] = []
-    entered, gate = threading.Event(), threading.Event()
-
-    def score(state, settings, pendings):
-        calls.append(list(pendings))
-        if len(calls) == 1:
-            entered.set()
-            gate.wait(30)
+    def answer(pendings):
         if -1 in pendings:
             raise ValueError(f"bad item among {list(pendings)}")
         return list(pendings)
 
-    scorer = _scorer_with(score)
-
-    async def run() -> list[object]:
-        first = scorer.submit("state", 0)
-        while not entered.is_set():
-            await asyncio.sleep(0.01)
-        rest = [scorer.submit("state", i) for i in (-1, 2, 3)]
-        gate.set()
-        return list(await asyncio.gather(first, *rest, return_exceptions=True))
-
-    try:
-        first, bad, two, three = asyncio.run(run())
-    finally:
-        scorer.close()
+    calls, (first, bad, two, three), _ = _first_then_together(answer, [-1, 2, 3])
     assert calls[1] == [-1, 2, 3] and calls[2:] == [[-1], [2], [3]]  # together first, then each alone
     assert (first, two, three) == (0, 2, 3) and isinstance(bad, ValueError) and "[-1]" in str(bad)
 

@@ -72,8 +72,9 @@ class ModelCore:
     config: EncodingConfig
     activity: ActivityModel | None = None  # P(active in the horizon); None: scores stay P(c | active)
 
-    def scale(self, index: EventIndex, users: np.ndarray, as_of: dt.datetime) -> np.ndarray:
-        """The factor each user's scores are multiplied by: P(active), or 1 without an activity model."""
+    def scale(self, index: EventIndex, users: np.ndarray, as_of: dt.datetime | np.ndarray) -> np.ndarray:
+        """The factor each user's scores are multiplied by: P(active), or 1 without an activity model
+        (``as_of``: one time, or int64 microseconds per user of ``users``)."""
         if self.activity is None:
             return np.ones(len(users))
         return self.activity.p_active(index, users, as_of)

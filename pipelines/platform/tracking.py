@@ -50,8 +50,8 @@ def _bound_requests(settings: Settings) -> None:
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0"
 
 
-_UNREACHABLE = ("Max retries exceeded", "Connection refused", "Read timed out", "ConnectionError",
-                "RemoteDisconnected", "Connection aborted", "timed out")
+_UNREACHABLE = ("Max retries exceeded", "Connection refused", "ConnectionError", "RemoteDisconnected",
+                "Connection aborted", "timed out")  # "timed out" covers urllib3's "Read timed out"
 
 
 @contextlib.contextmanager

@@ -88,9 +88,8 @@ class CoreScorer:
 
         def rows_of(batch: np.ndarray, ranked: concurrent.futures.Future) -> pa.Table:
             codes, values = ranked.result()
-            columns = contract_columns(Ranked(codes, values * scale[batch][:, None]), categories, history.take(batch),
-                                       spec.params,
-                                       top_k=spec.top_k)
+            columns = contract_columns(Ranked(codes, values * scale[batch][:, None]), categories,
+                                       history.take(batch), spec.params, top_k=spec.top_k)
             return prediction_table(index.users.take(pa.array(examples.user[batch])), columns, spec)
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as model_thread:
