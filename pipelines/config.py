@@ -156,8 +156,10 @@ class Settings:
                                 "the migration score compares)", check=_positive, rule="> 0")
     interest_half_life_days: float = _field(7.0, "half-life of an event's weight in current interests",
                                             check=_positive, rule="> 0")
-    emerging_max_history_share: float = _field(0.01, "a category is new to a user when its share of the "
-                                               "look-back history is at most this", check=_share,
+    emerging_max_history_share: float = _field(0.0, "a category is new to a user when its share of the "
+                                               "look-back history is at most this (0: not touched in the "
+                                               "look-back, the evaluation's one definition of new)",
+                                               check=_share,
                                                rule="a share in [0, 1]")
     fading_min_current_share: float = _field(0.1, "a category is 'strong today' from this current share",
                                              check=_share, rule="a share in [0, 1]")

@@ -54,7 +54,7 @@ DEMO_START = dt.date(2017, 11, 1)  # the demo data sits where Taobao's does
 # The demo's data set (generate_migrations sizes; `make run` stays about 5 minutes from a warm venv)
 # and the IM_* settings it trains with (a value in the caller's environment wins).
 DEMO_DATA: dict[str, int] = {"users": 2000, "days": 21, "categories": 40, "seed": 7}
-DEMO_SETTINGS: dict[str, str] = {"IM_GATE_METRIC": "published_ndcg_at_5", "IM_EMERGING_MAX_HISTORY_SHARE": "0"}
+DEMO_SETTINGS: dict[str, str] = {"IM_GATE_METRIC": "published_ndcg_at_5"}
 
 # What ends a demo with a one-line message instead of a traceback: the stack, a service, storage
 # or the registry failed (each message says what and where).

@@ -36,7 +36,7 @@ class InterestParams:
     half_life_days: float = 7.0
     current_k: int = 10
     emerging_k: int = 5
-    emerging_max_history_share: float = 0.01
+    emerging_max_history_share: float = 0.0
     fading_k: int = 5
     fading_min_current_share: float = 0.1
     fading_max_probability: float = 0.25
