@@ -15,6 +15,7 @@ from pipelines.features.examples import EncodingConfig
 from pipelines.features.vocab import build_vocab
 from pipelines.model.activity import FEATURES, ActivityModel, activity_features, fit_activity
 from pipelines.model.network import Predictor, build_model
+from pipelines.model.outcomes import auc
 from pipelines.model.pyfunc import ModelCore
 from pipelines.serving import engine
 from tests.test_engine import SPEC, events
@@ -34,14 +35,6 @@ def _heterogeneous(n_users: int = 1500, days: int = 60, seed: int = 0) -> pa.Tab
                      "ts": pa.array(ts.as_unit("us"))})
 
 
-def _auc(score: np.ndarray, label: np.ndarray) -> float:
-    order = np.argsort(score)
-    ranks = np.empty(len(score))
-    ranks[order] = np.arange(1, len(score) + 1)
-    pos = label.sum()
-    return float((ranks[label].sum() - pos * (pos + 1) / 2) / (pos * (len(label) - pos)))
-
-
 def test_p_active_ranks_and_calibrates_on_a_later_as_of_time() -> None:
     index = index_events(_heterogeneous(), build_vocab([f"c{i}" for i in range(5)], 1, ["view"]))
     fit_times = [dt.datetime(2024, 1, 20, tzinfo=dt.UTC) + dt.timedelta(days=3 * i) for i in range(8)]
@@ -54,7 +47,7 @@ def test_p_active_ranks_and_calibrates_on_a_later_as_of_time() -> None:
                                              minlength=index.n_users))
     acted = (np.bincount(user_of[(index.ts >= t) & (index.ts < t + 3 * 86400)], minlength=index.n_users) > 0)
     p = model.p_active(index, looked_back, later)
-    assert _auc(p, acted[looked_back]) > 0.8
+    assert auc(p, acted[looked_back]) > 0.8
     assert abs(p.mean() - acted[looked_back].mean()) < 0.05  # calibrated on average
     again = ActivityModel.from_dict(model.to_dict())
     np.testing.assert_allclose(again.p_active(index, looked_back, later), p)

@@ -44,11 +44,13 @@ def dataset_id(settings: Settings, start: dt.date, end: dt.date, mlflow_run_id: 
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def encode_events(events: pa.Table, settings: Settings) -> EncodedData:
+def encode_events(events: pa.Table, settings: Settings, *, data_end: dt.datetime | None = None) -> EncodedData:
     """Plan as-of times, build the vocabulary from the training window and encode every split.
 
-    Pure (no storage): used by :func:`encode_step` and by the benchmark. Raises ValueError when
-    there are no events, or too few for one training and one test example.
+    Pure (no storage): used by :func:`encode_step` and by the benchmark. ``data_end`` is the first
+    instant with no data (default: the UTC midnight after the last event); the last test as-of time
+    leaves one horizon before it. Raises ValueError when there are no events, or too few for one
+    training and one test example.
     """
     if events.num_rows == 0:
         raise ValueError("no clean events in the window: nothing to encode")
@@ -56,7 +58,8 @@ def encode_events(events: pa.Table, settings: Settings) -> EncodedData:
     ts = events["ts"]
     first = pc.min(ts).as_py()
     last = pc.max(ts).as_py()
-    data_end = floor_day(last) + dt.timedelta(days=1)
+    if data_end is None:
+        data_end = floor_day(last) + dt.timedelta(days=1)
     asof = plan_asof_times(first, data_end, horizon_days=config.horizon_days,
                            train_step_days=settings.asof_step_days, eval_step_days=settings.eval_asof_step_days,
                            validation_count=settings.validation_asof_count, test_count=settings.test_asof_count)

@@ -68,7 +68,7 @@ def known_sets(events: pa.Table, start: dt.datetime, end: dt.datetime) -> dict[s
     return _sets(events, start, end)
 
 
-def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Mann-Whitney AUC of ``scores`` for boolean ``labels`` (ties one half); NaN with one class."""
     n_pos = int(labels.sum())
     n_neg = len(labels) - n_pos
@@ -160,7 +160,7 @@ def score_rows(rows: pa.Table, truth: Mapping[str, set[str]], known: Mapping[str
         f"ndcg_at_{k}": _mean(ndcg),
         f"hit_rate_at_{k}": _mean(hit),
         f"explore_recall_at_{explore_k}": _mean(explore),
-        "migration_auc": _auc(migration[finite], adopting[finite]),
+        "migration_auc": auc(migration[finite], adopting[finite]),
         "fading_precision": float(fading_untouched.sum() / fading_listed.sum()) if fading_listed.sum() else float("nan"),
         "fading_listed": int(fading_listed.sum()),
         "brier": float(((p_arr - y_arr) ** 2).mean()) if len(p_arr) else float("nan"),
