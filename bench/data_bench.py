@@ -104,6 +104,12 @@ def _phase(name: str, env: dict[str, str], args: dict[str, Any], queue: Any) -> 
 
     logging.basicConfig(level=logging.WARNING)
     load = os.getloadavg()[0]
+    profiler = None
+    if args.get("profile") == name:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     t0 = time.perf_counter()
     out: dict[str, Any] = {}
     if name == "generate":
@@ -148,6 +154,12 @@ def _phase(name: str, env: dict[str, str], args: dict[str, Any], queue: Any) -> 
             out = {"rows": sum(r.rows_in for r in run.results), "clean": sum(r.clean for r in run.results),
                    "errors": {str(k): v for k, v in run.errors.items()}}
     out.update(seconds=time.perf_counter() - t0, peak_mb=peak_rss_mb(), load=load)
+    if profiler is not None:
+        import pstats
+
+        profiler.disable()
+        for order in ("tottime", "cumulative"):
+            pstats.Stats(profiler, stream=sys.stdout).sort_stats(order).print_stats(30)
     queue.put(out)
 
 
@@ -170,11 +182,11 @@ def _rate(events: int, seconds: float) -> str:
     return f"{per_s / 1e6:.2f}M events/s" if per_s >= 1e6 else f"{per_s / 1e3:.0f}k events/s"
 
 
-def bench_file(events: int, env: dict[str, str], root: Path) -> None:
+def bench_file(events: int, env: dict[str, str], root: Path, profile: str | None = None) -> None:
     work = root / f"file-{events}"
     work.mkdir(parents=True)
     path = work / "UserBehavior_bench.csv"
-    base = {"work": str(work), "path": str(path)}
+    base = {"work": str(work), "path": str(path), "profile": profile}
     rows = _run_phase("generate", env, {**base, "events": events})["rows"]  # in a child: the parent stays small
     mib = path.stat().st_size / 2**20
     duck = _run_phase("duckdb", env, base)
@@ -197,11 +209,11 @@ def bench_file(events: int, env: dict[str, str], root: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def bench_history(days: int, rows_per_day: int, env: dict[str, str], root: Path) -> None:
+def bench_history(days: int, rows_per_day: int, env: dict[str, str], root: Path, profile: str | None = None) -> None:
     work = root / f"history-{days}"
     work.mkdir(parents=True)
     path = work / "history.csv"
-    base = {"work": str(work), "path": str(path), "history": True}
+    base = {"work": str(work), "path": str(path), "history": True, "profile": profile}
     rows = _run_phase("generate", env, {**base, "days": days, "rows_per_day": rows_per_day})["rows"]
     land = _run_phase("land", env, base)
     val = _run_phase("validate", env, {**base, "dates": land["dates"]})
@@ -223,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead: a history of this many daily partitions (e.g. 4000)")
     parser.add_argument("--rows-per-day", type=int, default=300, help="rows per day of the history (default 300)")
     parser.add_argument("--tmp", default=None, help="scratch folder (default: a new folder under /tmp)")
+    parser.add_argument("--profile", choices=("land", "validate", "preprocess"), default=None,
+                        help="print cProfile's top functions of this phase (its time then includes the profiler)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from pipelines.devstack import services as svc
@@ -238,11 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.history_days:
             env["IM_BUCKET"] = "im-bench-history"
             _ensure_bucket(env)
-            bench_history(args.history_days, args.rows_per_day, env, root)
+            bench_history(args.history_days, args.rows_per_day, env, root, args.profile)
         for i, events in enumerate(args.events or ([] if args.history_days else [10_050_000])):
             env["IM_BUCKET"] = f"im-bench-{i}"  # a bucket per size: no partition of one run mixes with another
             _ensure_bucket(env)
-            bench_file(events, env, root)
+            bench_file(events, env, root, args.profile)
     finally:
         seaweed.stop()
         if not args.tmp:
