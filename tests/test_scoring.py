@@ -252,6 +252,33 @@ def test_a_model_whose_files_changed_after_registration_is_not_loaded(scoring_se
 
 
 @pytest.mark.services
+def test_a_version_is_downloaded_once_and_its_local_copy_checked_at_every_load(scoring_settings, caplog):
+    from pipelines.model import registry
+
+    version = pm.register_as_champion(scoring_settings)
+    digest = registry.record_digest(scoring_settings, version, scoring_settings.work_dir / "digest")
+    models = scoring_settings.work_dir / "models"
+    copy = registry.verified_local_copy(scoring_settings, version, models)
+    assert copy == models / f"{scoring_settings.model_name}-{version}" and registry.files_digest(copy) == digest
+    assert [p.name for p in models.iterdir()] == [copy.name]  # no download folder of this process left behind
+    (copy / "code" / "__pycache__").mkdir(parents=True)  # what Python writes beside the code while loading it
+    (copy / "code" / "__pycache__" / "x.pyc").write_bytes(b"bytecode")
+    before = copy.stat().st_ino
+    assert registry.verified_local_copy(scoring_settings, version, models) == copy
+    assert copy.stat().st_ino == before and not (copy / "code" / "__pycache__").exists()  # reused, not downloaded
+    # A changed local copy is not loaded: it is replaced by a fresh, checked download.
+    mlmodel = copy / "MLmodel"
+    original = mlmodel.read_bytes()
+    mlmodel.write_bytes(original + b"# changed\n")
+    with caplog.at_level("WARNING", logger="pipelines.model.registry"):
+        assert registry.verified_local_copy(scoring_settings, version, models) == copy
+    assert mlmodel.read_bytes() == original and "no longer matches the recorded SHA-256" in caplog.text
+    scoring.load_scorer.cache_clear()
+    assert scoring.score_date(scoring_settings, D3)["model_version"] == version
+    scoring.load_scorer.cache_clear()
+
+
+@pytest.mark.services
 def test_no_champion_is_a_clear_error(scoring_settings):
     with pytest.raises(scoring.NoChampionError, match="promote --version"):
         scoring.resolve_champion(scoring_settings)

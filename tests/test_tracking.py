@@ -62,3 +62,14 @@ def test_dataset_input_and_validation_summary_are_recorded(settings):
     assert '"rows_quarantined": 4' in run.data.tags[tracking.TAG_VALIDATION]
     tracking.finish_run(settings, run_id)
     assert tracking.client(settings).get_run(run_id).info.status == "FINISHED"
+
+
+def test_requirement_mismatches_name_each_pin_this_environment_does_not_meet(tmp_path) -> None:
+    numpy = tracking.installed_version("numpy")
+    (tmp_path / "requirements.txt").write_text(
+        f"mlflow=={tracking.installed_version('mlflow')}\nnumpy==0.0.1  # pinned by hand\n"
+        "-c constraints.txt\nno-such-distribution-xyz==1.0\npandas\n")
+    assert tracking.requirement_mismatches(tmp_path) == [
+        f"the model was logged with numpy==0.0.1, {numpy} is installed here",
+        "the model was logged with no-such-distribution-xyz==1.0, which is not installed here"]
+    assert tracking.requirement_mismatches(tmp_path / "absent") == []

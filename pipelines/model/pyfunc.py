@@ -22,7 +22,6 @@ import dataclasses
 import datetime as dt
 import json
 import shutil
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from pipelines.features.examples import EncodingConfig
 from pipelines.features.vocab import Vocab
 from pipelines.model.activity import ActivityModel
 from pipelines.model.network import Predictor, configure_threads, load_keras_model
+from pipelines.platform.tracking import installed_version
 
 DEFAULT_TOP_N = 50
 # The folder of the ``pipelines`` package: logged as the model's code (``code_paths``).
@@ -162,14 +162,4 @@ def pip_requirements() -> list[str]:
     """What a logged model installs: MLflow, TensorFlow (as ``tensorflow-cpu``), Keras, pandas,
     pyarrow and numpy at their installed versions. The ``pipelines`` code travels with the model
     (``code_paths``), so no requirement names this project (no index serves it)."""
-    return [f"{name}=={_installed_version(name)}" for name in _RUNTIME_DISTRIBUTIONS]
-
-
-def _installed_version(distribution: str) -> str:
-    # A GPU or macOS environment installs TensorFlow as "tensorflow": pin tensorflow-cpu to its version.
-    for name in dict.fromkeys((distribution, distribution.removesuffix("-cpu"))):
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            continue
-    raise PackageNotFoundError(distribution)
+    return [f"{name}=={installed_version(name)}" for name in _RUNTIME_DISTRIBUTIONS]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -390,6 +391,39 @@ def record_digest(settings: Settings, version: str, workdir: Path) -> str:
     tracking.client(settings).set_model_version_tag(settings.model_name, str(version), TAG_SHA256, digest)
     log.info("%s version %s: files SHA-256 %s recorded", settings.model_name, version, digest)
     return digest
+
+
+def verified_local_copy(settings: Settings, version: str, models_dir: Path) -> Path:
+    """Version ``version``'s files in ``models_dir/<model>-<version>/``, checked against the SHA-256
+    recorded at registration at every call: downloaded once per machine, then reused by later
+    processes (the shards of a day, the hourly intraday runs, a restarted endpoint). A copy whose
+    files no longer match is replaced by a fresh download (and that one is checked); bytecode Python
+    wrote beside the model's code while loading it is removed first (it is not part of the recorded
+    files). A version without a recorded digest is downloaded into a folder of this process each
+    time (see :func:`verified_download`), never kept."""
+    recorded = dict(tracking.client(settings).get_model_version(settings.model_name, str(version)).tags).get(TAG_SHA256)
+    cached = models_dir / f"{settings.model_name}-{version}"
+    if recorded and cached.is_dir():
+        for bytecode in list(cached.rglob("__pycache__")):
+            shutil.rmtree(bytecode, ignore_errors=True)
+        if files_digest(cached) == recorded:
+            log.info("%s version %s: using the local copy %s (SHA-256 checked)", settings.model_name, version, cached)
+            return cached
+        log.warning("%s version %s: the local copy %s no longer matches the recorded SHA-256; downloading it again",
+                    settings.model_name, version, cached)
+        shutil.rmtree(cached, ignore_errors=True)
+    scratch = models_dir / f".{settings.model_name}-{version}-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    local = verified_download(settings, version, scratch)
+    if not recorded:
+        return local
+    try:
+        local.rename(cached)
+    except OSError:  # another process put its copy there first: use ours (its own check passed)
+        return local
+    shutil.rmtree(scratch, ignore_errors=True)
+    return cached
 
 
 def verified_download(settings: Settings, version: str, workdir: Path) -> Path:

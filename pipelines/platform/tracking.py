@@ -19,6 +19,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +95,14 @@ def configure(settings: Settings) -> None:
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
 
 
-def load_pyfunc(settings: Settings, model_uri: str) -> Any:
-    """Load a pyfunc model (``runs:/...``, ``models:/name/version``) from the configured server."""
+def load_pyfunc(settings: Settings, model_uri: str, *, environment_warnings: bool = True) -> Any:
+    """Load a pyfunc model (``runs:/...``, ``models:/name/version``, a local folder) from the
+    configured server. ``environment_warnings=False`` skips MLflow's check of the model's
+    requirements and Python version against this environment (it scans every installed package)."""
     import mlflow.pyfunc
 
     configure(settings)
-    return mlflow.pyfunc.load_model(model_uri)
+    return mlflow.pyfunc.load_model(model_uri, suppress_warnings=not environment_warnings)
 
 
 def log_model(settings: Settings, run_id: str, flavor: Any, *, name: str, **kwargs: Any) -> str:
@@ -267,3 +270,35 @@ def log_dataset_input(settings: Settings, run_id: str, *, source_uri: str, name:
                               source=entity.source, schema=entity.schema,
                               profile=json.dumps(profile, sort_keys=True, default=str))
     client(settings).log_inputs(run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])
+
+
+def installed_version(distribution: str) -> str:
+    """The installed version of ``distribution``; ``tensorflow-cpu`` also matches ``tensorflow``."""
+    # A GPU or macOS environment installs TensorFlow as "tensorflow": pin tensorflow-cpu to its version.
+    for name in dict.fromkeys((distribution, distribution.removesuffix("-cpu"))):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    raise metadata.PackageNotFoundError(distribution)
+
+
+def requirement_mismatches(model_dir: Path) -> list[str]:
+    """The pins of a logged model's ``requirements.txt`` that this environment does not meet, one
+    line each (what MLflow's load warns about, without its scan of every installed package)."""
+    path = model_dir / "requirements.txt"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        name, pinned, unpinned = line.split("#", 1)[0].strip().partition("==")
+        if not pinned or not name or name.startswith("-"):
+            continue
+        try:
+            installed = installed_version(name.strip())
+        except metadata.PackageNotFoundError:
+            out.append(f"the model was logged with {name.strip()}=={unpinned.strip()}, which is not installed here")
+            continue
+        if installed != unpinned.strip():
+            out.append(f"the model was logged with {name.strip()}=={unpinned.strip()}, {installed} is installed here")
+    return out

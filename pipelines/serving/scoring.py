@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import secrets
-import shutil
 import tempfile
 import time
 import zlib
@@ -47,7 +45,7 @@ from pipelines.contracts import (
     PREDICTION_SCHEMA,
 )
 from pipelines.data.events import MissingInputError, iter_clean_events
-from pipelines.model.registry import CHAMPION, verified_download, version_by_alias
+from pipelines.model.registry import CHAMPION, verified_local_copy, version_by_alias
 from pipelines.platform import layout, storage, tracking
 from pipelines.platform.dates import end_of_day, lookback_window, to_date
 from pipelines.serving import shards as staging
@@ -177,11 +175,14 @@ def load_scorer(settings: Settings, model_uri: str) -> CoreScorer | PyfuncScorer
     log.info("loading %s from %s", model_uri, settings.mlflow_tracking_uri)
     name, _, version = model_uri.removeprefix("models:/").partition("/")
     if name == settings.model_name and version.isdigit():
-        # What is checked against the SHA-256 recorded at registration is what is loaded.
-        folder = settings.work_dir / "models" / f"{name}-{version}-{os.getpid()}"
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        predictor = tracking.load_pyfunc(settings, str(verified_download(settings, version, folder)))
+        # What is checked against the SHA-256 recorded at registration is what is loaded. MLflow's own
+        # environment check scans every installed package (a second per load): the model's pins are
+        # compared here instead.
+        folder = verified_local_copy(settings, version, settings.work_dir / "models")
+        for mismatch in tracking.requirement_mismatches(folder):
+            log.warning("%s: %s; scoring goes on, but results may differ from the training environment's",
+                        model_uri, mismatch)
+        predictor = tracking.load_pyfunc(settings, str(folder), environment_warnings=False)
     else:
         predictor = tracking.load_pyfunc(settings, model_uri)
     try:
