@@ -180,7 +180,8 @@ def test_cli_service_lands_files(compose):
 
 def test_no_secret_values_and_no_password_on_a_command_line(compose):
     text = COMPOSE.read_text()
-    for var in SECRET_VARS:
+    file_secrets = {spec["environment"] for spec in compose["secrets"].values()}  # see the next test
+    for var in (v for v in SECRET_VARS if v not in file_secrets):
         uses = re.findall(r"(?<!\$)\$\{" + var + r"(:\?[^}]*|[^}]*)\}", text)
         assert uses, f"{var} is never used"
         assert all(u.startswith(":?") for u in uses), f"{var} must be required (${{{var}:?...}}), not defaulted"
@@ -197,6 +198,18 @@ def test_no_secret_values_and_no_password_on_a_command_line(compose):
     example = ENV_EXAMPLE.read_text()
     for var in SECRET_VARS:
         assert re.search(rf"^{var}=$", example, re.M), f"docker/.env.example must list {var} with no value"
+
+
+def test_the_pseudonym_key_is_a_file_only_in_the_services_that_pseudonymise_or_look_up_users(compose):
+    assert compose["secrets"] == {"pseudonym_key": {"environment": "PSEUDONYM_KEY"}}
+    for name, service in compose["services"].items():
+        mounted = "pseudonym_key" in (service.get("secrets") or [])
+        assert mounted == (name in {"airflow-apiserver", "airflow-worker", "cli"}), name  # UI plugin, tasks, CLI
+        if mounted:
+            assert _env(service)["IM_PSEUDONYM_KEY_FILE"] == "/run/secrets/pseudonym_key"
+    # The key reaches no process's environment: the only mention is the secret's source.
+    assert re.findall(r"PSEUDONYM_KEY\b(?!_FILE)", COMPOSE.read_text()) == ["PSEUDONYM_KEY"]
+    assert re.search(r"^PSEUDONYM_KEY=$", ENV_EXAMPLE.read_text(), re.M)
 
 
 def test_generated_env_fills_every_variable_with_url_safe_values(tmp_path):

@@ -24,6 +24,7 @@ GENERATED = {
     "MLFLOW_ADMIN_PASSWORD": "password", "MLFLOW_CLIENT_PASSWORD": "password", "MLFLOW_FLASK_SECRET": "token",
     "AIRFLOW_ADMIN_PASSWORD": "password", "AIRFLOW_FERNET_KEY": "fernet", "AIRFLOW_API_SECRET_KEY": "token",
     "AIRFLOW_JWT_SECRET": "long_token",
+    "PSEUDONYM_KEY": "hex",
 }
 _ALPHABET = "abcdefghkmnpqrstuvwxyzABCDEFGHKMNPQRSTUVWXYZ23456789"
 
