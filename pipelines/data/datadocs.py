@@ -97,10 +97,11 @@ class PageRenderer:
     """Renders the Data Docs pages of one validation run and hands each to its ``deliver``.
 
     In this process (``separate=False``) a page is rendered at :meth:`submit`. With
-    ``separate=True`` pages render in one process of their own (spawned, so it imports Great
-    Expectations afresh: about 3 s, started at once and overlapping the run's other work), which a
-    long run wants: rendering is a third of validation's CPU per day and holds the GIL, so beside
-    the checks it runs on the other core. Pages are delivered in submission order, in the caller's
+    ``separate=True`` pages render in one process of their own (spawned at the first page, so it
+    imports Great Expectations afresh: about 3 s), which a long run wants: rendering is a third of
+    validation's CPU per day and holds the GIL, so there it runs on the other core beside the
+    validating process's writes. (Starting it at once, to import while the days are checked, was
+    measured and did not help beyond the noise on 2 cores.) Pages are delivered in submission order, in the caller's
     thread (at :meth:`submit` or :meth:`close`); :meth:`close` delivers the rest and raises the
     first render error."""
 
