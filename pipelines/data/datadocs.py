@@ -4,8 +4,7 @@
 sample, split per day by :func:`pipelines.data.expectations.split_by_day`) with Great
 Expectations' own Data Docs renderers (``ValidationResultsPageRenderer`` and
 ``DefaultJinjaPageView``), as one page. :func:`render_index` lists the days of one validation
-run with their outcome and a link to each page. :class:`PageRenderer` renders the pages of a run in
-this process or, for a long run, in a process of its own beside the validation. Validation publishes both under
+run with their outcome and a link to each page. Validation publishes both under
 ``reports/validation/<report id>/`` (keys from :mod:`pipelines.platform.layout`:
 ``validation_data_docs_key``, ``validation_data_docs_index_key``). Pure: no storage here.
 """
@@ -14,15 +13,11 @@ from __future__ import annotations
 
 import html
 import json
-import multiprocessing
-from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Sequence
 from typing import Any
 
 PAGE_SUITE_NAME = "interest_migration.validation"
 BLOCK_CACHE_ENTRIES = 4096
-PAGES_IN_FLIGHT = 64  # pages a render process may be behind by (each ~0.1 MB) before the caller waits
 _RENDERERS: dict[str, Any] = {}
 
 
@@ -91,52 +86,6 @@ def render_day(day: str, suite_results: Sequence[Any], meta: dict[str, Any] | No
         meta=run_meta)
     page, view = _renderers()
     return view.render(page.render(merged))
-
-
-class PageRenderer:
-    """Renders the Data Docs pages of one validation run and hands each to its ``deliver``.
-
-    In this process (``separate=False``) a page is rendered at :meth:`submit`. With
-    ``separate=True`` pages render in one process of their own (spawned at the first page, so it
-    imports Great Expectations afresh: about 3 s), which a long run wants: rendering is a third of
-    validation's CPU per day and holds the GIL, so there it runs on the other core beside the
-    validating process's writes. (Starting it at once, to import while the days are checked, was
-    measured and did not help beyond the noise on 2 cores.) Pages are delivered in submission order, in the caller's
-    thread (at :meth:`submit` or :meth:`close`); :meth:`close` delivers the rest and raises the
-    first render error."""
-
-    def __init__(self, *, separate: bool = False) -> None:
-        self._pool = (ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-                      if separate else None)
-        self._pending: deque[tuple[Future[str], Callable[[str], None]]] = deque()
-
-    def submit(self, deliver: Callable[[str], None], day: str, suite_results: Sequence[Any],
-               meta: dict[str, Any] | None = None) -> None:
-        if self._pool is None:
-            deliver(render_day(day, suite_results, meta))
-            return
-        self._pending.append((self._pool.submit(render_day, day, list(suite_results), meta), deliver))
-        while self._pending and (self._pending[0][0].done() or len(self._pending) > PAGES_IN_FLIGHT):
-            future, done = self._pending.popleft()
-            done(future.result())
-
-    def close(self) -> None:
-        try:
-            while self._pending:
-                future, deliver = self._pending.popleft()
-                deliver(future.result())
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self) -> PageRenderer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            self.close()
-        elif self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def render_index(report_id: str, days: Sequence[tuple[str, bool, str]]) -> str:

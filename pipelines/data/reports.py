@@ -85,10 +85,12 @@ def _sample_outcome(success: bool | None) -> str:
 
 
 def publish_day(settings: Settings, result: ValidationResult, gate: DayResult, row_sample: DayResult | None,
-                sample_rows: int, writes: Background, pages: datadocs.PageRenderer | None = None) -> None:
+                sample_rows: int, writes: Background) -> None:
     """Write (in the background) a day's ``result.json``, ``ge_result.json``, ``summary.md`` and Data
-    Docs page; the page is rendered by ``pages`` (default: here, at once)."""
+    Docs page; the page is rendered here (it needs Great Expectations' renderers, not storage)."""
     prefix = result.report_prefix
+    page = datadocs.render_day(result.date.isoformat(), [gate.result, row_sample.result if row_sample else None],
+                               meta={"report_id": result.report_id, "files": result.files})
     ge = {"partition_profile": gate.json, "row_sample": row_sample.json if row_sample is not None else None,
           "row_sample_rows": sample_rows}
     docs_uri = storage.uri(settings, result.data_docs_key) if result.data_docs_key else None
@@ -96,15 +98,7 @@ def publish_day(settings: Settings, result: ValidationResult, gate: DayResult, r
     writes.submit(storage.put_json, settings, prefix + "ge_result.json", ge)
     writes.submit(storage.put_text, settings, prefix + "summary.md", render_summary(result, docs_uri))
     if result.data_docs_key:
-        key = result.data_docs_key
-
-        def deliver(page: str) -> None:
-            data = page.encode()
-            writes.submit(storage.put_bytes, settings, key, data, "text/html; charset=utf-8", weight=len(data))
-
-        (pages or datadocs.PageRenderer()).submit(deliver, result.date.isoformat(),
-                                                  [gate.result, row_sample.result if row_sample else None],
-                                                  meta={"report_id": result.report_id, "files": result.files})
+        writes.submit(storage.put_bytes, settings, result.data_docs_key, page.encode(), "text/html; charset=utf-8")
 
 
 def publish_index(settings: Settings, report_id: str, results: list[ValidationResult], writes: Background) -> str:

@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.config import Settings
-from pipelines.data import datadocs, expectations, handover
+from pipelines.data import expectations, handover
 from pipelines.data.cleaning import EXACT, CleaningPlan, cleaning_settings, plan_cleaning
 from pipelines.data.fanout import Background, prefetch
 from pipelines.data.quarantine import validation_quarantine_table
@@ -59,9 +59,6 @@ __all__ = ["ValidationError", "ValidationResult", "ValidationRun", "log_to_mlflo
 MIN_VOLUME_HISTORY = 3  # the volume rule needs this many earlier in-window partitions
 PREFETCH_BYTES = 128 << 20  # raw bytes fetched ahead of the partitions being flagged
 COMPUTE_THREADS = 2  # partitions flagged and planned at once
-# From this many days a run renders its Data Docs pages in a process of its own (datadocs.PageRenderer):
-# starting it costs ~3 s, a page ~9 ms of the GIL here.
-SEPARATE_RENDER_MIN_DAYS = 200
 
 
 @dataclass
@@ -149,8 +146,7 @@ def validate_partitions(settings: Settings, dates: Iterable[dt.date], *, report_
         except ValidationError as exc:
             return exc
 
-    with Background() as writes, ThreadPoolExecutor(max_workers=COMPUTE_THREADS) as compute, \
-            datadocs.PageRenderer(separate=len(days) >= SEPARATE_RENDER_MIN_DAYS) as pages:
+    with Background() as writes, ThreadPoolExecutor(max_workers=COMPUTE_THREADS) as compute:
         # Arrow and NumPy release the GIL: two partitions are flagged and planned at once.
         in_flight: deque[tuple[dt.date, Future[_Checked | ValidationError]]] = deque()
         for day, contents in prefetch(fetch, days, weight=weight, budget=PREFETCH_BYTES):
@@ -166,7 +162,7 @@ def validate_partitions(settings: Settings, dates: Iterable[dt.date], *, report_
         for c in checked:
             day = c.date.isoformat()
             result = _result(settings, report_id, c, gates[day], row_suites.get(day))
-            publish_day(settings, result, gates[day], row_suites.get(day), c.sample.num_rows, writes, pages)
+            publish_day(settings, result, gates[day], row_suites.get(day), c.sample.num_rows, writes)
             run.results.append(result)
             if result.failures:
                 run.errors[c.date] = (f"dt={c.date} ({', '.join(result.files)}): " + "; ".join(result.failures)
