@@ -400,7 +400,8 @@ def verified_local_copy(settings: Settings, version: str, models_dir: Path) -> P
     files no longer match is replaced by a fresh download (and that one is checked); bytecode Python
     wrote beside the model's code while loading it is removed first (it is not part of the recorded
     files). A version without a recorded digest is downloaded into a folder of this process each
-    time (see :func:`verified_download`), never kept."""
+    time and loaded with a warning, never kept. Raises :class:`ModelIntegrityError` when a fresh
+    download does not match the recorded SHA-256."""
     recorded = dict(tracking.client(settings).get_model_version(settings.model_name, str(version)).tags).get(TAG_SHA256)
     cached = models_dir / f"{settings.model_name}-{version}"
     if recorded and cached.is_dir():
@@ -415,7 +416,7 @@ def verified_local_copy(settings: Settings, version: str, models_dir: Path) -> P
     scratch = models_dir / f".{settings.model_name}-{version}-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    local = verified_download(settings, version, scratch)
+    local = _verified_download(settings, version, scratch, recorded)
     if not recorded:
         return local
     try:
@@ -426,12 +427,9 @@ def verified_local_copy(settings: Settings, version: str, models_dir: Path) -> P
     return cached
 
 
-def verified_download(settings: Settings, version: str, workdir: Path) -> Path:
-    """The files of version ``version`` downloaded into ``workdir`` and checked against the recorded
-    SHA-256; load the model from the returned folder (what was checked is what is loaded). Raises
-    :class:`ModelIntegrityError` on a mismatch. A version registered before digests were recorded
-    (no tag) is loaded with a warning."""
-    recorded = dict(tracking.client(settings).get_model_version(settings.model_name, str(version)).tags).get(TAG_SHA256)
+def _verified_download(settings: Settings, version: str, workdir: Path, recorded: str | None) -> Path:
+    """The files of version ``version`` downloaded into ``workdir`` and checked against ``recorded``
+    (its SHA-256 tag; None: registered before digests were recorded, loaded with a warning)."""
     local = _download_version(settings, str(version), workdir)
     if not recorded:
         log.warning("%s version %s has no recorded %s (registered before integrity checks): loaded unverified",
