@@ -291,14 +291,14 @@ def requirement_mismatches(model_dir: Path) -> list[str]:
         return []
     out = []
     for line in path.read_text().splitlines():
-        name, pinned, unpinned = line.split("#", 1)[0].strip().partition("==")
+        name, pinned, wanted = (part.strip() for part in line.split("#", 1)[0].partition("=="))
         if not pinned or not name or name.startswith("-"):
             continue
         try:
-            installed = installed_version(name.strip())
+            installed = installed_version(name)
         except metadata.PackageNotFoundError:
-            out.append(f"the model was logged with {name.strip()}=={unpinned.strip()}, which is not installed here")
+            out.append(f"the model was logged with {name}=={wanted}, which is not installed here")
             continue
-        if installed != unpinned.strip():
-            out.append(f"the model was logged with {name.strip()}=={unpinned.strip()}, {installed} is installed here")
+        if installed != wanted:
+            out.append(f"the model was logged with {name}=={wanted}, {installed} is installed here")
     return out
