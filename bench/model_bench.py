@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from pipelines.config import Settings, _parse, load_settings  # noqa: E402
 from pipelines.contracts import EVENT_SCHEMA  # noqa: E402
+from pipelines.features.asof import plan_asof_times  # noqa: E402
 from pipelines.features.batch import to_model_inputs  # noqa: E402
 from pipelines.features.dataset import Dataset  # noqa: E402
 from pipelines.features.encoding import encode_events  # noqa: E402
@@ -189,10 +190,12 @@ def run_rolling(data: str, overrides: dict, n_boot: int, blocks: int, use_repeat
     settings = _settings(data, overrides)
     events = _load(data)
     horizon = dt.timedelta(days=settings.horizon_days)
-    data_end = floor_day(pc.max(events["ts"]).as_py()) + dt.timedelta(days=1)
-    last_test = floor_day(data_end - horizon)
-    step = dt.timedelta(days=settings.eval_asof_step_days)
-    test = [last_test - step * i for i in range(settings.test_asof_count)][::-1]
+    # the single-origin run's test as-of times (encode_events plans them the same way)
+    test = plan_asof_times(pc.min(events["ts"]).as_py(), floor_day(pc.max(events["ts"]).as_py()) + dt.timedelta(days=1),
+                           horizon_days=settings.horizon_days, train_step_days=settings.asof_step_days,
+                           eval_step_days=settings.eval_asof_step_days,
+                           validation_count=settings.validation_asof_count,
+                           test_count=settings.test_asof_count)["test"]
     chunks = [list(c) for c in np.array_split(np.array(test, dtype=object), blocks) if len(c)]
     ts_type = events.schema.field("ts").type
     outs, rows = [], []
@@ -266,11 +269,11 @@ def _pool_published(blocks: list[dict]) -> dict:
                if c != "user_id"}
         parts = [b["summaries"][name] for b in blocks]
         pairs = sum(p["scored_pairs"] for p in parts)
+        scored = np.isfinite(col["migration_score"])
         summaries[name] = {
             "users": table.num_rows,
             **{m: float(np.nanmean(col[m])) for m in PUBLISHED_HEADLINE},
-            "migration_auc": outcomes.auc(col["migration_score"][np.isfinite(col["migration_score"])],
-                                           col["adopted_new"][np.isfinite(col["migration_score"])].astype(bool)),
+            "migration_auc": outcomes.auc(col["migration_score"][scored], col["adopted_new"][scored].astype(bool)),
             "fading_precision": float(col["fading_untouched"].sum() / max(col["fading_listed"].sum(), 1)),
             "brier": float(sum(p["brier"] * p["scored_pairs"] for p in parts) / max(pairs, 1)),
         }
