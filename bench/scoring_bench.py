@@ -226,7 +226,7 @@ def score_child(spec: dict[str, Any]) -> dict[str, Any]:
 
         profiler = cProfile.Profile()
         profiler.enable()
-    scoring.load_scorer(settings, model["model_uri"])  # MLflow download + unpickle + Keras load
+    scoring.load_scorer(settings, model["model_uri"])  # (download) + SHA-256 check + unpickle + Keras load
     t1 = time.monotonic()
     shards = scoring.plan_shards(settings, AS_OF_DATE, model)
     t2 = time.monotonic()
