@@ -40,11 +40,11 @@ from pipelines.features.dataset import Dataset  # noqa: E402
 from pipelines.features.encoding import encode_events  # noqa: E402
 from pipelines.model import outcomes  # noqa: E402
 from pipelines.model.activity import ActivityModel  # noqa: E402
+from pipelines.model.core import ModelCore  # noqa: E402
 from pipelines.model.evaluate import evaluate_dataset  # noqa: E402
 from pipelines.model.metrics import EMERGING_KS, bootstrap_ci, comparison_table, summarize  # noqa: E402
 from pipelines.model.network import Predictor, predict_proba  # noqa: E402
 from pipelines.model.published import published_summaries  # noqa: E402
-from pipelines.model.pyfunc import ModelCore  # noqa: E402
 from pipelines.model.train import fit_model  # noqa: E402
 from pipelines.platform.dates import floor_day  # noqa: E402
 from pipelines.serving.engine import CoreScorer  # noqa: E402

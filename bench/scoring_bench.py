@@ -217,7 +217,8 @@ def score_child(spec: dict[str, Any]) -> dict[str, Any]:
     cpu_before = _cpu_seconds()
     t0 = time.monotonic()
     model = scoring.resolve_champion(settings)
-    import tensorflow  # noqa: F401  # timed apart from the model's own loading
+    if settings.scoring_runtime == "keras":
+        import tensorflow  # noqa: F401  # timed apart from the model's own loading
 
     t_tf = time.monotonic()
     if spec.get("profile"):
@@ -226,7 +227,8 @@ def score_child(spec: dict[str, Any]) -> dict[str, Any]:
 
         profiler = cProfile.Profile()
         profiler.enable()
-    scoring.load_scorer(settings, model["model_uri"])  # (download) + SHA-256 check + unpickle + Keras load
+    scorer = scoring.load_scorer(settings, model["model_uri"])  # (download) + SHA-256 check + network load
+    runtime = getattr(getattr(scorer, "core", None), "runtime", "pyfunc predict")
     t1 = time.monotonic()
     shards = scoring.plan_shards(settings, AS_OF_DATE, model)
     t2 = time.monotonic()
@@ -240,7 +242,7 @@ def score_child(spec: dict[str, Any]) -> dict[str, Any]:
         for order in ("tottime", "cumulative"):
             pstats.Stats(profiler, stream=sys.stdout).sort_stats(order).print_stats(int(spec["profile"]))
     return {"users": manifest["row_count"], "model_version": model["model_version"], "load": t1 - t0,
-            "tf_import": t_tf - t0,
+            "tf_import": t_tf - t0, "runtime": runtime,
             "plan": t2 - t1, "shards": t3 - t2, "publish": t4 - t3, "total": t4 - t0,
             "read": sum(r["read_seconds"] for r in results), "score": sum(r["score_seconds"] for r in results),
             "write": sum(r["write_seconds"] for r in results), "peak_rss_mb": peak_rss_mb(),
@@ -270,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--categories", type=int, default=2_000, help="categories the generator draws from")
     parser.add_argument("--shards", type=int, default=2, help="scoring shards (scoring_shards)")
     parser.add_argument("--batch-users", type=int, default=5_000, help="users per model call (scoring_batch_users)")
+    parser.add_argument("--runtime", choices=("numpy", "keras"), default="numpy",
+                        help="what runs the product's model (scoring_runtime): numpy (default, no TensorFlow import) "
+                             "or the Keras model (TensorFlow imported and timed apart)")
     parser.add_argument("--seed", type=int, default=7, help="generator seed")
     parser.add_argument("--train-users", type=int, default=1_000, help="users in the training window (keras)")
     parser.add_argument("--train-days", type=int, default=21, help="training window length before the "
@@ -313,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides: dict[str, Any] = {
             "s3_endpoint_url": endpoint, "bucket": bucket, "mlflow_tracking_uri": mlflow_proc.extra["tracking_uri"],
             "lookback_days": args.days, "scoring_shards": args.shards, "scoring_batch_users": args.batch_users,
-            "work_dir": root / "work"}
+            "scoring_runtime": args.runtime, "work_dir": root / "work"}
         settings = load_settings(environ={}, **overrides)
 
         if args.model == "baseline":
@@ -377,13 +382,14 @@ def main(argv: list[str] | None = None) -> int:
 def _print_result(r: dict[str, Any], args: argparse.Namespace) -> None:
     users = r["users"]
     print(f"users scored: {users:,} in {args.shards} shards x {r['buckets']} bucket(s), batches of up to "
-          f"{args.batch_users:,}, model v{r['model_version']}" + ("  [PROFILED: timings inflated]" if args.profile
+          f"{args.batch_users:,}, model v{r['model_version']} on {r['runtime']}" + ("  [PROFILED: timings inflated]" if args.profile
                                                                  else ""))
     print(f"plan (read the window once, stage shards): {r['plan']:6.1f}s")
     print(f"shards: read staged input {r['read']:6.1f}s | score {r['score']:6.1f}s "
           f"({users / max(r['score'], 1e-9):,.0f} users/s) | write {r['write']:5.1f}s")
+    tf_import = f" of which TensorFlow import {r['tf_import']:.1f}s" if r["runtime"] == "keras" else ""
     print(f"end to end:  {r['total']:6.1f}s  {users / r['total']:10,.0f} users/s  (resolve + model load "
-          f"{r['load']:.1f}s of which TensorFlow import {r['tf_import']:.1f}s; publish {r['publish']:.1f}s; without the load: "
+          f"{r['load']:.1f}s{tf_import}; publish {r['publish']:.1f}s; without the load: "
           f"{users / max(r['total'] - r['load'], 1e-9):,.0f} users/s)")
     print(f"peak RSS of the scoring process: {r['peak_rss_mb']:,.0f} MB (after imports: {r['rss_before_mb']:,.0f} MB, "
           f"after model load and plan: {r['rss_after_plan_mb']:,.0f} MB); "

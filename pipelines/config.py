@@ -149,6 +149,9 @@ class Settings:
     scoring_catchup: bool = _field(False, "let the scheduler create every missed daily scoring run since the "
                                    "start date")
     scoring_batch_users: int = _field(5000, "users scored per model call", check=_positive, rule="> 0")
+    scoring_runtime: str = _field("numpy", "what runs this product's models when scoring: numpy (no TensorFlow "
+                                  "import; the Keras model is used for any architecture numpy does not run) "
+                                  "| keras", check=lambda x: x in ("numpy", "keras"), rule="numpy or keras")
     scoring_shards: int = _field(2, "mapped scoring tasks per day", check=_positive, rule="> 0")
     emerging_k: int = _field(5, "length of emerging_categories", check=_positive, rule="> 0")
     fading_k: int = _field(5, "maximum length of fading_categories", check=_positive, rule="> 0")

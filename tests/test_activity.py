@@ -14,9 +14,9 @@ from pipelines.features.batch import index_events
 from pipelines.features.examples import EncodingConfig
 from pipelines.features.vocab import build_vocab
 from pipelines.model.activity import FEATURES, ActivityModel, activity_features, fit_activity
+from pipelines.model.core import ModelCore
 from pipelines.model.network import Predictor, build_model
 from pipelines.model.outcomes import auc
-from pipelines.model.pyfunc import ModelCore
 from pipelines.serving import engine
 from tests.test_engine import SPEC, events
 

@@ -15,8 +15,9 @@ import pytest
 from pipelines.contracts import MODEL_INPUT_COLUMNS, PREDICTION_SCHEMA
 from pipelines.features.examples import EncodingConfig
 from pipelines.features.vocab import build_vocab
+from pipelines.model.core import ModelCore
 from pipelines.model.network import Predictor, build_model
-from pipelines.model.pyfunc import ModelCore, score_events
+from pipelines.model.pyfunc import score_events
 from pipelines.serving import contract, engine, shards
 from pipelines.serving.interests import InterestParams
 

@@ -14,8 +14,8 @@ import pyarrow as pa
 from pipelines.config import load_settings
 from pipelines.features.examples import EncodingConfig
 from pipelines.features.vocab import build_vocab
+from pipelines.model.core import ModelCore
 from pipelines.model.network import Predictor, build_model
-from pipelines.model.pyfunc import ModelCore
 from pipelines.online.server import BatchScorer
 from pipelines.online.state import (
     INPUT_SCHEMA,

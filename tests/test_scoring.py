@@ -379,6 +379,11 @@ def test_own_models_score_on_the_fast_core_as_their_public_contract_does(scoring
         assert row["predicted_categories"] == list(public.loc[row["user_id"], "categories"])[:scoring_settings.top_k]
         np.testing.assert_allclose(row["predicted_scores"], public.loc[row["user_id"], "scores"][:scoring_settings.top_k],
                                    rtol=1e-5)
+    # today's architecture scores in numpy (no TensorFlow in the scoring process), the legacy one on Keras
+    scorer = scoring.load_scorer(scoring_settings, manifest["model_uri"])
+    assert scorer.core.runtime == ("numpy" if saved_by == "today" else "keras")
+    keras_only = dataclasses.replace(scoring_settings, scoring_runtime="keras")
+    assert scoring.load_scorer(keras_only, manifest["model_uri"]).core.runtime == "keras"
     if saved_by != "today":
         assert load_keras_model(path).get_layer("migration_scorer").get_config()["sparse"] is False
 

@@ -18,8 +18,6 @@ installed) and only real packages as requirements (:func:`pip_requirements`).
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import json
 import shutil
 from pathlib import Path
@@ -34,10 +32,11 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
 from pipelines.contracts import EVENT_SCHEMA, MODEL_INPUT_COLUMNS
-from pipelines.features.batch import EventIndex, encode, index_events
+from pipelines.features.batch import encode, index_events
 from pipelines.features.examples import EncodingConfig
 from pipelines.features.vocab import Vocab
 from pipelines.model.activity import ActivityModel
+from pipelines.model.core import ModelCore
 from pipelines.model.network import Predictor, configure_threads, load_keras_model
 from pipelines.platform.tracking import installed_version
 
@@ -60,24 +59,6 @@ def events_to_table(events: pd.DataFrame) -> pa.Table:
     frame["ts"] = ts.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
     frame["value"] = pd.Series(np.nan, index=frame.index, dtype="float64")
     return pa.Table.from_pandas(frame.reset_index(drop=True), schema=EVENT_SCHEMA, preserve_index=False)
-
-
-@dataclasses.dataclass
-class ModelCore:
-    """The fast scoring core of one of this product's models: the Keras model as a
-    :class:`~pipelines.model.network.Predictor`, its vocabulary and its encoding config."""
-
-    predictor: Predictor
-    vocab: Vocab
-    config: EncodingConfig
-    activity: ActivityModel | None = None  # P(active in the horizon); None: scores stay P(c | active)
-
-    def scale(self, index: EventIndex, users: np.ndarray, as_of: dt.datetime | np.ndarray) -> np.ndarray:
-        """The factor each user's scores are multiplied by: P(active), or 1 without an activity model
-        (``as_of``: one time, or int64 microseconds per user of ``users``)."""
-        if self.activity is None:
-            return np.ones(len(users))
-        return self.activity.p_active(index, users, as_of)
 
 
 def score_events(model: keras.Model | Predictor, vocab: Vocab, config: EncodingConfig, events: pd.DataFrame,
@@ -128,7 +109,7 @@ class InterestMigrationPyfunc(mlflow.pyfunc.PythonModel):
 
     def core(self) -> ModelCore:
         """The fast scoring core (what the daily scoring uses instead of :meth:`predict`)."""
-        return ModelCore(self.predictor, self.vocab, self.config, getattr(self, "activity", None))
+        return ModelCore(self.predictor, self.vocab, self.config, getattr(self, "activity", None), runtime="keras")
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
                 ) -> pd.DataFrame:

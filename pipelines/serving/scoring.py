@@ -45,6 +45,8 @@ from pipelines.contracts import (
     PREDICTION_SCHEMA,
 )
 from pipelines.data.events import MissingInputError, iter_clean_events
+from pipelines.model.core import load_numpy_core
+from pipelines.model.inference import UnsupportedModel
 from pipelines.model.registry import CHAMPION, verified_local_copy, version_by_alias
 from pipelines.platform import layout, storage, tracking
 from pipelines.platform.dates import end_of_day, lookback_window, to_date
@@ -171,7 +173,9 @@ def new_run_id() -> str:
 @lru_cache(maxsize=2)
 def load_scorer(settings: Settings, model_uri: str) -> CoreScorer | PyfuncScorer:
     """The scorer of a pinned version, loaded once per process (every shard and bucket of a day
-    reuses it): this product's models on their fast core, any other pyfunc through ``predict``."""
+    reuses it): this product's models on their fast core (in numpy without TensorFlow when
+    ``scoring_runtime`` is numpy and the architecture allows, else the Keras model), any other
+    pyfunc through ``predict``."""
     log.info("loading %s from %s", model_uri, settings.mlflow_tracking_uri)
     name, _, version = model_uri.removeprefix("models:/").partition("/")
     if name == settings.model_name and version.isdigit():
@@ -182,6 +186,14 @@ def load_scorer(settings: Settings, model_uri: str) -> CoreScorer | PyfuncScorer
         for mismatch in tracking.requirement_mismatches(folder):
             log.warning("%s: %s; scoring goes on, but results may differ from the training environment's",
                         model_uri, mismatch)
+        if settings.scoring_runtime == "numpy":
+            try:
+                core = load_numpy_core(folder)
+            except UnsupportedModel as exc:
+                log.info("%s: scoring with the Keras model (%s)", model_uri, exc)
+            else:
+                log.info("%s: scoring with the numpy runtime (%d categories)", model_uri, core.vocab.n_categories)
+                return CoreScorer(core)
         predictor = tracking.load_pyfunc(settings, str(folder), environment_warnings=False)
     else:
         predictor = tracking.load_pyfunc(settings, model_uri)
