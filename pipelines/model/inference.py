@@ -105,6 +105,7 @@ class NumpyNetwork:
     :func:`load_numpy_network`."""
 
     sparse = True
+    thread_safe = True  # no state changes after loading: batches may run in several threads at once
 
     def __init__(self, config: dict[str, Any], weights: dict[str, np.ndarray]) -> None:
         enc, sc = _layer_config(config, _ENCODER), _layer_config(config, _SCORER)
@@ -153,6 +154,7 @@ class NumpyNetwork:
         if self.gru_kernel.shape != (self.cat_emb.shape[1], 3 * units) or self.explore_w.shape[1] != self.n_categories:
             raise UnsupportedModel("weight shapes do not match the architecture")
         self._fold_input_projection()
+        self._explore: dict[int, np.ndarray] = {}
 
     # -- the forward pass -------------------------------------------------------------------------
 
@@ -231,32 +233,44 @@ class NumpyNetwork:
         vectors[order] = np.concatenate([pooled, last], axis=-1)
         return vectors
 
-    def logits(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """The logits [B, V] (explore path plus the repeat path at each row's history categories)."""
+    def logits(self, inputs: dict[str, np.ndarray], first: int = 0) -> np.ndarray:
+        """The logits [B, V - first] of categories ``first``.. (the explore path plus the repeat
+        path at each row's history categories)."""
         u = gelu(self.user_vectors(inputs) @ self.proj_w + self.proj_b)
-        logits = u @ self.explore_w + self.explore_b
+        explore = self._explore_from(first)
+        logits = np.concatenate([u, np.ones((len(u), 1), np.float32)], axis=1) @ explore  # bias as the last row
         if not self.use_repeat or len(u) == 0:
             return logits
         cats = np.asarray(inputs["hist_cat"], np.int64)
         hist = np.asarray(inputs["hist_feat"], np.float32)
-        known = hist[:, :, 0] > 0
-        decays = np.log1p(hist[:, :, 1:4])
-        feats = np.concatenate([hist[:, :, :1], decays, hist[:, :, 4:]], axis=-1)
+        known = (hist[:, :, 0] > 0) & (cats >= first)
+        rows, slots = np.nonzero(known)  # the repeat path runs on the history slots only, not the padding
+        slot_feat = hist[rows, slots]
+        decays = np.log1p(slot_feat[:, 1:4])
+        feats = np.concatenate([slot_feat[:, :1], decays, slot_feat[:, 4:]], axis=-1)
         user = u @ self.rep_user_w + self.rep_user_b  # [B, hidden]
-        z = gelu(feats @ self.rep_feat_w + self.rep_cat_table[cats] + user[:, None, :])
-        repeat = z @ self.rep_out_w + self.rep_out_b  # [B, K]
+        hidden = feats @ self.rep_feat_w
+        hidden += self.rep_cat_table[cats[rows, slots]]
+        hidden += user[rows]
+        repeat = gelu(hidden) @ self.rep_out_w + self.rep_out_b
         if self.base_weights is not None:
-            repeat = repeat + decays @ self.base_weights
-        repeat = np.where(known, repeat, np.float32(0.0))
-        rows = np.broadcast_to(np.arange(len(cats))[:, None], cats.shape)
-        np.add.at(logits, (rows[known], cats[known]), repeat[known])
+            repeat += decays @ self.base_weights
+        logits[rows, cats[rows, slots] - first] += repeat  # a row's history categories are distinct
         return logits
+
+    def _explore_from(self, first: int) -> np.ndarray:
+        """The explore kernel of categories ``first``.. with the bias as its last row (cached)."""
+        cached = self._explore.get(first)
+        if cached is None:
+            cached = self._explore[first] = np.ascontiguousarray(
+                np.concatenate([self.explore_w[:, first:], self.explore_b[None, first:]], axis=0))
+        return cached
 
     # -- the Predictor interface ------------------------------------------------------------------
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Probabilities [B, V] (float32) of one batch, padding and OOV columns set to 0."""
-        probs = sigmoid(self.logits(inputs)).astype(np.float32, copy=False)
+        probs = sigmoid(self.logits(inputs))
         probs[:, :RESERVED] = 0.0
         return probs
 
@@ -265,12 +279,10 @@ class NumpyNetwork:
         never padding or OOV: (indices int64 [B, n'], probabilities float32 [B, n']),
         ``n' = min(n, V - 2)``; as :meth:`pipelines.model.network.Predictor.top_n`."""
         n = max(0, min(int(n), self.n_categories - RESERVED))
-        logits = self.logits(inputs)[:, RESERVED:]
-        rows = len(logits)
+        rows = len(inputs["seq_cat"])
         if n == 0 or rows == 0:
             return np.zeros((rows, n), np.int64), np.zeros((rows, n), np.float32)
-        if not np.isfinite(logits).all():
-            raise ValueError("the model produced non-finite logits (NaN or infinity): its weights are broken")
+        logits = self.logits(inputs, first=RESERVED)
         width = logits.shape[1]
         if n < width:
             # the n-th largest logit of each row, then every column at or above it: exactly n per row
@@ -280,6 +292,8 @@ class NumpyNetwork:
         else:
             cand_rows, cand_cols = np.divmod(np.arange(logits.size), width)
         values = logits[cand_rows, cand_cols]
+        if not np.isfinite(values).all():  # NaN sorts last in a partition: a broken model shows up here
+            raise ValueError("the model produced non-finite logits (NaN or infinity): its weights are broken")
         if len(values) == rows * n:  # n per row, each row's columns ascending: sort within the rows
             values, cand_cols = values.reshape(rows, n), cand_cols.reshape(rows, n)
             order = np.argsort(-values, axis=1, kind="stable")  # stable: ties keep the lower index first
