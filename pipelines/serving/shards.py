@@ -3,8 +3,8 @@
 A user's shard is the CRC-32 of its UTF-8 id modulo the number of shards (stable across
 processes and runs); its *bucket* inside the shard is ``(crc // shards) % buckets``, with as many
 buckets as it takes to hold about :data:`BUCKET_EVENTS` events each. :func:`stage_inputs` reads the
-clean partitions of the window one day at a time (the next day is fetched while the current one is
-split) and appends each day's rows of a bucket to that bucket's Arrow IPC file (zstd),
+clean partitions of the window one day at a time (the next days are fetched while the current one
+is split) and appends each day's rows of a bucket to that bucket's Arrow IPC file (lz4),
 ``staging/scoring/dt=D/shard-NNNNN/bucket-MMMMM.arrow``: a shard then reads one bucket (all days of
 its users) at a time, so memory is bounded by the bucket, never by the window. The staging files
 are removed after publishing, and by the next plan of the same day.
@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 BUCKET_EVENTS = 1_000_000  # events of one bucket (what a shard holds in memory at a time), estimated
 _INPUT_SCHEMA = pa.schema([EVENT_SCHEMA.field(c) for c in MODEL_INPUT_COLUMNS])
-_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")  # fast to write and read, transient
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")  # transient: the fastest codec to write and read
+_DAYS_IN_FLIGHT = 4  # days downloaded and read at once while the main thread splits the current one
 
 
 def _crc_table() -> np.ndarray:
@@ -100,24 +101,29 @@ def stage_inputs(settings: Settings, day: dt.date, shards: int) -> dict[str, Any
         log.info("removed %d staging files of an earlier plan of %s", removed, day)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.work_dir) as tmp, \
-            concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            concurrent.futures.ThreadPoolExecutor(max_workers=_DAYS_IN_FLIGHT) as pool:
         staged = _Staging(Path(tmp), shards)
         try:
-            # two days in flight; a consumed day's future is dropped, so its table is freed
-            pending = {i: pool.submit(_read_day, settings, d, cutoff, Path(tmp)) for i, d in enumerate(days[:2])}
+            # a few days in flight (downloads wait on the store); a consumed day's future is dropped, so
+            # its table is freed
+            ahead = _DAYS_IN_FLIGHT
+            pending = {i: pool.submit(_read_day, settings, d, cutoff, Path(tmp)) for i, d in enumerate(days[:ahead])}
             for i, info in enumerate(days):
                 table = pending.pop(i).result()
-                if i + 2 < len(days):
-                    pending[i + 2] = pool.submit(_read_day, settings, days[i + 2], cutoff, Path(tmp))
+                if i + ahead < len(days):
+                    pending[i + ahead] = pool.submit(_read_day, settings, days[i + ahead], cutoff, Path(tmp))
                 if not staged.buckets:
                     staged.buckets = _bucket_count(table.num_rows, info.size, sum(d.size for d in days), shards)
                 staged.add(table)
         finally:
             staged.close()
         keys: list[list[str]] = [[] for _ in range(shards)]
+        uploads = []
         for (shard, bucket), path in sorted(staged.paths.items()):
             keys[shard].append(layout.scoring_input_key(day, shard, bucket))
-            storage.upload_file(settings, path, keys[shard][-1])
+            uploads.append(pool.submit(storage.upload_file, settings, path, keys[shard][-1]))
+        for upload in uploads:
+            upload.result()
     log.info("staged %d events of %s..%s for %s in %d shards x %d buckets", sum(staged.rows), start, end, day,
              shards, max(staged.buckets, 1))
     return {"keys": keys, "buckets": max(staged.buckets, 1), "rows": staged.rows, "days": len(days)}
