@@ -131,3 +131,27 @@ def test_staging_hands_every_event_to_the_one_bucket_file_of_its_users_shard(tmp
     assert sorted(everything["item_id"].to_pylist()) == sorted(sum((t["item_id"].to_pylist() for t in day_tables), []))
     assert shards._bucket_count(first_rows=1000, first_bytes=10_000, total_bytes=10_000 * 30, shards=2) == 1
     assert shards._bucket_count(1_000_000, 10_000_000, 10_000_000 * 30, 2) == 15
+
+
+def test_the_numpy_network_publishes_the_rows_the_keras_model_publishes(tmp_path: Path) -> None:
+    from pipelines.model.inference import load_numpy_network
+
+    table = events(n_users=80, seed=3)
+    vocab = build_vocab([f"c{i}" for i in range(10)], 1, ["view", "buy", "cart"])
+    config = EncodingConfig(horizon_days=1, lookback_days=3, seq_len=5)
+    model = build_model(vocab.n_categories, vocab.n_behaviors, 5, embed_dim=8)
+    rng = np.random.default_rng(0)
+    model.set_weights([w + rng.normal(0, 0.3, w.shape).astype(np.float32) for w in model.get_weights()])
+    model.save(tmp_path / "model.keras")
+    network = load_numpy_network(tmp_path / "model.keras")
+    assert network.thread_safe  # 80 users in batches of 16: two model threads at work
+    by_keras = pa.concat_tables(engine.CoreScorer(ModelCore(Predictor(model), vocab, config)).score(table, SPEC))
+    by_numpy = pa.concat_tables(engine.CoreScorer(ModelCore(network, vocab, config)).score(table, SPEC))
+    keras_rows = {row["user_id"]: row for row in by_keras.to_pylist()}
+    assert by_numpy.num_rows == by_keras.num_rows == len(keras_rows)
+    for row in by_numpy.to_pylist():
+        expected = keras_rows[row["user_id"]]
+        for column in ("predicted_categories", "emerging_categories", "fading_categories", "current_categories"):
+            assert row[column] == expected[column], column
+        np.testing.assert_allclose(row["predicted_scores"], expected["predicted_scores"], rtol=1e-5)
+        assert row["migration_score"] == pytest.approx(expected["migration_score"], abs=1e-5)
