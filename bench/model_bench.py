@@ -42,6 +42,7 @@ from pipelines.model import outcomes  # noqa: E402
 from pipelines.model.activity import ActivityModel  # noqa: E402
 from pipelines.model.core import ModelCore  # noqa: E402
 from pipelines.model.evaluate import evaluate_dataset  # noqa: E402
+from pipelines.model.inference import UnsupportedModel, load_numpy_network  # noqa: E402
 from pipelines.model.metrics import EMERGING_KS, bootstrap_ci, comparison_table, summarize  # noqa: E402
 from pipelines.model.network import Predictor, predict_proba  # noqa: E402
 from pipelines.model.published import published_summaries  # noqa: E402
@@ -251,11 +252,24 @@ def _published(settings, model, dataset, encoded) -> dict:
     """The published columns at the test as-of times (every look-back user; the scoring engine and
     the outcomes scorer, as the training evaluation does): summaries and per-user tables by name."""
     activity = encoded.stats.get("activity")  # P(active): published probabilities are unconditional
-    scorer = CoreScorer(ModelCore(Predictor(model), dataset.vocab, dataset.config,
+    scorer = CoreScorer(ModelCore(_scoring_network(settings, model), dataset.vocab, dataset.config,
                                   ActivityModel.from_dict(activity) if activity else None))
     per_user: dict = {}
     summaries = published_summaries(settings, scorer, encoded.test_events, encoded.asof["test"], per_user=per_user)
     return {"summaries": summaries, "per_user": per_user}
+
+
+def _scoring_network(settings, model):
+    """What daily scoring runs for ``model``: the numpy network (``scoring_runtime`` numpy and an
+    architecture it runs), else the Keras model."""
+    if settings.scoring_runtime == "numpy":
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save(Path(tmp) / "model.keras")
+            try:
+                return load_numpy_network(Path(tmp) / "model.keras")
+            except UnsupportedModel:
+                pass
+    return Predictor(model)
 
 
 def _pool_published(blocks: list[dict]) -> dict:
