@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         started.append(mlflow_proc)
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
             os.environ[key] = env[key]
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # the endpoint's model download: no bar
         token_file = root / "online_token"
         token_file.write_text(secrets.token_urlsafe(32))
         overrides: dict[str, Any] = {
