@@ -107,14 +107,17 @@ def test_the_top_n_is_the_keras_ranking(tmp_path: Path) -> None:
     assert network.top_n(x, 1000)[0].shape == (200, 298)  # never padding or OOV
 
 
-def test_ties_keep_the_lower_index_first_also_at_the_cut(tmp_path: Path) -> None:
-    _, path = saved(tmp_path, use_repeat=False)
-    network = load_numpy_network(path)
-    network.explore_w[:] = 0.0
-    network.explore_b[:] = 0.0
-    network.explore_b[[5, 9, 20]] = 1.0  # three equal leaders, then 35 equal others
-    codes, scores = network.top_n(inputs(4, 40), 5)
+def test_ties_keep_the_lower_index_first_also_at_the_cut_as_keras_does(tmp_path: Path) -> None:
+    model = build_model(40, 7, L, embed_dim=8, use_repeat=False)
+    explore = model.get_layer("migration_scorer").explore
+    bias = np.zeros(40, np.float32)
+    bias[[5, 9, 20]] = 1.0  # three equal leaders, then 35 equal others
+    explore.set_weights([np.zeros_like(explore.get_weights()[0]), bias])
+    model.save(tmp_path / "model.keras")
+    x = inputs(4, 40)
+    codes, scores = load_numpy_network(tmp_path / "model.keras").top_n(x, 5)
     np.testing.assert_array_equal(codes, np.tile([5, 9, 20, 2, 3], (4, 1)))
+    np.testing.assert_array_equal(codes, Predictor(model).top_n(x, 5)[0])
     assert scores[:, :3].min() > scores[:, 3:].max()
 
 

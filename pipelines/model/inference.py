@@ -10,9 +10,10 @@ same forward pass as :mod:`pipelines.model.network` in numpy, with the interface
 tolerance (``tests/test_inference.py`` compares both on trained models).
 
 Supported: the default architecture (``encoder="gru"``) with the sparse repeat path, with or
-without ``use_repeat`` and ``residual_base``. :func:`load_numpy_network` returns None for anything
-else (the attention encoder, models saved before the sparse path, a config it does not know), and
-the caller loads the Keras model instead, so every saved version still scores.
+without ``use_repeat`` and ``residual_base``. :func:`load_numpy_network` raises
+:class:`UnsupportedModel` for anything else (the attention encoder, models saved before the sparse
+path, a config it does not know), and the caller loads the Keras model instead, so every saved
+version still scores.
 
 Semantics kept from Keras: the GRU is Keras' default cell (``reset_after=True``, gates z, r, h in
 that order, tanh and sigmoid); a masked step (category 0, padding) keeps the state and repeats the
@@ -105,7 +106,7 @@ class NumpyNetwork:
     :func:`load_numpy_network`."""
 
     sparse = True
-    thread_safe = True  # no state changes after loading: batches may run in several threads at once
+    thread_safe = True  # nothing changes after loading: batches may run in several threads at once
 
     def __init__(self, config: dict[str, Any], weights: dict[str, np.ndarray]) -> None:
         enc, sc = _layer_config(config, _ENCODER), _layer_config(config, _SCORER)
@@ -154,7 +155,10 @@ class NumpyNetwork:
         if self.gru_kernel.shape != (self.cat_emb.shape[1], 3 * units) or self.explore_w.shape[1] != self.n_categories:
             raise UnsupportedModel("weight shapes do not match the architecture")
         self._fold_input_projection()
-        self._explore: dict[int, np.ndarray] = {}
+        # the explore kernel with its bias as the last row, from category 0 and from the first real one
+        self._explore = {first: np.ascontiguousarray(np.concatenate([self.explore_w[:, first:],
+                                                                     self.explore_b[None, first:]], axis=0))
+                         for first in (0, RESERVED)}
 
     # -- the forward pass -------------------------------------------------------------------------
 
@@ -234,10 +238,10 @@ class NumpyNetwork:
         return vectors
 
     def logits(self, inputs: dict[str, np.ndarray], first: int = 0) -> np.ndarray:
-        """The logits [B, V - first] of categories ``first``.. (the explore path plus the repeat
-        path at each row's history categories)."""
+        """The logits [B, V - first] of categories ``first``.. (0, or RESERVED to leave out padding
+        and OOV): the explore path plus the repeat path at each row's history categories."""
         u = gelu(self.user_vectors(inputs) @ self.proj_w + self.proj_b)
-        explore = self._explore_from(first)
+        explore = self._explore[first]
         logits = np.concatenate([u, np.ones((len(u), 1), np.float32)], axis=1) @ explore  # bias as the last row
         if not self.use_repeat or len(u) == 0:
             return logits
@@ -257,14 +261,6 @@ class NumpyNetwork:
             repeat += decays @ self.base_weights
         logits[rows, cats[rows, slots] - first] += repeat  # a row's history categories are distinct
         return logits
-
-    def _explore_from(self, first: int) -> np.ndarray:
-        """The explore kernel of categories ``first``.. with the bias as its last row (cached)."""
-        cached = self._explore.get(first)
-        if cached is None:
-            cached = self._explore[first] = np.ascontiguousarray(
-                np.concatenate([self.explore_w[:, first:], self.explore_b[None, first:]], axis=0))
-        return cached
 
     # -- the Predictor interface ------------------------------------------------------------------
 
