@@ -178,7 +178,9 @@ def test_training_and_a_three_day_backfill_run_on_both_workers(team):
     scoring = team.api.get(f"/dags/{demo.SCORING_DAG}/dagRuns")["dag_runs"]
     assert len(scoring) == 3 and all(r["state"] == "success" for r in scoring)
 
-    # The mapped shards of each day ran on both workers (the hostname each task instance reported).
+    # The mapped shards ran on both workers (the hostname each task instance reported). Per day it
+    # may be one: a shard takes about a second since scoring runs without TensorFlow, so a worker
+    # with free slots can take a whole day's shards before the other one polls the queue.
     addresses = {team.cfg.worker_address(i) for i in range(1, team.cfg.workers + 1)}
     spread = []
     for run in scoring:
@@ -187,7 +189,7 @@ def test_training_and_a_three_day_backfill_run_on_both_workers(team):
         shards = [ti for ti in tis if ti["task_id"] == "score_shard"]
         assert len(shards) == SHARDS and all(ti["state"] == "success" for ti in shards)
         spread.append({ti["hostname"] for ti in shards})
-    assert all(hosts == addresses for hosts in spread), f"a day's shards did not run on both workers: {spread}"
+    assert set().union(*spread) == addresses, f"the shards did not run on both workers: {spread}"
 
     # PostgreSQL holds the runs (Airflow's) and the experiment runs and versions (MLflow's).
     import psycopg2
