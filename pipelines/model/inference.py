@@ -189,13 +189,14 @@ class NumpyNetwork:
         # rows by length, longest first: at step t the rows that have started are a prefix
         order = np.argsort(-lengths, kind="stable")
         cat_t = np.ascontiguousarray(cat[order].T)
-        combo_t = ((np.asarray(inputs["seq_beh"])[order] * 7 + np.asarray(inputs["seq_dow"])[order]) * 24
-                   + np.asarray(inputs["seq_hour"])[order]).T
+        combo_t = ((np.asarray(inputs["seq_beh"])[order] * len(self.dow_emb) + np.asarray(inputs["seq_dow"])[order])
+                   * len(self.hour_emb) + np.asarray(inputs["seq_hour"])[order]).T  # rows of _in_combo
         age = np.asarray(inputs["seq_age"], np.float32)[order].T
         scaled = age / self.age_scale
         age_feats = np.stack([np.log1p(age), np.log1p(scaled), np.exp(-scaled)], axis=-1)  # [W, B, 3]
         mask_t = mask[order].T
-        started = np.full(width, n) if not right_aligned else (lengths[order][None, :] >= (width - np.arange(width))[:, None]).sum(axis=1)
+        # right-aligned and longest first, the rows active at step t are exactly the first ones
+        started = mask_t.sum(axis=1) if right_aligned else np.full(width, n)
         outputs = np.zeros((width, n, units), np.float32)
         h = np.zeros((n, units), np.float32)
         two = 2 * units
@@ -308,11 +309,17 @@ class NumpyNetwork:
 
     def predict(self, inputs: dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
         """:meth:`__call__` over ``inputs`` in slices of ``batch_size`` rows."""
-        n = len(inputs["seq_cat"])
-        if n == 0:
-            return np.zeros((0, self.n_categories), np.float32)
-        return np.concatenate([self({k: v[lo:lo + batch_size] for k, v in inputs.items()})
-                               for lo in range(0, n, batch_size)])
+        return predict_in_slices(self, inputs, self.n_categories, batch_size)
+
+
+def predict_in_slices(call: Any, inputs: dict[str, np.ndarray], n_categories: int, batch_size: int) -> np.ndarray:
+    """``call`` (inputs -> probabilities [B, V]) over ``inputs`` in slices of ``batch_size`` rows,
+    concatenated; [0, V] for no rows. The ``predict`` of both networks (numpy and Keras)."""
+    n = len(inputs["seq_cat"])
+    if n == 0:
+        return np.zeros((0, n_categories), np.float32)
+    return np.concatenate([call({k: v[lo:lo + batch_size] for k, v in inputs.items()})
+                           for lo in range(0, n, batch_size)])
 
 
 def load_numpy_network(path: str | Path) -> NumpyNetwork:

@@ -38,6 +38,7 @@ from keras import ops
 
 from pipelines.features.examples import N_HIST
 from pipelines.features.vocab import RESERVED
+from pipelines.model.inference import predict_in_slices
 
 SEQ_INPUTS = ("seq_cat", "seq_beh", "seq_age", "seq_dow", "seq_hour")
 INPUT_NAMES = (*SEQ_INPUTS, "hist_cat", "hist_feat")
@@ -306,11 +307,7 @@ class Predictor:
 
     def predict(self, inputs: dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
         """:meth:`__call__` over ``inputs`` in slices of ``batch_size`` rows."""
-        n = len(inputs["seq_cat"])
-        if n == 0:
-            return np.zeros((0, self.n_categories), np.float32)
-        return np.concatenate([self({k: v[lo:lo + batch_size] for k, v in inputs.items()})
-                               for lo in range(0, n, batch_size)])
+        return predict_in_slices(self, inputs, self.n_categories, batch_size)
 
 
 def dense_history(hist_cat: np.ndarray, hist_feat: np.ndarray, n_categories: int) -> np.ndarray:
