@@ -7,7 +7,7 @@ evaluation of published columns run (:class:`pipelines.serving.engine.CoreScorer
 :class:`pipelines.model.network.Predictor`), the vocabulary, the encoding config and the activity
 model. :func:`load_numpy_core` builds one from a model version's files (the MLflow pyfunc folder)
 in numpy: it imports neither TensorFlow nor Keras nor MLflow's pyfunc loader, which saves a scoring
-process several seconds of start-up (docs/engine.md has the figures).
+process several seconds of start-up (docs/model.md has the figures).
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ from pipelines.features.batch import EventIndex
 from pipelines.features.examples import EncodingConfig
 from pipelines.features.vocab import Vocab
 from pipelines.model.activity import ActivityModel
-from pipelines.model.inference import UnsupportedModel, load_numpy_network
+from pipelines.model.inference import NumpyNetwork, UnsupportedModel, load_numpy_network
 
 # The class a product model's python_model.pkl instantiates (module, name).
 PYFUNC_CLASS = ("pipelines.model.pyfunc", "InterestMigrationPyfunc")
-SCORING_RUNTIMES = ("numpy", "keras")
 
 
 @dataclasses.dataclass
@@ -42,7 +41,11 @@ class ModelCore:
     vocab: Vocab
     config: EncodingConfig
     activity: ActivityModel | None = None  # P(active in the horizon); None: scores stay P(c | active)
-    runtime: str = "keras"
+
+    @property
+    def runtime(self) -> str:
+        """What runs the network: ``numpy`` (:class:`NumpyNetwork`) or ``keras``."""
+        return "numpy" if isinstance(self.predictor, NumpyNetwork) else "keras"
 
     def scale(self, index: EventIndex, users: np.ndarray, as_of: dt.datetime | np.ndarray) -> np.ndarray:
         """The factor each user's scores are multiplied by: P(active), or 1 without an activity model
@@ -79,8 +82,7 @@ def load_numpy_core(folder: Path) -> ModelCore:
     if pickled_class(folder / "python_model.pkl") != PYFUNC_CLASS:
         raise UnsupportedModel(f"{folder}: not an {PYFUNC_CLASS[1]} model")
     artifacts = folder / "artifacts"
-    needed = {"keras_model": "model.keras", "vocab": "vocab.json", "encoding": "encoding.json"}
-    missing = [name for name in needed.values() if not (artifacts / name).is_file()]
+    missing = [name for name in ("model.keras", "vocab.json", "encoding.json") if not (artifacts / name).is_file()]
     if missing:
         raise UnsupportedModel(f"{folder}: artifacts {missing} missing")
     network = load_numpy_network(artifacts / "model.keras")
@@ -91,4 +93,4 @@ def load_numpy_core(folder: Path) -> ModelCore:
                                f"has {vocab.n_categories}")
     activity_file = artifacts / "activity.json"  # models logged before P(active) existed have none
     activity = ActivityModel.from_dict(json.loads(activity_file.read_text())) if activity_file.is_file() else None
-    return ModelCore(network, vocab, config, activity, runtime="numpy")
+    return ModelCore(network, vocab, config, activity)

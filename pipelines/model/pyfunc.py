@@ -109,7 +109,7 @@ class InterestMigrationPyfunc(mlflow.pyfunc.PythonModel):
 
     def core(self) -> ModelCore:
         """The fast scoring core (what the daily scoring uses instead of :meth:`predict`)."""
-        return ModelCore(self.predictor, self.vocab, self.config, getattr(self, "activity", None), runtime="keras")
+        return ModelCore(self.predictor, self.vocab, self.config, getattr(self, "activity", None))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
                 ) -> pd.DataFrame:
