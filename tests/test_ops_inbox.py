@@ -50,8 +50,8 @@ def test_announced_files_land_and_move_bad_ones_fail_with_a_reason(settings):
 
     # Landed through the adapters, under the manifest's name or <stem>-<etag>.
     raw = storage.list_keys(settings, layout.area_prefix(layout.RAW))
-    assert layout.raw_key(dt.date(2017, 11, 28), "crm-export", ".csv") in raw
-    assert any(k.rsplit("/", 1)[-1].startswith("shop-") and k.endswith(".csv") for k in raw)
+    assert layout.raw_key(dt.date(2017, 11, 28), "crm-export", layout.RAW_CSV) in raw
+    assert any(k.rsplit("/", 1)[-1].startswith("shop-") and k.endswith(layout.RAW_CSV) for k in raw)
     # The inbox keeps only the unannounced file; everything else moved, with what happened to it.
     assert storage.list_keys(settings, layout.area_prefix(layout.INBOX)) == [layout.inbox_key("half-uploaded.csv")]
     batch = summary["batch"]
@@ -80,7 +80,7 @@ def test_same_file_again_replaces_its_landing_and_an_empty_run_announces_nothing
         summary = inbox.ingest_pending(settings, f"run-{attempt}")
         assert summary["rows_landed"] == 3 and summary["failed"] == {}
     # Same bytes, same default name (<stem>-<etag>): the second landing replaced the first.
-    landed = [k for k in storage.list_keys(settings, layout.area_prefix(layout.RAW)) if k.endswith(".csv")]
+    landed = [k for k in storage.list_keys(settings, layout.area_prefix(layout.RAW)) if k.endswith(layout.RAW_CSV)]
     assert len(landed) == 2  # one file per UTC day, not four
     empty = inbox.ingest_pending(settings, "run-c")
     assert empty["files"] == 0 and empty["dates"] == []

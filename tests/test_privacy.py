@@ -15,6 +15,7 @@ import pytest
 from pipelines.__main__ import main
 from pipelines.config import ConfigError, load_settings
 from pipelines.data.formats import build_spec
+from pipelines.data.raw import unpack_raw
 from pipelines.data.routing import split_csv, split_parquet
 from pipelines.privacy.pseudonym import (
     INVALID_MARK,
@@ -87,7 +88,8 @@ def _taobao_source(path: Path) -> Path:
 
 
 def _texts(stats) -> str:
-    parts = [p.read_text() if p.suffix == ".csv" else str(pq.read_table(p).to_pylist()) for p in stats.files.values()]
+    parts = [unpack_raw(p.name, p.read_bytes()).decode() if p.name.endswith(".csv.zst")
+             else str(pq.read_table(p).to_pylist()) for p in stats.files.values()]
     return "\n".join(parts + [str(stats.rejects().to_pylist())])
 
 
@@ -104,7 +106,7 @@ def test_routing_replaces_user_ids_in_day_files_and_set_aside_rows(tmp_path: Pat
     # Same routing, same reasons: only the ids changed.
     assert hashed.rows_by_date == plain.rows_by_date and hashed.reasons == plain.reasons
     assert plain.reasons == {"implausible_timestamp": 1, "wrong_column_count": 1, "malformed_row": 1}
-    day = pacsv.read_csv(hashed.files[dt.date(2017, 11, 25)], read_options=pacsv.ReadOptions(
+    day = pacsv.read_csv(pa.input_stream(hashed.files[dt.date(2017, 11, 25)], compression="zstd"), read_options=pacsv.ReadOptions(
         column_names=spec.columns), convert_options=pacsv.ConvertOptions(column_types={"user_id": pa.string()}))
     users = day["user_id"].to_pylist()
     assert users[:3] == [mapper.one(u) for u in RAW_IDS] and users[-1] == INVALID_MARK + mapper.one("abc!")

@@ -23,6 +23,7 @@ from pipelines.contracts import PREDICTION_SCHEMA
 from pipelines.data import validation
 from pipelines.data.landing import land_events
 from pipelines.data.preprocess import preprocess_partition
+from pipelines.data.raw import unpack_raw
 from pipelines.platform import layout, storage
 from pipelines.privacy import erasure, retention
 from pipelines.privacy.pseudonym import pseudonym_of, stored_id, write_key
@@ -63,14 +64,15 @@ def private(settings: Settings, tmp_path: Path, monkeypatch) -> Settings:
 
 
 def _object_texts(settings: Settings) -> dict[str, str]:
-    """Every object of the bucket as text (Parquet decoded row by row, so compression hides nothing)."""
+    """Every object of the bucket as text (Parquet decoded row by row and raw CSV decompressed, so
+    compression hides nothing)."""
     texts = {}
     for key in storage.list_keys(settings, ""):
         data = storage.get_bytes(settings, key)
         if key.endswith(".parquet"):
             texts[key] = json.dumps(pq.read_table(io.BytesIO(data)).to_pylist(), default=str)
         else:
-            texts[key] = data.decode("utf-8", errors="replace")
+            texts[key] = unpack_raw(key, data).decode("utf-8", errors="replace")
     return texts
 
 
@@ -127,8 +129,8 @@ def _rows(settings: Settings) -> dict[str, list[dict]]:
         if key.startswith((layout.RAW, layout.QUARANTINE, layout.CLEAN, layout.PREDICTIONS, layout.FEATURES,
                            layout.PREDICTIONS_INTRADAY)):
             data = storage.get_bytes(settings, key)
-            if key.endswith(".csv"):
-                out[key] = [{"line": line} for line in data.decode().splitlines()]
+            if key.endswith((".csv", layout.RAW_CSV)):
+                out[key] = [{"line": line} for line in unpack_raw(key, data).decode().splitlines()]
             elif key.endswith(".parquet"):
                 out[key] = pq.read_table(io.BytesIO(data)).to_pylist()
     return out
@@ -144,7 +146,7 @@ def test_forget_removes_the_user_everywhere_and_keeps_every_other_row(private: S
     storage.write_parquet(private, features, storage.read_parquet(private, layout.clean_key(D)))
     before = _rows(private)
     assert _holders(_object_texts(private), [target]).keys() >= {
-        layout.raw_key(D, "events", ".csv"), layout.clean_key(D), layout.quarantine_key(D, "validation"),
+        layout.raw_key(D, "events", layout.RAW_CSV), layout.clean_key(D), layout.quarantine_key(D, "validation"),
         layout.quarantine_key(D, "preprocess"), layout.unplaced_key("events"), layout.handover_key(D),
         layout.prediction_part_key(D, 1), layout.intraday_prefix(D, 5) + "part-00001.parquet", features}
 
@@ -178,7 +180,7 @@ def test_forget_removes_the_user_everywhere_and_keeps_every_other_row(private: S
     assert manifest["erasures"] == intraday["erasures"] == [report["erasure_id"]]
     assert intraday["row_count"] == len(after[intraday["files"][0]]) + len(after[intraday["files"][1]]) == 9
     meta = storage.get_json(private, layout.raw_meta_key(D, "events"))
-    assert meta["rows"] == len(after[layout.raw_key(D, "events", ".csv")])
+    assert meta["rows"] == len(after[layout.raw_key(D, "events", layout.RAW_CSV)])
     # The pipeline still runs on the rewritten partition, and a second erasure finds nothing.
     again = preprocess_partition(private, D)
     assert again.rows_in == again.clean + again.quarantined + again.duplicates_dropped

@@ -22,6 +22,11 @@ from pipelines.platform import storage
 D1 = 1511568000  # 2017-11-25 00:00 UTC
 
 
+def _raw_text(settings, key: str) -> str:
+    """A landed CSV raw file's text (stored zstd-compressed)."""
+    return raw.unpack_raw(key, storage.get_bytes(settings, key)).decode()
+
+
 def test_parse_ts_unix_and_iso_with_mixed_offsets() -> None:
     s = parse_ts(pa.array(["1511568000", " 1511568001 ", "abc", "", "-5"]), "unix_s")
     assert s.to_pylist() == [D1 * 10**6, (D1 + 1) * 10**6, None, None, -5 * 10**6]
@@ -78,7 +83,7 @@ def test_land_taobao_splits_by_utc_date_and_replaces(settings, tmp_path: Path) -
                                          "wrong_column_count": 1}
     assert result.dates == [dt.date(2017, 11, 24), dt.date(2017, 11, 25), dt.date(2017, 11, 26)]
     # Raw rows unchanged, in their UTC date partition, with a sidecar saying how to read them.
-    body = storage.get_bytes(settings, "raw/events/dt=2017-11-25/UserBehavior_small.csv").decode()
+    body = _raw_text(settings, "raw/events/dt=2017-11-25/UserBehavior_small.csv.zst")
     assert body.splitlines() == [f"1,100,7,pv,{D1 + 3600}"]
     meta = storage.get_json(settings, "raw/events/dt=2017-11-25/UserBehavior_small.meta.json")
     assert meta["format"] == "taobao" and meta["rows"] == 1
@@ -95,8 +100,23 @@ def test_land_taobao_splits_by_utc_date_and_replaces(settings, tmp_path: Path) -
     assert again.rows == 1 and again.quarantine_key is None
     assert storage.list_keys(settings, "raw/events/dt=2017-11-26/") == []
     assert not storage.exists(settings, result.quarantine_key)
-    body = storage.get_bytes(settings, "raw/events/dt=2017-11-25/UserBehavior_small.csv").decode()
+    body = _raw_text(settings, "raw/events/dt=2017-11-25/UserBehavior_small.csv.zst")
     assert body.splitlines() == [f"9,100,7,pv,{D1 + 7200}"]
+
+
+@pytest.mark.services
+def test_landing_again_replaces_a_plain_csv_landed_before_zstd(settings, tmp_path: Path) -> None:
+    # Raw CSV was stored plain before it was stored zstd-compressed: landing the name again must not
+    # leave the old plain file beside the new one (its rows would count twice).
+    day = dt.date(2017, 11, 25)
+    storage.put_bytes(settings, f"raw/events/dt={day}/shop.csv", f"1,100,7,pv,{D1 + 10}\n".encode())
+    storage.put_json(settings, f"raw/events/dt={day}/shop.meta.json", {"name": "shop", "rows": 1})
+    src = tmp_path / "shop.csv"
+    src.write_text(f"2,100,7,pv,{D1 + 20}\n")
+    land_events(settings, src, "taobao", name="shop")
+    assert storage.list_keys(settings, f"raw/events/dt={day}/") == [f"raw/events/dt={day}/shop.csv.zst",
+                                                                    f"raw/events/dt={day}/shop.meta.json"]
+    assert _raw_text(settings, f"raw/events/dt={day}/shop.csv.zst") == f"2,100,7,pv,{D1 + 20}\n"
 
 
 @pytest.mark.services
@@ -110,7 +130,7 @@ def test_a_different_file_under_the_same_default_name_is_refused_unless_replace(
     first = land_events(settings, monday, "taobao")
     with pytest.raises(SourceError, match="--replace"):
         land_events(settings, tuesday, "taobao")
-    assert storage.get_bytes(settings, "raw/events/dt=2017-11-25/export.csv").decode() == f"1,100,7,pv,{D1 + 10}\n"
+    assert _raw_text(settings, "raw/events/dt=2017-11-25/export.csv.zst") == f"1,100,7,pv,{D1 + 10}\n"
     assert storage.list_keys(settings, "raw/events/dt=2017-11-26/") == []
     # The same bytes again (a retried landing) are not a replace; --replace replaces.
     assert land_events(settings, monday, "taobao").rows == first.rows == 1
@@ -160,7 +180,7 @@ def test_a_landing_that_dies_midway_leaves_the_earlier_landing_whole(settings, t
 def test_land_from_s3_uri(settings, tmp_path: Path) -> None:
     storage.put_bytes(settings, "incoming/logs.csv", f"1,100,7,pv,{D1 + 1}\n".encode())
     result = land_events(settings, f"s3://{settings.bucket}/incoming/logs.csv", "taobao")
-    assert result.name == "logs" and result.rows == 1 and result.keys == ["raw/events/dt=2017-11-25/logs.csv"]
+    assert result.name == "logs" and result.rows == 1 and result.keys == ["raw/events/dt=2017-11-25/logs.csv.zst"]
     with pytest.raises(SourceError, match="cannot download"):
         land_events(settings, f"s3://{settings.bucket}/incoming/missing.csv", "taobao")
 
@@ -251,7 +271,7 @@ def test_many_days_land_with_few_open_files(settings, tmp_path: Path, monkeypatc
                                                         "behavior": "event", "ts": "at"}, ts_format="iso")
     assert len(res.dates) == 6 and res.rows == 60
     for day in res.dates:
-        body = storage.get_bytes(settings, f"raw/events/dt={day}/days.csv").decode().splitlines()
+        body = _raw_text(settings, f"raw/events/dt={day}/days.csv.zst").splitlines()
         assert body[0] == '"user","item","cat","event","at"' or body[0] == "user,item,cat,event,at"
         expected = [line for line in lines if f"2017-11-{day.day:02d}T" in line]
         assert [b.replace('"', "") for b in body[1:]] == expected  # one header, every row once, in file order

@@ -13,10 +13,11 @@ from pipelines.config import load_settings
 from pipelines.data import expectations, formats, validation
 from pipelines.data.canonical import canonicalize
 from pipelines.data.landing import land_events
+from pipelines.data.raw import unpack_raw
 from pipelines.data.rules import FlaggedPartition, ValidationError, flag_rows, split_flagged
 from pipelines.data.synthetic import generate_taobao
 from pipelines.data.validation import validate_partition
-from pipelines.platform import storage, tracking
+from pipelines.platform import layout, storage, tracking
 
 D = dt.date(2017, 11, 25)
 T0 = 1511568000  # D 00:00 UTC
@@ -146,6 +147,35 @@ def test_raw_file_without_sidecar_fails_the_batch(settings, landed) -> None:
     with pytest.raises(ValidationError, match=r"rule files_have_sidecar failed: 1 raw file\(s\) without a "
                                               r"\.meta\.json sidecar \(raw/events/dt=2017-11-25/dropped_by_hand\.csv\)"):
         validate_partition(settings, D, report_id="orphan")
+
+
+@pytest.mark.services
+def test_raw_csv_is_stored_zstd_and_plain_csv_landed_before_still_validates(settings, landed) -> None:
+    _gen, land = landed
+    key = layout.raw_key(D, "synthetic", layout.RAW_CSV)
+    stored = storage.get_bytes(settings, key)
+    text = unpack_raw(key, stored)
+    assert stored[:4] == b"\x28\xb5\x2f\xfd" and len(stored) < len(text) / 2  # zstd frames, well compressed
+    first = validate_partition(settings, D, report_id="zst")
+    # The same rows as a plain .csv with its sidecar (how landings before zstd stored them) give the same result.
+    plain = layout.raw_key(D, "synthetic", ".csv")
+    storage.put_bytes(settings, plain, text)
+    storage.delete_key(settings, key)
+    assert layout.meta_key_of(plain) == layout.meta_key_of(key) == layout.raw_meta_key(D, "synthetic")
+    again = validate_partition(settings, D, report_id="plain")
+    assert (again.rows, again.valid_rows, again.quarantined, again.duplicate_rows) == \
+        (first.rows, first.valid_rows, first.quarantined, first.duplicate_rows) == \
+        (land.rows_by_date[D.isoformat()], first.rows, 0, first.duplicate_rows)
+
+
+@pytest.mark.services
+def test_a_broken_zstd_raw_file_fails_its_day_naming_the_file(settings, landed) -> None:
+    key = layout.raw_key(D, "synthetic", layout.RAW_CSV)
+    stored = storage.get_bytes(settings, key)
+    storage.put_bytes(settings, key, stored[: len(stored) // 2])  # cut off in transfer
+    with pytest.raises(ValidationError, match=rf"dt=2017-11-25: rule readable_file failed: s3://{settings.bucket}/"
+                                              rf"{key}: unreadable raw file: broken zstd data"):
+        validate_partition(settings, D, report_id="cut")
 
 
 @pytest.mark.services

@@ -2,9 +2,9 @@
 
 :func:`land_events` reads a local path or an ``s3://`` URI in one of the formats of
 :mod:`pipelines.data.formats` and writes the rows *unchanged* (same columns, same text) into one
-raw file per UTC event date, ``raw/events/dt=D/<name>.csv`` (or ``.parquet`` for a Parquet
-source), with a sidecar ``<name>.meta.json`` that says how to read it (format, column map,
-behaviour map, timestamp format). It streams the source in bounded batches
+raw file per UTC event date, ``raw/events/dt=D/<name>.csv.zst`` (the CSV text, zstd-compressed: a
+quarter of the bytes to store and move) or ``.parquet`` for a Parquet source, with a sidecar
+``<name>.meta.json`` that says how to read it (format, column map, behaviour map, timestamp format). It streams the source in bounded batches
 (:mod:`pipelines.data.routing`), so a file of any size lands in bounded memory.
 
 Rows that cannot be placed in a date partition are not dropped: they go to
@@ -52,7 +52,6 @@ from pipelines.privacy import pseudonym
 
 log = logging.getLogger(__name__)
 
-RAW_SUFFIXES = (".csv", ".parquet")  # a landed raw file keeps its source's format
 SMALL_FILE_BYTES = 8 << 20  # day files below this are sent in one request
 _NAME = r"[A-Za-z0-9_.\-]{1,120}"
 
@@ -170,7 +169,7 @@ def _refuse_other_file(settings: Settings, name: str, source: str, digest: str) 
 
 def _previous_keys(settings: Settings, name: str) -> list[str]:
     """The raw keys (data and sidecars) of earlier landings of ``name``, in every partition."""
-    file_names = {f"{name}{suffix}" for suffix in (*RAW_SUFFIXES, layout.META_SUFFIX)}
+    file_names = {f"{name}{suffix}" for suffix in (*layout.RAW_SUFFIXES, layout.META_SUFFIX)}
     return [k for k in storage.list_keys(settings, layout.area_prefix(layout.RAW))
             if k.rsplit("/", 1)[-1] in file_names]
 

@@ -139,6 +139,29 @@ def _read_sidecar(settings: Settings, meta_key: str, etag: str) -> dict[str, Any
     return meta
 
 
+def unpack_raw(key: str, data: bytes, where: str | None = None) -> bytes:
+    """The bytes of the landed raw file ``key`` as its format has them: CSV text for ``.csv.zst``
+    (decompressed), the stored bytes for any other suffix. Raises :class:`SourceError` naming the file
+    (``where``, else the key) for broken zstd data."""
+    if not key.endswith(".zst"):
+        return data
+    try:
+        return pa.CompressedInputStream(pa.BufferReader(data), "zstd").read()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SourceError(f"{where or key}: unreadable raw file: broken zstd data ({exc}); "
+                          "land the source file again") from exc
+
+
+def pack_raw(key: str, data: bytes) -> bytes:
+    """``data`` (CSV text or Parquet bytes) as the landed raw file ``key`` stores it: zstd for ``.csv.zst``."""
+    if not key.endswith(".zst"):
+        return data
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, "zstd") as packed:
+        packed.write(data)
+    return sink.getvalue().to_pybytes()
+
+
 def read_raw_file(settings: Settings, raw: RawFile) -> pa.Table:
     """A landed raw file as an Arrow table with its source columns (CSV: all strings).
 
@@ -148,7 +171,8 @@ def read_raw_file(settings: Settings, raw: RawFile) -> pa.Table:
 
 
 def parse_raw_file(settings: Settings, raw: RawFile, data: bytes) -> pa.Table:
-    """The bytes ``data`` of the landed raw file ``raw`` parsed as :func:`read_raw_file` does."""
+    """The bytes ``data`` of the landed raw file ``raw`` (as stored) parsed as :func:`read_raw_file` does."""
+    data = unpack_raw(raw.key, data, storage.uri(settings, raw.key))
     try:
         if raw.key.endswith(".parquet"):
             table = pq.read_table(io.BytesIO(data))

@@ -3,7 +3,7 @@
 Stages never write a prefix or a file name by hand; they call these functions, so the storage
 layout described in ``docs/design.md`` is exactly this module::
 
-    raw/events/dt=D/<name>.{csv,parquet} + <name>.meta.json     landed source rows, unchanged
+    raw/events/dt=D/<name>.{csv.zst,parquet} + <name>.meta.json landed source rows, unchanged
     quarantine/events/dt=D/{validation,preprocess,duplicates}.parquet  rows set aside, with a reason
     quarantine/events/unplaced/<name>.parquet                    rows landing could not date
     staging/validated/dt=D/valid.parquet                         validation -> preprocess hand-over
@@ -50,6 +50,8 @@ RETRAINING_REQUESTS = "requests/retraining"
 
 SUCCESS = "_SUCCESS"
 META_SUFFIX = ".meta.json"
+RAW_CSV = ".csv.zst"  # landed text: the source's CSV, zstd-compressed (a quarter of the bytes to store and move)
+RAW_SUFFIXES = (RAW_CSV, ".parquet", ".csv")  # ".csv": plain text, as landed before zstd (still read)
 HANDOVER_FILE = "valid.parquet"
 CLEAN_PART = "part-00000.parquet"
 QUARANTINE_FILES = {"validation": "validation.parquet", "preprocess": "preprocess.parquet",
@@ -85,7 +87,7 @@ def area_prefix(area: str) -> str:
 
 
 def raw_key(date: dt.date, name: str, suffix: str) -> str:
-    """A landed raw file, ``raw/events/dt=D/<name><suffix>`` (suffix ``.csv`` or ``.parquet``)."""
+    """A landed raw file, ``raw/events/dt=D/<name><suffix>`` (suffix ``.csv.zst`` or ``.parquet``)."""
     return f"{partition_prefix(RAW, date)}{name}{suffix}"
 
 
@@ -96,6 +98,9 @@ def raw_meta_key(date: dt.date, name: str) -> str:
 
 def meta_key_of(data_key: str) -> str:
     """The sidecar key of a landed raw data key (same stem, ``.meta.json``)."""
+    for suffix in RAW_SUFFIXES:
+        if data_key.endswith(suffix):
+            return data_key.removesuffix(suffix) + META_SUFFIX
     return data_key.rsplit(".", 1)[0] + META_SUFFIX
 
 

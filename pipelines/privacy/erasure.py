@@ -39,7 +39,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipelines.config import Settings
-from pipelines.data.raw import RawFile, list_raw_partitions, parse_raw_file
+from pipelines.data.raw import RawFile, list_raw_partitions, pack_raw, parse_raw_file, unpack_raw
 from pipelines.platform import layout, storage
 from pipelines.privacy.pseudonym import (
     INVALID_MARK,
@@ -134,7 +134,7 @@ def _raw_bytes(raw: RawFile, table: pa.Table) -> bytes:
     pacsv.write_csv(table, sink, write_options=pacsv.WriteOptions(
         include_header=spec.has_header, delimiter=spec.delimiter,
         quoting_style="none" if spec.needs_plain_fields else "needed"))
-    return sink.getvalue()
+    return pack_raw(raw.key, sink.getvalue())
 
 
 Landing = tuple[str, list[str], str]  # delimiter, columns, user column of one landing's files
@@ -150,7 +150,7 @@ def _erase_raw(settings: Settings, forms: set[str], report: Erasure) -> dict[str
             landings[raw.name] = (raw.spec.delimiter, raw.columns, user_column)
             report.scanned["raw"] = report.scanned.get("raw", 0) + 1
             data = storage.get_bytes(settings, raw.key)
-            if not raw.key.endswith(".parquet") and not _mentions(data, forms):
+            if not raw.key.endswith(".parquet") and not _mentions(unpack_raw(raw.key, data), forms):
                 continue
             table = parse_raw_file(settings, raw, data)
             hit = _matches(table[user_column], forms)
