@@ -279,6 +279,20 @@ def test_a_version_is_downloaded_once_and_its_local_copy_checked_at_every_load(s
 
 
 @pytest.mark.services
+def test_the_plan_fetches_the_models_checked_copy_for_the_shards(scoring_settings):
+    from pipelines.model import registry
+
+    version = pm.register_as_champion(scoring_settings)
+    model = scoring.resolve_champion(scoring_settings)
+    copy = scoring_settings.work_dir / "models" / f"{scoring_settings.model_name}-{version}"
+    scoring.plan_shards(scoring_settings, D3, model)
+    assert not copy.exists()  # no recorded digest: a copy would not be kept, so nothing is fetched ahead
+    digest = registry.record_digest(scoring_settings, version, scoring_settings.work_dir / "digest")
+    scoring.plan_shards(scoring_settings, D3, model)
+    assert registry.files_digest(copy) == digest  # there before any shard asks for it
+
+
+@pytest.mark.services
 def test_no_champion_is_a_clear_error(scoring_settings):
     with pytest.raises(scoring.NoChampionError, match="promote --version"):
         scoring.resolve_champion(scoring_settings)

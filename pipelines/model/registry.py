@@ -427,6 +427,15 @@ def verified_local_copy(settings: Settings, version: str, models_dir: Path) -> P
     return cached
 
 
+def warm_local_copy(settings: Settings, version: str, models_dir: Path) -> Path | None:
+    """:func:`verified_local_copy` ahead of need (the scoring plan calls it while it reads the
+    window, so the shards of the first day after a promotion find the copy on this machine); None,
+    without downloading, for a version without a recorded digest (its copy would not be kept)."""
+    if not dict(tracking.client(settings).get_model_version(settings.model_name, str(version)).tags).get(TAG_SHA256):
+        return None
+    return verified_local_copy(settings, version, models_dir)
+
+
 def _verified_download(settings: Settings, version: str, workdir: Path, recorded: str | None) -> Path:
     """The files of version ``version`` downloaded into ``workdir`` and checked against ``recorded``
     (its SHA-256 tag; None: registered before digests were recorded, loaded with a warning)."""
