@@ -136,6 +136,8 @@ class Settings:
     embed_dim: int = _field(32, "embedding width of the model", check=_positive, rule="> 0")
     sequence_encoder: str = _field("gru", "sequence encoder of the model: gru | attention (gru: same quality, 3x faster on CPU)")
     patience: int = _field(3, "early-stopping patience in epochs", check=_positive, rule="> 0")
+    min_epochs: int = _field(6, "early stopping never ends training before this many epochs (validation curves "
+                             "often dip for a few epochs after the first)", check=_positive, rule="> 0")
     learning_rate: float = _field(0.003, "Adam learning rate", check=_positive, rule="> 0")
 
     # --- registry gate ----------------------------------------------------------------------

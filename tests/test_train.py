@@ -163,3 +163,34 @@ def _predict_outside_checkout(settings, model_uri: str, workdir: Path) -> dict:
     result = json.loads(line.removeprefix("RESULT "))
     assert not result["pipelines_file"].startswith(str(REPO_ROOT)), result
     return result
+
+
+def _epochs_run(curve: list[float], patience: int, min_epochs: int) -> tuple[int, int]:
+    """(epochs run, best epoch) of the early-stopping callback fed the validation NDCG ``curve``."""
+
+    class Model:
+        stop_training = False
+
+        def get_weights(self) -> list:
+            return []
+
+    stopper = train.ValidationNdcgStopping(None, 2, 4, 5, patience, min_epochs)
+    stopper.set_model(Model())
+    values = iter(curve)
+    stopper.validation_ndcg = lambda: next(values)
+    epochs = 0
+    for epoch in range(len(curve)):
+        stopper.on_epoch_end(epoch, {})
+        epochs = epoch + 1
+        if stopper.model.stop_training:
+            break
+    return epochs, stopper.best_epoch
+
+
+def test_early_stopping_waits_for_min_epochs_past_an_early_dip() -> None:
+    # Ciao, rolling origin, block 3 (docs/experiments.md M8): validation NDCG@5 per epoch.
+    curve = [0.6843, 0.6791, 0.6789, 0.6838, 0.6835, 0.6860, 0.6866, 0.6857, 0.6864, 0.6825, 0.6850, 0.6840]
+    assert _epochs_run(curve, patience=3, min_epochs=1) == (4, 1)  # patience alone stops in the dip
+    assert _epochs_run(curve, patience=3, min_epochs=6) == (10, 7)
+    assert _epochs_run([0.5, 0.6, 0.7], patience=3, min_epochs=6) == (3, 3)  # max epochs still end it
+    assert train.stops_after(8, 3, 3, 6) and not train.stops_after(5, 4, 3, 6) and not train.stops_after(8, 2, 3, 6)

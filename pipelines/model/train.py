@@ -103,15 +103,24 @@ class FitResult:
     history: dict[str, list[float]]
 
 
-class ValidationNdcgStopping(keras.callbacks.Callback):
-    """Early stopping on validation NDCG@k; restores the best weights at the end. The validation
-    examples are scored ``_VALIDATION_ROWS`` at a time, so memory stays bounded by that chunk
-    (not by validation examples x categories)."""
+def stops_after(epoch: int, wait: int, patience: int, min_epochs: int) -> bool:
+    """Whether early stopping ends training after 1-based ``epoch``, ``wait`` epochs since the best:
+    ``patience`` epochs without a new best, and never before ``min_epochs``. On Ciao (rolling
+    origin, block 3; docs/experiments.md M8) validation NDCG@5 peaked at epoch 1, dipped for three
+    epochs and rose above that peak at epochs 6-7: patience alone stopped at epoch 4."""
+    return wait >= patience and epoch >= min_epochs
 
-    def __init__(self, val: Examples, n_categories: int, seq_len: int, k: int, patience: int) -> None:
+
+class ValidationNdcgStopping(keras.callbacks.Callback):
+    """Early stopping on validation NDCG@k (:func:`stops_after`); restores the best weights at the
+    end. The validation examples are scored ``_VALIDATION_ROWS`` at a time, so memory stays bounded
+    by that chunk (not by validation examples x categories)."""
+
+    def __init__(self, val: Examples, n_categories: int, seq_len: int, k: int, patience: int,
+                 min_epochs: int = 1) -> None:
         super().__init__()
         self.val, self.n_categories, self.seq_len = val, n_categories, seq_len
-        self.k, self.patience = k, patience
+        self.k, self.patience, self.min_epochs = k, patience, min_epochs
         self.best, self.best_epoch, self.wait, self.best_weights = -1.0, 0, 0, None
         self.values: list[float] = []
         self.predictor: Predictor | None = None
@@ -141,7 +150,7 @@ class ValidationNdcgStopping(keras.callbacks.Callback):
             self.best_weights = self.model.get_weights()
         else:
             self.wait += 1
-            if self.wait >= self.patience:
+            if stops_after(epoch + 1, self.wait, self.patience, self.min_epochs):
                 self.model.stop_training = True
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
@@ -198,7 +207,7 @@ def fit_model(dataset: Dataset, settings: Settings, *, use_repeat: bool = True,
     train_ds = make_tf_dataset(dataset.files("train"), vocab.n_categories, config.seq_len, settings.batch_size,
                                shuffle=True, seed=settings.seed)
     stopper = ValidationNdcgStopping(Examples.from_table(val), vocab.n_categories, config.seq_len, settings.eval_ks[0],
-                                     settings.patience)
+                                     settings.patience, settings.min_epochs)
     log.info("training on %d examples, %d categories, encoder %s, up to %d epochs", n_train, vocab.n_categories,
              settings.sequence_encoder, settings.epochs)
     started = time.perf_counter()
@@ -262,7 +271,8 @@ def train_step(settings: Settings, dataset_uri: str, *, mlflow_run_id: str) -> d
     tracking.log_params(settings, mlflow_run_id, {
         "model.embed_dim": settings.embed_dim, "model.encoder": settings.sequence_encoder,
         "model.learning_rate": settings.learning_rate, "model.batch_size": settings.batch_size,
-        "model.max_epochs": settings.epochs, "model.patience": settings.patience, "model.seed": settings.seed,
+        "model.max_epochs": settings.epochs, "model.patience": settings.patience,
+        "model.min_epochs": settings.min_epochs, "model.seed": settings.seed,
         "data.horizon_days": settings.horizon_days, "data.lookback_days": settings.lookback_days,
         "data.seq_len": settings.seq_len, "data.min_category_count": settings.min_category_count,
         "model.listwise_weight": LISTWISE_WEIGHT, "model.residual_base": RESIDUAL_BASE})
