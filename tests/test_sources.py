@@ -284,3 +284,23 @@ def test_quoted_fields_in_taobao_rows_are_malformed(settings, tmp_path: Path) ->
     res = land_events(settings, src, "taobao")
     assert res.quarantine_reasons == {"malformed_row": 1} and res.rows == 1
     assert storage.read_parquet(settings, res.quarantine_key)["raw"].to_pylist() == [f"1,2,3,7,pv,{D1 + 5}"]
+
+
+def test_day_files_reopened_for_appending_read_back_whole(tmp_path: Path, monkeypatch) -> None:
+    # A day file closed to free a writer and reopened later gets a second zstd frame: every row must read back.
+    from pipelines.data import routing
+
+    monkeypatch.setattr(routing, "MAX_OPEN_WRITERS", 1)
+    monkeypatch.setattr(routing, "BATCH_BYTES", 256)  # many read blocks, days alternating between them
+    lines = [f"{u},{u},7,pv,{D1 + (u % 3) * 86400 + u}" for u in range(300)]
+    src = tmp_path / "alternating.csv"
+    src.write_text("\n".join(lines) + "\n")
+    (tmp_path / "scratch").mkdir()
+    stats = routing.split_csv(src, build_spec("taobao"), tmp_path / "scratch", dt.datetime(2018, 1, 1, tzinfo=dt.UTC),
+                              pseudonymize=None)
+    assert sum(stats.rows_by_date.values()) == 300
+    for day, path in stats.files.items():
+        text = raw.unpack_raw(path.name, path.read_bytes()).decode().splitlines()
+        offset = (day - dt.date(2017, 11, 25)).days
+        assert text == [line for u, line in enumerate(lines) if u % 3 == offset]
+        assert path.read_bytes().count(b"\x28\xb5\x2f\xfd") > 1  # it was reopened: several frames
