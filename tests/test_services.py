@@ -63,3 +63,19 @@ def test_seaweedfs_filer_refuses_anonymous_access(settings, services):
     assert http_status(f"{services.filer_url}/buckets/{settings.bucket}/") == 401
     assert http_status(f"{services.filer_url}/buckets/{settings.bucket}/evil.txt", "PUT", b"x") == 401
     assert storage.get_bytes(settings, "private/note.txt") == b"not for strangers"  # S3 with keys still works
+
+
+def test_parallel_transfers_keep_their_connections(settings, tmp_path, caplog):
+    # The scoring plan uploads and downloads several large files at once, each in parallel parts: with
+    # boto3's default pool of 10 connections urllib3 discarded connections ("Connection pool is full")
+    # and logged a warning for each, on every scoring run.
+    from concurrent.futures import ThreadPoolExecutor
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * (80 * 1024))  # 20 MiB: multipart, several threads per file
+    with caplog.at_level("WARNING", logger="urllib3.connectionpool"), ThreadPoolExecutor(4) as pool:
+        keys = [f"transfer/part-{i}.bin" for i in range(4)]
+        list(pool.map(lambda k: storage.upload_file(settings, big, k), keys))
+        list(pool.map(lambda k: storage.download_file(settings, k, tmp_path / k.replace("/", "_")), keys))
+    assert "Connection pool is full" not in caplog.text
+    assert all((tmp_path / k.replace("/", "_")).read_bytes() == big.read_bytes() for k in keys)

@@ -60,6 +60,12 @@ def uri(settings: Settings, key: str) -> str:
     return f"s3://{settings.bucket}/{key}"
 
 
+# Connections one client keeps: a step moves several large files at once (the scoring plan: four
+# days read and its buckets uploaded), each in parts on boto3's transfer threads (10 per file).
+# With boto3's default of 10, urllib3 dropped the extra connections and warned for each.
+MAX_POOL_CONNECTIONS = 64
+
+
 @lru_cache(maxsize=8)
 def _client(endpoint_url: str, region: str, access_key_id: str | None) -> Any:
     import boto3  # boto3 costs ~0.3 s to import: only when storage is really used
@@ -73,7 +79,7 @@ def _client(endpoint_url: str, region: str, access_key_id: str | None) -> Any:
         endpoint_url=endpoint_url,
         region_name=region,
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"},
-                      connect_timeout=5, read_timeout=120),
+                      connect_timeout=5, read_timeout=120, max_pool_connections=MAX_POOL_CONNECTIONS),
     )
 
 
