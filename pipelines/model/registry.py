@@ -402,7 +402,24 @@ def verified_local_copy(settings: Settings, version: str, models_dir: Path) -> P
     files). A version without a recorded digest is downloaded into a folder of this process each
     time and loaded with a warning, never kept. Raises :class:`ModelIntegrityError` when a fresh
     download does not match the recorded SHA-256."""
-    recorded = dict(tracking.client(settings).get_model_version(settings.model_name, str(version)).tags).get(TAG_SHA256)
+    return _local_copy(settings, version, models_dir, _recorded_digest(settings, version))
+
+
+def warm_local_copy(settings: Settings, version: str, models_dir: Path) -> Path | None:
+    """:func:`verified_local_copy` ahead of need (the scoring plan calls it while it reads the
+    window, so the shards of the first day after a promotion find the copy on this machine); None,
+    without downloading, for a version without a recorded digest (its copy would not be kept)."""
+    recorded = _recorded_digest(settings, version)
+    return _local_copy(settings, version, models_dir, recorded) if recorded else None
+
+
+def _recorded_digest(settings: Settings, version: str) -> str | None:
+    """The SHA-256 tag recorded on version ``version`` at registration (None before digests existed)."""
+    return dict(tracking.client(settings).get_model_version(settings.model_name, str(version)).tags).get(TAG_SHA256)
+
+
+def _local_copy(settings: Settings, version: str, models_dir: Path, recorded: str | None) -> Path:
+    """:func:`verified_local_copy` with the recorded digest already looked up."""
     cached = models_dir / f"{settings.model_name}-{version}"
     if recorded and cached.is_dir():
         for bytecode in list(cached.rglob("__pycache__")):
@@ -425,15 +442,6 @@ def verified_local_copy(settings: Settings, version: str, models_dir: Path) -> P
         return local
     shutil.rmtree(scratch, ignore_errors=True)
     return cached
-
-
-def warm_local_copy(settings: Settings, version: str, models_dir: Path) -> Path | None:
-    """:func:`verified_local_copy` ahead of need (the scoring plan calls it while it reads the
-    window, so the shards of the first day after a promotion find the copy on this machine); None,
-    without downloading, for a version without a recorded digest (its copy would not be kept)."""
-    if not dict(tracking.client(settings).get_model_version(settings.model_name, str(version)).tags).get(TAG_SHA256):
-        return None
-    return verified_local_copy(settings, version, models_dir)
 
 
 def _verified_download(settings: Settings, version: str, workdir: Path, recorded: str | None) -> Path:

@@ -136,12 +136,18 @@ def plan_shards(settings: Settings, date: dt.date | str, model: dict[str, Any]) 
             for i in range(shards)]
 
 
+def _own_version(settings: Settings, model_uri: str) -> str | None:
+    """The version number of ``models:/<model_name>/<N>`` (this product's registered model), else None."""
+    name, _, version = model_uri.removeprefix("models:/").partition("/")
+    return version if name == settings.model_name and version.isdigit() else None
+
+
 def _warm_model_copy(settings: Settings, model: dict[str, Any]) -> threading.Thread | None:
     """Fetch the pinned version's checked local copy in a thread while the plan reads the window
     (the download and the staging overlap; the shards on this machine then load in 0.1 s). A failure
     here is only logged: each shard fetches the copy itself and reports any error."""
-    name, _, version = str(model.get("model_uri", "")).removeprefix("models:/").partition("/")
-    if name != settings.model_name or not version.isdigit():
+    version = _own_version(settings, str(model.get("model_uri", "")))
+    if version is None:
         return None
 
     def warm() -> None:
@@ -201,8 +207,8 @@ def load_scorer(settings: Settings, model_uri: str) -> CoreScorer | PyfuncScorer
     ``scoring_runtime`` is numpy and the architecture allows, else the Keras model), any other
     pyfunc through ``predict``."""
     log.info("loading %s from %s", model_uri, settings.mlflow_tracking_uri)
-    name, _, version = model_uri.removeprefix("models:/").partition("/")
-    if name == settings.model_name and version.isdigit():
+    version = _own_version(settings, model_uri)
+    if version is not None:
         # What is checked against the SHA-256 recorded at registration is what is loaded. MLflow's own
         # environment check scans every installed package (a second per load): the model's pins are
         # compared here instead.
