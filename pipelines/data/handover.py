@@ -77,10 +77,15 @@ def encode_parquet(table: pa.Table, *, statistics: bool = True) -> bytes:
     return buffer.getvalue()
 
 
+def encode_handover(table: pa.Table) -> bytes:
+    """A :func:`handover_table` as the bytes of ``valid.parquet`` (read whole: no column statistics)."""
+    return encode_parquet(table, statistics=False)
+
+
 def write_handover(settings: Settings, date: dt.date, table: pa.Table) -> str:
     """Write a :func:`handover_table` to ``staging/validated/dt=date/valid.parquet``; returns the key."""
     key = layout.handover_key(date)
-    storage.put_bytes(settings, key, encode_parquet(table, statistics=False))
+    storage.put_bytes(settings, key, encode_handover(table))
     return key
 
 

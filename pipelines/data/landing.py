@@ -4,8 +4,9 @@
 :mod:`pipelines.data.formats` and writes the rows *unchanged* (same columns, same text) into one
 raw file per UTC event date, ``raw/events/dt=D/<name>.csv.zst`` (the CSV text, zstd-compressed: a
 quarter of the bytes to store and move) or ``.parquet`` for a Parquet source, with a sidecar
-``<name>.meta.json`` that says how to read it (format, column map, behaviour map, timestamp format). It streams the source in bounded batches
-(:mod:`pipelines.data.routing`), so a file of any size lands in bounded memory.
+``<name>.meta.json`` that says how to read it (format, column map, behaviour map, timestamp
+format). It streams the source in bounded batches (:mod:`pipelines.data.routing`), so a file of any
+size lands in bounded memory.
 
 Rows that cannot be placed in a date partition are not dropped: they go to
 ``quarantine/events/unplaced/<name>.parquet`` with a reason. With a data window configured

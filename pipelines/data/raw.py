@@ -172,7 +172,11 @@ def read_raw_file(settings: Settings, raw: RawFile) -> pa.Table:
 
 def parse_raw_file(settings: Settings, raw: RawFile, data: bytes) -> pa.Table:
     """The bytes ``data`` of the landed raw file ``raw`` (as stored) parsed as :func:`read_raw_file` does."""
-    data = unpack_raw(raw.key, data, storage.uri(settings, raw.key))
+    return parse_unpacked(settings, raw, unpack_raw(raw.key, data, storage.uri(settings, raw.key)))
+
+
+def parse_unpacked(settings: Settings, raw: RawFile, data: bytes) -> pa.Table:
+    """:func:`parse_raw_file` of bytes :func:`unpack_raw` already gave (CSV text or Parquet bytes)."""
     try:
         if raw.key.endswith(".parquet"):
             table = pq.read_table(io.BytesIO(data))

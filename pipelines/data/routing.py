@@ -3,10 +3,9 @@
 The first half of landing (:mod:`pipelines.data.landing` publishes the result): :func:`split_csv`
 and :func:`split_parquet` stream a CSV (plain or gzip) or Parquet source, write every row
 *unchanged* into ``<scratch>/dt=D.csv.zst`` (zstd-compressed CSV text; ``.parquet``) by its UTC
-event date, and collect the rows
-that cannot be placed in :class:`SplitStats` with a reason (``wrong_column_count``,
-``unexpected_header``, ``malformed_row``, ``unparseable_timestamp``, ``implausible_timestamp``,
-``outside_window`` when a window is given).
+event date, and collect the rows that cannot be placed in :class:`SplitStats` with a reason
+(``wrong_column_count``, ``unexpected_header``, ``malformed_row``, ``unparseable_timestamp``,
+``implausible_timestamp``, ``outside_window`` when a window is given).
 With ``IM_PSEUDONYMIZE`` on, the user id of every row is replaced by its pseudonym
 (:mod:`pipelines.privacy.pseudonym`) before anything is written, set-aside rows included; a row
 whose columns cannot be told apart keeps no text at all.

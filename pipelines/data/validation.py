@@ -245,7 +245,7 @@ def _write_handover(settings: Settings, part: RawPartition, valid: pa.Table, pla
     table = handover.handover_table(part.date, valid, plan, rows=rows, reasons=reasons,
                                     fingerprint=handover.raw_fingerprint(settings, part.date, part.objects),
                                     cleaning=cleaning_settings(settings))
-    data = handover.encode_parquet(table, statistics=False)
+    data = handover.encode_handover(table)
     writes.submit(storage.put_bytes, settings, layout.handover_key(part.date), data, weight=len(data))
 
 

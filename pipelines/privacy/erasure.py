@@ -39,7 +39,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipelines.config import Settings
-from pipelines.data.raw import RawFile, list_raw_partitions, pack_raw, parse_raw_file, unpack_raw
+from pipelines.data.raw import RawFile, list_raw_partitions, pack_raw, parse_unpacked, unpack_raw
 from pipelines.platform import layout, storage
 from pipelines.privacy.pseudonym import (
     INVALID_MARK,
@@ -149,10 +149,10 @@ def _erase_raw(settings: Settings, forms: set[str], report: Erasure) -> dict[str
             user_column = raw.spec.column_map["user_id"]
             landings[raw.name] = (raw.spec.delimiter, raw.columns, user_column)
             report.scanned["raw"] = report.scanned.get("raw", 0) + 1
-            data = storage.get_bytes(settings, raw.key)
-            if not raw.key.endswith(".parquet") and not _mentions(unpack_raw(raw.key, data), forms):
+            data = unpack_raw(raw.key, storage.get_bytes(settings, raw.key), storage.uri(settings, raw.key))
+            if not raw.key.endswith(".parquet") and not _mentions(data, forms):
                 continue
-            table = parse_raw_file(settings, raw, data)
+            table = parse_unpacked(settings, raw, data)
             hit = _matches(table[user_column], forms)
             found = pc.sum(hit).as_py() or 0
             if not found:
