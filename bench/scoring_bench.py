@@ -22,7 +22,8 @@ keeps. The scoring window holds all ``--users`` users, so most scored users were
 training. ``--model baseline`` logs a vectorised decayed-frequency + popularity pyfunc instead: it
 obeys the public scoring contract, so it measures the path of champions from elsewhere.
 ``--profile N`` runs the scoring phase under cProfile and prints the N most expensive functions
-(profiling slows the Python-heavy parts, so its timings are not the figures).
+(profiling slows the Python-heavy parts, so its timings are not the figures). ``--log-level INFO``
+shows the product's own log lines (e.g. how long the model's checked copy took to fetch).
 """
 
 from __future__ import annotations
@@ -290,10 +291,14 @@ def main(argv: list[str] | None = None) -> int:
                              "model's files, later ones reuse the checked local copy (as later days do)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="profile the model load and the scoring phase and print the N most expensive functions")
+    parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="level of the product's log lines on stderr (default WARNING)")
     parser.add_argument("--train-only", metavar="SPEC_JSON", help=argparse.SUPPRESS)
     parser.add_argument("--score-only", metavar="SPEC_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not (args.train_only or args.score_only):
+        os.environ["BENCH_LOG_LEVEL"] = args.log_level  # the child processes log at the same level
+    logging.basicConfig(level=os.environ.get("BENCH_LOG_LEVEL", args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows in a log file
     if args.train_only:
         print(RESULT_MARK + json.dumps(train_keras(json.loads(args.train_only))), flush=True)

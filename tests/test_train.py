@@ -194,3 +194,17 @@ def test_early_stopping_waits_for_min_epochs_past_an_early_dip() -> None:
     assert _epochs_run(curve, patience=3, min_epochs=6) == (10, 7)
     assert _epochs_run([0.5, 0.6, 0.7], patience=3, min_epochs=6) == (3, 3)  # max epochs still end it
     assert train.stops_after(8, 3, 3, 6) and not train.stops_after(5, 4, 3, 6) and not train.stops_after(8, 2, 3, 6)
+
+
+def test_logged_code_is_the_modules_the_pyfunc_imports(tmp_path) -> None:
+    from pipelines.model.pyfunc import PACKAGE_DIR, copy_package_source, model_modules
+
+    modules = {p.as_posix() for p in model_modules()}
+    # what loading the model imports, directly or through another module, and the package folders
+    # on the way; nothing of the data path, the stack, the UI or the scoring job
+    assert {"__init__.py", "model/__init__.py", "model/pyfunc.py", "model/core.py", "features/batch.py",
+            "model/inference.py", "platform/tracking.py", "config.py"} <= modules
+    assert not [m for m in modules if m.split("/")[0] in ("devstack", "ops", "ui", "data", "serving", "flows")]
+    copied = copy_package_source(tmp_path)
+    assert {p.relative_to(copied).as_posix() for p in copied.rglob("*") if p.is_file()} == modules
+    assert all((copied / m).read_bytes() == (PACKAGE_DIR / m).read_bytes() for m in modules)

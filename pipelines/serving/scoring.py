@@ -151,8 +151,10 @@ def _warm_model_copy(settings: Settings, model: dict[str, Any]) -> threading.Thr
         return None
 
     def warm() -> None:
+        started = time.monotonic()
         try:
-            warm_local_copy(settings, version, settings.work_dir / "models")
+            if warm_local_copy(settings, version, settings.work_dir / "models") is not None:
+                log.info("%s: checked local copy ready in %.1fs", model["model_uri"], time.monotonic() - started)
         except Exception as exc:  # noqa: BLE001 - the shards fetch it again and fail with the cause
             log.warning("could not fetch %s ahead of the shards (%s); each shard fetches it itself",
                         model["model_uri"], exc)
