@@ -34,6 +34,12 @@ def _write(tmp_path: Path, name: str, text: str | bytes) -> Path:
     return path
 
 
+def _zstd(data: bytes) -> bytes:
+    import pyarrow as pa
+
+    return pa.compress(data, "zstd", asbytes=True)
+
+
 def _accounted(result) -> None:
     assert result.rows_read == result.rows + result.quarantined
 
@@ -47,6 +53,8 @@ def _accounted(result) -> None:
     ("blank_lines.csv", "\n\n\n", r"empty file"),
     ("corrupt.csv.gz", gzip.compress(("\n".join(GOOD) + "\n").encode())[:60], r"unreadable file \(corrupt"),
     ("not_gzip_at_all.csv.gz", b"\x1f\x8b\x08\x00garbage" * 10, r"unreadable file \(corrupt"),
+    ("corrupt.csv.zst", _zstd(("\n".join(GOOD) + "\n").encode())[:30], r"unreadable file \(corrupt or truncated zstd"),
+    ("utf16.csv", ("\n".join(GOOD) + "\n").encode("utf-16"), r"UTF-16 byte-order mark.*convert it to UTF-8"),
 ])
 def test_unlandable_files_fail_clearly(settings, tmp_path: Path, name: str, content, message: str) -> None:
     path = _write(tmp_path, name, content)
@@ -54,6 +62,34 @@ def test_unlandable_files_fail_clearly(settings, tmp_path: Path, name: str, cont
         land_events(settings, path, "taobao")
     assert str(path) in str(err.value)
     assert storage.list_keys(settings, "raw/") == []  # nothing half-landed
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("plain_named_gz.csv.gz", ("\n".join(GOOD) + "\n").encode()),  # compression by magic number, not by name
+    ("compressed.csv.zst", _zstd(("\n".join(GOOD) + "\n").encode())),
+    ("zstd_named_csv.csv", _zstd(("\n".join(GOOD) + "\n").encode())),
+])
+def test_plain_gzip_and_zstd_sources_land_by_their_bytes_not_their_name(settings, tmp_path: Path, name: str,
+                                                                        content: bytes) -> None:
+    res = _land_ok(settings, _write(tmp_path, name, content), "taobao")
+    assert (res.rows, res.quarantined, res.name) == (len(GOOD), 0, name.split(".")[0])
+    assert validate_partition(settings, D, report_id="by-bytes").rows == len(GOOD)
+
+
+def test_a_header_without_rows_fails_clearly(settings, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = _write(tmp_path, "ciao.csv", "user_id,item_id,category_id,rating,helpfulness,timestamp\n")
+    with pytest.raises(SourceError, match=r"ciao.csv: no data rows after the header: nothing to land"):
+        land_events(settings, path, "ciao")
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"u": pa.array([], pa.string()), "c": pa.array([], pa.string()),
+                             "t": pa.array([], pa.int64())}), empty)
+    with pytest.raises(SourceError, match=r"empty.parquet: empty file \(0 rows\): nothing to land"):
+        land_events(settings, empty, "parquet", column_map={"user_id": "u", "category_id": "c", "ts": "t"},
+                    behavior_constant="view")
+    assert storage.list_keys(settings, "raw/") == []
 
 
 def test_ciao_with_missing_column_fails_clearly(settings, tmp_path: Path) -> None:

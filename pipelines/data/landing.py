@@ -84,7 +84,7 @@ class LandResult:
 def default_name(source: str | Path) -> str:
     """A landing name from the source's file name: ``UserBehavior_head.csv.gz`` -> ``UserBehavior_head``."""
     base = str(source).rstrip("/").rsplit("/", 1)[-1]
-    for suffix in (".gz", ".csv", ".parquet", ".tsv", ".txt"):
+    for suffix in (".gz", ".zst", ".csv", ".parquet", ".tsv", ".txt"):
         base = base.removesuffix(suffix)
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", base) or "source"
 
@@ -121,6 +121,9 @@ def land_events(settings: Settings, source: str | Path, fmt: str, *, column_map:
         split = split_parquet if fmt == "parquet" else split_csv
         stats = split(path, spec, scratch, now, window=window_bounds_us(settings),
                       pseudonymize=pseudonym.active(settings))
+        if stats.rows_read == 0:  # a header without rows: an export that went wrong
+            after = " after the header" if spec.has_header else ""
+            raise SourceError(f"{source}: no data rows{after}: nothing to land")
         result = _publish(settings, name, str(source), spec, stats, now, digest)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -38,6 +38,7 @@ from pipelines.data.sourcefile import (
     check_parquet_columns,
     header_columns,
     is_header_row,
+    open_stream,
     read_preamble,
     scan_file,
     split_line,
@@ -258,7 +259,7 @@ def _close(handle: tuple[pa.OSFile, pa.CompressedOutputStream, pacsv.CSVWriter])
 def split_csv(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime, *,
               window: tuple[int | None, int | None] = (None, None),
               pseudonymize: Pseudonymizer | str | None = FROM_SETTINGS) -> SplitStats:
-    """Route the rows of a CSV source (plain or gzip) into ``scratch/dt=D.csv.zst`` files, unchanged
+    """Route the rows of a CSV source (plain, gzip or zstd) into ``scratch/dt=D.csv.zst`` files, unchanged
     but for pseudonymised user ids (``pseudonymize``: a :class:`Pseudonymizer`, None for off, or by
     default the environment's settings); rows outside ``window`` (UTC microseconds, None = open) are
     set aside as ``outside_window``. Comment lines above the first row are set aside as
@@ -309,7 +310,7 @@ def _split_csv_once(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetim
     utf8 = valid_encoding(spec.encoding) == "utf-8"
     try:
         reader = pacsv.open_csv(
-            str(path),
+            open_stream(path),  # plain, gzip or zstd by the magic number, not by the name
             read_options=pacsv.ReadOptions(column_names=columns, block_size=BATCH_BYTES,
                                            skip_rows=preamble.lines_before + (1 if skip_header else 0),
                                            encoding="utf8" if utf8 else spec.encoding),

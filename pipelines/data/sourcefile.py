@@ -7,8 +7,10 @@
   longer refuses the file), and that first line.
 - :func:`header_columns`: the source's column names from its first line (header or first row),
   refusing a file whose columns cannot be right.
-- :func:`scan_file`: one pass over the (decompressed) bytes, so a corrupt gzip fails before
-  anything is landed; it also finds quotes and the longest line.
+- :func:`scan_file`: one pass over the (decompressed) bytes, so a corrupt gzip or zstd file fails
+  before anything is landed; it also finds quotes and the longest line.
+- :func:`compression_of`, :func:`open_binary`, :func:`open_stream`: a source is plain, gzip or
+  zstd by its magic number, whatever its name says (a plain file named ``.gz`` lands as text).
 - :func:`as_utf8`: CSV columns read as bytes, made text; rows whose bytes are not UTF-8 are marked
   (quarantined as ``invalid_encoding``) instead of refusing the whole file. A file in another
   encoding is landed with ``--encoding`` (``encoding:`` in a column-map file).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import mmap
 import os
 import re
@@ -37,6 +40,8 @@ import pyarrow as pa
 from pipelines.data.formats import BATCH_BYTES, SourceError, SourceSpec
 
 GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 COMMENT = b"#"
 LONG_LINE_BYTES = BATCH_BYTES // 2  # a line longer than this may straddle two read blocks
 _SCAN_BYTES = 8 << 20
@@ -53,22 +58,45 @@ class Preamble:
     comments: list[tuple[int, str]] = field(default_factory=list)
 
 
+def compression_of(path: Path) -> str | None:
+    """``"gzip"`` or ``"zstd"`` by the file's magic number, whatever its name says; None for plain bytes."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    return "gzip" if head.startswith(GZIP_MAGIC) else "zstd" if head == ZSTD_MAGIC else None
+
+
 def open_binary(path: Path) -> IO[bytes]:
-    """The file's (decompressed) bytes: gzip by its magic number, whatever the name says."""
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    return gzip.open(path, "rb") if magic == GZIP_MAGIC else open(path, "rb")
+    """The file's (decompressed) bytes, read line by line or in blocks (see :func:`compression_of`)."""
+    compression = compression_of(path)
+    if compression == "gzip":
+        return gzip.open(path, "rb")
+    if compression == "zstd":
+        return io.BufferedReader(pa.input_stream(str(path), compression="zstd"))  # type: ignore[arg-type]
+    return open(path, "rb")
 
 
-def is_gzip(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(2) == GZIP_MAGIC
+def open_stream(path: Path) -> pa.NativeFile:
+    """The file's (decompressed) bytes for Arrow's CSV reader (which would otherwise go by the name)."""
+    return pa.input_stream(str(path), compression=compression_of(path))
+
+
+def _unreadable(path: Path, exc: BaseException) -> SourceError:
+    kind = compression_of(path) if path.is_file() else None
+    return SourceError(f"{path}: unreadable file (corrupt or truncated {kind or 'file'}): {exc}")
+
+
+_READ_ERRORS = (OSError, EOFError, zlib.error, pa.ArrowInvalid)
 
 
 def read_preamble(path: Path, encoding: str = "utf-8") -> Preamble:
     """The :class:`Preamble` of ``path`` (a UTF-8 byte-order mark stripped); ``first`` is None for a
     file of blank and comment lines only. Raises :class:`SourceError` when it cannot be read."""
     comments: list[tuple[int, str]] = []
+    with open(path, "rb") as fh:
+        bom = fh.read(2)
+    if bom in UTF16_BOMS and encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig"):
+        raise SourceError(f"{path}: starts with a UTF-16 byte-order mark: the file is UTF-16, not {encoding}; "
+                          "convert it to UTF-8 first (e.g. iconv -f UTF-16 -t UTF-8) and land it again")
     try:
         with open_binary(path) as fh:
             for number, raw in enumerate(fh):
@@ -79,8 +107,8 @@ def read_preamble(path: Path, encoding: str = "utf-8") -> Preamble:
                     return Preamble(line, number, comments)
                 if number > 10_000:
                     break
-    except (OSError, EOFError, zlib.error) as exc:
-        raise SourceError(f"{path}: unreadable file (corrupt or truncated gzip?): {exc}") from exc
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
     return Preamble(None, 0, comments)
 
 
@@ -107,14 +135,14 @@ def scan_file(path: Path, *, quote_char: bytes = b'"') -> Scan:
             gaps = np.diff(breaks)
             longest = max(longest, run + int(breaks[0]), int(gaps.max()) - 1 if len(gaps) else 0)
             run = len(chunk) - int(breaks[-1]) - 1
-    except (OSError, EOFError, zlib.error) as exc:
-        raise SourceError(f"{path}: unreadable file (corrupt or truncated gzip): {exc}") from exc
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
     return Scan(found, max(longest, run))
 
 
 def _chunks(path: Path) -> Iterator[bytes | memoryview]:
     with open(path, "rb") as raw:
-        if raw.read(2) != GZIP_MAGIC:  # a plain file: read in place, without copying it through Python
+        if compression_of(path) is None:  # a plain file: read in place, without copying it through Python
             if os.fstat(raw.fileno()).st_size == 0:
                 return
             with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
@@ -231,6 +259,6 @@ def without_long_lines(path: Path, target: Path, limit: int = LONG_LINE_BYTES) -
                     dropped.append((number + 1, shown, len(line.rstrip(b"\r\n"))))
                 else:
                     out.write(line)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise SourceError(f"{path}: unreadable file (corrupt or truncated gzip): {exc}") from exc
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
     return dropped
