@@ -92,6 +92,13 @@ def test_a_header_without_rows_fails_clearly(settings, tmp_path: Path) -> None:
     assert storage.list_keys(settings, "raw/") == []
 
 
+def test_a_header_differing_only_in_case_names_the_columns(settings, tmp_path: Path) -> None:
+    path = _write(tmp_path, "upper.csv", "UID,CAT,EV,AT\nu1,c1,view,1511568000\n")
+    with pytest.raises(SourceError, match=r"case-sensitive: the header has 'AT' for 'at', 'CAT' for 'cat'"):
+        land_events(settings, path, "csv", column_map={"user_id": "uid", "category_id": "cat", "behavior": "ev",
+                                                       "ts": "at"})
+
+
 def test_ciao_with_missing_column_fails_clearly(settings, tmp_path: Path) -> None:
     path = _write(tmp_path, "ciao.csv", "user_id,item_id,category_id,helpfulness,timestamp\n1,2,3,4,959670000\n")
     with pytest.raises(SourceError, match=r"missing column\(s\) \['rating'\]"):

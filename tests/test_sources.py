@@ -39,6 +39,26 @@ def test_parse_ts_unix_and_iso_with_mixed_offsets() -> None:
     assert shanghai.to_pylist() == [D1 * 10**6]
 
 
+def test_parse_ts_reads_fractional_unix_times() -> None:
+    # They were all unparseable_timestamp: a file exported with float seconds landed nothing.
+    # Scientific notation stays unparseable (1.511568e+09 has lost 100 s of digits).
+    s = parse_ts(pa.array(["1511568000", "1511568000.5", " 1511568001.25 ", "-1.5", "1511568000.", "1.5.0",
+                           "1.511568e+09", "9" * 19 + ".5"]), "unix_s")
+    assert s.to_pylist() == [D1 * 10**6, D1 * 10**6 + 500_000, (D1 + 1) * 10**6 + 250_000, -1_500_000, D1 * 10**6,
+                             None, None, 2**63 - 1]  # the last: far future, quarantined as implausible
+    assert parse_ts(pa.array(["1511568000123.5"]), "unix_ms").to_pylist() == [D1 * 10**6 + 123_500]
+    assert parse_ts(pa.array(["1511568000123.5", "1511568000.5"]), "unix_auto").to_pylist() == [
+        D1 * 10**6 + 123_500, D1 * 10**6 + 500_000]
+
+
+def test_parse_ts_reads_arrow_dates_as_their_midnight() -> None:
+    day = dt.date(2017, 11, 25)
+    for kind in (pa.date32(), pa.date64()):  # Arrow could not cast a date to int64: the landing crashed
+        assert parse_ts(pa.array([day, None], kind), "unix_s").to_pylist() == [D1 * 10**6, None]
+    midnight_berlin = parse_ts(pa.array([day], pa.date32()), "unix_s", "Europe/Berlin")
+    assert midnight_berlin.to_pylist() == [(D1 - 3600) * 10**6]
+
+
 def test_build_spec_explains_bad_maps() -> None:
     with pytest.raises(SourceError, match="needs a column map"):
         build_spec("csv")

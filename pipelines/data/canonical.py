@@ -32,11 +32,15 @@ def parse_ts(values: pa.Array | pa.ChunkedArray, ts_format: str, timezone: str =
 
     Strings in ``unix_s``/``unix_ms`` must be integers (optionally signed); ``iso`` strings are
     ISO-8601, with an offset (``Z``, ``+08:00``) honoured and without one read in ``timezone``.
-    Arrow timestamps are converted (naive ones read in ``timezone``); integers follow ``ts_format``.
+    Arrow timestamps are converted (naive ones read in ``timezone``), Arrow dates read as their
+    midnight (in ``timezone``); integers follow ``ts_format``.
     """
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     t = values.type
+    if pa.types.is_date(t):  # a day without a time: its midnight, in ``timezone`` like a naive timestamp
+        values = pc.cast(values, pa.timestamp("us"))
+        t = values.type
     if pa.types.is_timestamp(t):
         if t.tz is None and timezone != "UTC":
             values = pc.assume_timezone(values, timezone, ambiguous="earliest", nonexistent="earliest")
@@ -44,8 +48,6 @@ def parse_ts(values: pa.Array | pa.ChunkedArray, ts_format: str, timezone: str =
     if pa.types.is_integer(t) or pa.types.is_floating(t):
         ints = pc.cast(values, pa.int64(), safe=False)
         return _scale(ints, ts_format)
-    if pa.types.is_date(t):
-        return pc.multiply(pc.cast(pc.cast(values, pa.date32()), pa.int64()), 86_400_000_000)
     strings = pc.cast(values, pa.string())
     if ts_format in UNIX_FORMATS:
         if _all_short_digits(strings, 18):
@@ -54,7 +56,18 @@ def parse_ts(values: pa.Array | pa.ChunkedArray, ts_format: str, timezone: str =
         strings = pc.utf8_trim_whitespace(strings)
         ok = pc.match_substring_regex(strings, r"^-?([0-9]{1,18}|[1-8][0-9]{18})$")  # fits int64
         ints = pc.cast(pc.if_else(ok, strings, pa.scalar(None, pa.string())), pa.int64())
-        return _scale(ints, ts_format)
+        decimal = pc.match_substring_regex(strings, r"^-?[0-9]{1,19}\.[0-9]*$")
+        if not pc.any(decimal).as_py():
+            return _scale(ints, ts_format)
+        # Fractional Unix times (1511568000.5): read as float64, exact to the microsecond for seconds
+        # of this century, truncated toward zero like integers. Scientific notation (1.511568e+09)
+        # stays unparseable: it has usually lost digits on the way (here, 100 s of them).
+        floats = pc.cast(pc.if_else(decimal, strings, pa.scalar(None, pa.string())), pa.float64())
+        micros = pc.trunc(_scale_float(floats, ts_format))
+        in_range = pc.less(pc.abs(micros), 2.0**63)
+        fractional = pc.cast(pc.if_else(in_range, micros, pa.scalar(None, pa.float64())), pa.int64())
+        far = pc.if_else(in_range, pa.scalar(None, pa.int64()), pa.scalar(2**63 - 1, pa.int64()))
+        return pc.coalesce(_scale(ints, ts_format), fractional, far)
     return _parse_iso(pc.utf8_trim_whitespace(strings), timezone)
 
 
@@ -96,6 +109,18 @@ def _scale(ints: pa.Array, ts_format: str) -> pa.Array:
     overflow = pc.greater(pc.abs(ints), pa.scalar(limit, pa.int64()))
     safe = pc.if_else(overflow, pa.scalar(0, pa.int64()), ints)
     return pc.if_else(overflow, pa.scalar(2**63 - 1, pa.int64()), pc.multiply(safe, pa.scalar(factor, pa.int64())))
+
+
+def _scale_float(values: pa.Array, ts_format: str) -> pa.Array:
+    """Float Unix times in the unit of ``ts_format`` as (float) microseconds; ``unix_auto`` by size
+    as in :func:`_scale`."""
+    if ts_format == "unix_auto":
+        size = pc.abs(values)
+        factor = pc.if_else(pc.less(size, 1e11), 1e6, pc.if_else(pc.less(size, 1e14), 1e3,
+                            pc.if_else(pc.less(size, 1e17), 1.0, 1e-3)))
+        return pc.multiply(values, factor)
+    per_us = _PER_US.get(ts_format, 1_000_000)
+    return pc.multiply(values, float(per_us) if per_us > 0 else 1.0 / -per_us)
 
 
 def guess_unix_unit(details: pa.Array | pa.ChunkedArray) -> str | None:

@@ -174,6 +174,10 @@ def header_columns(path: Path, spec: SourceSpec, preamble: Preamble) -> tuple[li
                          for sep, name, shown in ((";", "semicolon", "';'"), ("\t", "tab", "$'\\t'"),
                                                   ("|", "pipe", "'|'"), (",", "comma", "','"))
                          if sep != spec.delimiter and len(names) == 1 and sep in names[0]), "")
+            by_case = {n.lower(): n for n in names}
+            cased = [f"{by_case[m.lower()]!r} for {m!r}" for m in missing if m.lower() in by_case]
+            if cased and not hint:
+                hint = f"; column names are case-sensitive: the header has {', '.join(cased)}"
             raise SourceError(f"{path}: missing column(s) {missing} in header {names} "
                               f"(format {spec.fmt}, rule: columns){hint}")
         duplicated = sorted({n for n in names if names.count(n) > 1})
