@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.data import formats, raw
+from pipelines.data import formats, raw, validation
 from pipelines.data.canonical import canonicalize, parse_ts
 from pipelines.data.formats import SourceError, build_spec
 from pipelines.data.landing import land_events
@@ -217,6 +217,24 @@ def test_land_ciao_keeps_header_and_columns(settings, tmp_path: Path) -> None:
     assert table.column_names == formats.CIAO_COLUMNS and table["rating"].to_pylist() == ["5", "0"]
     canon = canonicalize(table, landed.spec)
     assert canon["behavior"].to_pylist() == ["review", "review"] and canon["value"].to_pylist() == [5.0, 0.0]
+
+
+@pytest.mark.services
+def test_a_ciao_file_with_its_columns_in_another_order_lands_by_name(settings, tmp_path: Path) -> None:
+    # It was refused ("header ... does not match the ciao columns") though every column is there.
+    src = tmp_path / "ciao_reordered.csv"
+    src.write_text("timestamp,user_id,category_id,item_id,helpfulness,rating\n"
+                   f"{D1},1,3,2,4,5\n{D1 + 60},1,7,3,4,2\n")
+    assert land_events(settings, src, "ciao").rows == 2
+    result = validation.validate_partition(settings, dt.date(2017, 11, 25), report_id="reordered")
+    assert (result.rows, result.quarantined) == (2, 0)
+    landed = raw.list_raw_files(settings, dt.date(2017, 11, 25))[0][0]
+    canon = canonicalize(raw.read_raw_file(settings, landed), landed.spec)
+    assert canon["item_id"].to_pylist() == ["2", "3"] and canon["category_id"].to_pylist() == ["3", "7"]
+    assert canon["value"].to_pylist() == [5.0, 2.0]
+    src.write_text("timestamp,user_id,category_id,item_id,rating,extra\n" f"{D1},1,3,2,5,x\n")
+    with pytest.raises(SourceError, match=r"does not match the ciao columns .*extra: \['extra'\]"):
+        land_events(settings, src, "ciao", name="other")
 
 
 @pytest.mark.services

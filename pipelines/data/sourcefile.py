@@ -183,7 +183,7 @@ def header_columns(path: Path, spec: SourceSpec, preamble: Preamble) -> tuple[li
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise SourceError(f"{path}: header names column(s) {duplicated} more than once (rule: columns)")
-        if spec.columns is not None and names != spec.columns:
+        if spec.columns is not None and sorted(names) != sorted(spec.columns):  # another order is read by name
             extra = [c for c in names if c not in spec.columns]
             raise SourceError(f"{path}: header {names} does not match the {spec.fmt} columns {spec.columns}"
                               + (f" (extra: {extra})" if extra else "") + " (rule: columns)")
