@@ -129,7 +129,8 @@ def flag_rows(canon: pa.Table, spec: SourceSpec, date: dt.date, settings: Settin
         out_of_range = pa.array([False] * n)
     checks = {
         "null_user_id": pc.is_null(canon["user_id"]),
-        "null_item_id": pc.is_null(canon["item_id"]),
+        # Without an item column the category stands in for the item: a missing one is the category's.
+        "null_item_id": pc.is_null(canon["item_id"]) if "item_id" in spec.column_map else pa.array(np.zeros(n, bool)),
         "null_category_id": pc.is_null(canon["category_id"]),
         "placeholder_id": placeholders(),
         "bad_id_format": ids_bad(),
