@@ -54,7 +54,7 @@ def _accounted(result) -> None:
     ("corrupt.csv.gz", gzip.compress(("\n".join(GOOD) + "\n").encode())[:60], r"unreadable file \(corrupt"),
     ("not_gzip_at_all.csv.gz", b"\x1f\x8b\x08\x00garbage" * 10, r"unreadable file \(corrupt"),
     ("corrupt.csv.zst", _zstd(("\n".join(GOOD) + "\n").encode())[:30], r"unreadable file \(corrupt or truncated zstd"),
-    ("utf16.csv", ("\n".join(GOOD) + "\n").encode("utf-16"), r"UTF-16 byte-order mark.*convert it to UTF-8"),
+    ("utf16.csv", ("\n".join(GOOD) + "\n").encode("utf-16"), r"UTF-16 byte-order mark.*land it with --encoding utf-16"),
 ])
 def test_unlandable_files_fail_clearly(settings, tmp_path: Path, name: str, content, message: str) -> None:
     path = _write(tmp_path, name, content)
@@ -253,6 +253,18 @@ def test_comment_lines_on_top_are_set_aside_and_the_rows_land(settings, tmp_path
     only = _write(tmp_path, "only_comments.csv", "# nothing today\n# really\n")
     with pytest.raises(SourceError, match=r"only comment lines \(2\), no rows"):
         land_events(settings, only, "taobao")
+
+
+def test_a_utf16_file_lands_with_the_encoding_its_error_names(settings, tmp_path: Path) -> None:
+    text = "uid,cat,ev,at\n" + "".join(f"u{i},c1,view,{T0 + i}\n" for i in range(30))
+    path = _write(tmp_path, "utf16.csv", text.encode("utf-16"))
+    cmap = {"user_id": "uid", "category_id": "cat", "behavior": "ev", "ts": "at"}
+    with pytest.raises(SourceError, match="--encoding utf-16"):
+        land_events(settings, path, "csv", column_map=cmap)
+    assert _land_ok(settings, path, "csv", column_map=cmap, encoding="utf-16").rows == 30
+    assert validate_partition(settings, D, report_id="utf16").quarantined == 0
+    preprocess_partition(settings, D)
+    assert sorted(read_clean_events(settings, D, D)["user_id"].to_pylist())[:2] == ["u0", "u1"]
 
 
 def test_bytes_that_are_not_utf8_quarantine_their_rows_not_the_file(settings, tmp_path: Path) -> None:

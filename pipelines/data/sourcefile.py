@@ -96,7 +96,7 @@ def read_preamble(path: Path, encoding: str = "utf-8") -> Preamble:
         bom = fh.read(2)
     if bom in UTF16_BOMS and encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig"):
         raise SourceError(f"{path}: starts with a UTF-16 byte-order mark: the file is UTF-16, not {encoding}; "
-                          "convert it to UTF-8 first (e.g. iconv -f UTF-16 -t UTF-8) and land it again")
+                          "land it with --encoding utf-16 (encoding: utf-16 in a column-map file)")
     try:
         with open_binary(path) as fh:
             for number, raw in enumerate(fh):
