@@ -143,6 +143,14 @@ def test_wrong_column_count_rows_and_truncated_last_line(settings, tmp_path: Pat
     assert res.quarantine_reasons == {"implausible_timestamp": 1}
 
 
+def test_a_delimiter_ending_every_row_is_named_when_no_row_lands(settings, tmp_path: Path) -> None:
+    text = "uid,cat,ev,at\n" + "".join(f"u{i},c1,view,{T0 + i},\n" for i in range(30))
+    with pytest.raises(SourceError, match=r"wrong_column_count \(30\).*most rows have 5 columns, expected 4 "
+                                          r"\(a delimiter at the end of every row"):
+        land_events(settings, _write(tmp_path, "trailing.csv", text), "csv",
+                    column_map={"user_id": "uid", "category_id": "cat", "behavior": "ev", "ts": "at"})
+
+
 def test_bad_timestamps_are_quarantined_at_landing(settings, tmp_path: Path) -> None:
     far_future = int(dt.datetime(2200, 1, 1, tzinfo=dt.UTC).timestamp())
     rows = GOOD + ["1,2,7,pv,-1511568000", "1,2,7,pv,0", "1,2,7,pv,86400", f"1,2,7,pv,{far_future}",

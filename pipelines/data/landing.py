@@ -261,6 +261,11 @@ def _publish(settings: Settings, name: str, source: str, spec: SourceSpec, stats
         unit = guess_unix_unit(rejects.filter(pc.equal(rejects["reason"], "implausible_timestamp"))["detail"])
         hint = (f"; the timestamps look like {unit} since 1970: land it with --ts-format {unit} (or unix_auto)"
                 if unit and unit != spec.ts_format else "")
+        if not hint and stats.reasons.get("wrong_column_count") == quarantined:
+            counts = rejects["detail"].value_counts().to_pylist()
+            common = max(counts, key=lambda c: c["counts"])["values"]  # e.g. "5 columns, expected 4"
+            hint = (f"; most rows have {common} (a delimiter at the end of every row, or another --delimiter?)"
+                    if common else "")
         raise SourceError(f"{source}: every one of its {quarantined} rows was quarantined ({top}){hint}; nothing "
                           f"landed. The rows and their reasons are in s3://{settings.bucket}/{q_key}; check the "
                           f"format options (--ts-format, --map, --no-header, --encoding) and land it again")
