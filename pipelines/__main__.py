@@ -66,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
     except ConfigError as exc:
         return fail(f"configuration: {exc}", 2)
+    from pipelines.platform.storage import StorageError
+
     try:
         return int(args.func(args, settings) or 0)
+    except StorageError as exc:  # the store unreachable, a bucket or key missing: named, one line
+        return fail(f"{args.command} failed: {exc}")
     except OSError as exc:  # a full disk, a permission, a vanished folder: one line, not a traceback
         where = ""
         if exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc):

@@ -122,6 +122,21 @@ def test_cli_exits_non_zero_with_one_line_message(settings, tmp_path: Path, monk
     assert "not both" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [
+    ["validate", "--date", "2017-11-25"], ["preprocess", "--date", "2017-11-25"], ["predictions", "--date", "2017-11-25"],
+    ["ingest-inbox"], ["monitor"], ["evaluate", "--dataset-uri", "s3://no-such-bucket-x/features/1/", "--model-uri",
+                                    "models:/interest_migration/1"]], ids=lambda c: c[0])
+def test_a_bucket_that_does_not_exist_is_one_line_naming_it(settings, tmp_path: Path, monkeypatch, capsys,
+                                                            command: list[str]) -> None:
+    # Listing or reading a missing bucket raised botocore's NoSuchBucket through the command line (a traceback).
+    monkeypatch.setenv("IM_BUCKET", "no-such-bucket-x")
+    monkeypatch.setenv("IM_WORK_DIR", str(tmp_path / "work"))
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "s3://no-such-bucket-x/" in err and "NoSuchBucket" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
 # --- rows that are quarantined with the right reason ------------------------------------------
 
 def test_header_where_none_expected_is_quarantined(settings, tmp_path: Path) -> None:

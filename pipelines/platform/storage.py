@@ -136,8 +136,12 @@ def list_objects(settings: Settings, prefix: str) -> list[ObjectInfo]:
     """Every object under ``prefix`` in the bucket with its ETag and size, sorted by key."""
     client = s3_client(settings)
     found: list[ObjectInfo] = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix):
-        found.extend(ObjectInfo(o["Key"], o.get("ETag", ""), int(o.get("Size", 0))) for o in page.get("Contents", []))
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix):
+            found.extend(ObjectInfo(o["Key"], o.get("ETag", ""), int(o.get("Size", 0)))
+                         for o in page.get("Contents", []))
+    except client.exceptions.ClientError as exc:  # e.g. NoSuchBucket, AccessDenied: name what was listed
+        raise StorageError(f"cannot list s3://{settings.bucket}/{prefix}: {exc}") from exc
     return sorted(found, key=lambda o: o.key)
 
 
@@ -151,7 +155,11 @@ def list_partitions(settings: Settings, area: str) -> list[dt.date]:
     client = s3_client(settings)
     dates: list[dt.date] = []
     paginator = client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=settings.bucket, Prefix=f"{area}/dt=", Delimiter="/"):
+    try:
+        pages = list(paginator.paginate(Bucket=settings.bucket, Prefix=f"{area}/dt=", Delimiter="/"))
+    except client.exceptions.ClientError as exc:
+        raise StorageError(f"cannot list s3://{settings.bucket}/{area}/dt=...: {exc}") from exc
+    for page in pages:
         for common in page.get("CommonPrefixes", []):
             text = common["Prefix"].rstrip("/").rsplit("dt=", 1)[-1]
             try:
@@ -210,6 +218,9 @@ def get_bytes(settings: Settings, key: str) -> bytes:
         return client.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
     except client.exceptions.NoSuchKey as exc:
         raise StorageError(f"missing object s3://{settings.bucket}/{key}") from exc
+    except client.exceptions.NoSuchBucket as exc:
+        raise StorageError(f"missing object s3://{settings.bucket}/{key}: there is no bucket {settings.bucket!r} "
+                           "(IM_BUCKET)") from exc
 
 
 def upload_file(settings: Settings, path: str | Path, key: str) -> str:
