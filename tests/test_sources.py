@@ -69,6 +69,25 @@ def test_build_spec_explains_bad_maps() -> None:
                    {"click": "klick"})
     with pytest.raises(SourceError, match="unknown format"):
         build_spec("xml")
+    # Each of these was accepted and failed later (an Arrow error, every value quarantined) or crashed.
+    cmap = {"user_id": "u", "category_id": "c", "behavior": "b", "ts": "t"}
+    for options, message in (({"value_range": "1-5"}, r"value_range '1-5': expected \[low, high\]"),
+                             ({"value_range": "15"}, r"value_range '15': expected"),
+                             ({"value_range": [5, 1]}, r"low 5 is above high 1"),
+                             ({"timezone": "Mars/Base"}, r"timezone 'Mars/Base' is not a known time zone"),
+                             ({"delimiter": "::"}, r"delimiter '::': expected one character"),
+                             ({"has_header": "no"}, r"has_header 'no': expected true or false")):
+        with pytest.raises(SourceError, match=message):
+            build_spec("csv", cmap, **options)
+    assert build_spec("csv", cmap, value_range=[1, 5], timezone="Europe/Berlin", delimiter="\t").value_range == (1, 5)
+
+
+def test_a_column_map_file_with_an_unknown_key_names_it(tmp_path: Path) -> None:
+    # A misspelt key ('column_map' for 'columns') replaced the columns and gave "needs a column map".
+    path = tmp_path / "map.yaml"
+    path.write_text("columns: {user_id: u, category_id: c, behavior: b, ts: t}\ncolumn_map: {}\ntimezone: UTC\n")
+    with pytest.raises(SourceError, match=r"map.yaml: unknown key\(s\) \['column_map'\]; known: \['columns'"):
+        formats.read_column_map_file(path)
 
 
 def test_canonicalize_taobao_maps_behaviours() -> None:

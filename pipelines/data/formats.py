@@ -37,6 +37,9 @@ BATCH_BYTES = 16 << 20  # CSV block size when reading a source or a landed raw f
 CANONICAL_FIELDS = ("user_id", "item_id", "category_id", "behavior", "ts", "value")
 TAOBAO_COLUMNS = ["user_id", "item_id", "category_id", "behavior_type", "timestamp"]
 CIAO_COLUMNS = ["user_id", "item_id", "category_id", "rating", "helpfulness", "timestamp"]
+# The keys of a column-map file (docs/data.md).
+MAP_FILE_KEYS = ("columns", "behavior_map", "behavior_constant", "ts_format", "timezone", "has_header",
+                 "source_columns", "delimiter", "encoding", "id_pattern", "value_range")
 TAOBAO_BEHAVIORS = {"pv": "view", "cart": "cart", "fav": "fav", "buy": "buy"}
 
 
@@ -134,14 +137,18 @@ def build_spec(fmt: str, column_map: dict[str, str] | None = None,
     ts_format = options.pop("ts_format", base.ts_format)
     if ts_format not in TS_FORMATS:
         raise SourceError(f"ts_format {ts_format!r}: expected one of {', '.join(TS_FORMATS)}")
-    value_range = options.pop("value_range", base.value_range)
+    has_header = options.pop("has_header", base.has_header)
+    if not isinstance(has_header, bool):
+        raise SourceError(f"has_header {has_header!r}: expected true or false")
+    delimiter = options.pop("delimiter", base.delimiter)
+    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\r\n\"":
+        raise SourceError(f"delimiter {delimiter!r}: expected one character (e.g. ',', ';', '|' or a tab)")
     spec = SourceSpec(
         fmt=fmt, column_map=cmap, behavior_map=bmap, behavior_constant=bconst, ts_format=ts_format,
-        timezone=options.pop("timezone", base.timezone), has_header=bool(options.pop("has_header", base.has_header)),
-        delimiter=options.pop("delimiter", base.delimiter), encoding=str(options.pop("encoding", base.encoding)),
-        columns=options.pop("columns", base.columns),
+        timezone=_zone(options.pop("timezone", base.timezone)), has_header=has_header, delimiter=delimiter,
+        encoding=str(options.pop("encoding", base.encoding)), columns=options.pop("columns", base.columns),
         id_pattern=options.pop("id_pattern", base.id_pattern),
-        value_range=tuple(float(v) for v in value_range) if value_range else None)
+        value_range=_value_range(options.pop("value_range", base.value_range)))
     if options:
         raise SourceError(f"column map: unknown option(s) {sorted(options)}")
     valid_encoding(spec.encoding)
@@ -150,6 +157,33 @@ def build_spec(fmt: str, column_map: dict[str, str] | None = None,
     except re.error as exc:
         raise SourceError(f"id_pattern {spec.id_pattern!r} is not a regular expression: {exc}") from exc
     return spec
+
+
+def _zone(name: Any) -> str:
+    """``name`` when it is an IANA time zone (``UTC``, ``Europe/Berlin``); else :class:`SourceError`."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(str(name))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise SourceError(f"timezone {name!r} is not a known time zone (e.g. UTC, Europe/Berlin, "
+                          "Asia/Shanghai)") from exc
+    return str(name)
+
+
+def _value_range(value: Any) -> tuple[float, float] | None:
+    """``[low, high]`` as floats (None stays None); :class:`SourceError` for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # "15" would otherwise read as [1, 5]
+        raise SourceError(f"value_range {value!r}: expected [low, high], two numbers")
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise SourceError(f"value_range {value!r}: expected [low, high], two numbers") from exc
+    if low > high:
+        raise SourceError(f"value_range {value!r}: low {low:g} is above high {high:g}")
+    return low, high
 
 
 def valid_encoding(encoding: str) -> str:
@@ -175,6 +209,9 @@ def read_column_map_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("columns"), dict):
         raise SourceError(f"column map file {path}: expected a mapping with a 'columns' mapping "
                           "(canonical field -> source column)")
+    unknown = sorted(set(data) - set(MAP_FILE_KEYS))
+    if unknown:
+        raise SourceError(f"column map file {path}: unknown key(s) {unknown}; known: {list(MAP_FILE_KEYS)}")
     out: dict[str, Any] = {"column_map": {str(k): str(v) for k, v in data.pop("columns").items()}}
     if "behavior_map" in data:
         out["behavior_map"] = {str(k): str(v) for k, v in (data.pop("behavior_map") or {}).items()}
