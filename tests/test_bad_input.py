@@ -402,6 +402,21 @@ def test_a_category_level_log_without_item_ids_lands_and_cleans(settings, tmp_pa
     assert pre.clean == 29 and clean["item_id"].to_pylist() == clean["category_id"].to_pylist()
 
 
+def test_category_names_and_email_user_ids_are_ids_in_a_generic_file(settings, tmp_path: Path) -> None:
+    # The generic id pattern was ASCII letters, digits and _.:- only: every row of a file naming its
+    # categories ("Home & Kitchen") was quarantined as bad_id_format.
+    names = ["Home & Kitchen", "Électronique", "手机", "Cell Phones > Cases"]
+    text = "user,cat,event,at\n" + "".join(f"user{u}@example.com,{names[u % 4]},view,{T0 + u}\n" for u in range(40))
+    text += f"bad\x01id,Books,view,{T0 + 50}\n"  # a control character is still not an id
+    res = _land_ok(settings, _write(tmp_path, "named.csv", text), "csv",
+                   column_map={"user_id": "user", "category_id": "cat", "behavior": "event", "ts": "at"})
+    assert res.rows == 41
+    assert validate_partition(settings, D, report_id="names").reasons == {"bad_id_format": 1}
+    preprocess_partition(settings, D)
+    clean = read_clean_events(settings, D, D)
+    assert sorted(set(clean["category_id"].to_pylist())) == sorted(names) and clean.num_rows == 40
+
+
 def test_a_header_naming_a_column_twice_fails_clearly(settings, tmp_path: Path) -> None:
     path = _write(tmp_path, "twice.csv", "user,cat,cat,event,at\nu1,7,8,view,1511568000\n")
     with pytest.raises(SourceError, match=r"header names column\(s\) \['cat'\] more than once"):

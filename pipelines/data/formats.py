@@ -31,7 +31,9 @@ FORMATS = ("taobao", "ciao", "csv", "parquet")
 TS_FORMATS = ("unix_s", "unix_ms", "unix_us", "unix_ns", "unix_auto", "iso")
 UNIX_FORMATS = ("unix_s", "unix_ms", "unix_us", "unix_ns", "unix_auto")
 DIGITS = r"^[0-9]{1,20}$"
-GENERIC_ID = r"^[A-Za-z0-9_.:\-]{1,128}$"
+# Any text of 1-256 characters without control characters: category names ("Home & Kitchen",
+# "Électronique", "手机"), e-mail-like user ids. Digits-only sources (Taobao, Ciao) keep DIGITS.
+GENERIC_ID = r"^[^\x00-\x1f\x7f]{1,256}$"
 BATCH_BYTES = 16 << 20  # CSV block size when reading a source or a landed raw file
 
 CANONICAL_FIELDS = ("user_id", "item_id", "category_id", "behavior", "ts", "value")
