@@ -53,6 +53,7 @@ def _accounted(result) -> None:
     ("blank_lines.csv", "\n\n\n", r"empty file"),
     ("corrupt.csv.gz", gzip.compress(("\n".join(GOOD) + "\n").encode())[:60], r"unreadable file \(corrupt"),
     ("not_gzip_at_all.csv.gz", b"\x1f\x8b\x08\x00garbage" * 10, r"unreadable file \(corrupt"),
+    ("cr_line_ends.csv", "\r".join(GOOD) + "\r", r"lines end with a lone carriage return .*convert the line ends"),
     ("corrupt.csv.zst", _zstd(("\n".join(GOOD) + "\n").encode())[:30], r"unreadable file \(corrupt or truncated zstd"),
     ("utf16.csv", ("\n".join(GOOD) + "\n").encode("utf-16"), r"UTF-16 byte-order mark.*land it with --encoding utf-16"),
 ])

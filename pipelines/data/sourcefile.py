@@ -104,6 +104,9 @@ def read_preamble(path: Path, encoding: str = "utf-8") -> Preamble:
                 if line.lstrip().startswith(COMMENT):
                     comments.append((number + 1, line.decode(encoding, errors="replace")))
                 elif line.strip():
+                    if b"\r" in line:  # lines that end with a lone carriage return (classic Mac)
+                        raise SourceError(f"{path}: its lines end with a lone carriage return (\\r), not \\n or "
+                                          "\\r\\n: convert the line ends (e.g. tr '\\r' '\\n' < in > out) and land it again")
                     return Preamble(line, number, comments)
                 if number > 10_000:
                     break
