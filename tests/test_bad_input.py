@@ -56,6 +56,7 @@ def _accounted(result) -> None:
     ("cr_line_ends.csv", "\r".join(GOOD) + "\r", r"lines end with a lone carriage return .*convert the line ends"),
     ("corrupt.csv.zst", _zstd(("\n".join(GOOD) + "\n").encode())[:30], r"unreadable file \(corrupt or truncated zstd"),
     ("utf16.csv", ("\n".join(GOOD) + "\n").encode("utf-16"), r"UTF-16 byte-order mark.*land it with --encoding utf-16"),
+    ("utf16.csv.gz", gzip.compress(("\n".join(GOOD) + "\n").encode("utf-16")), r"UTF-16 byte-order mark"),
 ])
 def test_unlandable_files_fail_clearly(settings, tmp_path: Path, name: str, content, message: str) -> None:
     path = _write(tmp_path, name, content)

@@ -92,14 +92,14 @@ def read_preamble(path: Path, encoding: str = "utf-8") -> Preamble:
     """The :class:`Preamble` of ``path`` (a UTF-8 byte-order mark stripped); ``first`` is None for a
     file of blank and comment lines only. Raises :class:`SourceError` when it cannot be read."""
     comments: list[tuple[int, str]] = []
-    with open(path, "rb") as fh:
-        bom = fh.read(2)
-    if bom in UTF16_BOMS and encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig"):
-        raise SourceError(f"{path}: starts with a UTF-16 byte-order mark: the file is UTF-16, not {encoding}; "
-                          "land it with --encoding utf-16 (encoding: utf-16 in a column-map file)")
+    utf8 = encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig")
     try:
         with open_binary(path) as fh:
             for number, raw in enumerate(fh):
+                if number == 0 and utf8 and raw[:2] in UTF16_BOMS:  # (after decompression, like the rest)
+                    raise SourceError(f"{path}: starts with a UTF-16 byte-order mark: the file is UTF-16, not "
+                                      f"{encoding}; land it with --encoding utf-16 (encoding: utf-16 in a column-map "
+                                      "file)")
                 line = (raw.removeprefix(b"\xef\xbb\xbf") if number == 0 else raw).rstrip(b"\r\n")
                 if line.lstrip().startswith(COMMENT):
                     comments.append((number + 1, line.decode(encoding, errors="replace")))
