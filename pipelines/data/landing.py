@@ -223,7 +223,8 @@ def _publish(settings: Settings, name: str, source: str, spec: SourceSpec, stats
 
     def place(day: dt.date) -> str:
         key = layout.raw_key(day, name, stats.suffix)
-        storage.copy_key(settings, layout.landing_staging_key(landing_id, key), key)
+        storage.copy_key(settings, layout.landing_staging_key(landing_id, key), key,
+                         size=stats.files[day].stat().st_size)
         meta = {"name": name, "source": source, "format": spec.fmt, "source_encoding": spec.encoding,
                 "spec": dataclasses.replace(spec, encoding="utf-8").to_dict(),  # raw files are written as UTF-8
                 "columns": stats.columns, "file": key, "rows": stats.rows_by_date[day],
