@@ -460,3 +460,64 @@ def test_another_delimiter_and_boolean_id_columns_fail_naming_the_fix(settings, 
     pq.write_table(pa.table({"uid": [True, False], "cat": ["x", "y"], "ev": ["view"] * 2, "at": [T0, T0 + 1]}), flags)
     with pytest.raises(SourceError, match=r"id column\(s\) \['user_id -> uid'\] hold true/false values"):
         land_events(settings, flags, "parquet", column_map=cmap)
+
+
+@pytest.mark.parametrize("written", ["\\t", "tab", "TAB"])
+def test_a_tab_delimiter_can_be_typed_as_backslash_t_or_tab(settings, tmp_path: Path, monkeypatch, capsys,
+                                                           written: str) -> None:
+    # `--delimiter '\t'` reached the product as two characters and was refused as not one character.
+    monkeypatch.setenv("IM_BUCKET", settings.bucket)
+    monkeypatch.setenv("IM_WORK_DIR", str(tmp_path / "work"))
+    path = _write(tmp_path, "events.tsv", "user\tcat\tevent\tat\n" + "".join(f"u{u}\tc1\tview\t{T0 + u}\n"
+                                                                          for u in range(5)))
+    assert main(["land", "--source", str(path), "--format", "csv", "--map", "user_id=user", "--map", "category_id=cat",
+                 "--map", "behavior=event", "--map", "ts=at", "--delimiter", written, "--json"]) == 0
+    assert '"rows": 5' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_iso_dates_read_as_unix_seconds_name_the_ts_format(settings, tmp_path: Path, fmt: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cmap = {"user_id": "user", "category_id": "cat", "behavior": "event", "ts": "at"}
+    stamps = [f"2017-11-25T10:00:{u:02d}" for u in range(20)]
+    if fmt == "csv":
+        path = _write(tmp_path, "iso.csv", "user,cat,event,at\n" + "".join(f"u{u},c1,view,{s}\n"
+                                                                         for u, s in enumerate(stamps)))
+    else:
+        path = tmp_path / "iso.parquet"
+        pq.write_table(pa.table({"user": [f"u{u}" for u in range(20)], "cat": ["c1"] * 20, "event": ["view"] * 20,
+                                 "at": stamps}), path)
+    with pytest.raises(SourceError, match=r"unparseable_timestamp \(20\)\); the timestamps look like ISO 8601 dates: "
+                                          r"land it with --ts-format iso"):
+        land_events(settings, path, fmt, column_map=cmap)
+    assert _land_ok(settings, path, fmt, column_map=cmap, ts_format="iso").rows == 20
+
+
+def test_a_folder_given_as_the_source_is_named_as_a_folder(settings, tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=r"is a folder; land one file at a time"):
+        land_events(settings, tmp_path, "taobao")
+
+
+@pytest.mark.parametrize(("name", "head", "message"), [
+    ("book.csv", b"PK\x03\x04\x14\x00\x06\x00", r"starts like a ZIP archive \(an Excel .xlsx workbook.*export or unpack"),
+    ("old.csv", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", r"starts like an old Excel .xls workbook"),
+    ("events.csv", b"PAR1\x15\x04\x15", r"starts like a Parquet file; land it with --format parquet"),
+    ("events.csv.gz", b"PK\x03\x04", r"starts like a ZIP archive"),  # compressed: read after decompression
+])
+def test_binary_files_given_as_csv_name_what_they_are(settings, tmp_path: Path, name: str, head: bytes,
+                                                      message: str) -> None:
+    # They were read as text: "missing column(s) [...] in header ['PK\x03\x04...']".
+    content = head + bytes(range(256)) * 4
+    path = _write(tmp_path, name, gzip.compress(content) if name.endswith(".gz") else content)
+    with pytest.raises(SourceError, match=message):
+        land_events(settings, path, "csv", column_map={"user_id": "u", "category_id": "c", "behavior": "b", "ts": "t"})
+
+
+def test_a_csv_file_given_as_parquet_is_named_as_text(settings, tmp_path: Path) -> None:
+    path = _write(tmp_path, "events.csv", "user,cat,event,at\n" + "".join(GOOD) + "\n")
+    with pytest.raises(SourceError, match=r"unreadable Parquet file.*starts with lines of text: is it a CSV file\? "
+                                          r"\(--format csv\)"):
+        land_events(settings, path, "parquet", column_map={"user_id": "user", "category_id": "cat",
+                                                           "behavior": "event", "ts": "at"})

@@ -139,6 +139,18 @@ def guess_unix_unit(details: pa.Array | pa.ChunkedArray) -> str | None:
     return units.get(int(common)) if np.mean(lengths == common) > 0.5 else None
 
 
+def looks_iso(details: pa.Array | pa.ChunkedArray, sample: int = 200) -> bool:
+    """Whether most of the quoted timestamps (``<column>='<text>' ...``) of the first ``sample``
+    ``details`` read as ISO 8601 dates (the hint for a file landed with a unix ``--ts-format``)."""
+    if isinstance(details, pa.ChunkedArray):
+        details = details.combine_chunks()
+    quoted = pc.extract_regex(details[:sample], r"^[^=]*='(?P<d>[^']*)'").field("d").drop_null()
+    if len(quoted) == 0:
+        return False
+    parsed = _parse_iso(pc.utf8_trim_whitespace(quoted), "UTC")
+    return parsed.null_count < 0.5 * len(parsed)
+
+
 def _parse_iso(strings: pa.Array, timezone: str) -> pa.Array:
     text = strings.to_pandas()
     has_offset = text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True, na=False).to_numpy()

@@ -184,7 +184,8 @@ def register_cli(subparsers: Any) -> None:
     land.add_argument("--ts-format", default=None, choices=TS_FORMATS,
                       help="how timestamps are written (default: the format's, unix_s for csv/parquet)")
     land.add_argument("--timezone", default=None, help="zone of timestamps without an offset (default UTC)")
-    land.add_argument("--delimiter", default=None, help="csv field delimiter (default ',')")
+    land.add_argument("--delimiter", default=None,
+                      help="csv field delimiter (default ','; a tab as '\\t' or tab)")
     land.add_argument("--encoding", default=None,
                       help="csv: the file's text encoding (default utf-8; e.g. latin-1, cp1252, gb18030)")
     land.add_argument("--no-header", action="store_true", help="csv: the file has no header line")

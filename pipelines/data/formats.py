@@ -34,6 +34,8 @@ DIGITS = r"^[0-9]{1,20}$"
 # Any text of 1-256 characters without control characters: category names ("Home & Kitchen",
 # "Électronique", "手机"), e-mail-like user ids. Digits-only sources (Taobao, Ciao) keep DIGITS.
 GENERIC_ID = r"^[^\x00-\x1f\x7f]{1,256}$"
+# Names a delimiter can be given by on the command line, where a tab is awkward to type.
+DELIMITER_NAMES = {"\\t": "\t", "tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
 BATCH_BYTES = 16 << 20  # CSV block size when reading a source or a landed raw file
 
 CANONICAL_FIELDS = ("user_id", "item_id", "category_id", "behavior", "ts", "value")
@@ -143,8 +145,9 @@ def build_spec(fmt: str, column_map: dict[str, str] | None = None,
     if not isinstance(has_header, bool):
         raise SourceError(f"has_header {has_header!r}: expected true or false")
     delimiter = options.pop("delimiter", base.delimiter)
+    delimiter = DELIMITER_NAMES.get(delimiter.lower(), delimiter) if isinstance(delimiter, str) else delimiter
     if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\r\n\"":
-        raise SourceError(f"delimiter {delimiter!r}: expected one character (e.g. ',', ';', '|' or a tab)")
+        raise SourceError(f"delimiter {delimiter!r}: expected one character (e.g. ',', ';', '|' or a tab: '\\t')")
     spec = SourceSpec(
         fmt=fmt, column_map=cmap, behavior_map=bmap, behavior_constant=bconst, ts_format=ts_format,
         timezone=_zone(options.pop("timezone", base.timezone)), has_header=has_header, delimiter=delimiter,

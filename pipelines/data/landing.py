@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import Settings
-from pipelines.data.canonical import guess_unix_unit
+from pipelines.data.canonical import guess_unix_unit, looks_iso
 from pipelines.data.fanout import IO_THREADS, map_io
 from pipelines.data.formats import SourceError, SourceSpec, build_spec
 from pipelines.data.routing import SplitStats, split_csv, split_parquet
@@ -143,6 +143,9 @@ def _resolve_source(settings: Settings, source: str | Path, scratch: Path) -> Pa
             raise SourceError(str(exc)) from exc
         return target
     path = Path(text)
+    if path.is_dir():
+        raise SourceError(f"{path}: is a folder; land one file at a time (a command per file, each with its own "
+                          "--name)")
     if not path.is_file():
         raise SourceError(f"{path}: no such file")
     return path
@@ -262,6 +265,9 @@ def _publish(settings: Settings, name: str, source: str, spec: SourceSpec, stats
         unit = guess_unix_unit(rejects.filter(pc.equal(rejects["reason"], "implausible_timestamp"))["detail"])
         hint = (f"; the timestamps look like {unit} since 1970: land it with --ts-format {unit} (or unix_auto)"
                 if unit and unit != spec.ts_format else "")
+        unparseable = rejects.filter(pc.equal(rejects["reason"], "unparseable_timestamp"))["detail"]
+        if not hint and spec.ts_format != "iso" and looks_iso(unparseable):
+            hint = "; the timestamps look like ISO 8601 dates: land it with --ts-format iso"
         if not hint and stats.reasons.get("wrong_column_count") == quarantined:
             counts = rejects["detail"].value_counts().to_pylist()
             common = max(counts, key=lambda c: c["counts"])["values"]  # e.g. "5 columns, expected 4"

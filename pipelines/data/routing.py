@@ -371,7 +371,11 @@ def split_parquet(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime,
     try:
         pf = pq.ParquetFile(str(path))
     except (pa.ArrowInvalid, OSError) as exc:
-        raise SourceError(f"{path}: unreadable Parquet file: {exc}") from exc
+        with path.open("rb") as fh:
+            head = fh.read(4096)
+        text = head and not head.startswith(b"PAR1") and b"\x00" not in head and (b"\n" in head or len(head) < 4096)
+        hint = "; it starts with lines of text: is it a CSV file? (--format csv)" if text else ""
+        raise SourceError(f"{path}: unreadable Parquet file: {exc}{hint}") from exc
     schema = pf.schema_arrow
     check_parquet_columns(path, schema, spec)
     if pf.metadata.num_rows == 0:

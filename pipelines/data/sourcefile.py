@@ -41,6 +41,11 @@ from pipelines.data.formats import BATCH_BYTES, SourceError, SourceSpec
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+PARQUET_MAGIC = b"PAR1"
+# Files that are certainly not delimited text, by their first four bytes: named in the error.
+BINARY_MAGICS = {b"PK\x03\x04": "a ZIP archive (an Excel .xlsx workbook or a zipped file)",
+                 b"\xd0\xcf\x11\xe0": "an old Excel .xls workbook (OLE2)", PARQUET_MAGIC: "a Parquet file",
+                 b"BZh": "a bzip2 archive", b"\xfd7zX": "an xz archive", b"7z\xbc\xaf": "a 7-Zip archive"}
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 COMMENT = b"#"
 LONG_LINE_BYTES = BATCH_BYTES // 2  # a line longer than this may straddle two read blocks
@@ -56,6 +61,11 @@ class Preamble:
     first: bytes | None
     lines_before: int
     comments: list[tuple[int, str]] = field(default_factory=list)
+
+
+def binary_kind(head: bytes) -> str | None:
+    """What :data:`BINARY_MAGICS` says a file starting with ``head`` is; None for anything else."""
+    return next((kind for magic, kind in BINARY_MAGICS.items() if head.startswith(magic)), None)
 
 
 def compression_of(path: Path) -> str | None:
@@ -96,6 +106,10 @@ def read_preamble(path: Path, encoding: str = "utf-8") -> Preamble:
     try:
         with open_binary(path) as fh:
             for number, raw in enumerate(fh):
+                if number == 0 and (kind := binary_kind(raw)):
+                    raise SourceError(f"{path}: is not a text file: it starts like {kind}; "
+                                      + ("land it with --format parquet" if raw.startswith(PARQUET_MAGIC) else
+                                         "export or unpack it as CSV (or Parquet) and land that"))
                 if number == 0 and utf8 and raw[:2] in UTF16_BOMS:  # (after decompression, like the rest)
                     raise SourceError(f"{path}: starts with a UTF-16 byte-order mark: the file is UTF-16, not "
                                       f"{encoding}; land it with --encoding utf-16 (encoding: utf-16 in a column-map "
@@ -174,7 +188,7 @@ def header_columns(path: Path, spec: SourceSpec, preamble: Preamble) -> tuple[li
         missing = sorted(set(spec.column_map.values()) - set(names))
         if missing:
             hint = next((f"; the header looks {name}-delimited: land it with --delimiter {shown}"
-                         for sep, name, shown in ((";", "semicolon", "';'"), ("\t", "tab", "$'\\t'"),
+                         for sep, name, shown in ((";", "semicolon", "';'"), ("\t", "tab", "'\\t'"),
                                                   ("|", "pipe", "'|'"), (",", "comma", "','"))
                          if sep != spec.delimiter and len(names) == 1 and sep in names[0]), "")
             by_case = {n.lower(): n for n in names}
