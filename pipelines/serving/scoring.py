@@ -46,6 +46,7 @@ from pipelines.contracts import (
     PREDICTION_SCHEMA,
 )
 from pipelines.data.events import MissingInputError, iter_clean_events
+from pipelines.data.fanout import map_io
 from pipelines.model.core import load_numpy_core
 from pipelines.model.inference import UnsupportedModel
 from pipelines.model.registry import CHAMPION, verified_local_copy, version_by_alias, warm_local_copy
@@ -111,23 +112,25 @@ def plan_shards(settings: Settings, date: dt.date | str, model: dict[str, Any]) 
     """
     day = to_date(date)
     start, end = lookback_window(day, settings.lookback_days)
-    clean = storage.list_partitions(settings, layout.CLEAN)
-    if day not in clean:
-        in_window = [d.isoformat() for d in clean if start <= d <= end]
-        raise MissingInputError(
-            f"no clean events for {day}: s3://{settings.bucket}/{layout.partition_prefix(layout.CLEAN, day)} "
-            f"is empty (clean partitions in the look-back window [{start}, {end}]: {in_window or 'none'}); "
-            f"land, validate and preprocess {day} first")
-    _check_window_is_clean(settings, day, start, end, clean)
-    leak = training_window_warning(day, model)
-    if leak:
-        log.warning(leak)
-    run_id = new_run_id()
-    shards = settings.scoring_shards
-    warming = _warm_model_copy(settings, model)
-    staged = staging.stage_inputs(settings, day, shards)
-    if warming is not None:
-        warming.join()
+    warming = _warm_model_copy(settings, model)  # the download overlaps the checks and the staging
+    try:
+        clean = storage.list_partitions(settings, layout.CLEAN)
+        if day not in clean:
+            in_window = [d.isoformat() for d in clean if start <= d <= end]
+            raise MissingInputError(
+                f"no clean events for {day}: s3://{settings.bucket}/{layout.partition_prefix(layout.CLEAN, day)} "
+                f"is empty (clean partitions in the look-back window [{start}, {end}]: {in_window or 'none'}); "
+                f"land, validate and preprocess {day} first")
+        _check_window_is_clean(settings, day, start, end, clean)
+        leak = training_window_warning(day, model)
+        if leak:
+            log.warning(leak)
+        run_id = new_run_id()
+        shards = settings.scoring_shards
+        staged = staging.stage_inputs(settings, day, shards, clean=clean)
+    finally:
+        if warming is not None:
+            warming.join()
     log.info("scoring run %s of %s: parts go to s3://%s/%s", run_id, day, settings.bucket,
              layout.prediction_run_prefix(day, run_id))
     return [{"shard": i, "shards": shards, "as_of_date": day.isoformat(), "run_id": run_id,
@@ -169,14 +172,15 @@ def _check_window_is_clean(settings: Settings, day: dt.date, start: dt.date, end
     """Raise :class:`MissingInputError` when a look-back day has raw events but no clean partition
     (unless its preprocess report says it cleaned to zero rows): scoring would silently drop that day."""
     raw_days = [d for d in storage.list_partitions(settings, layout.RAW) if start <= d <= end]
-    missing = []
-    for d in raw_days:
+
+    def is_missing(d: dt.date) -> bool:
         if d in clean and any(k.endswith(".parquet") for k in
                               storage.list_keys(settings, layout.partition_prefix(layout.CLEAN, d))):
-            continue  # (a listed folder can be empty: an object store may keep the folder of deleted keys)
+            return False  # (a listed folder can be empty: an object store may keep the folder of deleted keys)
         report = layout.preprocess_report_key(d)
-        if not (storage.exists(settings, report) and int(storage.get_json(settings, report).get("clean", -1)) == 0):
-            missing.append(d.isoformat())
+        return not (storage.exists(settings, report) and int(storage.get_json(settings, report).get("clean", -1)) == 0)
+
+    missing = [d.isoformat() for d, gone in zip(raw_days, map_io(is_missing, raw_days), strict=True) if gone]
     if missing:
         raise MissingInputError(
             f"look-back day(s) {', '.join(missing)} of {day} have raw events under s3://{settings.bucket}/"

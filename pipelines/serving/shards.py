@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from pipelines.config import Settings
 from pipelines.contracts import EVENT_SCHEMA, MODEL_INPUT_COLUMNS
 from pipelines.data.events import clean_dates
+from pipelines.data.fanout import map_io
 from pipelines.platform import layout, storage
 from pipelines.platform.dates import end_of_day, lookback_window
 
@@ -85,17 +86,20 @@ class _Day:
     size: int
 
 
-def stage_inputs(settings: Settings, day: dt.date, shards: int) -> dict[str, Any]:
+def stage_inputs(settings: Settings, day: dt.date, shards: int, *, clean: list[dt.date] | None = None) -> dict[str, Any]:
     """Split the clean events of D's look-back window into one staging file per (shard, bucket)
-    (see the module doc). Returns {"keys": [[keys of shard 0's non-empty buckets], ...],
-    "buckets", "rows": [rows per shard], "days"}."""
+    (see the module doc). ``clean``: the clean partition dates when the caller listed them already.
+    Returns {"keys": [[keys of shard 0's non-empty buckets], ...], "buckets", "rows": [rows per shard], "days"}."""
     start, end = lookback_window(day, settings.lookback_days)
     cutoff = pa.scalar(end_of_day(end), type=EVENT_SCHEMA.field("ts").type)
-    days = []
-    for date in clean_dates(settings, start, end):
+    dates = clean_dates(settings, start, end) if clean is None else [d for d in clean if start <= d <= end]
+
+    def listed(date: dt.date) -> _Day:
         objects = [o for o in storage.list_objects(settings, layout.partition_prefix(layout.CLEAN, date))
                    if o.key.endswith(".parquet")]
-        days.append(_Day(date, [o.key for o in objects], sum(o.size for o in objects)))
+        return _Day(date, [o.key for o in objects], sum(o.size for o in objects))
+
+    days = map_io(listed, dates)  # a listing per day, a few at once
     removed = storage.delete_prefix(settings, layout.scoring_staging_prefix(day))
     if removed:
         log.info("removed %d staging files of an earlier plan of %s", removed, day)
