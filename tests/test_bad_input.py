@@ -521,3 +521,15 @@ def test_a_csv_file_given_as_parquet_is_named_as_text(settings, tmp_path: Path) 
                                           r"\(--format csv\)"):
         land_events(settings, path, "parquet", column_map={"user_id": "user", "category_id": "cat",
                                                            "behavior": "event", "ts": "at"})
+
+
+def test_the_cli_summary_lines_name_the_reasons_without_stray_blanks(settings, tmp_path: Path, monkeypatch,
+                                                                     capsys) -> None:
+    # They read "quarantined 0 " and "0 quarantined , 0 duplicates" when nothing was quarantined.
+    monkeypatch.setenv("IM_BUCKET", settings.bucket)
+    monkeypatch.setenv("IM_WORK_DIR", str(tmp_path / "work"))
+    path = _write(tmp_path, "events.csv", "\n".join([*GOOD, f"1,2,7,pv,{T0 * 1000}"]) + "\n")
+    assert main(["land", "--source", str(path), "--format", "taobao"]) == 0
+    assert capsys.readouterr().out.rstrip("\n").endswith("quarantined 1 (implausible_timestamp: 1)")
+    assert main(["validate", "--date", "2017-11-25"]) == 0
+    assert "dt=2017-11-25: 20 rows, 0 quarantined, 0 duplicates" in capsys.readouterr().out

@@ -21,6 +21,14 @@ from pipelines.data.formats import FORMATS, TS_FORMATS, SourceError, read_column
 from pipelines.platform import layout, storage
 from pipelines.platform.dates import to_date
 
+
+def _reasons(reasons: dict[str, int]) -> str:
+    """`` (reason: n, ...)`` for a summary line; empty when nothing was quarantined."""
+    if not reasons:
+        return ""
+    return " (" + ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])) + ")"
+
+
 # --- generate ------------------------------------------------------------------------------------
 
 
@@ -86,8 +94,8 @@ def _cmd_land(args: argparse.Namespace, settings: Settings) -> int:
     span = f"{result.dates[0]}..{result.dates[-1]}" if result.dates else "no dates"
     emit(args, result.to_dict(),
          f"landed {result.rows} of {result.rows_read} rows from {result.source} as '{result.name}' into "
-         f"{len(result.dates)} partitions ({span}); quarantined {result.quarantined} "
-         f"{result.quarantine_reasons or ''}")
+         f"{len(result.dates)} partitions ({span}); quarantined {result.quarantined}"
+         f"{_reasons(result.quarantine_reasons)}")
     return 0
 
 
@@ -110,7 +118,7 @@ def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     if not args.json:
         for res in run.results:
             if res.date not in run.errors:
-                print(f"dt={res.date}: {res.rows} rows, {res.quarantined} quarantined {res.reasons or ''}, "
+                print(f"dt={res.date}: {res.rows} rows, {res.quarantined} quarantined{_reasons(res.reasons)}, "
                       f"{res.duplicate_rows} duplicates")
     rows = sum(r["rows"] for r in results)
     quarantined = sum(r["quarantined"] for r in results)
