@@ -318,3 +318,17 @@ def test_mlflow_run_links_the_data_docs(settings, landed) -> None:
                              data_docs_key=run.data_docs_key)
     tags = client.get_run(mlflow_run.info.run_id).data.tags
     assert tags["validation.data_docs"] == f"s3://{settings.bucket}/reports/validation/docs/data_docs.html"
+
+
+def test_a_long_run_logs_its_progress_while_it_checks_the_days(settings, tmp_path: Path, monkeypatch,
+                                                               caplog) -> None:
+    # A 4,000-day history logged nothing for about a minute, until the first day's result.
+    gen = generate_taobao(tmp_path / "gen", users=30, days=4, categories=10, start=D, seed=3)
+    land = land_events(settings, gen.events_path, "taobao", name="synthetic")
+    monkeypatch.setattr(validation, "PROGRESS_EVERY_S", 0.0)
+    with caplog.at_level("INFO", logger="pipelines.data.validation"):
+        validation.validate_partitions(settings, land.dates, report_id="progress")
+    lines = [r.getMessage() for r in caplog.records]
+    days = len(land.dates)
+    assert any(m.startswith(f"validation: checked 1 of {days} days ({100 / days:.0f}%) in ") for m in lines)
+    assert any(m.startswith(f"validation: checked all {days} days in") for m in lines)

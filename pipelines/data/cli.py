@@ -148,7 +148,7 @@ def _cmd_preprocess(args: argparse.Namespace, settings: Settings) -> int:
             total[key] += getattr(res, key)
         if not args.json:
             print(f"dt={res.date}: {res.rows_in} in = {res.clean} clean + {res.quarantined} quarantined + "
-                  f"{res.duplicates_dropped} duplicates {res.reasons or ''}")
+                  f"{res.duplicates_dropped} duplicates{_reasons(res.reasons)}")
     emit(args, {"partitions": [r.to_dict() for r in run.results], "failed": failed, "totals": total},
          f"preprocessed {len(dates) - len(failed)}/{len(dates)} partitions: {total['rows_in']} in = "
          f"{total['clean']} clean + {total['quarantined']} quarantined + {total['duplicates_dropped']} duplicates")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import statistics
+import time
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -59,6 +60,24 @@ __all__ = ["ValidationError", "ValidationResult", "ValidationRun", "log_to_mlflo
 MIN_VOLUME_HISTORY = 3  # the volume rule needs this many earlier in-window partitions
 PREFETCH_BYTES = 128 << 20  # raw bytes fetched ahead of the partitions being flagged
 COMPUTE_THREADS = 2  # partitions flagged and planned at once
+PROGRESS_EVERY_S = 10.0  # a long run logs how many days it has checked this often
+
+
+class _Progress:
+    """A log line every :data:`PROGRESS_EVERY_S` seconds while a run checks its days (a 4,000-day
+    history takes about a minute before the first day's result is logged)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self.started = self.last = time.monotonic()
+
+    def step(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if self.done < self.total and now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            log.info("validation: checked %d of %d days (%.0f%%) in %.0fs", self.done, self.total,
+                     100.0 * self.done / self.total, now - self.started)
 
 
 @dataclass
@@ -146,6 +165,7 @@ def validate_partitions(settings: Settings, dates: Iterable[dt.date], *, report_
         except ValidationError as exc:
             return exc
 
+    progress = _Progress(len(days))
     with Background() as writes, ThreadPoolExecutor(max_workers=COMPUTE_THREADS) as compute:
         # Arrow and NumPy release the GIL: two partitions are flagged and planned at once.
         in_flight: deque[tuple[dt.date, Future[_Checked | ValidationError]]] = deque()
@@ -153,8 +173,13 @@ def validate_partitions(settings: Settings, dates: Iterable[dt.date], *, report_
             in_flight.append((day, compute.submit(check, day, contents)))
             while len(in_flight) >= COMPUTE_THREADS:
                 _collect(settings, report_id, *in_flight.popleft(), run, checked, writes)
+                progress.step()
         while in_flight:
             _collect(settings, report_id, *in_flight.popleft(), run, checked, writes)
+            progress.step()
+        if progress.last != progress.started:  # a long run: say what the rest of the time goes to
+            log.info("validation: checked all %d days in %.0fs; running the Great Expectations suites and writing "
+                     "the reports", len(days), time.monotonic() - progress.started)
         gx_ready.join()
         gates = expectations.check_profiles([c.profile for c in checked], settings) if checked else {}
         samples = [(c.date.isoformat(), c.spec, c.sample) for c in checked if c.sample.num_rows]
