@@ -146,7 +146,7 @@ def _own_version(settings: Settings, model_uri: str) -> str | None:
 
 
 def _warm_model_copy(settings: Settings, model: dict[str, Any]) -> threading.Thread | None:
-    """Fetch the pinned version's checked local copy in a thread while the plan reads the window
+    """Fetch the pinned version's checked local copy in a thread while the plan checks and reads the window
     (the download and the staging overlap; the shards on this machine then load in 0.1 s). A failure
     here is only logged: each shard fetches the copy itself and reports any error."""
     version = _own_version(settings, str(model.get("model_uri", "")))
