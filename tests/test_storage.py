@@ -92,3 +92,24 @@ def test_a_small_object_of_known_size_is_copied_by_one_lean_request(settings: Se
 def test_a_copy_of_a_missing_source_still_fails_naming_it(settings: Settings) -> None:
     with pytest.raises(storage.StorageError, match="cannot copy s3://.*/nope/none.csv to x/y.csv"):
         storage.copy_key(settings, "nope/none.csv", "x/y.csv", size=10)
+
+
+def test_a_forked_process_opens_its_own_connections(settings: Settings) -> None:
+    import os
+
+    storage.put_bytes(settings, "x/parent.json", b"{}")
+    assert storage._lean(settings) is not None and storage._lean_client.cache_info().currsize
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no client of the parent's, and its own requests work
+        fresh = storage._lean_client.cache_info().currsize == 0 and storage._client.cache_info().currsize == 0
+        try:
+            storage.put_bytes(settings, "x/child.json", b"[]")
+            worked = storage.get_bytes(settings, "x/parent.json") == b"{}"
+        except Exception:  # noqa: BLE001 - reported through the pipe
+            worked = False
+        os.write(write, b"1" if fresh and worked else b"0")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
+    assert storage.get_bytes(settings, "x/child.json") == b"[]"

@@ -90,9 +90,14 @@ def s3_client(settings: Settings) -> Any:
 
 
 def reset_clients() -> None:
-    """Forget cached clients (after the credentials in the environment changed)."""
+    """Forget cached clients (after the credentials in the environment changed, and in a forked child)."""
     _client.cache_clear()
     _lean_client.cache_clear()
+
+
+# A forked process (Airflow runs each task in one) must not share its parent's pooled connections:
+# two processes reading answers from one socket would mix them up. The child opens its own.
+os.register_at_fork(after_in_child=reset_clients)
 
 
 # Bodies up to this size go through :class:`_Lean`; larger ones are dominated by the transfer, not
