@@ -533,3 +533,5 @@ def test_the_cli_summary_lines_name_the_reasons_without_stray_blanks(settings, t
     assert capsys.readouterr().out.rstrip("\n").endswith("quarantined 1 (implausible_timestamp: 1)")
     assert main(["validate", "--date", "2017-11-25"]) == 0
     assert "dt=2017-11-25: 20 rows, 0 quarantined, 0 duplicates" in capsys.readouterr().out
+    assert main(["preprocess", "--date", "2017-11-25"]) == 0
+    assert "dt=2017-11-25: 20 in = 20 clean + 0 quarantined + 0 duplicates\n" in capsys.readouterr().out
