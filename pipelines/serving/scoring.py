@@ -121,13 +121,14 @@ def plan_shards(settings: Settings, date: dt.date | str, model: dict[str, Any]) 
                 f"no clean events for {day}: s3://{settings.bucket}/{layout.partition_prefix(layout.CLEAN, day)} "
                 f"is empty (clean partitions in the look-back window [{start}, {end}]: {in_window or 'none'}); "
                 f"land, validate and preprocess {day} first")
-        _check_window_is_clean(settings, day, start, end, clean)
+        days = staging.list_clean_days(settings, [d for d in clean if start <= d <= end])
+        _check_window_is_clean(settings, day, start, end, days)
         leak = training_window_warning(day, model)
         if leak:
             log.warning(leak)
         run_id = new_run_id()
         shards = settings.scoring_shards
-        staged = staging.stage_inputs(settings, day, shards, clean=clean)
+        staged = staging.stage_inputs(settings, day, shards, days=days)
     finally:
         if warming is not None:
             warming.join()
@@ -168,15 +169,17 @@ def _warm_model_copy(settings: Settings, model: dict[str, Any]) -> threading.Thr
 
 
 def _check_window_is_clean(settings: Settings, day: dt.date, start: dt.date, end: dt.date,
-                           clean: list[dt.date]) -> None:
+                           clean: list[staging.CleanDay]) -> None:
     """Raise :class:`MissingInputError` when a look-back day has raw events but no clean partition
-    (unless its preprocess report says it cleaned to zero rows): scoring would silently drop that day."""
+    (unless its preprocess report says it cleaned to zero rows): scoring would silently drop that day.
+    ``clean``: the window's clean partitions as listed (:func:`pipelines.serving.shards.list_clean_days`)."""
     raw_days = [d for d in storage.list_partitions(settings, layout.RAW) if start <= d <= end]
+    # (a listed folder can be empty: an object store may keep the folder of deleted keys)
+    cleaned = {c.date for c in clean if c.keys}
 
     def is_missing(d: dt.date) -> bool:
-        if d in clean and any(k.endswith(".parquet") for k in
-                              storage.list_keys(settings, layout.partition_prefix(layout.CLEAN, d))):
-            return False  # (a listed folder can be empty: an object store may keep the folder of deleted keys)
+        if d in cleaned:
+            return False
         report = layout.preprocess_report_key(d)
         return not (storage.exists(settings, report) and int(storage.get_json(settings, report).get("clean", -1)) == 0)
 

@@ -80,26 +80,35 @@ def user_hashes(user_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Day:
+class CleanDay:
+    """One clean partition as listed: its Parquet keys and their bytes (no keys: the folder is empty)."""
+
     date: dt.date
     keys: list[str]
     size: int
 
 
-def stage_inputs(settings: Settings, day: dt.date, shards: int, *, clean: list[dt.date] | None = None) -> dict[str, Any]:
-    """Split the clean events of D's look-back window into one staging file per (shard, bucket)
-    (see the module doc). ``clean``: the clean partition dates when the caller listed them already.
-    Returns {"keys": [[keys of shard 0's non-empty buckets], ...], "buckets", "rows": [rows per shard], "days"}."""
-    start, end = lookback_window(day, settings.lookback_days)
-    cutoff = pa.scalar(end_of_day(end), type=EVENT_SCHEMA.field("ts").type)
-    dates = clean_dates(settings, start, end) if clean is None else [d for d in clean if start <= d <= end]
+def list_clean_days(settings: Settings, dates: list[dt.date]) -> list[CleanDay]:
+    """The Parquet objects of each clean partition of ``dates``: a listing per day, a few at once."""
 
-    def listed(date: dt.date) -> _Day:
+    def listed(date: dt.date) -> CleanDay:
         objects = [o for o in storage.list_objects(settings, layout.partition_prefix(layout.CLEAN, date))
                    if o.key.endswith(".parquet")]
-        return _Day(date, [o.key for o in objects], sum(o.size for o in objects))
+        return CleanDay(date, [o.key for o in objects], sum(o.size for o in objects))
 
-    days = map_io(listed, dates)  # a listing per day, a few at once
+    return map_io(listed, dates)
+
+
+def stage_inputs(settings: Settings, day: dt.date, shards: int, *,
+                 days: list[CleanDay] | None = None) -> dict[str, Any]:
+    """Split the clean events of D's look-back window into one staging file per (shard, bucket)
+    (see the module doc). ``days``: the window's clean partitions when the caller listed them already
+    (:func:`list_clean_days`). Returns {"keys": [[keys of shard 0's non-empty buckets], ...], "buckets",
+    "rows": [rows per shard], "days"}."""
+    start, end = lookback_window(day, settings.lookback_days)
+    cutoff = pa.scalar(end_of_day(end), type=EVENT_SCHEMA.field("ts").type)
+    if days is None:
+        days = list_clean_days(settings, clean_dates(settings, start, end))
     removed = storage.delete_prefix(settings, layout.scoring_staging_prefix(day))
     if removed:
         log.info("removed %d staging files of an earlier plan of %s", removed, day)
@@ -133,7 +142,7 @@ def stage_inputs(settings: Settings, day: dt.date, shards: int, *, clean: list[d
     return {"keys": keys, "buckets": max(staged.buckets, 1), "rows": staged.rows, "days": len(days)}
 
 
-def _read_day(settings: Settings, info: _Day, cutoff: pa.Scalar, folder: Path) -> pa.Table:
+def _read_day(settings: Settings, info: CleanDay, cutoff: pa.Scalar, folder: Path) -> pa.Table:
     """One day's clean events (through a local file: no Python bytes of the object in memory,
     which the allocator of a reading thread would keep)."""
     tables = []
