@@ -79,6 +79,11 @@ class _Progress:
             log.info("validation: checked %d of %d days (%.0f%%) in %.0fs", self.done, self.total,
                      100.0 * self.done / self.total, now - self.started)
 
+    @property
+    def reported(self) -> bool:
+        """Whether a progress line was logged (the run was long)."""
+        return self.last != self.started
+
 
 @dataclass
 class ValidationRun:
@@ -177,7 +182,7 @@ def validate_partitions(settings: Settings, dates: Iterable[dt.date], *, report_
         while in_flight:
             _collect(settings, report_id, *in_flight.popleft(), run, checked, writes)
             progress.step()
-        if progress.last != progress.started:  # a long run: say what the rest of the time goes to
+        if progress.reported:  # a long run: say what the rest of the time goes to
             log.info("validation: checked all %d days in %.0fs; running the Great Expectations suites and writing "
                      "the reports", len(days), time.monotonic() - progress.started)
         gx_ready.join()
