@@ -85,6 +85,9 @@ def test_a_header_without_rows_fails_clearly(settings, tmp_path: Path) -> None:
     path = _write(tmp_path, "ciao.csv", "user_id,item_id,category_id,rating,helpfulness,timestamp\n")
     with pytest.raises(SourceError, match=r"ciao.csv: no data rows after the header: nothing to land"):
         land_events(settings, path, "ciao")
+    unended = _write(tmp_path, "unended.csv", "user_id,item_id,category_id,rating,helpfulness,timestamp")
+    with pytest.raises(SourceError, match=r"unended.csv: no data rows after the header: nothing to land"):
+        land_events(settings, unended, "ciao")  # was: "Could not skip initial 1 rows from CSV file"
     empty = tmp_path / "empty.parquet"
     pq.write_table(pa.table({"u": pa.array([], pa.string()), "c": pa.array([], pa.string()),
                              "t": pa.array([], pa.int64())}), empty)
@@ -460,6 +463,18 @@ def test_another_delimiter_and_boolean_id_columns_fail_naming_the_fix(settings, 
     pq.write_table(pa.table({"uid": [True, False], "cat": ["x", "y"], "ev": ["view"] * 2, "at": [T0, T0 + 1]}), flags)
     with pytest.raises(SourceError, match=r"id column\(s\) \['user_id -> uid'\] hold true/false values"):
         land_events(settings, flags, "parquet", column_map=cmap)
+
+
+def test_a_headerless_file_with_another_delimiter_names_it(settings, tmp_path: Path, monkeypatch, capsys) -> None:
+    # A tab-separated Taobao export was refused as "first row has 1 columns", with no word on why.
+    monkeypatch.setenv("IM_BUCKET", settings.bucket)
+    monkeypatch.setenv("IM_WORK_DIR", str(tmp_path / "work"))
+    path = _write(tmp_path, "tabbed.csv", "\n".join(g.replace(",", "\t") for g in GOOD) + "\n")
+    with pytest.raises(SourceError, match=r"first row has 1 columns, expected 5 .*the rows look tab-delimited: "
+                                          r"land it with --delimiter '\\t'"):
+        land_events(settings, path, "taobao")
+    assert main(["land", "--source", str(path), "--format", "taobao", "--delimiter", "tab"]) == 0
+    assert "landed 20 of 20 rows" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("written", ["\\t", "tab", "TAB"])

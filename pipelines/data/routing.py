@@ -320,7 +320,8 @@ def _split_csv_once(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetim
             convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in columns},
                                                  strings_can_be_null=False, quoted_strings_can_be_null=False))
     except pa.ArrowInvalid as exc:
-        if "Empty CSV file" in str(exc):
+        # (a header without a line end after it: Arrow cannot skip the header line it has not ended)
+        if "Empty CSV file" in str(exc) or (skip_header and "Could not skip initial" in str(exc)):
             raise SourceError(f"{name}: no data rows after the header: nothing to land") from exc
         raise SourceError(f"{name}: unreadable as {spec.fmt} CSV: {exc}") from exc
     first = True

@@ -187,10 +187,7 @@ def header_columns(path: Path, spec: SourceSpec, preamble: Preamble) -> tuple[li
         names = [f.strip() for f in fields]
         missing = sorted(set(spec.column_map.values()) - set(names))
         if missing:
-            hint = next((f"; the header looks {name}-delimited: land it with --delimiter {shown}"
-                         for sep, name, shown in ((";", "semicolon", "';'"), ("\t", "tab", "'\\t'"),
-                                                  ("|", "pipe", "'|'"), (",", "comma", "','"))
-                         if sep != spec.delimiter and len(names) == 1 and sep in names[0]), "")
+            hint = _delimiter_hint("header", names, spec.delimiter, None)
             by_case = {n.lower(): n for n in names}
             cased = [f"{by_case[m.lower()]!r} for {m!r}" for m in missing if m.lower() in by_case]
             if cased and not hint:
@@ -210,8 +207,24 @@ def header_columns(path: Path, spec: SourceSpec, preamble: Preamble) -> tuple[li
                           "order) in the column-map file")
     if len(fields) != len(spec.columns):
         raise SourceError(f"{path}: first row has {len(fields)} columns, expected {len(spec.columns)} "
-                          f"({','.join(spec.columns)}) for format {spec.fmt} (rule: column_count)")
+                          f"({','.join(spec.columns)}) for format {spec.fmt} (rule: column_count)"
+                          + _delimiter_hint("rows", fields, spec.delimiter, len(spec.columns)))
     return list(spec.columns), False
+
+
+_OTHER_DELIMITERS = ((";", "semicolon", "';'"), ("\t", "tab", "'\\t'"), ("|", "pipe", "'|'"), (",", "comma", "','"))
+
+
+def _delimiter_hint(what: str, fields: list[str], delimiter: str, expected: int | None) -> str:
+    """``"; the <what> look(s) tab-delimited: land it with --delimiter '\\t'"`` when ``fields`` is one
+    field that another common delimiter splits (into ``expected`` fields, when given); else ""."""
+    if len(fields) != 1:
+        return ""
+    verb = "looks" if what == "header" else "look"
+    return next((f"; the {what} {verb} {name}-delimited: land it with --delimiter {shown}"
+                 for sep, name, shown in _OTHER_DELIMITERS
+                 if sep != delimiter and sep in fields[0]
+                 and (expected is None or len(fields[0].split(sep)) == expected)), "")
 
 
 def is_header_row(fields: list[str], spec: SourceSpec) -> bool:
