@@ -109,9 +109,11 @@ def gate_settings(settings):
 
 
 @pytest.mark.services
-def test_first_good_model_becomes_champion_with_the_decision_on_the_version(gate_settings):
+def test_first_good_model_becomes_champion_with_the_decision_on_the_version(gate_settings, capsys):
     settings, dataset_uri = gate_settings
     run_id, uri, result = _trained_and_gated(settings, dataset_uri, "good")
+    # the version's files are downloaded (SHA-256) without MLflow's progress bar in the task log
+    assert "Downloading artifacts" not in capsys.readouterr().err
     assert result["decision"] == "promoted" and result["model_version"] == "1"
     assert result["champion"] is None and result["best_baseline"] == "popularity"
     mlflow_client = client(settings)

@@ -90,6 +90,9 @@ def configure(settings: Settings) -> None:
     import mlflow
 
     _bound_requests(settings)
+    # MLflow draws a tqdm bar for every download: in a task log or a terminal that is one line per
+    # file, rewritten with carriage returns. A user who wants it sets the variable to true.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if mlflow.get_tracking_uri() != settings.mlflow_tracking_uri:
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
