@@ -4,7 +4,7 @@ A user's shard is the CRC-32 of its UTF-8 id modulo the number of shards (stable
 processes and runs); its *bucket* inside the shard is ``(crc // shards) % buckets``, with as many
 buckets as it takes to hold about :data:`BUCKET_EVENTS` events each. :func:`stage_inputs` reads the
 clean partitions of the window one day at a time (the next days are fetched while the current one
-is split) and appends each day's rows of a bucket to that bucket's Arrow IPC file (lz4),
+is split) and appends each day's rows of a bucket to that bucket's Arrow IPC file (zstd),
 ``staging/scoring/dt=D/shard-NNNNN/bucket-MMMMM.arrow``: a shard then reads one bucket (all days of
 its users) at a time, so memory is bounded by the bucket, never by the window. The staging files
 are removed after publishing, and by the next plan of the same day.
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 BUCKET_EVENTS = 1_000_000  # events of one bucket (what a shard holds in memory at a time), estimated
 _INPUT_SCHEMA = pa.schema([EVENT_SCHEMA.field(c) for c in MODEL_INPUT_COLUMNS])
-_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")  # transient: the fastest codec to write and read
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")  # transient: as fast as lz4 here, a third fewer bytes
 _DAYS_IN_FLIGHT = 4  # days downloaded and read at once while the main thread splits the current one
 
 
