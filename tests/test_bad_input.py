@@ -465,6 +465,18 @@ def test_another_delimiter_and_boolean_id_columns_fail_naming_the_fix(settings, 
         land_events(settings, flags, "parquet", column_map=cmap)
 
 
+def test_a_field_mapped_twice_on_the_command_line_fails_naming_both(settings, tmp_path: Path, monkeypatch,
+                                                                   capsys) -> None:
+    # `--map user_id=uid --map user_id=cat`: the second silently won, and every category became a user.
+    monkeypatch.setenv("IM_BUCKET", settings.bucket)
+    monkeypatch.setenv("IM_WORK_DIR", str(tmp_path / "work"))
+    path = _write(tmp_path, "twice.csv", "uid,cat,at\n" + "".join(f"u{u},c{u % 3},{T0 + u}\n" for u in range(5)))
+    assert main(["land", "--source", str(path), "--format", "csv", "--map", "user_id=uid", "--map", "user_id=cat",
+                 "--map", "category_id=cat", "--map", "ts=at", "--behavior-constant", "view"]) == 1
+    assert "--map gives 'user_id' twice ('uid' and 'cat'): give each once" in capsys.readouterr().err
+    assert storage.list_keys(settings, "raw/") == []
+
+
 def test_a_headerless_file_with_another_delimiter_names_it(settings, tmp_path: Path, monkeypatch, capsys) -> None:
     # A tab-separated Taobao export was refused as "first row has 1 columns", with no word on why.
     monkeypatch.setenv("IM_BUCKET", settings.bucket)

@@ -69,6 +69,12 @@ def test_build_spec_explains_bad_maps() -> None:
                    {"click": "klick"})
     with pytest.raises(SourceError, match="unknown format"):
         build_spec("xml")
+    # A behaviour column and a constant: the constant silently replaced every row's behaviour.
+    with pytest.raises(SourceError, match=r"both a behaviour column \(behavior -> 'b'\) and a behaviour constant "
+                                          r"\('view'\) are given: keep one of them"):
+        build_spec("csv", {"user_id": "u", "category_id": "c", "behavior": "b", "ts": "t"}, behavior_constant="view")
+    with pytest.raises(SourceError, match=r"behaviour constant 'click' is not a canonical behaviour"):
+        build_spec("csv", {"user_id": "u", "category_id": "c", "ts": "t"}, behavior_constant="click")
     # Each of these was accepted and failed later (an Arrow error, every value quarantined) or crashed.
     cmap = {"user_id": "u", "category_id": "c", "behavior": "b", "ts": "t"}
     for options, message in (({"value_range": "1-5"}, r"value_range '1-5': expected \[low, high\]"),

@@ -60,6 +60,9 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key or not value:
             raise SourceError(f"{flag} {item!r}: expected KEY=VALUE")
+        if key.strip() in out and out[key.strip()] != value.strip():  # the last one silently won
+            raise SourceError(f"{flag} gives {key.strip()!r} twice ({out[key.strip()]!r} and {value.strip()!r}): "
+                              "give each once")
         out[key.strip()] = value.strip()
     return out
 

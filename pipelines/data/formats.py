@@ -129,13 +129,19 @@ def build_spec(fmt: str, column_map: dict[str, str] | None = None,
     unknown = sorted(set(cmap) - set(CANONICAL_FIELDS))
     if unknown:
         raise SourceError(f"column map: unknown canonical field(s) {unknown}; allowed: {list(CANONICAL_FIELDS)}")
+    explicit_constant = options.get("behavior_constant")
     bconst = options.pop("behavior_constant", base.behavior_constant)
+    if explicit_constant and "behavior" in cmap:  # the constant silently replaced every row's behaviour
+        raise SourceError(f"both a behaviour column (behavior -> {cmap['behavior']!r}) and a behaviour constant "
+                          f"({explicit_constant!r}) are given: keep one of them")
     required = ["user_id", "category_id", "ts"] + ([] if bconst else ["behavior"])  # item_id is optional
     missing = [f for f in required if f not in cmap]
     if missing:
         raise SourceError(f"column map: no source column for canonical field(s) {missing}")
     bmap = dict(base.behavior_map if behavior_map is None else behavior_map)
-    bad = sorted({v for v in bmap.values() if v not in BEHAVIORS} | ({bconst} - set(BEHAVIORS) if bconst else set()))
+    if bconst and bconst not in BEHAVIORS:
+        raise SourceError(f"behaviour constant {bconst!r} is not a canonical behaviour {list(BEHAVIORS)}")
+    bad = sorted({v for v in bmap.values() if v not in BEHAVIORS})
     if bad:
         raise SourceError(f"behaviour map: {bad} not canonical behaviours {list(BEHAVIORS)}")
     ts_format = options.pop("ts_format", base.ts_format)
