@@ -522,6 +522,17 @@ def test_iso_dates_read_as_unix_seconds_name_the_ts_format(settings, tmp_path: P
     assert _land_ok(settings, path, fmt, column_map=cmap, ts_format="iso").rows == 20
 
 
+def test_unix_times_read_as_iso_name_the_unit(settings, tmp_path: Path) -> None:
+    # The other way round: `--ts-format iso` on Unix milliseconds quarantined every row without a word on why.
+    cmap = {"user_id": "user", "category_id": "cat", "behavior": "event", "ts": "at"}
+    path = _write(tmp_path, "ms.csv", "user,cat,event,at\n" + "".join(f"u{u},c1,view,{(T0 + u) * 1000}\n"
+                                                                     for u in range(20)))
+    with pytest.raises(SourceError, match=r"unparseable_timestamp \(20\)\); the timestamps look like Unix times "
+                                          r"\(unix_ms\), not ISO 8601 dates: land it with --ts-format unix_ms"):
+        land_events(settings, path, "csv", column_map=cmap, ts_format="iso")
+    assert _land_ok(settings, path, "csv", column_map=cmap, ts_format="unix_ms").rows == 20
+
+
 def test_a_folder_given_as_the_source_is_named_as_a_folder(settings, tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"is a folder; land one file at a time"):
         land_events(settings, tmp_path, "taobao")

@@ -268,6 +268,8 @@ def _publish(settings: Settings, name: str, source: str, spec: SourceSpec, stats
         unparseable = rejects.filter(pc.equal(rejects["reason"], "unparseable_timestamp"))["detail"]
         if not hint and spec.ts_format != "iso" and looks_iso(unparseable):
             hint = "; the timestamps look like ISO 8601 dates: land it with --ts-format iso"
+        if not hint and spec.ts_format == "iso" and (unix := guess_unix_unit(unparseable)):
+            hint = f"; the timestamps look like Unix times ({unix}), not ISO 8601 dates: land it with --ts-format {unix}"
         if not hint and stats.reasons.get("wrong_column_count") == quarantined:
             counts = rejects["detail"].value_counts().to_pylist()
             common = max(counts, key=lambda c: c["counts"])["values"]  # e.g. "5 columns, expected 4"
