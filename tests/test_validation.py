@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -332,3 +334,14 @@ def test_a_long_run_logs_its_progress_while_it_checks_the_days(settings, tmp_pat
     days = len(land.dates)
     assert any(m.startswith(f"validation: checked 1 of {days} days ({100 / days:.0f}%) in ") for m in lines)
     assert any(m.startswith(f"validation: checked all {days} days in") for m in lines)
+
+
+def test_great_expectations_context_leaves_scipy_stats_until_used() -> None:
+    # GX's import pulled in scipy.stats (about half a second of every validation process) for an
+    # expectation the suites never run; it is now loaded at its first use, and then works as before.
+    code = ("import sys\nfrom pipelines.data import expectations\nexpectations._context()\n"
+            "print(type(sys.modules['scipy.stats']).__name__)\n"
+            "from scipy import stats\nprint(round(float(stats.norm.cdf(0)), 3), type(sys.modules['scipy.stats']).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out == ["_LazyModule", "0.5", "module"]

@@ -25,8 +25,10 @@ Great Expectations is imported inside the functions (it costs seconds);
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import itertools
 import json
+import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -147,10 +149,31 @@ def sample_parameters(settings: Settings, spec: SourceSpec, now: dt.datetime | N
 # --- running through a Checkpoint ----------------------------------------------------------------
 
 
+def _defer_scipy_stats() -> None:
+    """Load ``scipy.stats`` on its first use instead of at Great Expectations' import.
+
+    One GX module (the KL-divergence expectation, which these suites never run) imports it at
+    module level: about half a second of every validation process's start, most of it holding the
+    GIL while the partitions are flagged. :class:`importlib.util.LazyLoader` puts a module in
+    ``sys.modules`` that runs the real one at its first attribute access, so code that does use
+    it gets it unchanged. Nothing happens when it is loaded already."""
+    if "scipy.stats" in sys.modules:
+        return
+    spec = importlib.util.find_spec("scipy.stats")
+    if spec is None or spec.loader is None:
+        return
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["scipy.stats"] = module
+    spec.loader.exec_module(module)
+    sys.modules["scipy"].stats = module  # type: ignore[attr-defined]  # `from scipy import stats` finds it
+
+
 def _context() -> Any:
     """One ephemeral GX context per process (each creation leaves a temporary docs folder)."""
     with _LOCK:
         if "context" not in _STATE:
+            _defer_scipy_stats()
             import great_expectations as gx
             from great_expectations.data_context.types.base import ProgressBarsConfig
 
