@@ -123,15 +123,20 @@ def _scale_float(values: pa.Array, ts_format: str) -> pa.Array:
     return pc.multiply(values, float(per_us) if per_us > 0 else 1.0 / -per_us)
 
 
+def _quoted_timestamps(details: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The quoted timestamp text of each detail of a timestamp reason (``<column>='<text>' ...``),
+    details without one left out."""
+    if isinstance(details, pa.ChunkedArray):
+        details = details.combine_chunks()
+    return pc.extract_regex(details, r"^[^=]*='(?P<d>[^']*)'").field("d").drop_null()
+
+
 def guess_unix_unit(details: pa.Array | pa.ChunkedArray) -> str | None:
     """The ``unix_*`` format that most of the quoted timestamps (``<column>='<digits>' ...``) of
     ``details`` would read as a plausible date in, by their number of digits; None when unclear."""
-    if isinstance(details, pa.ChunkedArray):
-        details = details.combine_chunks()
-    if len(details) == 0:
-        return None
-    digits = pc.extract_regex(details, r"='(?P<d>[0-9]{9,19})'").field("d")
-    lengths = pc.binary_length(digits.drop_null()).to_numpy(zero_copy_only=False)
+    quoted = _quoted_timestamps(details)
+    digits = quoted.filter(pc.match_substring_regex(quoted, r"^[0-9]{9,19}$"))
+    lengths = pc.binary_length(digits).to_numpy(zero_copy_only=False)
     if len(lengths) == 0:
         return None
     units = {10: "unix_s", 13: "unix_ms", 16: "unix_us", 19: "unix_ns"}
@@ -142,9 +147,7 @@ def guess_unix_unit(details: pa.Array | pa.ChunkedArray) -> str | None:
 def looks_iso(details: pa.Array | pa.ChunkedArray, sample: int = 200) -> bool:
     """Whether most of the quoted timestamps (``<column>='<text>' ...``) of the first ``sample``
     ``details`` read as ISO 8601 dates (the hint for a file landed with a unix ``--ts-format``)."""
-    if isinstance(details, pa.ChunkedArray):
-        details = details.combine_chunks()
-    quoted = pc.extract_regex(details[:sample], r"^[^=]*='(?P<d>[^']*)'").field("d").drop_null()
+    quoted = _quoted_timestamps(details[:sample])
     if len(quoted) == 0:
         return False
     parsed = _parse_iso(pc.utf8_trim_whitespace(quoted), "UTC")

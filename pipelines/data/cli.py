@@ -60,10 +60,10 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key or not value:
             raise SourceError(f"{flag} {item!r}: expected KEY=VALUE")
-        if key.strip() in out and out[key.strip()] != value.strip():  # the last one silently won
-            raise SourceError(f"{flag} gives {key.strip()!r} twice ({out[key.strip()]!r} and {value.strip()!r}): "
-                              "give each once")
-        out[key.strip()] = value.strip()
+        key, value = key.strip(), value.strip()
+        if out.get(key, value) != value:  # the last one silently won
+            raise SourceError(f"{flag} gives {key!r} twice ({out[key]!r} and {value!r}): give each once")
+        out[key] = value
     return out
 
 

@@ -34,6 +34,7 @@ from pipelines.data.canonical import parse_ts, plausible_bounds_us
 from pipelines.data.formats import BATCH_BYTES, SourceError, SourceSpec, valid_encoding
 from pipelines.data.sourcefile import (
     LONG_LINE_BYTES,
+    PARQUET_MAGIC,
     as_utf8,
     check_parquet_columns,
     header_columns,
@@ -374,7 +375,7 @@ def split_parquet(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime,
     except (pa.ArrowInvalid, OSError) as exc:
         with path.open("rb") as fh:
             head = fh.read(4096)
-        text = head and not head.startswith(b"PAR1") and b"\x00" not in head and (b"\n" in head or len(head) < 4096)
+        text = head and not head.startswith(PARQUET_MAGIC) and b"\x00" not in head and (b"\n" in head or len(head) < 4096)
         hint = "; it starts with lines of text: is it a CSV file? (--format csv)" if text else ""
         raise SourceError(f"{path}: unreadable Parquet file: {exc}{hint}") from exc
     schema = pf.schema_arrow
