@@ -40,6 +40,13 @@ def _zstd(data: bytes) -> bytes:
     return pa.compress(data, "zstd", asbytes=True)
 
 
+@pytest.fixture()
+def cli_env(settings, tmp_path: Path, monkeypatch) -> None:
+    """The command line pointed at the test's bucket and work folder."""
+    monkeypatch.setenv("IM_BUCKET", settings.bucket)
+    monkeypatch.setenv("IM_WORK_DIR", str(tmp_path / "work"))
+
+
 def _accounted(result) -> None:
     assert result.rows_read == result.rows + result.quarantined
 
@@ -110,9 +117,7 @@ def test_ciao_with_missing_column_fails_clearly(settings, tmp_path: Path) -> Non
         land_events(settings, path, "ciao")
 
 
-def test_cli_exits_non_zero_with_one_line_message(settings, tmp_path: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setenv("IM_BUCKET", settings.bucket)
-    monkeypatch.setenv("IM_WORK_DIR", str(tmp_path / "work"))
+def test_cli_exits_non_zero_with_one_line_message(settings, tmp_path: Path, cli_env, capsys) -> None:
     path = _write(tmp_path, "empty.csv", "")
     assert main(["land", "--source", str(path), "--format", "taobao"]) == 1
     err = capsys.readouterr().err
@@ -429,9 +434,7 @@ def test_a_header_naming_a_column_twice_fails_clearly(settings, tmp_path: Path) 
                     column_map={"user_id": "user", "category_id": "cat", "behavior": "event", "ts": "at"})
 
 
-def test_cli_lands_another_encoding_and_timestamp_unit(settings, tmp_path: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setenv("IM_BUCKET", settings.bucket)
-    monkeypatch.setenv("IM_WORK_DIR", str(tmp_path / "work"))
+def test_cli_lands_another_encoding_and_timestamp_unit(settings, tmp_path: Path, cli_env, capsys) -> None:
     path = _write(tmp_path, "cp1252.csv", ("user,cat,event,at\n" + "".join(
         f"Jos\xe9{u},7,view,{(T0 + u) * 1000}\n" for u in range(5))).encode("cp1252"))
     assert main(["land", "--source", str(path), "--format", "csv", "--map", "user_id=user", "--map", "category_id=cat",
@@ -465,11 +468,9 @@ def test_another_delimiter_and_boolean_id_columns_fail_naming_the_fix(settings, 
         land_events(settings, flags, "parquet", column_map=cmap)
 
 
-def test_a_field_mapped_twice_on_the_command_line_fails_naming_both(settings, tmp_path: Path, monkeypatch,
+def test_a_field_mapped_twice_on_the_command_line_fails_naming_both(settings, tmp_path: Path, cli_env,
                                                                    capsys) -> None:
     # `--map user_id=uid --map user_id=cat`: the second silently won, and every category became a user.
-    monkeypatch.setenv("IM_BUCKET", settings.bucket)
-    monkeypatch.setenv("IM_WORK_DIR", str(tmp_path / "work"))
     path = _write(tmp_path, "twice.csv", "uid,cat,at\n" + "".join(f"u{u},c{u % 3},{T0 + u}\n" for u in range(5)))
     assert main(["land", "--source", str(path), "--format", "csv", "--map", "user_id=uid", "--map", "user_id=cat",
                  "--map", "category_id=cat", "--map", "ts=at", "--behavior-constant", "view"]) == 1
@@ -477,10 +478,8 @@ def test_a_field_mapped_twice_on_the_command_line_fails_naming_both(settings, tm
     assert storage.list_keys(settings, "raw/") == []
 
 
-def test_a_headerless_file_with_another_delimiter_names_it(settings, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_a_headerless_file_with_another_delimiter_names_it(settings, tmp_path: Path, cli_env, capsys) -> None:
     # A tab-separated Taobao export was refused as "first row has 1 columns", with no word on why.
-    monkeypatch.setenv("IM_BUCKET", settings.bucket)
-    monkeypatch.setenv("IM_WORK_DIR", str(tmp_path / "work"))
     path = _write(tmp_path, "tabbed.csv", "\n".join(g.replace(",", "\t") for g in GOOD) + "\n")
     with pytest.raises(SourceError, match=r"first row has 1 columns, expected 5 .*the rows look tab-delimited: "
                                           r"land it with --delimiter '\\t'"):
@@ -490,11 +489,9 @@ def test_a_headerless_file_with_another_delimiter_names_it(settings, tmp_path: P
 
 
 @pytest.mark.parametrize("written", ["\\t", "tab", "TAB"])
-def test_a_tab_delimiter_can_be_typed_as_backslash_t_or_tab(settings, tmp_path: Path, monkeypatch, capsys,
+def test_a_tab_delimiter_can_be_typed_as_backslash_t_or_tab(settings, tmp_path: Path, cli_env, capsys,
                                                            written: str) -> None:
     # `--delimiter '\t'` reached the product as two characters and was refused as not one character.
-    monkeypatch.setenv("IM_BUCKET", settings.bucket)
-    monkeypatch.setenv("IM_WORK_DIR", str(tmp_path / "work"))
     path = _write(tmp_path, "events.tsv", "user\tcat\tevent\tat\n" + "".join(f"u{u}\tc1\tview\t{T0 + u}\n"
                                                                           for u in range(5)))
     assert main(["land", "--source", str(path), "--format", "csv", "--map", "user_id=user", "--map", "category_id=cat",
@@ -561,11 +558,9 @@ def test_a_csv_file_given_as_parquet_is_named_as_text(settings, tmp_path: Path) 
                                                            "behavior": "event", "ts": "at"})
 
 
-def test_the_cli_summary_lines_name_the_reasons_without_stray_blanks(settings, tmp_path: Path, monkeypatch,
+def test_the_cli_summary_lines_name_the_reasons_without_stray_blanks(settings, tmp_path: Path, cli_env,
                                                                      capsys) -> None:
     # They read "quarantined 0 " and "0 quarantined , 0 duplicates" when nothing was quarantined.
-    monkeypatch.setenv("IM_BUCKET", settings.bucket)
-    monkeypatch.setenv("IM_WORK_DIR", str(tmp_path / "work"))
     path = _write(tmp_path, "events.csv", "\n".join([*GOOD, f"1,2,7,pv,{T0 * 1000}"]) + "\n")
     assert main(["land", "--source", str(path), "--format", "taobao"]) == 0
     assert capsys.readouterr().out.rstrip("\n").endswith("quarantined 1 (implausible_timestamp: 1)")
