@@ -387,6 +387,21 @@ def test_integer_timestamps_in_ms_us_ns_are_read_by_their_unit_and_named_when_no
     assert min(read_clean_events(settings, D, D)["ts"].to_pylist()) == first
 
 
+def test_an_unclosed_quote_sets_aside_its_line_not_the_rows_after_it(settings, tmp_path: Path) -> None:
+    # Arrow's parser reads on from an unclosed quote over the line ends to the end of its block: the
+    # 15 rows after it (up to 16 MiB of them) became one quarantined row and were missing from clean.
+    rows = GOOD[:5] + ['21,"1021,7,pv,1511568000'] + GOOD[5:12] + ['22,1022,"7,pv,1511568000'] + GOOD[12:]
+    res = _land_ok(settings, _write(tmp_path, "stray_quote.csv", "\n".join(rows) + "\n"))
+    assert res.rows == 20 and res.quarantine_reasons == {"unclosed_quote": 2}
+    q = storage.read_parquet(settings, res.quarantine_key).to_pydict()
+    assert q["raw"] == ['21,"1021,7,pv,1511568000', '22,1022,"7,pv,1511568000']
+    assert "no quote closes it" in q["detail"][0]
+    # A quote left open on the last line swallows nothing.
+    res = _land_ok(settings, _write(tmp_path, "last_quote.csv", "\n".join([*GOOD, '23,"1023,7,pv,1']) + "\n"),
+                   name="last")
+    assert res.rows == 20 and res.quarantine_reasons == {"unclosed_quote": 1}
+
+
 def test_a_line_longer_than_a_read_block_is_set_aside_not_the_file(settings, tmp_path: Path) -> None:
     from pipelines.data.sourcefile import LONG_LINE_BYTES
 

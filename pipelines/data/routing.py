@@ -4,7 +4,7 @@ The first half of landing (:mod:`pipelines.data.landing` publishes the result): 
 and :func:`split_parquet` stream a CSV (plain or gzip) or Parquet source, write every row
 *unchanged* into ``<scratch>/dt=D.csv.zst`` (zstd-compressed CSV text; ``.parquet``) by its UTC
 event date, and collect the rows that cannot be placed in :class:`SplitStats` with a reason
-(``wrong_column_count``, ``unexpected_header``, ``malformed_row``, ``unparseable_timestamp``,
+(``wrong_column_count``, ``unclosed_quote``, ``unexpected_header``, ``malformed_row``, ``unparseable_timestamp``,
 ``implausible_timestamp``, ``outside_window`` when a window is given).
 With ``IM_PSEUDONYMIZE`` on, the user id of every row is replaced by its pseudonym
 (:mod:`pipelines.privacy.pseudonym`) before anything is written, set-aside rows included; a row
@@ -213,12 +213,35 @@ def _route(batch: pa.RecordBatch | pa.Table, spec: SourceSpec, stats: SplitStats
 def _flush_invalid(pending: list[tuple[str, int, int]], stats: SplitStats, withhold_delimiter: str | None = None) -> None:
     """Set aside the rows the CSV reader could not split into the expected columns (with
     ``withhold_delimiter``, pseudonymisation is on: such a row's text is withheld, since which of its
-    fields is the user id is unknown)."""
+    fields is the user id is unknown). A row cut from a longer text by :func:`_cut_unclosed_quotes`
+    has ``actual`` -1 and is set aside as ``unclosed_quote``."""
     for text, expected, actual in pending:
         stats.rows_read += 1
         raw = text if withhold_delimiter is None else _withheld(text, withhold_delimiter)
-        stats.reject("wrong_column_count", raw, f"{actual} columns, expected {expected}")
+        if actual < 0:
+            stats.reject("unclosed_quote", raw, "a quote (\") opens a field and no quote closes it on this line; "
+                         "the lines after it were read again as rows")
+        else:
+            stats.reject("wrong_column_count", raw, f"{actual} columns, expected {expected}")
     pending.clear()
+
+
+def _cut_unclosed_quotes(pending: list[tuple[str, int, int]]) -> list[str]:
+    """The lines that rows of ``pending`` swallowed, cut off them.
+
+    Rows are read with ``newlines_in_values=False``, yet a quote that opens a field and is never
+    closed makes Arrow's parser read on over the line ends, to the end of its block (16 MiB): every
+    row after it became part of one invalid row. Each such row keeps its first line (then set aside
+    as ``unclosed_quote``, as is a row of one line with an odd number of quotes); the lines after it
+    are returned, to be read as rows again."""
+    rest: list[str] = []
+    for i, (text, expected, _actual) in enumerate(pending):
+        first, newline, after = text.partition("\n")
+        if newline or first.count('"') % 2:  # (a quote left open on the last line it could swallow)
+            pending[i] = (first.removesuffix("\r"), expected, -1)
+            if after.strip("\r\n"):
+                rest.append(after)
+    return rest
 
 
 class _CsvDayFiles:
@@ -325,13 +348,32 @@ def _split_csv_once(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetim
         if "Empty CSV file" in str(exc) or (skip_header and "Could not skip initial" in str(exc)):
             raise SourceError(f"{name}: no data rows after the header: nothing to land") from exc
         raise SourceError(f"{name}: unreadable as {spec.fmt} CSV: {exc}") from exc
+    def route(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+        table, not_text = as_utf8(batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch]))
+        if not_text is not None:
+            _set_aside_encoding(stats, table, not_text, spec, withhold)
+            table = table.filter(pa.array(~not_text))
+        return table
+
+    def flush() -> None:
+        # The lines a row with an unclosed quote swallowed are read again (they may hold another one).
+        while swallowed := _cut_unclosed_quotes(pending_invalid):
+            for text in swallowed:
+                again = pacsv.read_csv(
+                    pa.py_buffer(text.encode()),
+                    read_options=pacsv.ReadOptions(column_names=columns, block_size=BATCH_BYTES),
+                    parse_options=pacsv.ParseOptions(delimiter=spec.delimiter, invalid_row_handler=on_invalid,
+                                                     newlines_in_values=False),
+                    convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in columns},
+                                                         strings_can_be_null=False, quoted_strings_can_be_null=False))
+                _route(route(again), spec, stats, now, day_files.write, window=window, check_fields=check_fields,
+                       pseudonyms=pseudonyms)
+        _flush_invalid(pending_invalid, stats, withhold)
+
     first = True
     try:
         for batch in reader:
-            table, not_text = as_utf8(pa.Table.from_batches([batch]))
-            if not_text is not None:
-                _set_aside_encoding(stats, table, not_text, spec, withhold)
-                table = table.filter(pa.array(~not_text))
+            table = route(batch)
             if first and not spec.has_header and table.num_rows:
                 first = False
                 head = [table[c][0].as_py() for c in columns]
@@ -343,8 +385,8 @@ def _split_csv_once(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetim
                     table = table.slice(1)
             _route(table, spec, stats, now, day_files.write, window=window, check_fields=check_fields,
                    pseudonyms=pseudonyms)
-            _flush_invalid(pending_invalid, stats, withhold)
-        _flush_invalid(pending_invalid, stats, withhold)
+            flush()
+        flush()
     except pa.ArrowInvalid as exc:
         raise SourceError(f"{name}: unreadable as {spec.fmt} CSV after {stats.rows_read} rows: {exc}") from exc
     finally:
