@@ -402,6 +402,54 @@ def test_an_unclosed_quote_sets_aside_its_line_not_the_rows_after_it(settings, t
     assert res.rows == 20 and res.quarantine_reasons == {"unclosed_quote": 1}
 
 
+def test_landing_names_of_only_dots_are_refused_and_the_work_folder_stays(settings, tmp_path: Path) -> None:
+    # '..' made the landing's scratch folder the work folder itself, and landing deleted it whole.
+    import dataclasses
+
+    work = tmp_path / "work"
+    (work / "landing").mkdir(parents=True)
+    (work / "keep.txt").write_text("mine")
+    here = dataclasses.replace(settings, work_dir=work)
+    path = _write(tmp_path, "n.csv", "\n".join(GOOD) + "\n")
+    for name in ("..", ".", "..."):
+        with pytest.raises(SourceError, match=r"landing name '\.+': .*not only dots"):
+            land_events(here, path, "taobao", name=name)
+    assert (work / "keep.txt").read_text() == "mine"
+    assert _land_ok(here, path, name="a..b").rows == 20  # dots among other characters stay a name
+
+
+def test_parquet_columns_sharing_a_name_are_a_named_error(settings, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_arrays([pa.array(["1"]), pa.array(["7"]), pa.array(["view"]), pa.array([T0]),
+                                  pa.array(["x"])], names=["uid", "cat", "ev", "when", "uid"])
+    path = tmp_path / "twice.parquet"
+    pq.write_table(table, path)
+    with pytest.raises(SourceError, match=r"twice.parquet: more than one column is named \['uid'\]"):
+        land_events(settings, path, "parquet", column_map={"user_id": "uid", "category_id": "cat", "behavior": "ev",
+                                                           "ts": "when"})
+
+
+def test_parquet_bytes_that_are_not_utf8_are_set_aside_at_landing(settings, tmp_path: Path) -> None:
+    # A mapped binary column landed whole; every validation of its day then failed on an Arrow cast.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"uid": pa.array([b"1", b"2", b"\xff\xfe", b"4"], pa.binary()), "cat": ["7"] * 4,
+                      "ev": ["view"] * 4, "when": [T0 + 60 * i for i in range(4)]})
+    path = tmp_path / "bytes.parquet"
+    pq.write_table(table, path)
+    res = _land_ok(settings, path, "parquet", column_map={"user_id": "uid", "category_id": "cat", "behavior": "ev",
+                                                          "ts": "when"})
+    assert res.rows == 3 and res.quarantine_reasons == {"invalid_encoding": 1}
+    q = storage.read_parquet(settings, res.quarantine_key).to_pydict()
+    assert q["raw"][0].startswith("\ufffd\ufffd,7,view,") and "not UTF-8" in q["detail"][0]
+    assert validate_partition(settings, D, report_id="bytes").valid_rows == 3
+    preprocess_partition(settings, D)
+    assert sorted(read_clean_events(settings, D, D)["user_id"].to_pylist()) == ["1", "2", "4"]
+
+
 def test_a_line_longer_than_a_read_block_is_set_aside_not_the_file(settings, tmp_path: Path) -> None:
     from pipelines.data.sourcefile import LONG_LINE_BYTES
 

@@ -54,7 +54,7 @@ from pipelines.privacy import pseudonym
 log = logging.getLogger(__name__)
 
 SMALL_FILE_BYTES = 8 << 20  # day files below this are sent in one request
-_NAME = r"[A-Za-z0-9_.\-]{1,120}"
+_NAME = r"(?!\.+$)[A-Za-z0-9_.\-]{1,120}"  # not '.' or '..': the name is a folder of the work dir too
 
 
 @dataclass
@@ -107,7 +107,7 @@ def land_events(settings: Settings, source: str | Path, fmt: str, *, column_map:
     implicit = name is None
     name = name or default_name(source)
     if not re.fullmatch(_NAME, name):
-        raise SourceError(f"landing name {name!r}: use letters, digits, '_', '.', '-'")
+        raise SourceError(f"landing name {name!r}: use letters, digits, '_', '.', '-' (not only dots)")
     scratch = Path(settings.work_dir) / "landing" / name
     if scratch.exists():
         shutil.rmtree(scratch)

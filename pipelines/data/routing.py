@@ -395,12 +395,12 @@ def _split_csv_once(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetim
 
 
 def _set_aside_encoding(stats: SplitStats, table: pa.Table, mask: np.ndarray, spec: SourceSpec,
-                        withhold: str | None) -> None:
+                        withhold: str | None, hint: str | None = None) -> None:
     rows = table.filter(pa.array(mask))
     stats.rows_read += rows.num_rows
     texts = _raw_text(rows, spec).to_pylist()
-    hint = (f"bytes that are not {spec.encoding} (shown as U+FFFD); if the file is in another encoding, "
-            "land it with --encoding (e.g. latin-1, cp1252)")
+    hint = hint or (f"bytes that are not {spec.encoding} (shown as U+FFFD); if the file is in another encoding, "
+                    "land it with --encoding (e.g. latin-1, cp1252)")
     for text in texts:
         stats.reject("invalid_encoding", text if withhold is None else _withheld(text, withhold), hint)
 
@@ -437,8 +437,24 @@ def split_parquet(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime,
             writers[day] = pq.ParquetWriter(str(target), schema, compression="zstd")
         writers[day].write_table(part)
 
+    # Mapped binary columns are read as text: a value that is not UTF-8 is set aside at landing (as
+    # in a CSV file), not left to fail every validation of its day.
+    mapped = set(spec.column_map.values())
+    binary = [f.name for f in pf.schema_arrow if f.name in mapped
+              and (pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) or pa.types.is_fixed_size_binary(f.type))]
+    withhold = spec.delimiter if pseudonyms is not None else None
     try:
         for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            if binary:
+                table = pa.Table.from_batches([batch])
+                texts, not_text = as_utf8(table.select(binary))
+                if not_text is not None:
+                    shown = table
+                    for name in binary:
+                        shown = shown.set_column(shown.schema.get_field_index(name), name, texts[name])
+                    _set_aside_encoding(stats, shown, not_text, spec, withhold,
+                                        f"binary column(s) {binary} hold bytes that are not UTF-8 (shown as U+FFFD)")
+                    batch = table.filter(pa.array(~not_text))
             _route(batch, spec, stats, now, write, window=window, pseudonyms=pseudonyms)
     finally:
         for w in writers.values():

@@ -236,7 +236,11 @@ def is_header_row(fields: list[str], spec: SourceSpec) -> bool:
 
 def check_parquet_columns(path: Path, schema: pa.Schema, spec: SourceSpec) -> None:
     """Raise :class:`SourceError` when a mapped column of a Parquet source is missing, holds lists
-    or structs, or (for an id) true/false values."""
+    or structs, or (for an id) true/false values, and when two columns share a name."""
+    twice = sorted({c for c in schema.names if schema.names.count(c) > 1})
+    if twice:
+        raise SourceError(f"{path}: more than one column is named {twice}: give each column its own name "
+                          "(rule: columns)")
     missing = sorted(set(spec.column_map.values()) - set(schema.names))
     if missing:
         raise SourceError(f"{path}: missing column(s) {missing}; file has {schema.names} (rule: columns)")
