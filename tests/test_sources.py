@@ -96,6 +96,79 @@ def test_a_column_map_file_with_an_unknown_key_names_it(tmp_path: Path) -> None:
         formats.read_column_map_file(path)
 
 
+def test_iso_offsets_of_whole_hours_are_honoured_next_to_other_rows() -> None:
+    # "+08" / "-03" missed the offset pattern: mixed with other rows, pandas raised "Mixed timezones detected".
+    out = parse_ts(pa.array(["2017-11-25T10:00:00+08", "2017-11-25T23:00:00-03", "2017-11-25T08:00:00",
+                             "2017-11-25", "2017-11-25 10:00:00.5+0800"]), "iso", "Asia/Shanghai")
+    h = 3600 * 10**6
+    assert out.to_pylist() == [D1 * 10**6 + 2 * h, D1 * 10**6 + 26 * h, D1 * 10**6, D1 * 10**6 - 8 * h,
+                               D1 * 10**6 + 2 * h + 500_000]
+
+
+def test_local_times_at_a_clock_change_read_the_same_in_csv_and_parquet() -> None:
+    # A time skipped when summer time starts, and one that occurs twice when it ends. The text was
+    # quarantined as unparseable; a naive Parquet timestamp landed the gap at 00:59:59.999999 UTC.
+    texts = ["2017-03-26 02:30:00", "2017-10-29 02:30:00", "2017-06-01 12:00:00"]
+    naive = pa.array([dt.datetime.fromisoformat(t) for t in texts], pa.timestamp("us"))
+    want = [dt.datetime(2017, 3, 26, 1, 0, tzinfo=dt.UTC), dt.datetime(2017, 10, 29, 0, 30, tzinfo=dt.UTC),
+            dt.datetime(2017, 6, 1, 10, 0, tzinfo=dt.UTC)]
+    for values in (pa.array(texts), naive):
+        got = parse_ts(values, "iso", "Europe/Berlin").to_pylist()
+        assert [dt.datetime.fromtimestamp(v / 1e6, dt.UTC) for v in got] == want
+
+
+def test_a_number_too_large_for_a_float_is_no_value() -> None:
+    spec = build_spec("csv", {"user_id": "u", "category_id": "c", "behavior": "b", "ts": "t", "value": "v"})
+    source = pa.table({"u": ["1", "2", "3"], "c": ["5"] * 3, "b": ["view"] * 3, "t": [str(D1)] * 3,
+                       "v": ["4.5", "1e400", "-1e999"]})
+    canon = canonicalize(source, spec)
+    assert canon["value"].to_pylist() == [4.5, None, None]  # inf before: it reached clean
+    assert canon["value_raw"].to_pylist() == ["4.5", "1e400", "-1e999"]
+
+
+def test_a_behaviour_map_adds_to_the_codes_the_format_and_canonical_names_give() -> None:
+    # --behavior-map clk=view on a Taobao file replaced pv/cart/fav/buy: every pv row became unknown_behavior.
+    spec = build_spec("taobao", behavior_map={"clk": "view"})
+    source = pa.table({c: pa.array(v) for c, v in zip(formats.TAOBAO_COLUMNS, [
+        ["1", "2", "3"], ["10", "11", "12"], ["5", "5", "5"], ["pv", "clk", "like"],
+        [str(D1)] * 3], strict=True)})
+    assert canonicalize(source, spec)["behavior"].to_pylist() == ["view", "view", None]
+    # A generic file mapping only its own codes keeps the canonical ones; the map may still override one.
+    cmap = {"user_id": "u", "category_id": "c", "behavior": "b", "ts": "t"}
+    source = pa.table({"u": ["1", "2", "3", "4"], "c": ["5"] * 4, "b": ["click", "buy", "cart", "like"],
+                       "t": [str(D1)] * 4})
+    spec = build_spec("csv", cmap, {"click": "view", "cart": "fav"})
+    assert canonicalize(source, spec)["behavior"].to_pylist() == ["view", "buy", "fav", None]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (b"columns: {user_id: u, category_id: c, behavior: b, ts: t}\nbehavior_map: {yes: buy, on: cart}\n",
+     r"behavior_map code\(s\) \[True\] are not text .*quote them"),
+    (b"columns: {user_id: u, category_id: c, behavior: b, ts: t}\nbehavior_map: {010: fav}\n",
+     r"behavior_map code\(s\) \[8\] are not text"),
+    (b"columns: {user_id: u, category_id: c, behavior: b, ts: t}\nsource_columns: abcd\n",
+     r"source_columns must be a list of column names, got 'abcd'"),
+    (b"\xff\xfecolumns: {}\n", r"map.yaml: not UTF-8 text \(byte 0\); save it as UTF-8"),
+])
+def test_odd_column_map_files_are_named_errors(tmp_path: Path, text: bytes, message: str) -> None:
+    path = tmp_path / "map.yaml"
+    path.write_bytes(text)
+    with pytest.raises(SourceError, match=message):
+        formats.read_column_map_file(path)
+
+
+def test_the_documented_column_map_file_with_its_empty_keys_reads(tmp_path: Path) -> None:
+    # docs/data.md shows `source_columns:` with no value: it raised TypeError ('NoneType' is not iterable).
+    path = tmp_path / "map.yaml"
+    path.write_text("columns: {user_id: u, category_id: c, behavior: b, ts: t}\nbehavior_map:\nsource_columns:\n")
+    spec = build_spec("csv", **{k: v for k, v in formats.read_column_map_file(path).items() if k != "column_map"},
+                      column_map=formats.read_column_map_file(path)["column_map"])
+    assert spec.columns is None and spec.behavior_map == {}
+    for pattern in (123, None):
+        with pytest.raises(SourceError, match=r"id_pattern .*: expected a regular expression as text"):
+            build_spec("csv", {"user_id": "u", "category_id": "c", "behavior": "b", "ts": "t"}, id_pattern=pattern)
+
+
 def test_canonicalize_taobao_maps_behaviours() -> None:
     source = pa.table({c: pa.array(v) for c, v in zip(formats.TAOBAO_COLUMNS, [
         ["1", "2"], ["10", "11"], ["5", "5"], ["pv", "like"], [str(D1), str(D1 + 60)]], strict=True)})

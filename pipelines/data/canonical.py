@@ -43,7 +43,7 @@ def parse_ts(values: pa.Array | pa.ChunkedArray, ts_format: str, timezone: str =
         t = values.type
     if pa.types.is_timestamp(t):
         if t.tz is None and timezone != "UTC":
-            values = pc.assume_timezone(values, timezone, ambiguous="earliest", nonexistent="earliest")
+            values = _assume_zone(values, timezone)
         return pc.cast(pc.cast(values, pa.timestamp("us", tz="UTC")), pa.int64())
     if pa.types.is_integer(t) or pa.types.is_floating(t):
         ints = pc.cast(values, pa.int64(), safe=False)
@@ -154,9 +154,21 @@ def looks_iso(details: pa.Array | pa.ChunkedArray, sample: int = 200) -> bool:
     return parsed.null_count < 0.5 * len(parsed)
 
 
+def _assume_zone(naive: pa.Array, timezone: str) -> pa.Array:
+    """Naive timestamps read as wall-clock times in ``timezone``. A time that occurs twice (the hour
+    a summer time ends) reads as its first occurrence; one that never occurs (skipped when summer
+    time starts, 02:30 on a spring night in Berlin) as the first instant after the gap (03:00), as
+    clocks and most exporters write it. CSV and Parquet sources read the same way."""
+    return pc.assume_timezone(naive, timezone, ambiguous="earliest", nonexistent="latest")
+
+
+# An offset after a time of day: Z, +08, +0800, +08:00 (a date alone, 2017-11-25, has none).
+_OFFSET = r"(?:Z|[T ]\d\d(?::?\d\d){0,2}(?:[.,]\d+)?[+-]\d\d(?::?\d\d)?)$"
+
+
 def _parse_iso(strings: pa.Array, timezone: str) -> pa.Array:
     text = strings.to_pandas()
-    has_offset = text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True, na=False).to_numpy()
+    has_offset = text.str.contains(_OFFSET, regex=True, na=False).to_numpy()
     result = pd.Series(pd.NaT, index=text.index, dtype="datetime64[us, UTC]")
     if has_offset.any():
         aware = pd.to_datetime(text[has_offset], format="ISO8601", errors="coerce", utc=True)
@@ -164,9 +176,15 @@ def _parse_iso(strings: pa.Array, timezone: str) -> pa.Array:
     if (~has_offset).any():
         naive = pd.to_datetime(text[~has_offset], format="ISO8601", errors="coerce")
         if getattr(naive.dt, "tz", None) is None:
-            naive = naive.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
+            local = _assume_zone(pa.array(naive.dt.as_unit("us"), pa.timestamp("us")), timezone)
+            naive = pd.Series(local.cast(pa.timestamp("us", tz="UTC")).to_pandas().array, index=naive.index)
         result[~has_offset] = naive.dt.tz_convert("UTC").dt.as_unit("us")
     return pa.array(result, pa.timestamp("us", tz="UTC")).cast(pa.int64())
+
+
+def _canonical_behavior(codes: pa.Array) -> pa.Array:
+    """``codes`` (lower-cased, trimmed) that are canonical behaviours; null for any other."""
+    return pc.if_else(pc.is_in(codes, value_set=pa.array(BEHAVIORS)), codes, pa.scalar(None, pa.string()))
 
 
 def _integral_floats_as_ints(values: pa.Array) -> pa.Array:
@@ -230,17 +248,20 @@ def canonicalize(table: pa.Table, spec: SourceSpec) -> pa.Table:
             vals = pa.array(list(spec.behavior_map.values()), pa.string())
             index = pc.coalesce(pc.index_in(raw_b, value_set=keys),
                                 pc.index_in(loose_b, value_set=pc.utf8_lower(pc.utf8_trim_whitespace(keys))))
-            out["behavior"] = pc.take(vals, index)
+            mapped = pc.take(vals, index)
+            # Canonical codes are themselves unless the map says otherwise (a map of the other codes only).
+            out["behavior"] = pc.coalesce(mapped, _canonical_behavior(loose_b)) if mapped.null_count else mapped
         else:
-            out["behavior"] = pc.if_else(pc.is_in(loose_b, value_set=pa.array(BEHAVIORS)), loose_b,
-                                         pa.scalar(None, pa.string()))
+            out["behavior"] = _canonical_behavior(loose_b)
     ts_col = table[cmap["ts"]]
     out["ts"] = parse_ts(ts_col, spec.ts_format, spec.timezone)
     out["ts_raw"] = pc.cast(ts_col, pa.string())
     if "value" in cmap:
         raw_v = text(cmap["value"])
         ok = pc.match_substring_regex(raw_v, _NUMBER)
-        out["value"] = pc.cast(pc.if_else(ok, raw_v, pa.scalar(None, pa.string())), pa.float64())
+        value = pc.cast(pc.if_else(ok, raw_v, pa.scalar(None, pa.string())), pa.float64())
+        # A number too large for a float (1e400) reads as inf: bad_value, like the text 'inf'.
+        out["value"] = pc.if_else(pc.is_finite(value), value, pa.scalar(None, pa.float64()))
         out["value_raw"] = raw_v
     else:
         out["value"] = pa.nulls(n, pa.float64())

@@ -138,7 +138,8 @@ def build_spec(fmt: str, column_map: dict[str, str] | None = None,
     missing = [f for f in required if f not in cmap]
     if missing:
         raise SourceError(f"column map: no source column for canonical field(s) {missing}")
-    bmap = dict(base.behavior_map if behavior_map is None else behavior_map)
+    # A given map extends the format's own codes (Taobao's pv, cart, fav, buy) and may override them.
+    bmap = {**base.behavior_map, **(behavior_map or {})}
     if bconst and bconst not in BEHAVIORS:
         raise SourceError(f"behaviour constant {bconst!r} is not a canonical behaviour {list(BEHAVIORS)}")
     bad = sorted({v for v in bmap.values() if v not in BEHAVIORS})
@@ -163,6 +164,8 @@ def build_spec(fmt: str, column_map: dict[str, str] | None = None,
     if options:
         raise SourceError(f"column map: unknown option(s) {sorted(options)}")
     valid_encoding(spec.encoding)
+    if not isinstance(spec.id_pattern, str):
+        raise SourceError(f"id_pattern {spec.id_pattern!r}: expected a regular expression as text")
     try:
         re.compile(spec.id_pattern)
     except re.error as exc:
@@ -210,9 +213,11 @@ def read_column_map_file(path: Path) -> dict[str, Any]:
     :func:`build_spec`: ``column_map``, ``behavior_map`` and options."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SourceError(f"column map file {path}: cannot read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"column map file {path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
     try:
         data = (yaml.safe_load(text) or {}) if path.suffix in (".yaml", ".yml") else json.loads(text)
     except Exception as exc:  # yaml/json errors carry line numbers in their text
@@ -225,8 +230,20 @@ def read_column_map_file(path: Path) -> dict[str, Any]:
         raise SourceError(f"column map file {path}: unknown key(s) {unknown}; known: {list(MAP_FILE_KEYS)}")
     out: dict[str, Any] = {"column_map": {str(k): str(v) for k, v in data.pop("columns").items()}}
     if "behavior_map" in data:
-        out["behavior_map"] = {str(k): str(v) for k, v in (data.pop("behavior_map") or {}).items()}
-    if "source_columns" in data:
-        out["columns"] = [str(c) for c in data.pop("source_columns")]
+        bmap = data.pop("behavior_map") or {}
+        if not isinstance(bmap, dict):
+            raise SourceError(f"column map file {path}: behavior_map must be a mapping (source code -> behaviour)")
+        # YAML 1.1 reads yes/no/on/off as booleans and 010 as the number 8: such a code would never match.
+        odd = [k for k in bmap if not isinstance(k, str)]
+        if odd:
+            raise SourceError(f"column map file {path}: behavior_map code(s) {odd} are not text (YAML reads "
+                              "yes/no/on/off as booleans and numbers as numbers): quote them, e.g. 'yes': buy")
+        out["behavior_map"] = {k: str(v) for k, v in bmap.items()}
+    columns = data.pop("source_columns", None)
+    if columns is not None:
+        if not isinstance(columns, list):
+            raise SourceError(f"column map file {path}: source_columns must be a list of column names, "
+                              f"got {columns!r}")
+        out["columns"] = [str(c) for c in columns]
     out.update(data)
     return out
