@@ -346,8 +346,11 @@ def main(argv: list[str] | None = None) -> int:
             fit_options[name] = float(raw)
         elif name == "residual_base":
             fit_options[name] = raw.lower() in ("1", "true", "yes")
+        elif name == "recency_half_life_days":
+            fit_options[name] = float(raw)
         else:
-            raise SystemExit(f"--fit {item}: unknown option {name!r} (listwise_weight, residual_base)")
+            raise SystemExit(f"--fit {item}: unknown option {name!r} (listwise_weight, residual_base, "
+                             "recency_half_life_days)")
     if args.rolling < 0:
         raise SystemExit(f"--rolling {args.rolling}: give a number of blocks (0 = off)")
     if args.rolling:

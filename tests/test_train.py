@@ -187,6 +187,35 @@ def _epochs_run(curve: list[float], patience: int, min_epochs: int) -> tuple[int
     return epochs, stopper.best_epoch
 
 
+def test_recency_weights_travel_with_their_examples(tmp_path) -> None:
+    import pyarrow.parquet as pq
+
+    from pipelines.features import batch
+    from pipelines.features.examples import EncodingConfig
+    from pipelines.features.vocab import build_vocab
+
+    events = synthetic_events()
+    vocab = build_vocab([f"c{i}" for i in range(8)], 1)
+    asofs = [dt.datetime(2024, 1, 20, tzinfo=dt.UTC), dt.datetime(2024, 1, 30, tzinfo=dt.UTC)]
+    index = batch.index_events(events, vocab)
+    examples = batch.encode(index, asofs, vocab, EncodingConfig(3, 30, 6))
+    path = tmp_path / "part.parquet"
+    pq.write_table(examples.to_table(index.users), path)
+    args = ([path], vocab.n_categories, 6, 7)
+    plain = list(train.iter_batches(*args, shuffle=True, seed=3))
+    # A weight naming each example's row in the read: every batch must carry its own rows' weights.
+    tagged = list(train.iter_batches(*args, shuffle=True, seed=3,
+                                     weight_of=lambda asof: np.arange(len(asof), dtype=np.float64)))
+    assert len(tagged) == len(plain) and {len(b) for b in tagged} == {3}
+    for (inputs, labels), (t_inputs, t_labels, rows) in zip(plain, tagged, strict=True):
+        np.testing.assert_array_equal(labels, t_labels)  # the same batches in the same order
+        np.testing.assert_array_equal(examples.take(rows.astype(np.int64)).label_matrix(vocab.n_categories), labels)
+        np.testing.assert_array_equal(inputs["hist_cat"], t_inputs["hist_cat"])
+    weigh = train.recency_weights(asofs[-1].isoformat(), half_life_days=5.0)
+    us = np.array([a.timestamp() * 1e6 for a in asofs])
+    np.testing.assert_allclose(weigh(us), [0.25, 1.0])
+
+
 def test_early_stopping_waits_for_min_epochs_past_an_early_dip() -> None:
     # Ciao, rolling origin, block 3 (docs/experiments.md M8): validation NDCG@5 per epoch.
     curve = [0.6843, 0.6791, 0.6789, 0.6838, 0.6835, 0.6860, 0.6866, 0.6857, 0.6864, 0.6825, 0.6850, 0.6840]

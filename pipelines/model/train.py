@@ -8,11 +8,12 @@ validation NDCG, and log it to the MLflow run as a pyfunc model (the scoring con
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import keras
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 from keras import ops
@@ -50,20 +52,27 @@ _VALIDATION_ROWS = 4096  # validation examples scored at a time by the early sto
 # Model/loss options measured on Ciao (docs/model.md, "Measurements"); train_step uses these.
 LISTWISE_WEIGHT = 0.0  # listwise softmax term in the loss: 1.0 measured worse than BCE alone
 RESIDUAL_BASE = True  # start the repeat path from the decayed-frequency score (wins the published gate: docs/experiments.md)
+RECENCY_HALF_LIFE_DAYS = 0.0  # weight of a training example halves per this many days before the last as-of (0: equal)
 
 
 def iter_batches(files: list[Path], n_categories: int, seq_len: int, batch_size: int, *, shuffle: bool,
-                 seed: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+                 seed: int, weight_of: Callable[[np.ndarray], np.ndarray] | None = None
+                 ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray] | tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:
     """(sparse inputs, labels) batches from Parquet shards, read ``_READ_ROWS`` rows at a time
     (bounded memory). With ``shuffle`` the shard order and the rows of each read are permuted, the
     read is cut into batches of examples with similar sequence lengths (each batch keeps only the
     columns its longest sequence needs: about half the recurrent steps on Ciao) and the batches
-    are yielded in random order."""
+    are yielded in random order. ``weight_of`` (as-of times in microseconds -> weights) adds each
+    example's weight as a third element."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(files)) if shuffle else np.arange(len(files))
     for i in order:
         for record_batch in pq.ParquetFile(files[i]).iter_batches(batch_size=_READ_ROWS):
             examples = Examples.from_table(record_batch)
+            weights = None
+            if weight_of is not None:
+                asof = record_batch.column("asof").cast(pa.int64()).to_numpy(zero_copy_only=False)
+                weights = weight_of(asof).astype(np.float32)
             rows = np.arange(examples.n)
             if shuffle:
                 rows = rng.permutation(examples.n)
@@ -71,23 +80,29 @@ def iter_batches(files: list[Path], n_categories: int, seq_len: int, batch_size:
             batches = [rows[lo:lo + batch_size] for lo in range(0, examples.n, batch_size)]
             for b in (rng.permutation(len(batches)) if shuffle else range(len(batches))):
                 batch = examples.take(batches[b])
-                yield batch.model_inputs(seq_len, trim=shuffle), batch.label_matrix(n_categories)
+                if weights is None:
+                    yield batch.model_inputs(seq_len, trim=shuffle), batch.label_matrix(n_categories)
+                else:
+                    yield batch.model_inputs(seq_len, trim=shuffle), batch.label_matrix(n_categories), weights[batches[b]]
 
 
 def make_tf_dataset(files: list[Path], n_categories: int, seq_len: int, batch_size: int, *, shuffle: bool,
-                    seed: int) -> tf.data.Dataset:
+                    seed: int, weight_of: Callable[[np.ndarray], np.ndarray] | None = None) -> tf.data.Dataset:
     """A ``tf.data.Dataset`` streaming :func:`iter_batches` (a new shuffle seed each epoch)."""
     epoch = {"n": 0}
 
-    def generator() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    def generator() -> Iterator[Any]:
         epoch["n"] += 1
-        yield from iter_batches(files, n_categories, seq_len, batch_size, shuffle=shuffle, seed=seed + epoch["n"])
+        yield from iter_batches(files, n_categories, seq_len, batch_size, shuffle=shuffle, seed=seed + epoch["n"],
+                                weight_of=weight_of)
 
     spec = {name: tf.TensorSpec((None, None), tf.int32) for name in ("seq_cat", "seq_beh", "seq_dow", "seq_hour")}
     spec["seq_age"] = tf.TensorSpec((None, None), tf.float32)
     spec["hist_cat"] = tf.TensorSpec((None, None), tf.int32)
     spec["hist_feat"] = tf.TensorSpec((None, None, N_HIST), tf.float32)
-    signature = (spec, tf.TensorSpec((None, n_categories), tf.float32))
+    signature: tuple[Any, ...] = (spec, tf.TensorSpec((None, n_categories), tf.float32))
+    if weight_of is not None:
+        signature = (*signature, tf.TensorSpec((None,), tf.float32))
     return tf.data.Dataset.from_generator(generator, output_signature=signature).prefetch(2)
 
 
@@ -184,8 +199,18 @@ def ranking_loss(listwise_weight: float) -> Any:
     return loss
 
 
+def recency_weights(last_asof: str, half_life_days: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Example weights halving per ``half_life_days`` before ``last_asof`` (ISO-8601), mean about 1."""
+    last_us = dt.datetime.fromisoformat(last_asof).timestamp() * 1e6
+
+    def weight_of(asof_us: np.ndarray) -> np.ndarray:
+        return np.exp2(-(last_us - asof_us.astype(np.float64)) / (half_life_days * 86_400e6))
+    return weight_of
+
+
 def fit_model(dataset: Dataset, settings: Settings, *, use_repeat: bool = True,
-              listwise_weight: float = LISTWISE_WEIGHT, residual_base: bool = RESIDUAL_BASE) -> FitResult:
+              listwise_weight: float = LISTWISE_WEIGHT, residual_base: bool = RESIDUAL_BASE,
+              recency_half_life_days: float = RECENCY_HALF_LIFE_DAYS) -> FitResult:
     """Fit the model on the dataset's training shards, early-stopping on validation NDCG@k (first
     of ``settings.eval_ks``), seeded by ``settings.seed``. ``listwise_weight`` adds a listwise
     softmax loss to the BCE (:func:`ranking_loss`); ``residual_base`` starts the repeat path from
@@ -204,8 +229,10 @@ def fit_model(dataset: Dataset, settings: Settings, *, use_repeat: bool = True,
                         residual_base=residual_base)
     model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=ranking_loss(listwise_weight),
                   steps_per_execution=_STEPS_PER_EXECUTION)
+    weight_of = (recency_weights(dataset.asof_times("train")[-1], recency_half_life_days)
+                 if recency_half_life_days > 0 else None)
     train_ds = make_tf_dataset(dataset.files("train"), vocab.n_categories, config.seq_len, settings.batch_size,
-                               shuffle=True, seed=settings.seed)
+                               shuffle=True, seed=settings.seed, weight_of=weight_of)
     stopper = ValidationNdcgStopping(Examples.from_table(val), vocab.n_categories, config.seq_len, settings.eval_ks[0],
                                      settings.patience, settings.min_epochs)
     log.info("training on %d examples, %d categories, encoder %s, up to %d epochs", n_train, vocab.n_categories,
