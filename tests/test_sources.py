@@ -299,8 +299,24 @@ def test_land_from_s3_uri(settings, tmp_path: Path) -> None:
     storage.put_bytes(settings, "incoming/logs.csv", f"1,100,7,pv,{D1 + 1}\n".encode())
     result = land_events(settings, f"s3://{settings.bucket}/incoming/logs.csv", "taobao")
     assert result.name == "logs" and result.rows == 1 and result.keys == ["raw/events/dt=2017-11-25/logs.csv.zst"]
-    with pytest.raises(SourceError, match="cannot download"):
+    with pytest.raises(SourceError, match=r"cannot download: there is no such object \(no key 'incoming/missing.csv'"):
         land_events(settings, f"s3://{settings.bucket}/incoming/missing.csv", "taobao")
+    with pytest.raises(SourceError, match=r"no such object .*or no such bucket"):
+        land_events(settings, "s3://no-such-bucket-here/logs.csv", "taobao")
+    # Before: botocore's parameter check, quoting its bucket-name regex.
+    for uri in ("s3://", f"s3://{settings.bucket}", f"s3://{settings.bucket}/incoming/"):
+        with pytest.raises(SourceError, match=r"an s3:// source names a bucket and a file"):
+            land_events(settings, uri, "taobao", name="s3")
+
+
+@pytest.mark.services
+def test_a_named_pipe_as_the_source_is_named_not_missing(settings, tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "events.pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(SourceError, match=r"events.pipe: not a regular file \(a pipe, socket or device\)"):
+        land_events(settings, fifo, "taobao")
 
 
 @pytest.mark.services

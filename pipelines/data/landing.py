@@ -136,7 +136,10 @@ def _resolve_source(settings: Settings, source: str | Path, scratch: Path) -> Pa
     """A local path to read: the path itself, or an ``s3://`` source downloaded into ``scratch``."""
     text = str(source)
     if text.startswith("s3://"):
-        target = scratch / Path(storage.S3Uri.parse(text).key).name
+        loc = storage.S3Uri.parse(text)
+        if not loc.bucket or not loc.key or loc.key.endswith("/"):
+            raise SourceError(f"{text}: an s3:// source names a bucket and a file: s3://bucket/path/file.csv")
+        target = scratch / Path(loc.key).name
         try:
             storage.download_uri(settings, text, target)
         except storage.StorageError as exc:
@@ -146,6 +149,8 @@ def _resolve_source(settings: Settings, source: str | Path, scratch: Path) -> Pa
     if path.is_dir():
         raise SourceError(f"{path}: is a folder; land one file at a time (a command per file, each with its own "
                           "--name)")
+    if path.exists() and not path.is_file():
+        raise SourceError(f"{path}: not a regular file (a pipe, socket or device): write it to a file and land that")
     if not path.is_file():
         raise SourceError(f"{path}: no such file")
     return path

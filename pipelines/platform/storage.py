@@ -316,6 +316,10 @@ def download_uri(settings: Settings, source: str, path: str | Path) -> str:
     try:
         s3_client(settings).download_file(loc.bucket, loc.key, str(path))
     except Exception as exc:  # botocore raises several error types for a missing key or bucket
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchKey", "NoSuchBucket"):
+            raise StorageError(f"{source}: cannot download: there is no such object (no key {loc.key!r} in bucket "
+                               f"{loc.bucket!r}, or no such bucket) on {settings.s3_endpoint_url}") from exc
         raise StorageError(f"{source}: cannot download ({exc})") from exc
     return str(path)
 
