@@ -230,8 +230,9 @@ def _cut_unclosed_quotes(pending: list[tuple[str, int, int]]) -> list[str]:
     """The lines that rows of ``pending`` swallowed, cut off them.
 
     Rows are read with ``newlines_in_values=False``, yet a quote that opens a field and is never
-    closed makes Arrow's parser read on over the line ends, to the end of its block (16 MiB): every
-    row after it became part of one invalid row. Each such row keeps its first line (then set aside
+    closed makes Arrow's parser read on over the line ends to the end of the file: in a file of one
+    read block (16 MiB) every row after it became part of one invalid row. (In a larger file the
+    reader stops with "out of sync with chunker": :func:`split_csv` names the open quote.) Each such row keeps its first line (then set aside
     as ``unclosed_quote``, as is a row of one line with an odd number of quotes); the lines after it
     are returned, to be read as rows again."""
     rest: list[str] = []
@@ -388,6 +389,10 @@ def _split_csv_once(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetim
             flush()
         flush()
     except pa.ArrowInvalid as exc:
+        if "out of sync with chunker" in str(exc):  # a quote left open runs over a read block's end
+            raise SourceError(f"{name}: a quote (\") opens a field that no quote closes, somewhere after the first "
+                              f"{stats.rows_read} rows (Arrow's reader: {exc}); remove or close that quote and land "
+                              "the file again") from exc
         raise SourceError(f"{name}: unreadable as {spec.fmt} CSV after {stats.rows_read} rows: {exc}") from exc
     finally:
         day_files.close()
