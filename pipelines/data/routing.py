@@ -232,9 +232,9 @@ def _cut_unclosed_quotes(pending: list[tuple[str, int, int]]) -> list[str]:
     Rows are read with ``newlines_in_values=False``, yet a quote that opens a field and is never
     closed makes Arrow's parser read on over the line ends to the end of the file: in a file of one
     read block (16 MiB) every row after it became part of one invalid row. (In a larger file the
-    reader stops with "out of sync with chunker": :func:`split_csv` names the open quote.) Each such row keeps its first line (then set aside
-    as ``unclosed_quote``, as is a row of one line with an odd number of quotes); the lines after it
-    are returned, to be read as rows again."""
+    reader stops with "out of sync with chunker", and the error names the open quote.) Each such
+    row keeps its first line (then set aside as ``unclosed_quote``, as is a row of one line with an
+    odd number of quotes); the lines after it are returned, to be read as rows again."""
     rest: list[str] = []
     for i, (text, expected, _actual) in enumerate(pending):
         first, newline, after = text.partition("\n")
@@ -333,23 +333,25 @@ def _split_csv_once(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetim
 
     day_files = _CsvDayFiles(scratch, spec, pa.schema([(c, pa.string()) for c in columns]), stats)
     utf8 = valid_encoding(spec.encoding) == "utf-8"
+    parse = pacsv.ParseOptions(delimiter=spec.delimiter, invalid_row_handler=on_invalid, newlines_in_values=False)
+    # Bytes first: a row that is not UTF-8 is set aside, not the whole file refused.
+    convert = pacsv.ConvertOptions(column_types={c: pa.binary() for c in columns}, strings_can_be_null=False,
+                                   quoted_strings_can_be_null=False)
     try:
         reader = pacsv.open_csv(
             open_stream(path),  # plain, gzip or zstd by the magic number, not by the name
             read_options=pacsv.ReadOptions(column_names=columns, block_size=BATCH_BYTES,
                                            skip_rows=preamble.lines_before + (1 if skip_header else 0),
                                            encoding="utf8" if utf8 else spec.encoding),
-            parse_options=pacsv.ParseOptions(delimiter=spec.delimiter, invalid_row_handler=on_invalid,
-                                             newlines_in_values=False),
-            # Bytes first: a row that is not UTF-8 is set aside, not the whole file refused.
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in columns},
-                                                 strings_can_be_null=False, quoted_strings_can_be_null=False))
+            parse_options=parse, convert_options=convert)
     except pa.ArrowInvalid as exc:
         # (a header without a line end after it: Arrow cannot skip the header line it has not ended)
         if "Empty CSV file" in str(exc) or (skip_header and "Could not skip initial" in str(exc)):
             raise SourceError(f"{name}: no data rows after the header: nothing to land") from exc
         raise SourceError(f"{name}: unreadable as {spec.fmt} CSV: {exc}") from exc
-    def route(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+
+    def as_text(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+        """The batch as strings, its rows that are not text in the file's encoding set aside."""
         table, not_text = as_utf8(batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch]))
         if not_text is not None:
             _set_aside_encoding(stats, table, not_text, spec, withhold)
@@ -360,21 +362,16 @@ def _split_csv_once(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetim
         # The lines a row with an unclosed quote swallowed are read again (they may hold another one).
         while swallowed := _cut_unclosed_quotes(pending_invalid):
             for text in swallowed:
-                again = pacsv.read_csv(
-                    pa.py_buffer(text.encode()),
-                    read_options=pacsv.ReadOptions(column_names=columns, block_size=BATCH_BYTES),
-                    parse_options=pacsv.ParseOptions(delimiter=spec.delimiter, invalid_row_handler=on_invalid,
-                                                     newlines_in_values=False),
-                    convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in columns},
-                                                         strings_can_be_null=False, quoted_strings_can_be_null=False))
-                _route(route(again), spec, stats, now, day_files.write, window=window, check_fields=check_fields,
+                again = pacsv.read_csv(pa.py_buffer(text.encode()), parse_options=parse, convert_options=convert,
+                                       read_options=pacsv.ReadOptions(column_names=columns, block_size=BATCH_BYTES))
+                _route(as_text(again), spec, stats, now, day_files.write, window=window, check_fields=check_fields,
                        pseudonyms=pseudonyms)
         _flush_invalid(pending_invalid, stats, withhold)
 
     first = True
     try:
         for batch in reader:
-            table = route(batch)
+            table = as_text(batch)
             if first and not spec.has_header and table.num_rows:
                 first = False
                 head = [table[c][0].as_py() for c in columns]

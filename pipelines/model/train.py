@@ -80,10 +80,8 @@ def iter_batches(files: list[Path], n_categories: int, seq_len: int, batch_size:
             batches = [rows[lo:lo + batch_size] for lo in range(0, examples.n, batch_size)]
             for b in (rng.permutation(len(batches)) if shuffle else range(len(batches))):
                 batch = examples.take(batches[b])
-                if weights is None:
-                    yield batch.model_inputs(seq_len, trim=shuffle), batch.label_matrix(n_categories)
-                else:
-                    yield batch.model_inputs(seq_len, trim=shuffle), batch.label_matrix(n_categories), weights[batches[b]]
+                pair = (batch.model_inputs(seq_len, trim=shuffle), batch.label_matrix(n_categories))
+                yield pair if weights is None else (*pair, weights[batches[b]])
 
 
 def make_tf_dataset(files: list[Path], n_categories: int, seq_len: int, batch_size: int, *, shuffle: bool,
@@ -200,7 +198,8 @@ def ranking_loss(listwise_weight: float) -> Any:
 
 
 def recency_weights(last_asof: str, half_life_days: float) -> Callable[[np.ndarray], np.ndarray]:
-    """Example weights halving per ``half_life_days`` before ``last_asof`` (ISO-8601), mean about 1."""
+    """As-of times (microseconds) -> example weights: 1 at ``last_asof`` (ISO-8601), halving per
+    ``half_life_days`` before it."""
     last_us = dt.datetime.fromisoformat(last_asof).timestamp() * 1e6
 
     def weight_of(asof_us: np.ndarray) -> np.ndarray:
