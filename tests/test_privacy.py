@@ -136,6 +136,25 @@ def test_parquet_source_with_integer_ids_gets_string_pseudonyms(tmp_path: Path) 
     assert table["uid"].to_pylist() == [Pseudonymizer(KEY).one(u) for u in ("444000001", "444000002")]
 
 
+def test_float_and_decimal_ids_get_the_pseudonym_of_the_whole_number(tmp_path: Path) -> None:
+    # A double 444000001.0 was pseudonymised as the text '444000001.0': a second user, and not what
+    # `pseudonym 444000001` or `forget 444000001` look for.
+    import decimal
+
+    for ids in (pa.array([444000001.0, 444000002.0], pa.float64()),
+                pa.array([decimal.Decimal("444000001.00"), decimal.Decimal("444000002.00")], pa.decimal128(12, 2))):
+        source = tmp_path / f"src-{ids.type}.parquet"
+        pq.write_table(pa.table({"uid": ids, "item": ["1", "2"], "cat": ["7", "7"], "kind": ["view", "buy"],
+                                 "when": [T0, T0 + 5]}), source)
+        spec = build_spec("parquet", column_map={"user_id": "uid", "item_id": "item", "category_id": "cat",
+                                                 "behavior": "kind", "ts": "when"}, ts_format="unix_s")
+        scratch = tmp_path / str(ids.type).replace(",", "_")
+        scratch.mkdir()
+        stats = split_parquet(source, spec, scratch, NOW, pseudonymize=Pseudonymizer(KEY))
+        table = pq.read_table(stats.files[dt.date(2017, 11, 25)])
+        assert table["uid"].to_pylist() == [Pseudonymizer(KEY).one(u) for u in ("444000001", "444000002")]
+
+
 def test_cli_pseudonym_needs_the_key_and_writes_private_tables(tmp_path: Path, monkeypatch, capsys) -> None:
     key = tmp_path / "k"
     assert main(["pseudonym", "--new-key", str(key)]) == 0

@@ -126,6 +126,22 @@ def test_a_number_too_large_for_a_float_is_no_value() -> None:
     assert canon["value_raw"].to_pylist() == ["4.5", "1e400", "-1e999"]
 
 
+def test_decimal_ids_read_as_the_number_not_its_fixed_point_text() -> None:
+    # A Parquet decimal(10,2) id column read '10.00' for user 10: a second user next to the CSV's '10'.
+    import decimal
+
+    spec = build_spec("parquet", {"user_id": "u", "item_id": "i", "category_id": "c", "behavior": "b", "ts": "t"},
+                      ts_format="unix_s")
+    dec = [decimal.Decimal(v) for v in ("10.00", "10.50", "-3.10", "7.00")]
+    source = pa.table({"u": pa.array(dec, pa.decimal128(10, 2)), "i": pa.array(dec, pa.decimal128(10, 2)),
+                       "c": pa.array([decimal.Decimal(7)] * 4, pa.decimal128(5, 0)), "b": ["view"] * 4,
+                       "t": [D1] * 4})
+    canon = canonicalize(source, spec)
+    assert canon["user_id"].to_pylist() == ["10", "10.5", "-3.1", "7"]
+    assert canon["item_id"].to_pylist() == ["10", "10.5", "-3.1", "7"]
+    assert canon["category_id"].to_pylist() == ["7"] * 4
+
+
 def test_a_behaviour_map_adds_to_the_codes_the_format_and_canonical_names_give() -> None:
     # --behavior-map clk=view on a Taobao file replaced pv/cart/fav/buy: every pv row became unknown_behavior.
     spec = build_spec("taobao", behavior_map={"clk": "view"})

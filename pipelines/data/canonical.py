@@ -187,6 +187,22 @@ def _canonical_behavior(codes: pa.Array) -> pa.Array:
     return pc.if_else(pc.is_in(codes, value_set=pa.array(BEHAVIORS)), codes, pa.scalar(None, pa.string()))
 
 
+def id_text(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Ids of any Arrow type as text, the same id always the same text: a Parquet export that wrote
+    ids as doubles or decimals gives ``123.0`` / ``123.00`` for user ``123``, which must not become a
+    second user (nor a second pseudonym). Whole numbers lose their fraction, other decimals their
+    trailing zeros (``10.50`` reads ``10.5``, as the double 10.5 does)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    if pa.types.is_floating(values.type):
+        return _integral_floats_as_ints(values)
+    text = pc.cast(values, pa.string())
+    if pa.types.is_decimal(values.type) and values.type.scale > 0:
+        text = pc.replace_substring_regex(text, r"(\.\d*?)0+$", r"\1")
+        text = pc.replace_substring_regex(text, r"\.$", "")
+    return text
+
+
 def _integral_floats_as_ints(values: pa.Array) -> pa.Array:
     """Float ids as text, whole numbers without a fraction: a Parquet export that wrote ids as
     doubles gives ``123.0`` for user ``123``, which must not become a second user. NaN reads
@@ -220,8 +236,7 @@ def canonicalize(table: pa.Table, spec: SourceSpec) -> pa.Table:
     cmap = spec.column_map
 
     def text(column: str) -> pa.Array:
-        arr = table[column].combine_chunks() if isinstance(table[column], pa.ChunkedArray) else table[column]
-        arr = _integral_floats_as_ints(arr) if pa.types.is_floating(arr.type) else pc.cast(arr, pa.string())
+        arr = id_text(table[column])
         if not arr.null_count and _all_plain(arr):
             return arr  # nothing to trim, nothing empty: one pass instead of three copies
         s = pc.utf8_trim_whitespace(arr)

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import ConfigError, Settings, env_name
+from pipelines.data.canonical import id_text
 from pipelines.platform.secrets import SecretError, read_secret
 
 PSEUDONYM_DIGITS = 20
@@ -95,9 +96,7 @@ class Pseudonymizer:
     def array(self, values: Any, id_pattern: str | None = None) -> pa.Array:
         """Pseudonyms of a column of ids (any Arrow type; nulls stay null, empty stays empty); with
         ``id_pattern``, ids that do not match it get :data:`INVALID_MARK` in front."""
-        text = pc.utf8_trim_whitespace(pc.cast(values, pa.string()))
-        if isinstance(text, pa.ChunkedArray):
-            text = text.combine_chunks()
+        text = pc.utf8_trim_whitespace(id_text(values))
         encoded = text.dictionary_encode()
         uniques = encoded.dictionary.to_pylist()
         mapped = [self.digits(u) if u else "" for u in uniques]
