@@ -505,6 +505,20 @@ def test_a_header_naming_a_column_twice_fails_clearly(settings, tmp_path: Path) 
                     column_map={"user_id": "user", "category_id": "cat", "behavior": "event", "ts": "at"})
 
 
+def test_unnamed_and_repeated_columns_no_map_reads_land(settings, tmp_path: Path) -> None:
+    # A spreadsheet export's two empty trailing columns (and two 'notes') were refused as a name given
+    # twice, although no map reads them.
+    rows = "".join(f"u{u},7,view,{T0 + u},a,b,,\n" for u in range(20)) + f"u99,7,jump,{T0 + 99},a,b,,\n"
+    path = _write(tmp_path, "export.csv", "user,cat,event,at,notes,notes,,\n" + rows)
+    res = _land_ok(settings, path, "csv",
+                   column_map={"user_id": "user", "category_id": "cat", "behavior": "event", "ts": "at"})
+    assert res.rows == 21
+    result = validate_partition(settings, D, report_id="unnamed")
+    assert result.reasons == {"unknown_behavior": 1}
+    preprocess_partition(settings, D)
+    assert read_clean_events(settings, D, D).num_rows == 20
+
+
 def test_cli_lands_another_encoding_and_timestamp_unit(settings, tmp_path: Path, cli_env, capsys) -> None:
     path = _write(tmp_path, "cp1252.csv", ("user,cat,event,at\n" + "".join(
         f"Jos\xe9{u},7,view,{(T0 + u) * 1000}\n" for u in range(5))).encode("cp1252"))

@@ -186,7 +186,8 @@ def parse_unpacked(settings: Settings, raw: RawFile, data: bytes) -> pa.Table:
             spec = raw.spec
             table = pacsv.read_csv(
                 io.BytesIO(data),
-                read_options=pacsv.ReadOptions(column_names=None if spec.has_header else raw.columns,
+                # the landed names (a header's unnamed or repeated columns were named at landing)
+                read_options=pacsv.ReadOptions(column_names=raw.columns, skip_rows=1 if spec.has_header else 0,
                                                block_size=BATCH_BYTES),
                 parse_options=pacsv.ParseOptions(delimiter=spec.delimiter),
                 convert_options=pacsv.ConvertOptions(

@@ -194,14 +194,14 @@ def header_columns(path: Path, spec: SourceSpec, preamble: Preamble) -> tuple[li
                 hint = f"; column names are case-sensitive: the header has {', '.join(cased)}"
             raise SourceError(f"{path}: missing column(s) {missing} in header {names} "
                               f"(format {spec.fmt}, rule: columns){hint}")
-        duplicated = sorted({n for n in names if names.count(n) > 1})
+        duplicated = sorted({n for n in names if names.count(n) > 1 and n in spec.column_map.values()})
         if duplicated:
             raise SourceError(f"{path}: header names column(s) {duplicated} more than once (rule: columns)")
         if spec.columns is not None and sorted(names) != sorted(spec.columns):  # another order is read by name
             extra = [c for c in names if c not in spec.columns]
             raise SourceError(f"{path}: header {names} does not match the {spec.fmt} columns {spec.columns}"
                               + (f" (extra: {extra})" if extra else "") + " (rule: columns)")
-        return names, True
+        return _unique_names(names), True
     if spec.columns is None:
         raise SourceError(f"{path}: a headerless {spec.fmt} file needs 'source_columns' (the column names in "
                           "order) in the column-map file")
@@ -210,6 +210,23 @@ def header_columns(path: Path, spec: SourceSpec, preamble: Preamble) -> tuple[li
                           f"({','.join(spec.columns)}) for format {spec.fmt} (rule: column_count)"
                           + _delimiter_hint("rows", fields, spec.delimiter, len(spec.columns)))
     return list(spec.columns), False
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    """Header names made unique for columns no map reads: an unnamed column is ``column_<position>``
+    (1-based), a name given again is ``<name>_<position>`` (a spreadsheet export's empty trailing
+    columns, two ``notes``). The raw file keeps its header line as it was."""
+    taken = set(names)
+    out: list[str] = []
+    for position, name in enumerate(names, start=1):
+        if name and name not in out:
+            out.append(name)
+            continue
+        candidate = f"{name}_{position}" if name else f"column_{position}"
+        while candidate in taken or candidate in out:
+            candidate += "_"
+        out.append(candidate)
+    return out
 
 
 _OTHER_DELIMITERS = ((";", "semicolon", "';'"), ("\t", "tab", "'\\t'"), ("|", "pipe", "'|'"), (",", "comma", "','"))
