@@ -14,7 +14,7 @@ import importlib
 import logging
 import sys
 
-from pipelines.cli import add_json, emit, fail
+from pipelines.cli import add_json, emit, fail, json_errors
 from pipelines.config import ConfigError, Settings, load_settings, settings_table
 
 STAGE_CLIS = (
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    json_errors(args)
     try:
         settings = load_settings()
     except ConfigError as exc:

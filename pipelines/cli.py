@@ -4,7 +4,8 @@ Conventions (the same for every command):
 
 - one day is ``--date YYYY-MM-DD``; a window of days is ``--start YYYY-MM-DD --end YYYY-MM-DD``
   (``--end`` defaults to ``--start``); commands that work on days accept either;
-- ``--json`` prints one JSON document on stdout for programs, instead of the readable lines;
+- ``--json`` prints one JSON document on stdout for programs, instead of the readable lines; when
+  the command fails, that document is ``{"error": "...", "exit_code": N}``;
 - errors go to stderr as one ``error: ...`` line, with exit code 1 (2 for bad arguments), never
   a traceback for a known failure.
 
@@ -76,7 +77,20 @@ def emit(args: argparse.Namespace, payload: Any, text: str | Callable[[], str]) 
         print(text() if callable(text) else text)
 
 
+_json_errors = False  # set by :func:`json_errors` for a command run with --json
+
+
+def json_errors(args: argparse.Namespace) -> None:
+    """Make :func:`fail` also print its error as the JSON document when ``args`` asked for ``--json``
+    (a program reading stdout then gets a document on failure too, not nothing)."""
+    global _json_errors
+    _json_errors = bool(getattr(args, "json", False))
+
+
 def fail(message: str, code: int = 1) -> int:
-    """Print ``error: message`` on stderr; returns ``code`` for the handler to return."""
+    """Print ``error: message`` on stderr (with ``--json`` also ``{"error", "exit_code"}`` on
+    stdout); returns ``code`` for the handler to return."""
     print(f"error: {message}", file=sys.stderr)
+    if _json_errors:
+        print(json.dumps({"error": message, "exit_code": code}, indent=2, sort_keys=True))
     return code

@@ -132,6 +132,23 @@ def test_cli_exits_non_zero_with_one_line_message(settings, tmp_path: Path, cli_
     assert "not both" in capsys.readouterr().err
 
 
+def test_a_failing_command_with_json_prints_its_error_as_the_json_document(settings, tmp_path: Path, cli_env,
+                                                                            capsys) -> None:
+    # `land --json` printed nothing on stdout when it failed: a program parsing its output got no document.
+    import json
+
+    path = _write(tmp_path, "empty.csv", "")
+    assert main(["land", "--source", str(path), "--format", "taobao", "--json"]) == 1
+    out, err = capsys.readouterr()
+    document = json.loads(out)
+    assert document["exit_code"] == 1 and "empty file" in document["error"] and str(path) in document["error"]
+    assert err.startswith("error: land failed:") and len(err.strip().splitlines()) == 1
+    assert main(["validate", "--date", "2017-11-25", "--end", "2017-11-20", "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["exit_code"] == 2
+    assert main(["land", "--source", str(path), "--format", "taobao"]) == 1
+    assert capsys.readouterr().out == ""  # without --json, stdout stays empty
+
+
 @pytest.mark.parametrize("command", [
     ["validate", "--date", "2017-11-25"], ["preprocess", "--date", "2017-11-25"], ["predictions", "--date", "2017-11-25"],
     ["ingest-inbox"], ["monitor"], ["evaluate", "--dataset-uri", "s3://no-such-bucket-x/features/1/", "--model-uri",
