@@ -71,13 +71,21 @@ def add_json(parser: argparse.ArgumentParser) -> None:
 
 def emit(args: argparse.Namespace, payload: Any, text: str | Callable[[], str]) -> None:
     """Print ``payload`` as JSON with ``--json``, else ``text`` (a string or a function making it)."""
+    global _json_errors
     if getattr(args, "json", False):
         print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+        _json_errors = False  # one document per command: a later error goes to stderr only
     else:
         print(text() if callable(text) else text)
 
 
-_json_errors = False  # set by :func:`json_errors` for a command run with --json
+def error_line(message: str) -> None:
+    """Print ``error: message`` on stderr only (a failed part of a command whose JSON document, with
+    that failure in it, follows)."""
+    print(f"error: {message}", file=sys.stderr)
+
+
+_json_errors = False  # set by :func:`json_errors` for a command run with --json; off once a document is out
 
 
 def json_errors(args: argparse.Namespace) -> None:
@@ -90,7 +98,7 @@ def json_errors(args: argparse.Namespace) -> None:
 def fail(message: str, code: int = 1) -> int:
     """Print ``error: message`` on stderr (with ``--json`` also ``{"error", "exit_code"}`` on
     stdout); returns ``code`` for the handler to return."""
-    print(f"error: {message}", file=sys.stderr)
+    error_line(message)
     if _json_errors:
         print(json.dumps({"error": message, "exit_code": code}, indent=2, sort_keys=True))
     return code

@@ -147,6 +147,10 @@ def test_a_failing_command_with_json_prints_its_error_as_the_json_document(setti
     assert json.loads(capsys.readouterr().out)["exit_code"] == 2
     assert main(["land", "--source", str(path), "--format", "taobao"]) == 1
     assert capsys.readouterr().out == ""  # without --json, stdout stays empty
+    # A command whose document lists its failed days prints that one document, not one per error.
+    assert main(["validate", "--date", "2017-11-25", "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert "2017-11-25" in json.loads(out)["failed"] and "FAILED" in err
 
 
 @pytest.mark.parametrize("command", [

@@ -15,7 +15,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import UsageError, add_days, add_json, days_of, emit, fail
+from pipelines.cli import UsageError, add_days, add_json, days_of, emit, error_line, fail
 from pipelines.config import Settings
 from pipelines.data.formats import FORMATS, TS_FORMATS, SourceError, read_column_map_file
 from pipelines.platform import layout, storage
@@ -117,7 +117,7 @@ def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     results = [r.to_dict() for r in run.results if r.date not in run.errors]
     failed = {d.isoformat(): msg for d, msg in sorted(run.errors.items())}
     for date, message in failed.items():
-        fail(f"dt={date}: FAILED: {message}")
+        error_line(f"dt={date}: FAILED: {message}")
     if not args.json:
         for res in run.results:
             if res.date not in run.errors:
@@ -144,7 +144,7 @@ def _cmd_preprocess(args: argparse.Namespace, settings: Settings) -> int:
     run = preprocess_partitions(settings, dates)
     failed = {d.isoformat(): msg for d, msg in sorted(run.errors.items())}
     for date, message in failed.items():
-        fail(f"dt={date}: FAILED: {message}")
+        error_line(f"dt={date}: FAILED: {message}")
     total = {"rows_in": 0, "clean": 0, "quarantined": 0, "duplicates_dropped": 0}
     for res in run.results:
         for key in total:
