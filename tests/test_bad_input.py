@@ -151,6 +151,13 @@ def test_a_failing_command_with_json_prints_its_error_as_the_json_document(setti
     assert main(["validate", "--date", "2017-11-25", "--json"]) == 1
     out, err = capsys.readouterr()
     assert "2017-11-25" in json.loads(out)["failed"] and "FAILED" in err
+    # A window with nothing landed was one error line per day (3,653 for ten years), each naming its day
+    # twice: consecutive days failing for the same reason share one line.
+    assert main(["validate", "--start", "2017-01-01", "--end", "2017-01-31", "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert len(json.loads(out)["failed"]) == 31
+    assert err.splitlines() == [f"error: dt=2017-01-01..2017-01-31 (31 days): FAILED: rule partition_not_empty failed: "
+                                f"no landed files under s3://{settings.bucket}/raw/events/dt=<day>/"]
 
 
 @pytest.mark.parametrize("command", [

@@ -105,6 +105,25 @@ def _cmd_land(args: argparse.Namespace, settings: Settings) -> int:
 # --- validate and preprocess ---------------------------------------------------------------------
 
 
+def _report_failed_days(errors: dict[dt.date, str]) -> None:
+    """One stderr line per failed day; consecutive days failing for the same reason (a window with
+    no landed data: the same message but for its date) share one line naming the range."""
+    runs: list[tuple[dt.date, dt.date, str]] = []
+    for day, message in sorted(errors.items()):
+        text = message.replace(day.isoformat(), "<day>")
+        if text.startswith("dt=<day>: "):
+            text = text[len("dt=<day>: "):]
+        if runs and runs[-1][2] == text and runs[-1][1] + dt.timedelta(days=1) == day:
+            runs[-1] = (runs[-1][0], day, text)
+        else:
+            runs.append((day, day, text))
+    for first, last, text in runs:
+        if first == last:
+            error_line(f"dt={first}: FAILED: {text.replace('<day>', first.isoformat())}")
+        else:
+            error_line(f"dt={first}..{last} ({(last - first).days + 1} days): FAILED: {text}")
+
+
 def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.data.validation import validate_partitions
 
@@ -116,8 +135,7 @@ def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     run = validate_partitions(settings, dates, report_id=report_id)
     results = [r.to_dict() for r in run.results if r.date not in run.errors]
     failed = {d.isoformat(): msg for d, msg in sorted(run.errors.items())}
-    for date, message in failed.items():
-        error_line(f"dt={date}: FAILED: {message}")
+    _report_failed_days(run.errors)
     if not args.json:
         for res in run.results:
             if res.date not in run.errors:
@@ -143,8 +161,7 @@ def _cmd_preprocess(args: argparse.Namespace, settings: Settings) -> int:
         return fail(f"preprocess: {exc}", 2)
     run = preprocess_partitions(settings, dates)
     failed = {d.isoformat(): msg for d, msg in sorted(run.errors.items())}
-    for date, message in failed.items():
-        error_line(f"dt={date}: FAILED: {message}")
+    _report_failed_days(run.errors)
     total = {"rows_in": 0, "clean": 0, "quarantined": 0, "duplicates_dropped": 0}
     for res in run.results:
         for key in total:
