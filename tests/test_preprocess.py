@@ -220,7 +220,7 @@ def test_a_truncated_raw_file_fails_and_preprocess_refuses_a_failed_day(settings
     monkeypatch.setenv("IM_BUCKET", settings.bucket)
     monkeypatch.setenv("IM_WORK_DIR", str(tmp_path / "work"))
     assert main(["preprocess", "--date", D.isoformat()]) == 1
-    assert "dt=2017-11-25: refused: its last validation failed (report id cut)" in capsys.readouterr().err
+    assert "dt=2017-11-25: FAILED: refused: its last validation failed (report id cut)" in capsys.readouterr().err
     assert storage.list_keys(settings, "clean/events/") == []
     # Landed again whole and validated, the day is cleaned.
     land_events(settings, src, "taobao")
