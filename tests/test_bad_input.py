@@ -438,6 +438,31 @@ def test_an_unclosed_quote_sets_aside_its_line_not_the_rows_after_it(settings, t
     assert res.rows == 20 and res.quarantine_reasons == {"unclosed_quote": 1}
 
 
+def test_a_quote_left_open_in_the_last_column_sets_aside_its_line_not_the_rows_after_it(settings,
+                                                                                        tmp_path: Path) -> None:
+    # In the last column the open quote swallowed the rest of the file into one field: the row kept its
+    # column count, so it read as one row (quarantined, its timestamp unreadable) and the 15 rows after it
+    # were missing from clean. (A second open quote further down would close the first: Arrow's reader
+    # joins the lines between them into one field and drops both quotes, so that row lands.)
+    rows = GOOD[:5] + ['21,1021,7,pv,"1511568000'] + GOOD[5:]
+    res = _land_ok(settings, _write(tmp_path, "last_column.csv", "\n".join(rows) + "\n"))
+    assert res.rows == 20 and res.quarantine_reasons == {"unclosed_quote": 1}
+    q = storage.read_parquet(settings, res.quarantine_key).to_pydict()
+    assert q["raw"] == ["21,1021,7,pv,1511568000"]  # (the quote itself is not kept)
+    # A generic file: the same when the last column is the timestamp, which then does not read.
+    header = "user,cat,event,at\n"
+    generic = [f"u{u},7,view,{T0 + u}" for u in range(10)]
+    text = header + "\n".join(generic[:3] + ['u99,7,view,"' + str(T0)] + generic[3:]) + "\n"
+    res = _land_ok(settings, _write(tmp_path, "generic_last.csv", text), "csv", name="generic",
+                   column_map={"user_id": "user", "category_id": "cat", "behavior": "event", "ts": "at"})
+    assert res.rows == 10 and res.quarantine_reasons == {"unclosed_quote": 1}
+    # A value quoted over two lines in a last column that reads is a value, not an open quote.
+    text = "user,cat,event,at,note\n" + f'u1,7,view,{T0},"two\nlines"\n' + f"u2,7,view,{T0},plain\n"
+    res = _land_ok(settings, _write(tmp_path, "note.csv", text), "csv", name="note",
+                   column_map={"user_id": "user", "category_id": "cat", "behavior": "event", "ts": "at"})
+    assert res.rows == 2 and not res.quarantine_reasons
+
+
 def test_landing_names_of_only_dots_are_refused_and_the_work_folder_stays(settings, tmp_path: Path) -> None:
     # '..' made the landing's scratch folder the work folder itself, and landing deleted it whole.
     import dataclasses

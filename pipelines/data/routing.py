@@ -358,14 +358,34 @@ def _split_csv_once(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetim
             table = table.filter(pa.array(~not_text))
         return table
 
+    def open_in_last_column(table: pa.Table) -> pa.Table:
+        """``table`` without its rows whose last field holds a line break where none can be: a quote
+        opened in the last column swallows every line after it into that field (and the row still has
+        its column count). In a Taobao file no field holds a line break; elsewhere such a row counts
+        only when its timestamp does not read. Those rows go to the unclosed-quote path (their first
+        line set aside, the lines after it read again)."""
+        last = table.column_names[-1] if table.num_rows and has_quote else None
+        if last is None:
+            return table
+        broken = pc.fill_null(pc.match_substring(table[last], "\n"), False)
+        if not pc.any(broken).as_py():
+            return table
+        if not spec.needs_plain_fields:
+            broken = pc.and_(broken, pc.is_null(parse_ts(table[spec.column_map["ts"]], spec.ts_format, spec.timezone)))
+        rows = table.filter(broken)
+        texts = [spec.delimiter.join(row) for row in zip(*(rows[c].to_pylist() for c in rows.column_names),
+                                                          strict=True)]
+        pending_invalid.extend((text, len(columns), len(columns)) for text in texts)
+        return table.filter(pc.invert(broken))
+
     def flush() -> None:
         # The lines a row with an unclosed quote swallowed are read again (they may hold another one).
         while swallowed := _cut_unclosed_quotes(pending_invalid):
             for text in swallowed:
                 again = pacsv.read_csv(pa.py_buffer(text.encode()), parse_options=parse, convert_options=convert,
                                        read_options=pacsv.ReadOptions(column_names=columns, block_size=BATCH_BYTES))
-                _route(as_text(again), spec, stats, now, day_files.write, window=window, check_fields=check_fields,
-                       pseudonyms=pseudonyms)
+                _route(open_in_last_column(as_text(again)), spec, stats, now, day_files.write, window=window,
+                       check_fields=check_fields, pseudonyms=pseudonyms)
         _flush_invalid(pending_invalid, stats, withhold)
 
     first = True
@@ -381,8 +401,8 @@ def _split_csv_once(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetim
                     stats.reject("unexpected_header", text if withhold is None else _withheld(text, withhold),
                                  "a header line where the format has none", line=preamble.lines_before + 1)
                     table = table.slice(1)
-            _route(table, spec, stats, now, day_files.write, window=window, check_fields=check_fields,
-                   pseudonyms=pseudonyms)
+            _route(open_in_last_column(table), spec, stats, now, day_files.write, window=window,
+                   check_fields=check_fields, pseudonyms=pseudonyms)
             flush()
         flush()
     except pa.ArrowInvalid as exc:
