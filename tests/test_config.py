@@ -40,3 +40,20 @@ def test_config_file_then_env(tmp_path):
     f.write_text("no_such_setting: 1\n")
     with pytest.raises(ConfigError, match="unknown setting 'no_such_setting'"):
         load_settings(environ={"IM_CONFIG_FILE": str(f)})
+
+
+def test_day_arguments_are_read_whole_or_refused(capsys) -> None:
+    # Dates were read from their first 10 characters and by Python's fromisoformat: '2024-01-01xyz' and
+    # '2024-01-011' were 2024-01-01, '20240102' and '2024-W01-3' were days too; `retention --date`
+    # deletes by the day it reads.
+    from pipelines.__main__ import main
+    from pipelines.platform.dates import to_date
+
+    assert to_date("2024-01-02") == to_date(" 2024-01-02 ") == dt.date(2024, 1, 2)
+    assert to_date("2024-01-02T00:00:00+00:00") == to_date("2024-01-02 23:59") == dt.date(2024, 1, 2)  # Airflow's
+    for bad in ("2024-01-01xyz", "2024-01-011", "20240102", "2024-W01-3", "2024-02-30", "2024-01-01T", ""):
+        with pytest.raises(ValueError, match="is not a date YYYY-MM-DD"):
+            to_date(bad, "--date")
+    for command in (["validate", "--date", "2024-01-01xyz"], ["retention", "--date", "2024-01-011", "--dry-run"]):
+        assert main(command) == 2
+        assert "is not a date YYYY-MM-DD" in capsys.readouterr().err

@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ONE_US = dt.timedelta(microseconds=1)
 
 
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def to_date(value: str | dt.date | dt.datetime, name: str = "date") -> dt.date:
-    """``YYYY-MM-DD`` (or a date/datetime) to a date; a bad value raises ValueError naming ``name``."""
+    """``YYYY-MM-DD`` (or a date/datetime, or an ISO date-time such as Airflow's logical date, whose
+    day it is) to a date; anything else raises ValueError naming ``name``. Nothing is cut off or
+    guessed: ``2024-01-011``, ``2024-01-01xyz``, ``20240101`` and ``2024-W01-3`` are refused
+    (``retention`` deletes by the day it reads)."""
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, dt.date):
         return value
+    text = str(value).strip()
     try:
-        return dt.date.fromisoformat(str(value)[:10])
-    except ValueError as exc:
-        raise ValueError(f"{name}={value!r} is not a date YYYY-MM-DD") from exc
+        if _DAY.fullmatch(text):
+            return dt.date.fromisoformat(text)
+        if _DAY.match(text) and text[10] in "T ":
+            return dt.datetime.fromisoformat(text).date()
+    except ValueError:
+        pass
+    raise ValueError(f"{name}={value!r} is not a date YYYY-MM-DD")
 
 
 def parse_date(value: str | dt.date | dt.datetime | None, name: str) -> dt.date | None:
