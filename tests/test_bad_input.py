@@ -706,3 +706,24 @@ def test_the_cli_summary_lines_name_the_reasons_without_stray_blanks(settings, t
     assert "dt=2017-11-25: 20 rows, 0 quarantined, 0 duplicates" in capsys.readouterr().out
     assert main(["preprocess", "--date", "2017-11-25"]) == 0
     assert "dt=2017-11-25: 20 in = 20 clean + 0 quarantined + 0 duplicates\n" in capsys.readouterr().out
+
+
+def test_names_that_become_key_segments_and_unknown_runs_are_one_line_errors(settings, tmp_path: Path, cli_env,
+                                                                             capsys) -> None:
+    # '../../raw' as a run id and a report id went into S3 keys (botocore's InvalidRequest traceback after the
+    # work was done); an unknown run id gave MLflow's 403 traceback, encode after uploading the dataset.
+    from pipelines.ops.inbox import batch_id
+
+    window = ["--start", "2017-11-25", "--end", "2017-11-26"]
+    for run_id, message in (("../../raw", "is not an MLflow run id"), ("0123456789abcdef", "cannot be read")):
+        assert main(["encode", *window, "--mlflow-run-id", run_id]) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert storage.list_keys(settings, "features/") == []
+    assert main(["register", "--mlflow-run-id", "0123456789abcdef", "--model-uri", "runs:/0123456789abcdef/model",
+                 "--dataset-uri", f"s3://{settings.bucket}/features/x/"]) == 1
+    err = capsys.readouterr().err
+    assert "0123456789abcdef" in err and len(err.strip().splitlines()) == 1
+    assert main(["validate", "--date", "2017-11-25", "--report-id", "../../clean/events"]) == 2
+    assert "--report-id '../../clean/events'" in capsys.readouterr().err
+    assert [batch_id(b) for b in ("..", ".", "a.b", "run:1+2")] == ["__", "_", "a.b", "run_1_2"]

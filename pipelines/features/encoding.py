@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,15 @@ from pipelines.platform.dates import floor_day
 log = logging.getLogger(__name__)
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+
+
 def dataset_id(settings: Settings, start: dt.date, end: dt.date, mlflow_run_id: str | None) -> str:
-    """The folder name under ``features/``: the MLflow run id, or a hash of window and settings."""
+    """The folder name under ``features/``: the MLflow run id, or a hash of window and settings.
+    Raises ValueError for a run id that is not one (it becomes a key segment: ``../../raw`` is refused)."""
     if mlflow_run_id:
+        if not _RUN_ID.fullmatch(mlflow_run_id):
+            raise ValueError(f"--mlflow-run-id {mlflow_run_id!r} is not an MLflow run id (letters, digits, '_', '-')")
         return mlflow_run_id
     key = json.dumps([start.isoformat(), end.isoformat(), settings.describe()], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -122,6 +129,9 @@ def encode_step(settings: Settings, start: dt.date, end: dt.date, *, mlflow_run_
     With ``mlflow_run_id`` the dataset URI and the counts are logged to that run. Raises
     ValueError when the window holds no clean events or is too short for the as-of plan.
     """
+    if mlflow_run_id:  # an unknown run fails here, before anything is encoded or uploaded
+        dataset_id(settings, start, end, mlflow_run_id)
+        tracking.run_exists(settings, mlflow_run_id)
     events = read_clean_events(settings, start, end)
     log.info("encoding %d clean events of %s..%s", events.num_rows, start, end)
     encoded = encode_events(events, settings)

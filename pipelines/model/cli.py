@@ -59,11 +59,15 @@ def _cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_register(args: argparse.Namespace, settings: Settings) -> int:
+    from mlflow.exceptions import MlflowException
+
     try:
         decision = registry.register_step(settings, mlflow_run_id=args.mlflow_run_id, model_uri=args.model_uri,
                                           dataset_uri=args.dataset_uri)
     except (registry.RegistryError, TrackingUnavailable) as exc:
         return fail(str(exc))
+    except MlflowException as exc:  # an unknown run id: the server's answer, its first line
+        return fail(f"register: MLflow run {args.mlflow_run_id!r}: {str(exc).strip().splitlines()[0][:300]}")
     emit(args, decision, f"{decision['model_name']} version {decision['model_version']} {decision['decision']}: "
                          f"{decision['reason']}")
     return 0

@@ -55,8 +55,10 @@ class Announcement:
 
 
 def batch_id(run_id: str) -> str:
-    """A folder-safe id of an ingest run (an Airflow run id holds ':' and '+')."""
-    return _UNSAFE.sub("_", run_id)[:120] or "batch"
+    """A folder-safe id of an ingest run (an Airflow run id holds ':' and '+'); a name of only dots
+    (``--batch ..``) would leave ``inbox/processed/``, so its dots become '_'."""
+    safe = _UNSAFE.sub("_", run_id)[:120] or "batch"
+    return safe if safe.strip(".") else safe.replace(".", "_")
 
 
 def pending_manifests(settings: Settings) -> list[str]:

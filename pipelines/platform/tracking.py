@@ -226,6 +226,19 @@ def start_or_resume_run(settings: Settings, *, dag_id: str, dag_run_id: str,
     return run_id
 
 
+def run_exists(settings: Settings, run_id: str) -> None:
+    """Nothing when run ``run_id`` can be read on the tracking server; ValueError in one line when
+    it cannot (an unknown id answers 403 or 404 there)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client(settings).get_run(run_id)
+    except MlflowException as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"MLflow run {run_id!r} cannot be read at {settings.mlflow_tracking_uri} "
+                         f"(an unknown run id?): {first}") from exc
+
+
 def finish_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
     """Mark the run FINISHED (or FAILED/KILLED): the last task of the DAG calls it."""
     client(settings).set_terminated(run_id, status=status)
