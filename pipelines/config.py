@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import types
 import typing
@@ -41,6 +42,16 @@ _MONITOR_METRICS = ("ndcg_at_5", "recall_at_5", "precision_at_5", "hit_rate_at_5
 
 def _positive(x: Any) -> bool:
     return x > 0
+
+
+def _time_zone(x: Any) -> bool:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(str(x))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def _port(x: Any) -> bool:
@@ -82,7 +93,8 @@ class Settings:
     window_start: dt.date | None = _field(None, "first event date accepted (UTC); empty = no bound")
     window_end: dt.date | None = _field(None, "last event date accepted (UTC); empty = no bound")
     window_timezone: str = _field("UTC", "time zone of the window's day bounds (e.g. Asia/Shanghai for the "
-                                  "official Taobao window); partitions stay UTC dates")
+                                  "official Taobao window); partitions stay UTC dates",
+                                  check=_time_zone, rule="an IANA time zone name such as Asia/Shanghai")
     max_bad_row_share: float = _field(0.05, "batch fails when quarantined/total exceeds this",
                                       check=_share, rule="a share in [0, 1]")
     max_duplicate_share: float = _field(0.5, "batch fails when exact duplicates/total exceeds this",
@@ -108,7 +120,8 @@ class Settings:
         "a file there replaces the shipped suite of that name; empty = the suites in pipelines/data/suites/",
         check=lambda p: p is None or p.is_dir(), rule="an existing folder")
     near_duplicate_seconds: int = _field(1, "same user/item/category/behaviour within this many seconds of "
-                                         "the previous one is a near duplicate (0 = exact only)")
+                                         "the previous one is a near duplicate (0 = exact only)",
+                                         check=lambda x: x >= 0, rule=">= 0")
     burst_max_events_per_second: int = _field(20, "a user's events in one second above this are an "
                                               "impossible burst and set aside", check=_positive, rule="> 0")
 
@@ -294,7 +307,10 @@ def _parse(name: str, raw: Any, annotation: Any) -> Any:
                 raise ValueError
             return int(str(raw).strip())
         if annotation is float:
-            return float(str(raw).strip())
+            number = float(str(raw).strip())
+            if not math.isfinite(number):  # nan fails every comparison (a nan gate margin passes nothing)
+                raise ValueError
+            return number
         if annotation is str:
             return str(raw)
         if annotation is Path:
@@ -310,7 +326,7 @@ def _parse(name: str, raw: Any, annotation: Any) -> Any:
         pass
     else:
         raise ConfigError(f"{name}: unsupported setting type {annotation!r}")
-    expected = {int: "an integer", float: "a number", bool: "true/false", dt.date: "a date YYYY-MM-DD",
+    expected = {int: "an integer", float: "a finite number", bool: "true/false", dt.date: "a date YYYY-MM-DD",
                 Path: "a path"}.get(annotation, "a comma-separated list of integers")
     raise ConfigError(f"{name}={raw!r} is not {expected}")
 

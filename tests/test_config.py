@@ -25,6 +25,12 @@ def test_env_values_are_typed():
         ({"IM_MAX_BAD_ROW_SHARE": "1.5"}, "IM_MAX_BAD_ROW_SHARE"),
         ({"IM_WINDOW_START": "2017-13-01"}, "IM_WINDOW_START='2017-13-01' is not a date"),
         ({"IM_WINDOW_START": "2018-01-02", "IM_WINDOW_END": "2018-01-01"}, "is after"),
+        # accepted before: a nan margin fails every comparison of the gate, inf a learning rate, a zone
+        # that does not exist only failed inside validation, a negative near-duplicate gap meant nothing
+        ({"IM_LEARNING_RATE": "inf"}, "IM_LEARNING_RATE='inf' is not a finite number"),
+        ({"IM_GATE_MARGIN_VS_BASELINES": "nan"}, "IM_GATE_MARGIN_VS_BASELINES='nan' is not a finite number"),
+        ({"IM_WINDOW_TIMEZONE": "Mars/Olympus"}, "IM_WINDOW_TIMEZONE='Mars/Olympus' is out of range: must be an IANA"),
+        ({"IM_NEAR_DUPLICATE_SECONDS": "-5"}, "IM_NEAR_DUPLICATE_SECONDS='-5' is out of range: must be >= 0"),
     ],
 )
 def test_bad_values_name_the_variable(env, message):
@@ -57,3 +63,14 @@ def test_day_arguments_are_read_whole_or_refused(capsys) -> None:
     for command in (["validate", "--date", "2024-01-01xyz"], ["retention", "--date", "2024-01-011", "--dry-run"]):
         assert main(command) == 2
         assert "is not a date YYYY-MM-DD" in capsys.readouterr().err
+
+
+def test_generate_refuses_a_start_past_the_calendar_and_a_share_over_one(tmp_path, capsys) -> None:
+    # --start 9999-12-31 raised OverflowError (a traceback); --shift-share 5 was accepted.
+    from pipelines.__main__ import main
+
+    base = ["generate", "--out", str(tmp_path / "g"), "--users", "2", "--days", "2"]
+    assert main([*base, "--start", "9999-12-31"]) == 2
+    assert "runs past 9999-12-31" in capsys.readouterr().err
+    assert main([*base, "--shift-share", "5"]) == 2
+    assert "--shift-share 5.0 is not a share in [0, 1]" in capsys.readouterr().err

@@ -36,12 +36,16 @@ def _reasons(reasons: dict[str, int]) -> str:
 def _cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.data.synthetic import generate_taobao
 
+    if not 0.0 <= args.shift_share <= 1.0:
+        return fail(f"generate: --shift-share {args.shift_share} is not a share in [0, 1]", 2)
     try:
         result = generate_taobao(
             Path(args.out), users=args.users, days=args.days, categories=args.categories,
             start=to_date(args.start, "--start"), seed=args.seed if args.seed is not None else settings.seed,
             mean_events_per_user_day=args.events_per_user_day, shift_share=args.shift_share,
             compress=args.gzip)
+    except OverflowError as exc:  # --start near year 9999: the days run past the last date Python has
+        return fail(f"generate failed: --start {args.start} plus {args.days} days runs past 9999-12-31 ({exc})", 2)
     except (ValueError, OSError) as exc:
         return fail(f"generate failed: {exc}")
     emit(args, result.to_dict(),
