@@ -72,6 +72,19 @@ def test_announced_files_land_and_move_bad_ones_fail_with_a_reason(settings):
 
 
 @pytest.mark.services
+def test_a_manifest_naming_itself_or_unreadable_is_named_in_its_error(settings):
+    # A manifest whose 'file' was itself went to the lander, whose error named a local scratch path;
+    # a manifest that is not UTF-8 failed with only the codec's words, naming neither manifest nor field.
+    storage.put_json(settings, layout.inbox_key("self.manifest.json"), {"file": "self.manifest.json", "format": "csv"})
+    storage.put_bytes(settings, layout.inbox_key("latin.manifest.json"), '{"file": "caf\xe9.csv"}'.encode("latin-1"))
+    failed = inbox.ingest_pending(settings, "names")["failed"]
+    assert failed[layout.inbox_key("self.manifest.json")] == (
+        "s3 key inbox/events/self.manifest.json: field 'file' 'self.manifest.json' names a manifest, not a data file")
+    latin = failed[layout.inbox_key("latin.manifest.json")]
+    assert latin.startswith("s3 key inbox/events/latin.manifest.json: ") and "utf-8" in latin
+
+
+@pytest.mark.services
 def test_same_file_again_replaces_its_landing_and_an_empty_run_announces_nothing(settings):
     from airflow.sdk.exceptions import AirflowSkipException
 

@@ -76,6 +76,8 @@ def parse_manifest(manifest_key: str, data: Any, scratch: Path) -> Announcement:
     file_name = data.pop("file", None)
     if not isinstance(file_name, str) or not file_name or "/" in file_name:
         raise InboxError(f"{where}: field 'file' must name a data file in {layout.INBOX}/ (no folders)")
+    if file_name.endswith(layout.INBOX_MANIFEST_SUFFIX):
+        raise InboxError(f"{where}: field 'file' {file_name!r} names a manifest, not a data file")
     fmt = data.pop("format", None)
     if fmt not in FORMATS:
         raise InboxError(f"{where}: field 'format' is {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -146,6 +148,10 @@ def ingest_one(settings: Settings, manifest_key: str, batch: str) -> dict[str, A
             result = land_events(settings, storage.uri(settings, announcement.data_key), announcement.fmt,
                                  name=name, **announcement.options).to_dict()
         except (InboxError, SourceError, pa.ArrowException, UnicodeError) as exc:  # bad input, not an outage
+            text = str(exc)
+            if layout.INBOX not in text:  # an Arrow or codec message names neither the manifest nor its file
+                text = f"s3 key {manifest_key}: {text}"
+            exc = InboxError(text)
             error = {"manifest": manifest_key, "error": str(exc), "failed_at": _now()}
             log.error("inbox file not landed: %s", exc)
             moved = _move(settings, keys, "failed", batch, scratch, ("error.json", error))
