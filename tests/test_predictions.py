@@ -87,6 +87,11 @@ def test_cli_scores_and_prints_user_and_summary(published, monkeypatch, capsys):
     assert "users scored: 3" in out and "top emerging (users):" in out
     assert main(["predictions", "--date", "2024-03-09"]) == 1
     assert "no published predictions for 2024-03-09" in capsys.readouterr().err
+    # An empty --user printed the day's summary and --top -2 empty lists, both with exit 0.
+    assert main(["predictions", "--date", D2.isoformat(), "--user", " "]) == 2
+    assert "--user is empty" in capsys.readouterr().err
+    assert main(["predictions", "--date", D2.isoformat(), "--top", "-2"]) == 2
+    assert "--top -2: give at least 1" in capsys.readouterr().err
     assert main(["score", "--date", "2024-03-09"]) == 1
     assert "no clean events for 2024-03-09" in capsys.readouterr().err
     # Programs read --json: one JSON document, the manifest and the user's row.

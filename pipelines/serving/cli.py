@@ -38,6 +38,10 @@ def _cmd_score(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_predictions(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.serving import predictions as reader
 
+    if args.user is not None and not args.user.strip():  # an empty id is not "no --user" (the summary)
+        return fail("predictions: --user is empty: give a user id, or leave --user out for the day's summary", 2)
+    if args.top < 1:
+        return fail(f"predictions: --top {args.top}: give at least 1", 2)
     try:
         day = days_of(args)[0]
         payload: dict[str, Any] = {}
