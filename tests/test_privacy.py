@@ -19,6 +19,7 @@ from pipelines.data.raw import unpack_raw
 from pipelines.data.routing import split_csv, split_parquet
 from pipelines.privacy.pseudonym import (
     INVALID_MARK,
+    PSEUDONYM_DIGITS,
     Pseudonymizer,
     PseudonymKeyError,
     is_pseudonym,
@@ -173,3 +174,39 @@ def test_cli_pseudonym_needs_the_key_and_writes_private_tables(tmp_path: Path, m
     assert main(["pseudonym", "--ids-file", str(ids), "--out", str(out)]) == 0
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     assert out.read_text().splitlines()[2] == f"444000003,{expected.one('444000003')}"
+
+
+def test_cli_pseudonym_reads_ids_files_as_utf8(tmp_path: Path, key_file: Path, monkeypatch, capsys) -> None:
+    # A Latin-1 file raised UnicodeDecodeError (a traceback); a byte-order mark became part of the first id.
+    monkeypatch.setenv("IM_PSEUDONYM_KEY_FILE", str(key_file))
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("Jos\xe9\n".encode("latin-1"))
+    assert main(["pseudonym", "--ids-file", str(latin)]) == 1
+    err = capsys.readouterr().err
+    assert f"{latin}: not UTF-8" in err and len(err.strip().splitlines()) == 1
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeffabc\n".encode())
+    assert main(["pseudonym", "--ids-file", str(bom)]) == 0
+    assert capsys.readouterr().out.split() == ["abc", Pseudonymizer(read_key(key_file)).one("abc")]
+
+
+def test_cli_pseudonym_refuses_empty_ids_and_unsafe_restricted_names(key_file: Path, monkeypatch, capsys) -> None:
+    # An empty --user printed an empty pseudonym; --restricted "" printed instead of writing; a
+    # --restricted name with '/' or '..' became a key segment outside restricted/pseudonyms/.
+    monkeypatch.setenv("IM_PSEUDONYM_KEY_FILE", str(key_file))
+    for argv in (["--user", ""], ["--user", "  "], ["--user", "1", "--restricted", ""],
+                 ["--user", "1", "--restricted", "../x"], ["--user", "1", "--restricted", "a/b"],
+                 ["--user", "1", "--restricted", ".."], ["--user", "1", "--out", ""]):
+        assert main(["pseudonym", *argv]) == 2, argv
+        captured = capsys.readouterr()
+        assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, argv
+
+
+def test_pseudonyms_are_ascii_digits_only() -> None:
+    # str.isdigit() took 20 Arabic-Indic digits for a pseudonym: `forget --pseudonym` searched for it.
+    from pipelines.privacy.erasure import user_forms
+
+    arabic = "\u0661" * PSEUDONYM_DIGITS
+    assert not is_pseudonym(arabic) and not is_pseudonym(INVALID_MARK + arabic) and is_pseudonym("1" * 20)
+    with pytest.raises(ValueError, match="not a pseudonym"):
+        user_forms(load_settings(environ={}), pseudonym=arabic)

@@ -274,3 +274,70 @@ def test_forget_and_retention_dags_run_through_airflow(private: Settings, tmp_pa
     # The run's day is 2017-11-30: raw older than 3 days (D = 11-25) is gone, with its record.
     assert storage.list_keys(private, layout.partition_prefix(layout.RAW, D)) == []
     assert storage.list_keys(private, layout.RETENTION_REPORTS + "/")
+
+
+CSV_MAP = {"user_id": "uid", "item_id": "item", "category_id": "cat", "behavior": "ev", "ts": "ts"}
+CSV_DAY = dt.date(2024, 1, 1)
+
+
+def _land_csv(settings: Settings, tmp_path: Path, text: str) -> None:
+    source = tmp_path / "events.csv"
+    source.write_text(text)
+    land_events(settings, source, "csv", column_map=CSV_MAP, ts_format="iso", name="events")
+
+
+def _unplaced_rows(settings: Settings) -> list[str]:
+    return storage.read_parquet(settings, layout.unplaced_key("events"))["raw"].to_pylist()
+
+
+def test_forget_finds_a_user_id_holding_a_quote_in_raw_csv(settings: Settings, tmp_path: Path) -> None:
+    # Raw CSV stores a"b as "a""b": the cheap byte search for a"b skipped the file, and the user came
+    # back in clean with the next validation and preprocessing.
+    _land_csv(settings, tmp_path, 'uid,item,cat,ev,ts\n"a""b",i1,7,buy,2024-01-01T10:00:00Z\n'
+                                  "u2,i2,7,buy,2024-01-01T11:00:00Z\n")
+    validation.validate_partitions(settings, [CSV_DAY], report_id="q")
+    preprocess_partition(settings, CSV_DAY)
+    report = erasure.forget_user(settings, 'a"b')
+    assert layout.raw_key(CSV_DAY, "events", layout.RAW_CSV) in {c["key"] for c in report["changes"]}
+    validation.validate_partitions(settings, [CSV_DAY], report_id="q2")
+    preprocess_partition(settings, CSV_DAY)
+    assert storage.read_parquet(settings, layout.clean_key(CSV_DAY))["user_id"].to_pylist() == ["u2"]
+
+
+def test_forget_reads_unplaced_rows_as_csv(settings: Settings, tmp_path: Path) -> None:
+    # A quoted id holding the delimiter ("a,b") was split in two, so the user's row stayed.
+    _land_csv(settings, tmp_path, 'uid,item,cat,ev,ts\n"a,b",i8,7,buy\nu2,i2,7,buy,2024-01-01T11:00:00Z\n')
+    assert _unplaced_rows(settings) == ['"a,b",i8,7,buy']
+    report = erasure.forget_user(settings, "a,b")
+    assert report["rows_removed"] == 1 and storage.list_keys(settings, layout.UNPLACED + "/") == []
+
+
+def test_forget_compares_only_the_user_column_of_unplaced_rows(settings: Settings, tmp_path: Path) -> None:
+    # A row of another field count was matched on any field: `forget --user 7` removed u9's row (7
+    # is its category), and a row too short to hold the user column is never matched on another field.
+    _land_csv(settings, tmp_path, "item,uid,cat,ev,ts\ni9,u9,7,buy\n7\n7,u2,7,buy,2024-01-01T11:00:00Z\n"
+                                  "i3,7,7,buy,2024-01-01T11:00:00Z\ni4,7,7\n")
+    before = _unplaced_rows(settings)
+    assert before == ["i9,u9,7,buy", "7", "i4,7,7"]
+    report = erasure.forget_user(settings, "7")
+    assert _unplaced_rows(settings) == ["i9,u9,7,buy", "7"]
+    assert report["rows_removed_by_area"] == {"quarantine": 1, "raw": 1}
+
+
+def test_forget_counts_only_the_users_rows_of_a_deleted_hand_over(settings: Settings, tmp_path: Path,
+                                                                   monkeypatch, capsys) -> None:
+    # The report counted every row of the deleted hand-over as removed (3, not the user's 1).
+    _land_csv(settings, tmp_path, "uid,item,cat,ev,ts\nu1,i1,7,buy,2024-01-01T10:00:00Z\n"
+                                  "u2,i2,7,buy,2024-01-01T11:00:00Z\nu3,i3,7,buy,2024-01-01T12:00:00Z\n")
+    validation.validate_partitions(settings, [CSV_DAY], report_id="q")
+    monkeypatch.setenv("IM_BUCKET", settings.bucket)
+    monkeypatch.setenv("IM_WORK_DIR", str(tmp_path / "work"))
+    assert main(["forget", "--user", "u1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows_removed"] == 2 and report["rows_removed_by_area"] == {"raw": 1, "staging": 1}
+    assert report["rows_dropped_with_caches"] == 2
+    (staging,) = [c for c in report["changes"] if c["area"] == "staging"]
+    assert (staging["rows_before"], staging["rows_after"], staging["user_rows"]) == (3, 0, 1)
+    assert staging["action"].startswith("deleted whole")
+    assert sum(c["rows_before"] - c["rows_after"] for c in report["changes"]) == (
+        report["rows_removed"] + report["rows_dropped_with_caches"])

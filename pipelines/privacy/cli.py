@@ -7,6 +7,7 @@ import argparse
 import csv
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,16 @@ import pyarrow as pa
 from pipelines.cli import UsageError, add_days, add_json, days_of, emit, fail
 from pipelines.config import Settings
 
+# A --restricted name becomes a key segment (restricted/pseudonyms/<name>.parquet): no '/', no '..'
+# and not only dots, so it cannot reach another prefix or make an odd key (landing names' characters).
+_RESTRICTED_NAME = r"(?!\.+$)(?!.*\.\.)[A-Za-z0-9_.\-]{1,120}"
+
 
 def _read_ids(path: Path) -> list[str]:
-    """Ids of a file, one per line (blank lines skipped)."""
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    """Ids of a UTF-8 file, one per line (blank lines skipped). Read as ``utf-8-sig``: a byte-order
+    mark an editor put first would otherwise become part of the first id (and give it another
+    pseudonym). Raises UnicodeDecodeError for bytes that are not UTF-8."""
+    return [line.strip() for line in path.read_bytes().decode("utf-8-sig").splitlines() if line.strip()]
 
 
 def _cmd_pseudonym(args: argparse.Namespace, settings: Settings) -> int:
@@ -32,21 +39,30 @@ def _cmd_pseudonym(args: argparse.Namespace, settings: Settings) -> int:
         emit(args, {"key_file": str(path)}, f"wrote a new key to {path} (0600); set IM_PSEUDONYM_KEY_FILE={path}")
         return 0
     ids = list(args.user or [])
+    if any(not i.strip() for i in ids):  # an empty id has no pseudonym (landing keeps it empty)
+        return fail("--user: an empty or blank id has no pseudonym; give the raw id", 2)
+    if args.out is not None and args.restricted is not None:
+        return fail("give --out or --restricted, not both", 2)
+    if args.out is not None and not args.out.strip():
+        return fail("--out: give a file path (it is empty)", 2)
+    if args.restricted is not None and not re.fullmatch(_RESTRICTED_NAME, args.restricted):
+        return fail(f"--restricted {args.restricted!r}: use letters, digits, '_', '.', '-' (no '/', no '..', "
+                    "not only dots): the name becomes restricted/pseudonyms/<name>.parquet", 2)
     if args.ids_file:
         try:
             ids += _read_ids(Path(args.ids_file))
         except OSError as exc:
             return fail(f"{args.ids_file}: cannot read ({exc.strerror})")
+        except UnicodeDecodeError as exc:
+            return fail(f"{args.ids_file}: not UTF-8 text (byte {exc.start}); save it as UTF-8, one id per line")
     if not ids:
         return fail("give --user ID (repeatable), --ids-file FILE or --new-key PATH", 2)
-    if args.out and args.restricted:
-        return fail("give --out or --restricted, not both", 2)
     try:
         mapper = Pseudonymizer(read_key(settings.pseudonym_key_file))
     except PseudonymKeyError as exc:
         return fail(str(exc))
     rows = [{"user_id": i, "pseudonym": mapper.one(i)} for i in ids]
-    if args.out:  # a local table, readable by its owner only
+    if args.out is not None:  # a local table, readable by its owner only
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=["user_id", "pseudonym"])
         writer.writeheader()
@@ -56,7 +72,7 @@ def _cmd_pseudonym(args: argparse.Namespace, settings: Settings) -> int:
             handle.write(buffer.getvalue())
         emit(args, {"file": args.out, "rows": len(rows)}, f"wrote {len(rows)} pseudonyms to {args.out} (0600)")
         return 0
-    if args.restricted:
+    if args.restricted is not None:
         from pipelines.platform import layout, storage
 
         uri = storage.write_parquet(settings, layout.pseudonym_map_key(args.restricted), pa.Table.from_pylist(
@@ -77,10 +93,15 @@ def _cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
         report = forget_user(settings, args.user, pseudonym=args.pseudonym)
     except (ValueError, PseudonymKeyError) as exc:
         return fail(str(exc))
+    dropped = report["rows_dropped_with_caches"]
     emit(args, report, lambda: "\n".join(
         [f"erasure {report['erasure_id']} of user {report['user_ref']}: {report['rows_removed']} rows removed "
-         f"from {len(report['changes'])} objects; report {report['report']}"]
-        + [f"  {c['area']:<11} {c['key']}: {c['rows_before']} -> {c['rows_after']} ({c['action']})"
+         f"from {len(report['changes'])} objects"
+         + (f" ({dropped} rows of other users went with deleted hand-overs; the next validation rebuilds them)"
+            if dropped else "") + f"; report {report['report']}"]
+        + [f"  {c['area']:<11} {c['key']}: {c['rows_before']} -> {c['rows_after']} ({c['action']}"
+           + (f"; {c['user_rows']} of them the user's" if c["user_rows"] != c["rows_before"] - c["rows_after"]
+              else "") + ")"
            for c in report["changes"]]))
     return 0
 
@@ -106,11 +127,12 @@ def register_cli(subparsers: Any) -> None:
     pseudonym = subparsers.add_parser("pseudonym", help="print the pseudonyms of user ids under the configured key "
                                                         "(needs read access to IM_PSEUDONYM_KEY_FILE)")
     pseudonym.add_argument("--user", action="append", metavar="ID", help="a raw user id (repeatable)")
-    pseudonym.add_argument("--ids-file", metavar="FILE", help="a file of raw user ids, one per line")
+    pseudonym.add_argument("--ids-file", metavar="FILE", help="a UTF-8 file of raw user ids, one per line")
     pseudonym.add_argument("--out", metavar="PATH", help="write the id -> pseudonym table to this local CSV "
                                                          "file (0600) instead of printing it")
     pseudonym.add_argument("--restricted", metavar="NAME", help="write the table to the bucket's restricted "
-                                                                "prefix, restricted/pseudonyms/NAME.parquet")
+                                                                "prefix, restricted/pseudonyms/NAME.parquet "
+                                                                "(NAME: letters, digits, '_', '.', '-')")
     pseudonym.add_argument("--new-key", metavar="PATH", help="write a new random key to PATH (0600) and stop; "
                                                              "an existing file is never replaced")
     add_json(pseudonym)

@@ -8,10 +8,14 @@ on; also with the invalid-id mark). Every object holding a matching row is rewri
   replaces an object atomically), then its sidecar's row count; a file left with no row is deleted
   with its sidecar;
 - ``quarantine/events/dt=D/{validation,preprocess}.parquet`` and ``quarantine/events/unplaced/*``:
-  rewritten at the same key (deleted when empty); an unplaced row matches when the field at the
-  user column of its landing (from the landing's raw sidecars; any field when none is left) is the user;
-- ``staging/validated/dt=D/valid.parquet``: deleted (a hand-over is a cache; rewriting the raw files
-  makes it stale, and the next validation rebuilds it);
+  rewritten at the same key (deleted when empty); an unplaced row's text is read as CSV with its
+  landing's delimiter and matches when the field at the user column of its landing (from the
+  landing's raw sidecars) is the user; a row too short to have that field never matches (no other
+  field is compared: an item or category id equal to the user id is another user's row); when no
+  raw file of the landing is left, its columns are unknown and any field is compared;
+- ``staging/validated/dt=D/valid.parquet``: deleted whole (a hand-over is a cache; rewriting the raw
+  files makes it stale, and the next validation rebuilds it); the report counts only the user's
+  rows in it as removed, and the other rows that went with it apart (``rows_dropped_with_caches``);
 - ``clean/events/dt=D/part-00000.parquet`` and the Parquet files of encoded datasets ``features/<id>/``
   that have a ``user_id`` column: rewritten at the same key;
 - ``predictions/dt=D/`` and ``predictions_intraday/dt=D/hour=HH/``: each part holding the user is
@@ -20,11 +24,13 @@ on; also with the invalid-id mark). Every object holding a matching row is rewri
   manifest never sees a mix.
 
 The report ``reports/erasure/<erasure id>.json`` counts the rows before and after in every object
-it changed, and names the user only by pseudonym (``user_ref``), never by the raw id.
+it changed and the user's rows among them (``user_rows``; ``rows_removed`` is their sum), and names
+the user only by pseudonym (``user_ref``), never by the raw id.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import hashlib
 import io
@@ -54,13 +60,20 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Change:
-    """One object the erasure changed: its key, area, rows before and after, and what was done."""
+    """One object the erasure changed: its key, area, rows before and after, what was done, and how
+    many of the rows gone were the user's (``user_rows``; fewer than ``rows_before - rows_after``
+    only for a cache deleted whole, whose other rows are rebuilt, not erased)."""
 
     area: str
     key: str
     rows_before: int
     rows_after: int
-    action: str  # rewritten | deleted
+    action: str  # rewritten | deleted | deleted whole ...
+    user_rows: int = -1  # -1: rows_before - rows_after
+
+    def __post_init__(self) -> None:
+        if self.user_rows < 0:
+            self.user_rows = self.rows_before - self.rows_after
 
 
 @dataclass
@@ -76,13 +89,17 @@ class Erasure:
 
     @property
     def rows_removed(self) -> int:
-        return sum(c.rows_before - c.rows_after for c in self.changes)
+        """The user's rows removed (a deleted hand-over counts only the user's rows in it)."""
+        return sum(c.user_rows for c in self.changes)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["rows_removed"] = self.rows_removed
-        out["rows_removed_by_area"] = {a: sum(c.rows_before - c.rows_after for c in self.changes if c.area == a)
+        out["rows_removed_by_area"] = {a: sum(c.user_rows for c in self.changes if c.area == a)
                                        for a in sorted({c.area for c in self.changes})}
+        # Other users' rows that went with caches deleted whole: rebuilt by the next validation, not
+        # erased. rows_removed + this = the sum of rows_before - rows_after over the changes.
+        out["rows_dropped_with_caches"] = sum(c.rows_before - c.rows_after - c.user_rows for c in self.changes)
         return out
 
 
@@ -119,8 +136,10 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 
 def _mentions(data: bytes, forms: set[str]) -> bool:
-    """Whether any form occurs in the bytes at all (a cheap test before parsing a text file)."""
-    return any(f.encode() in data for f in forms)
+    """Whether any form occurs in the bytes at all (a cheap test before parsing a text file), as
+    plain text or as a quoted CSV field holds it: a raw CSV file writes a field holding a quote
+    quoted with the quote doubled (``a"b`` as ``"a""b"``), and a search for the plain id skipped it."""
+    return any(text.encode() in data for f in forms for text in {f, f.replace('"', '""')})
 
 
 # --- raw ------------------------------------------------------------------------------------------
@@ -190,18 +209,37 @@ def _rewrite_parquet(settings: Settings, key: str, area: str, mask_of: Any, repo
     report.changes.append(Change(area, key, table.num_rows, kept.num_rows, "rewritten"))
 
 
+def _csv_fields(text: str, delimiter: str) -> list[str]:
+    """The fields of one row's text read as CSV (a quoted field may hold the delimiter or a doubled
+    quote, as the source wrote it); split plainly when the csv module refuses the text."""
+    try:
+        return next(csv.reader([text], delimiter=delimiter), [])
+    except csv.Error:
+        return text.split(delimiter)
+
+
 def _unplaced_mask(table: pa.Table, forms: set[str], landing: Landing | None) -> pa.Array:
-    """Unplaced rows hold their source text: split it, compare the user field (any field when the
-    landing's columns are unknown or the row has another number of fields)."""
+    """Unplaced rows hold their source text: read it as CSV, compare the field at the landing's user
+    column, and only that one: another position holds item or category ids, and an id equal to the
+    user's there is another user's row. A row with too few fields to have that position never
+    matches. With more fields than columns, the text may be fields joined unquoted (rows set aside
+    after parsing: an id holding the delimiter spans several fields), so the user column joined with
+    the surplus fields after it is compared too. When the landing's columns are unknown (no raw
+    file of it is left), any field is compared: erasure then errs on the side of removing the user."""
     delimiter, columns, user_column = landing if landing else (",", [], "")
     index = columns.index(user_column) if user_column in columns else None
     hits = []
     for text in table["raw"].to_pylist():
-        fields = [f.strip() for f in (text or "").split(delimiter)]
-        if index is not None and len(fields) == len(columns):
-            hits.append(fields[index] in forms)
-        else:
+        read = _csv_fields(text or "", delimiter)
+        fields = [f.strip() for f in read]
+        if index is None:
             hits.append(any(f in forms for f in fields))
+        elif len(fields) <= index:
+            hits.append(False)
+        else:
+            surplus = max(len(fields) - len(columns), 0)
+            joined = delimiter.join(read[index:index + surplus + 1]).strip()
+            hits.append(fields[index] in forms or joined in forms)
     return pa.array(hits, pa.bool_())
 
 
@@ -223,9 +261,10 @@ def _erase_handovers(settings: Settings, forms: set[str], report: Erasure) -> No
         report.scanned["staging"] = report.scanned.get("staging", 0) + 1
         rows = pq.read_table(io.BytesIO(storage.get_bytes(settings, key)), columns=["user_id"])
         found = pc.sum(_matches(rows["user_id"], forms)).as_py() or 0
-        if found:
+        if found:  # deleted whole: only the user's rows count as removed (the rest is rebuilt)
             storage.delete_key(settings, key)
-            report.changes.append(Change("staging", key, rows.num_rows, 0, "deleted"))
+            report.changes.append(Change("staging", key, rows.num_rows, 0,
+                                         "deleted whole: a cache, the next validation rebuilds it", found))
 
 
 def _erase_clean(settings: Settings, forms: set[str], report: Erasure) -> None:
@@ -317,6 +356,6 @@ def forget_user(settings: Settings, user_id: str | None = None, *, pseudonym: st
     report.finished_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     out = report.to_dict()
     out["report"] = storage.put_json(settings, layout.erasure_report_key(report.erasure_id), out)
-    log.info("erasure %s of user %s: %d rows removed from %d objects", report.erasure_id, ref,
-             report.rows_removed, len(report.changes))
+    log.info("erasure %s of user %s: %d rows removed from %d objects (%d other rows went with deleted caches)",
+             report.erasure_id, ref, report.rows_removed, len(report.changes), out["rows_dropped_with_caches"])
     return out

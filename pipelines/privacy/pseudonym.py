@@ -130,6 +130,8 @@ def stored_id(settings: Settings, user_id: str) -> str:
 
 
 def is_pseudonym(value: str) -> bool:
-    """Whether ``value`` has the form of a pseudonym (20 digits, optionally behind the invalid mark)."""
+    """Whether ``value`` has the form of a pseudonym (20 ASCII digits, optionally behind the invalid
+    mark). ASCII only: ``str.isdigit`` also accepts other scripts' digits (Arabic-Indic, superscripts),
+    which no pseudonym holds, so ``forget --pseudonym`` would search for a value that cannot exist."""
     digits = value.removeprefix(INVALID_MARK)
-    return len(digits) == PSEUDONYM_DIGITS and digits.isdigit()
+    return len(digits) == PSEUDONYM_DIGITS and digits.isascii() and digits.isdigit()
