@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipelines.platform.dates import is_time_zone
+
 ENV_PREFIX = "IM_"
 CONFIG_FILE_VAR = "IM_CONFIG_FILE"
 DEFAULT_BUCKET = "interest-migration"
@@ -42,16 +44,6 @@ _MONITOR_METRICS = ("ndcg_at_5", "recall_at_5", "precision_at_5", "hit_rate_at_5
 
 def _positive(x: Any) -> bool:
     return x > 0
-
-
-def _time_zone(x: Any) -> bool:
-    import zoneinfo
-
-    try:
-        zoneinfo.ZoneInfo(str(x))
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return False
-    return True
 
 
 def _port(x: Any) -> bool:
@@ -94,7 +86,7 @@ class Settings:
     window_end: dt.date | None = _field(None, "last event date accepted (UTC); empty = no bound")
     window_timezone: str = _field("UTC", "time zone of the window's day bounds (e.g. Asia/Shanghai for the "
                                   "official Taobao window); partitions stay UTC dates",
-                                  check=_time_zone, rule="an IANA time zone name such as Asia/Shanghai")
+                                  check=is_time_zone, rule="an IANA time zone name such as Asia/Shanghai")
     max_bad_row_share: float = _field(0.05, "batch fails when quarantined/total exceeds this",
                                       check=_share, rule="a share in [0, 1]")
     max_duplicate_share: float = _field(0.5, "batch fails when exact duplicates/total exceeds this",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import re
 from pathlib import Path
 from typing import Any
 
@@ -110,9 +109,6 @@ def _cmd_land(args: argparse.Namespace, settings: Settings) -> int:
 # --- validate and preprocess ---------------------------------------------------------------------
 
 
-_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,120}")
-
-
 def _report_failed_days(errors: dict[dt.date, str]) -> None:
     """One stderr line per failed day; consecutive days failing for the same reason (a window with
     no landed data: the same message but for its date) share one line naming the range."""
@@ -140,7 +136,7 @@ def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     except UsageError as exc:
         return fail(f"validate: {exc}", 2)
     report_id = args.report_id or dt.datetime.now(dt.UTC).strftime("manual-%Y%m%dT%H%M%SZ")
-    if not _NAME.fullmatch(report_id) or not report_id.strip("."):  # it names a folder of reports
+    if not layout.is_name(report_id):  # it names a folder of reports
         return fail(f"validate: --report-id {report_id!r}: use 1-120 letters, digits, '_', '.', '-' (not only dots)", 2)
     run = validate_partitions(settings, dates, report_id=report_id)
     results = [r.to_dict() for r in run.results if r.date not in run.errors]

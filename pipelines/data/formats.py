@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from pipelines.contracts import BEHAVIORS
+from pipelines.platform.dates import is_time_zone
 
 FORMATS = ("taobao", "ciao", "csv", "parquet")
 TS_FORMATS = ("unix_s", "unix_ms", "unix_us", "unix_ns", "unix_auto", "iso")
@@ -175,13 +176,8 @@ def build_spec(fmt: str, column_map: dict[str, str] | None = None,
 
 def _zone(name: Any) -> str:
     """``name`` when it is an IANA time zone (``UTC``, ``Europe/Berlin``); else :class:`SourceError`."""
-    import zoneinfo
-
-    try:
-        zoneinfo.ZoneInfo(str(name))
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise SourceError(f"timezone {name!r} is not a known time zone (e.g. UTC, Europe/Berlin, "
-                          "Asia/Shanghai)") from exc
+    if not is_time_zone(name):
+        raise SourceError(f"timezone {name!r} is not a known time zone (e.g. UTC, Europe/Berlin, Asia/Shanghai)")
     return str(name)
 
 

@@ -54,7 +54,6 @@ from pipelines.privacy import pseudonym
 log = logging.getLogger(__name__)
 
 SMALL_FILE_BYTES = 8 << 20  # day files below this are sent in one request
-_NAME = r"(?!\.+$)[A-Za-z0-9_.\-]{1,120}"  # not '.' or '..': the name is a folder of the work dir too
 
 
 @dataclass
@@ -106,7 +105,7 @@ def land_events(settings: Settings, source: str | Path, fmt: str, *, column_map:
     spec = build_spec(fmt, column_map, behavior_map, **spec_options)
     implicit = name is None
     name = name or default_name(source)
-    if not re.fullmatch(_NAME, name):
+    if not layout.is_name(name):  # also a folder of the work dir: '.' or '..' would be the work dir itself
         raise SourceError(f"landing name {name!r}: use letters, digits, '_', '.', '-' (not only dots)")
     scratch = Path(settings.work_dir) / "landing" / name
     if scratch.exists():

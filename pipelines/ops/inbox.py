@@ -82,8 +82,8 @@ def parse_manifest(manifest_key: str, data: Any, scratch: Path) -> Announcement:
     if fmt not in FORMATS:
         raise InboxError(f"{where}: field 'format' is {fmt!r}; expected one of {', '.join(FORMATS)}")
     name = data.pop("name", None)
-    if name is not None and (not isinstance(name, str) or _UNSAFE.search(name) or not 0 < len(name) <= 120):
-        raise InboxError(f"{where}: field 'name' {name!r}: use 1-120 letters, digits, '_', '.', '-'")
+    if name is not None and (not isinstance(name, str) or not layout.is_name(name)):
+        raise InboxError(f"{where}: field 'name' {name!r}: use 1-120 letters, digits, '_', '.', '-' (not only dots)")
     options: dict[str, Any] = data
     if "columns" in data:  # a column map: parsed exactly as a --column-map file is
         map_file = scratch / "column_map.json"

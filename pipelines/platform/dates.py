@@ -12,6 +12,17 @@ _ONE_US = dt.timedelta(microseconds=1)
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
+def is_time_zone(name: object) -> bool:
+    """Whether ``name`` is an IANA time zone this machine knows (``UTC``, ``Europe/Berlin``)."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(str(name))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 def to_date(value: str | dt.date | dt.datetime, name: str = "date") -> dt.date:
     """``YYYY-MM-DD`` (or a date/datetime, or an ISO date-time such as Airflow's logical date, whose
     day it is) to a date; anything else raises ValueError naming ``name``. Nothing is cut off or

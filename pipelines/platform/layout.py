@@ -26,6 +26,17 @@ layout described in ``docs/design.md`` is exactly this module::
 from __future__ import annotations
 
 import datetime as dt
+import re
+
+# A name a user gives that becomes one key segment (a landing, a validation report id, a pseudonym
+# table): letters, digits, '_', '.', '-', at most 120, not only dots ('.' and '..' would leave its prefix).
+NAME = r"(?!\.+$)[A-Za-z0-9_.\-]{1,120}"
+
+
+def is_name(text: str) -> bool:
+    """Whether ``text`` is a :data:`NAME`."""
+    return re.fullmatch(NAME, text) is not None
+
 
 RAW = "raw/events"
 QUARANTINE = "quarantine/events"

@@ -7,7 +7,6 @@ import argparse
 import csv
 import io
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,10 @@ import pyarrow as pa
 
 from pipelines.cli import UsageError, add_days, add_json, days_of, emit, fail
 from pipelines.config import Settings
+from pipelines.platform import layout
 
-# A --restricted name becomes a key segment (restricted/pseudonyms/<name>.parquet): no '/', no '..'
-# and not only dots, so it cannot reach another prefix or make an odd key (landing names' characters).
-_RESTRICTED_NAME = r"(?!\.+$)(?!.*\.\.)[A-Za-z0-9_.\-]{1,120}"
+# A --restricted name becomes a key segment (restricted/pseudonyms/<name>.parquet): a layout.NAME,
+# and without '..' anywhere, so it cannot reach another prefix or make an odd key.
 
 
 def _read_ids(path: Path) -> list[str]:
@@ -45,7 +44,7 @@ def _cmd_pseudonym(args: argparse.Namespace, settings: Settings) -> int:
         return fail("give --out or --restricted, not both", 2)
     if args.out is not None and not args.out.strip():
         return fail("--out: give a file path (it is empty)", 2)
-    if args.restricted is not None and not re.fullmatch(_RESTRICTED_NAME, args.restricted):
+    if args.restricted is not None and (not layout.is_name(args.restricted) or ".." in args.restricted):
         return fail(f"--restricted {args.restricted!r}: use letters, digits, '_', '.', '-' (no '/', no '..', "
                     "not only dots): the name becomes restricted/pseudonyms/<name>.parquet", 2)
     if args.ids_file:
@@ -73,7 +72,7 @@ def _cmd_pseudonym(args: argparse.Namespace, settings: Settings) -> int:
         emit(args, {"file": args.out, "rows": len(rows)}, f"wrote {len(rows)} pseudonyms to {args.out} (0600)")
         return 0
     if args.restricted is not None:
-        from pipelines.platform import layout, storage
+        from pipelines.platform import storage
 
         uri = storage.write_parquet(settings, layout.pseudonym_map_key(args.restricted), pa.Table.from_pylist(
             rows, schema=pa.schema([("user_id", pa.string()), ("pseudonym", pa.string())])))
