@@ -15,7 +15,7 @@ from typing import Any
 from pipelines.cli import add_json, emit, fail
 from pipelines.config import Settings
 from pipelines.model import registry
-from pipelines.platform.tracking import TrackingUnavailable
+from pipelines.platform.tracking import TrackingUnavailable, first_line
 
 
 def _run_step(step: Callable[[], Any]) -> int:
@@ -67,7 +67,7 @@ def _cmd_register(args: argparse.Namespace, settings: Settings) -> int:
     except (registry.RegistryError, TrackingUnavailable) as exc:
         return fail(str(exc))
     except MlflowException as exc:  # an unknown run id: the server's answer, its first line
-        return fail(f"register: MLflow run {args.mlflow_run_id!r}: {str(exc).strip().splitlines()[0][:300]}")
+        return fail(f"register: MLflow run {args.mlflow_run_id!r}: {first_line(exc)}")
     emit(args, decision, f"{decision['model_name']} version {decision['model_version']} {decision['decision']}: "
                          f"{decision['reason']}")
     return 0

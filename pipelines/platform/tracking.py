@@ -226,6 +226,12 @@ def start_or_resume_run(settings: Settings, *, dag_id: str, dag_run_id: str,
     return run_id
 
 
+def first_line(exc: Exception) -> str:
+    """The first line of an MLflow error (its text goes on with the server's whole JSON answer)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 def run_exists(settings: Settings, run_id: str) -> None:
     """Nothing when run ``run_id`` can be read on the tracking server; ValueError in one line when
     it cannot (an unknown id answers 403 or 404 there)."""
@@ -234,9 +240,8 @@ def run_exists(settings: Settings, run_id: str) -> None:
     try:
         client(settings).get_run(run_id)
     except MlflowException as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"MLflow run {run_id!r} cannot be read at {settings.mlflow_tracking_uri} "
-                         f"(an unknown run id?): {first}") from exc
+                         f"(an unknown run id?): {first_line(exc)}") from exc
 
 
 def finish_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
