@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from pipelines.config import load_settings
 from pipelines.data.canonical import parse_ts, plausible_bounds_us
+from pipelines.data.fanout import Background
 from pipelines.data.formats import BATCH_BYTES, SourceError, SourceSpec, valid_encoding
 from pipelines.data.sourcefile import (
     LONG_LINE_BYTES,
@@ -51,6 +52,7 @@ from pipelines.privacy.pseudonym import Pseudonymizer, active
 PARQUET_BATCH_ROWS = 500_000
 RAW_CODEC = "zstd"  # of landed CSV text (level 1: about 4x smaller, compressed at ~400 MB/s)
 MAX_OPEN_WRITERS = 256  # day files kept open at once; older ones are closed and reopened for appending
+WRITE_BEHIND_BYTES = 64 << 20  # rows routed but not yet written to the day files, at most
 REJECT_SCHEMA = pa.schema([("reason", pa.string()), ("raw", pa.string()), ("detail", pa.string()),
                            ("line", pa.int64())])
 
@@ -249,21 +251,29 @@ class _CsvDayFiles:
     """One zstd-compressed CSV scratch file per day, at most :data:`MAX_OPEN_WRITERS` open at once (a
     file of thousands of days would otherwise hold thousands of open files): the least recently used
     is closed and reopened for appending (a second zstd frame; readers read frames one after
-    another), without a second header."""
+    another), without a second header.
+
+    Written behind: :meth:`write` hands the rows to one writer thread (in order, at most
+    :data:`WRITE_BEHIND_BYTES` waiting), which formats and compresses them while the caller parses
+    and routes the next batch; :meth:`close` waits for it and raises its first error."""
 
     def __init__(self, scratch: Path, spec: SourceSpec, schema: pa.Schema, stats: SplitStats) -> None:
         self.scratch, self.spec, self.schema, self.stats = scratch, spec, schema, stats
         self.open: OrderedDict[dt.date, tuple[pa.OSFile, pa.CompressedOutputStream, pacsv.CSVWriter]] = OrderedDict()
+        self._behind = Background(threads=1, budget=WRITE_BEHIND_BYTES)
 
     def write(self, day: dt.date, part: pa.Table) -> None:
+        new = day not in self.stats.files
+        if new:
+            self.stats.files[day] = self.scratch / f"dt={day.isoformat()}{layout.RAW_CSV}"
+        self._behind.submit(self._write, day, part, new, weight=part.nbytes)
+
+    def _write(self, day: dt.date, part: pa.Table, new: bool) -> None:
         handle = self.open.pop(day, None)
         if handle is None:
             if len(self.open) >= MAX_OPEN_WRITERS:
                 _close(self.open.popitem(last=False)[1])
-            new = day not in self.stats.files
-            target = self.scratch / f"dt={day.isoformat()}{layout.RAW_CSV}"
-            self.stats.files[day] = target
-            sink = pa.OSFile(str(target), "wb" if new else "ab")
+            sink = pa.OSFile(str(self.stats.files[day]), "wb" if new else "ab")
             packed = pa.CompressedOutputStream(sink, RAW_CODEC)
             handle = (sink, packed, pacsv.CSVWriter(packed, self.schema, write_options=pacsv.WriteOptions(
                 include_header=self.spec.has_header and new,
@@ -272,8 +282,12 @@ class _CsvDayFiles:
         handle[2].write_table(part.cast(self.schema))
 
     def close(self) -> None:
-        while self.open:
-            _close(self.open.popitem()[1])
+        try:
+            self._behind.wait()
+        finally:
+            self._behind.close()
+            while self.open:
+                _close(self.open.popitem()[1])
 
 
 def _close(handle: tuple[pa.OSFile, pa.CompressedOutputStream, pacsv.CSVWriter]) -> None:
