@@ -206,3 +206,18 @@ def test_a_model_saved_before_the_sparse_path_still_loads_and_scores_the_same() 
     sparse = build_model(9, 7, L, embed_dim=8, age_scale=4.0)
     sparse.set_weights(legacy.get_weights())
     np.testing.assert_allclose(Predictor(sparse)(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_scoring_input_reads_iso_times_whose_fractional_seconds_differ_by_row() -> None:
+    # A serving example written as JSON has "12:29:30+00:00" next to "15:28:22.088000+00:00"
+    # (millisecond data where some events fall on a whole second); pandas used to guess one format
+    # from the first row and refuse the other.
+    frame = pd.DataFrame({"user_id": ["u1", "u1", "u2"], "item_id": ["i1", "i2", "i3"], "category_id": ["c", "c", "d"],
+                          "behavior": ["view"] * 3,
+                          "ts": ["2015-06-01T15:28:22.088000+00:00", "2015-06-01T12:29:30+00:00", "2015-06-01 08:00:00Z"]})
+    table = events_to_table(frame)
+    assert table["ts"].to_pylist() == [dt.datetime(2015, 6, 1, 15, 28, 22, 88000, tzinfo=dt.UTC),
+                                       dt.datetime(2015, 6, 1, 12, 29, 30, tzinfo=dt.UTC),
+                                       dt.datetime(2015, 6, 1, 8, 0, tzinfo=dt.UTC)]
+    with pytest.raises(ValueError, match="column 'ts'"):
+        events_to_table(frame.assign(ts=["2015-06-01T15:28:22+00:00", "not a time", "2015-06-01"]))

@@ -57,10 +57,26 @@ def events_to_table(events: pd.DataFrame) -> pa.Table:
     if missing:
         raise ValueError(f"events input lacks column(s) {missing}; expected {list(MODEL_INPUT_COLUMNS)}")
     frame = pd.DataFrame({c: events[c].astype(str) for c in ("user_id", "item_id", "category_id", "behavior")})
-    ts = pd.to_datetime(events["ts"], utc=True)
+    ts = _utc_times(events["ts"])
     frame["ts"] = ts.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
     frame["value"] = pd.Series(np.nan, index=frame.index, dtype="float64")
     return pa.Table.from_pandas(frame.reset_index(drop=True), schema=EVENT_SCHEMA, preserve_index=False)
+
+
+def _utc_times(column: pd.Series) -> pd.Series:
+    """The ``ts`` input as UTC times: datetimes as they are; text as ISO 8601, whose fractional
+    seconds may differ from row to row (a JSON serving example writes ``12:29:30+00:00`` next to
+    ``15:28:22.088000+00:00``, and pandas otherwise guesses one format from the first row), else
+    read row by row. Raises ValueError naming the column and the first value it cannot read."""
+    if pd.api.types.is_datetime64_any_dtype(column) or pd.api.types.is_numeric_dtype(column):
+        return pd.to_datetime(column, utc=True)
+    try:
+        return pd.to_datetime(column, utc=True, format="ISO8601")
+    except (ValueError, TypeError):
+        try:
+            return pd.to_datetime(column, utc=True, format="mixed")
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"events input column 'ts': {exc}") from None
 
 
 def score_events(model: keras.Model | Predictor, vocab: Vocab, config: EncodingConfig, events: pd.DataFrame,
