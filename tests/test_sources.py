@@ -472,3 +472,21 @@ def test_day_files_reopened_for_appending_read_back_whole(tmp_path: Path, monkey
         offset = (day - dt.date(2017, 11, 25)).days
         assert text == [line for u, line in enumerate(lines) if u % 3 == offset]
         assert path.read_bytes().count(b"\x28\xb5\x2f\xfd") > 1  # it was reopened: several frames
+
+
+def test_iso_times_with_the_zone_name_utc_after_them_land(settings, tmp_path: Path) -> None:
+    # REES46's export writes "2019-10-01 00:00:04 UTC": every row was quarantined as unparseable_timestamp.
+    out = parse_ts(pa.array(["2019-10-01 00:00:04 UTC", "2019-10-01 23:30:00gmt", "2019-10-01 08:00:00"]), "iso",
+                   "Asia/Shanghai")
+    base = int(dt.datetime(2019, 10, 1, tzinfo=dt.UTC).timestamp()) * 10**6
+    assert out.to_pylist() == [base + 4 * 10**6, base + 23 * 3600 * 10**6 + 1800 * 10**6, base]
+    src = tmp_path / "2019-Oct.csv"
+    src.write_text("event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+                   "2019-10-01 00:00:00 UTC,view,44600062,2103807459595387724,,shiseido,35.79,541312140,72d76fde\n"
+                   "2019-10-02 00:00:01 UTC,cart,3900821,2053013552326770905,appliances.water_heater,aqua,33.20,"
+                   "554748717,9333dfbd\n")
+    result = land_events(settings, src, "csv", name="rees46", column_map={
+        "user_id": "user_id", "item_id": "product_id", "category_id": "category_id", "behavior": "event_type",
+        "ts": "event_time"}, ts_format="iso")
+    assert result.rows == 2 and result.quarantined == 0
+    assert sorted(result.dates) == [dt.date(2019, 10, 1), dt.date(2019, 10, 2)]

@@ -31,7 +31,7 @@ def parse_ts(values: pa.Array | pa.ChunkedArray, ts_format: str, timezone: str =
     """Timestamps of any source type as int64 microseconds since the epoch (UTC); null when unreadable.
 
     Strings in ``unix_s``/``unix_ms`` must be integers (optionally signed); ``iso`` strings are
-    ISO-8601, with an offset (``Z``, ``+08:00``) honoured and without one read in ``timezone``.
+    ISO-8601, with an offset (``Z``, ``+08:00``, a trailing ``UTC`` / ``GMT``) honoured and without one read in ``timezone``.
     Arrow timestamps are converted (naive ones read in ``timezone``), Arrow dates read as their
     midnight (in ``timezone``); integers follow ``ts_format``.
     """
@@ -166,7 +166,13 @@ def _assume_zone(naive: pa.Array, timezone: str) -> pa.Array:
 _OFFSET = r"(?:Z|[T ]\d\d(?::?\d\d){0,2}(?:[.,]\d+)?[+-]\d\d(?::?\d\d)?)$"
 
 
+# A zone written as a name after the time, as exports of public logs have it (REES46:
+# "2019-10-01 00:00:04 UTC"): read as the offset it names.
+_ZONE_NAME = r"(?i)(\d)\s*(?:UTC|GMT)$"
+
+
 def _parse_iso(strings: pa.Array, timezone: str) -> pa.Array:
+    strings = pc.replace_substring_regex(strings, _ZONE_NAME, r"\1+00:00")
     text = strings.to_pandas()
     has_offset = text.str.contains(_OFFSET, regex=True, na=False).to_numpy()
     result = pd.Series(pd.NaT, index=text.index, dtype="datetime64[us, UTC]")
