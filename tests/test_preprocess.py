@@ -261,3 +261,38 @@ def test_every_row_in_is_in_exactly_one_output_row_for_row(settings, tmp_path: P
     land_events(settings, src, "taobao")
     assert preprocess_partition(settings, D).duplicates_key is None
     assert not storage.exists(settings, prefix + "duplicates.parquet")
+
+
+def test_noise_rules_that_count_events_in_a_span_are_not_applied_to_dates_without_times() -> None:
+    # A daily export stamps every event 00:00: a user's 25 events of a day are not a burst of 25 in
+    # one second (20 of them used to be set aside as burst), nor 25 in one clock hour.
+    settings = load_settings(environ={}, crawler_max_events_per_hour=10, burst_max_events_per_second=5)
+    day = T0 * US
+    rows = [("1", str(i), "c", "view", day, None) for i in range(25)]
+    rows += [("2", str(i), "c", "view", day + 86_400 * US, None) for i in range(3)]
+    rows += [("2", "1", "c", "view", day + 86_400 * US, None)]  # the same event twice on a day: still a duplicate
+    clean, noise, counts = clean_events(_valid(rows), settings)
+    assert counts == {"clean": 28, "duplicate_exact": 1} and noise.num_rows == 0
+    # Whole hours: the hourly rule applies, the per-second one does not.
+    hourly = [("1", str(i), "c", "view", day + 3600 * US * (i % 2), None) for i in range(25)]
+    _, _, counts = clean_events(_valid(hourly), settings)
+    assert counts == {"crawler_rate": 25}
+    # Times of day: both rules apply as before.
+    timed = [("1", str(i), "c", "view", day + 7 * US, None) for i in range(8)] + [("3", "x", "c", "view", day, None)]
+    _, _, counts = clean_events(_valid(timed), settings)
+    assert counts == {"clean": 1, "burst": 8}
+
+
+@pytest.mark.services
+def test_a_day_of_dates_without_times_keeps_its_rows_and_the_report_says_why(settings, tmp_path: Path) -> None:
+    src = tmp_path / "daily.csv"
+    src.write_text("user,item,cat,event,day\n" + "".join(f"u{u},i{i},c{i % 3},view,2017-11-25\n"
+                                                          for u in range(3) for i in range(30)))
+    land_events(settings, src, "csv", column_map={"user_id": "user", "item_id": "item", "category_id": "cat",
+                                                  "behavior": "event", "ts": "day"}, ts_format="iso")
+    result = validation.validate_partition(settings, D, report_id="daily")
+    assert set(result.time_rules_skipped) == {"crawler_rate", "burst"}
+    summary = storage.get_bytes(settings, result.report_prefix + "summary.md").decode()
+    assert "cleaning rules not applied" in summary
+    pre = preprocess_partition(settings, D)
+    assert pre.clean == 90 and pre.quarantined == 0

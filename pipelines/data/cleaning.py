@@ -16,6 +16,13 @@ missing, stale, or was planned under other cleaning settings (:func:`cleaning_se
    ``crawler_max_item_diversity``), ``burst`` (a user's rows in one second beyond
    ``burst_max_events_per_second``), in that priority.
 
+The noise rules count a user's events in a span of time, so they need timestamps at least that
+fine. When every row of the partition lies on the same time of day (a log of dates without times:
+a daily export stamps each event 00:00), ``crawler_rate`` and ``burst`` are not applied; when every
+row lies on a whole hour, ``burst`` is not. :attr:`CleaningPlan.skipped` says which and why (such
+data used to lose each user's events of a day beyond the 20th to ``burst``). The duplicate rules
+still apply: the same event twice on a day without times is a duplicate, as documented for Ciao.
+
 Vectorised: integer codes of the id columns (user and item codes sort like the strings), two
 stable Arrow sorts over integer columns (by user, item, category, behaviour, time, value for the
 duplicates; by user, time, item for the output order and the per-hour / per-second counts), NumPy
@@ -41,6 +48,7 @@ CLEAN, EXACT, NEAR, RATE, DIVERSITY, BURST = range(len(FATES))
 CLEANING_SETTINGS = ("near_duplicate_seconds", "crawler_max_events_per_hour", "crawler_min_events_for_diversity",
                      "crawler_max_item_diversity", "burst_max_events_per_second")
 _US_PER_HOUR = 3_600_000_000
+_US_PER_DAY = 24 * _US_PER_HOUR
 _US_PER_SECOND = 1_000_000
 
 
@@ -54,6 +62,7 @@ class CleaningPlan:
     order: np.ndarray
     stats: dict[str, int] = field(default_factory=dict)  # distinct users/items/categories, items under several
     users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # each row's user code
+    skipped: dict[str, str] = field(default_factory=dict)  # rule -> why it was not applied (timestamps too coarse)
 
     def counts(self) -> dict[str, int]:
         """Rows per fate (fates with no row left out)."""
@@ -129,6 +138,7 @@ def plan_cleaning(valid: pa.Table, settings: Settings) -> CleaningPlan:
     stats = {"users": n_users, "items": int(i.max()) + 1, "categories": n_cats,
              "items_with_several_categories": int(np.count_nonzero(np.bincount(pairs // n_cats) > 1))}
 
+    skipped = _coarse_time_rules(ts)
     # 1-2. Duplicates: sorted by user, item, category, behaviour, time (and value when there are values).
     keys = {"u": u, "i": i, "c": c, "b": b, "ts": ts}
     has_values = not np.isnan(value).all()
@@ -164,18 +174,30 @@ def plan_cleaning(valid: pa.Table, settings: Settings) -> CleaningPlan:
     hour_start = _runs(su, sts_live // _US_PER_HOUR)
     max_hour = np.zeros(n_users, dtype=np.int64)
     np.maximum.at(max_hour, su[hour_start], np.diff(np.r_[np.flatnonzero(hour_start), len(su)]))
-    rate_bad = max_hour > settings.crawler_max_events_per_hour
+    rate_bad = (max_hour > settings.crawler_max_events_per_hour) & ("crawler_rate" not in skipped)
     with np.errstate(divide="ignore", invalid="ignore"):
         diversity = np.where(per_user > 0, items_per_user / np.maximum(per_user, 1), 0.0)
     div_bad = (per_user >= settings.crawler_min_events_for_diversity) & (
         diversity > settings.crawler_max_item_diversity) & ~rate_bad
     burst = _run_lengths_per_row(_runs(su, sts_live // _US_PER_SECOND)) > settings.burst_max_events_per_second
+    burst &= "burst" not in skipped
     live_fate = np.zeros(len(su), dtype=np.int8)
     live_fate[burst] = BURST
     live_fate[div_bad[su]] = DIVERSITY
     live_fate[rate_bad[su]] = RATE
     fate[live_out] = live_fate
-    return CleaningPlan(fate=fate, order=out, stats=stats, users=u)
+    return CleaningPlan(fate=fate, order=out, stats=stats, users=u, skipped=skipped)
+
+
+def _coarse_time_rules(ts: np.ndarray) -> dict[str, str]:
+    """The time-span rules the timestamps are too coarse for (see the module doc), with the reason."""
+    step = int(np.gcd.reduce(ts - ts.min())) if len(ts) > 1 else 0  # 0: every row at one instant
+    if step % _US_PER_DAY == 0:
+        why = "every row at the same time of day (dates without times)"
+        return {"crawler_rate": why, "burst": why}
+    if step % _US_PER_HOUR == 0:
+        return {"burst": "every row on a whole hour"}
+    return {}
 
 
 def to_event_schema(rows: pa.Table) -> pa.Table:

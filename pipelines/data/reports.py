@@ -46,6 +46,7 @@ class ValidationResult:
     report_prefix: str = ""
     handover_key: str | None = None
     data_docs_key: str | None = None  # the day's Great Expectations Data Docs page
+    time_rules_skipped: dict[str, str] = field(default_factory=dict)  # cleaning rule -> why not applied
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -68,6 +69,9 @@ def render_summary(result: ValidationResult, data_docs_uri: str | None = None) -
              f"- items listed under several categories: {result.items_with_several_categories}",
              f"- Great Expectations: partition gate {'passed' if result.ge_success else 'failed'}, row sample "
              f"{_sample_outcome(result.ge_row_sample_success)}"]
+    if result.time_rules_skipped:
+        lines.append("- cleaning rules not applied, the timestamps are too coarse for them: "
+                     + "; ".join(f"{rule} ({why})" for rule, why in result.time_rules_skipped.items()))
     if data_docs_uri:
         lines.append(f"- Data Docs (Great Expectations, HTML): {data_docs_uri}")
     if result.reasons:

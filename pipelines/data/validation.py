@@ -115,6 +115,7 @@ class _Checked:
     reasons: dict[str, int]
     duplicates: int
     several: int
+    skipped: dict[str, str]
     in_window: bool
     volume_ref: float | None
     profile: dict[str, Any]
@@ -242,6 +243,9 @@ def _check(settings: Settings, part: RawPartition, contents: dict[str, bytes], h
     plan = plan_cleaning(valid, settings)
     duplicates = int(np.count_nonzero(plan.fate == EXACT))
     several = plan.stats["items_with_several_categories"]
+    if plan.skipped:
+        log.info("dt=%s: cleaning rules %s not applied: %s", day, ", ".join(plan.skipped),
+                 next(iter(plan.skipped.values())))
     # Rows outside the window are out of scope, not broken: they do not count toward the bad-row share.
     out_of_scope = reasons.get(OUTSIDE_WINDOW, 0)
     volume_ref = recent_volume(settings, day, history) if flagged.in_window and settings.min_volume_ratio > 0 else None
@@ -264,7 +268,7 @@ def _check(settings: Settings, part: RawPartition, contents: dict[str, bytes], h
     _write_handover(settings, part, valid, plan, rows, reasons, writes)
     return _Checked(date=day, files=[f.key for f in flagged.files], rows=rows, valid_rows=valid.num_rows,
                     quarantined=bad.num_rows, reasons=reasons, duplicates=duplicates, several=several,
-                    in_window=flagged.in_window, volume_ref=volume_ref, profile=profile,
+                    skipped=plan.skipped, in_window=flagged.in_window, volume_ref=volume_ref, profile=profile,
                     sample=expectations.sample_rows(flagged.canon, settings.ge_row_sample_rows),
                     spec=flagged.files[0].spec, quarantine_key=q_key if q_table is not None else None,
                     handover_key=layout.handover_key(day))
@@ -292,7 +296,8 @@ def _result(settings: Settings, report_id: str, c: _Checked, gate: expectations.
         in_window=c.in_window, items_with_several_categories=c.several, ge_success=bool(gate.success),
         ge_row_sample_success=bool(row_suite.success) if row_suite is not None else None, failures=failures,
         quarantine_key=c.quarantine_key, report_prefix=layout.validation_report_prefix(report_id, c.date),
-        handover_key=c.handover_key, data_docs_key=layout.validation_data_docs_key(report_id, c.date))
+        handover_key=c.handover_key, data_docs_key=layout.validation_data_docs_key(report_id, c.date),
+        time_rules_skipped=c.skipped)
 
 
 # --- numbers ---------------------------------------------------------------------------------------
