@@ -29,6 +29,10 @@ MODEL_INPUT_COLUMNS = ["user_id", "item_id", "category_id", "behavior", "ts"]
 
 # Behaviours the product knows; adapters map source codes onto these.
 BEHAVIORS = ("view", "cart", "fav", "buy", "review")
+# What a behaviour map may send a source code to instead (``remove_from_cart=ignore``): its rows are
+# set aside at validation as ``ignored_behavior``, out of scope like rows outside the window (not
+# counted as bad rows).
+IGNORE_BEHAVIOR = "ignore"
 
 # Prediction row: the public contract of predictions/dt=D/part-*.parquet.
 PREDICTION_SCHEMA = pa.schema(

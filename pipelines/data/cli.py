@@ -213,7 +213,8 @@ def register_cli(subparsers: Any) -> None:
     land.add_argument("--map", action="append", metavar="FIELD=COLUMN",
                       help="canonical field to source column, repeatable (e.g. --map ts=event_time)")
     land.add_argument("--behavior-map", action="append", metavar="CODE=BEHAVIOR",
-                      help="source behaviour code to canonical behaviour, repeatable (e.g. click=view)")
+                      help="source behaviour code to canonical behaviour, repeatable (e.g. click=view); "
+                           "CODE=ignore sets that event type's rows aside as out of scope (ignored_behavior)")
     land.add_argument("--behavior-constant", default=None, help="every row has this behaviour (e.g. review)")
     land.add_argument("--ts-format", default=None, choices=TS_FORMATS,
                       help="how timestamps are written (default: the format's, unix_s for csv/parquet)")

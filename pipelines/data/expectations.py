@@ -390,8 +390,10 @@ def run_row_sample(sample: pa.Table, spec: SourceSpec, settings: Settings) -> An
     return day.result
 
 
-def gate_failures(gate: Any, profile: dict[str, Any], settings: Settings, volume_ref: float | None) -> list[str]:
-    """One line per failed expectation of a day's profile gate: rule, observed numbers and the limit."""
+def gate_failures(gate: Any, profile: dict[str, Any], settings: Settings, volume_ref: float | None,
+                  reasons: dict[str, int] | None = None) -> list[str]:
+    """One line per failed expectation of a day's profile gate: rule, observed numbers, the limit and
+    the setting that holds it; for the bad-row share also the commonest quarantine ``reasons``."""
     out: list[str] = []
     for res in gate.results:
         if res.success:
@@ -401,14 +403,17 @@ def gate_failures(gate: Any, profile: dict[str, Any], settings: Settings, volume
         if rule == "partition_not_empty":
             out.append("rule partition_not_empty failed: 0 rows")
         elif rule == "bad_row_share":
+            top = sorted((reasons or {}).items(), key=lambda kv: -kv[1])[:3]
+            why = f" (most: {', '.join(f'{k} {v}' for k, v in top)})" if top else ""
             out.append(f"rule bad_row_share failed: {profile['bad_row_share']:.2%} of {profile['rows']} rows "
-                       f"quarantined > limit {settings.max_bad_row_share:.2%}")
+                       f"quarantined{why} > limit {settings.max_bad_row_share:.2%} (IM_MAX_BAD_ROW_SHARE)")
         elif rule == "duplicate_share":
             out.append(f"rule duplicate_share failed: {profile['duplicate_share']:.2%} of {profile['rows']} rows "
-                       f"are exact duplicates > limit {settings.max_duplicate_share:.2%}")
+                       f"are exact duplicates > limit {settings.max_duplicate_share:.2%} (IM_MAX_DUPLICATE_SHARE)")
         elif rule == "volume":
             out.append(f"rule volume failed: {profile['rows']} rows = {profile['volume_ratio']:.2f} x the median "
-                       f"{volume_ref:.0f} of recent partitions < limit {settings.min_volume_ratio}")
+                       f"{volume_ref:.0f} of recent partitions < limit {settings.min_volume_ratio} (IM_MIN_VOLUME_RATIO; 0 turns "
+                       "the rule off, e.g. for a sparse log whose quiet days are real)")
         else:
             column = config.kwargs.get("column")
             observed = f": {column} = {profile.get(column)!r}" if column in profile else ""

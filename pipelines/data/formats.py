@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.contracts import BEHAVIORS
+from pipelines.contracts import BEHAVIORS, IGNORE_BEHAVIOR
 from pipelines.platform.dates import is_time_zone
 
 FORMATS = ("taobao", "ciao", "csv", "parquet")
@@ -143,9 +143,10 @@ def build_spec(fmt: str, column_map: dict[str, str] | None = None,
     bmap = {**base.behavior_map, **(behavior_map or {})}
     if bconst and bconst not in BEHAVIORS:
         raise SourceError(f"behaviour constant {bconst!r} is not a canonical behaviour {list(BEHAVIORS)}")
-    bad = sorted({v for v in bmap.values() if v not in BEHAVIORS})
+    bad = sorted({v for v in bmap.values() if v not in BEHAVIORS and v != IGNORE_BEHAVIOR})
     if bad:
-        raise SourceError(f"behaviour map: {bad} not canonical behaviours {list(BEHAVIORS)}")
+        raise SourceError(f"behaviour map: {bad} not canonical behaviours {list(BEHAVIORS)} "
+                          f"(or {IGNORE_BEHAVIOR!r}, to set the code's rows aside as out of scope)")
     ts_format = options.pop("ts_format", base.ts_format)
     if ts_format not in TS_FORMATS:
         raise SourceError(f"ts_format {ts_format!r}: expected one of {', '.join(TS_FORMATS)}")

@@ -61,7 +61,7 @@ def render_summary(result: ValidationResult, data_docs_uri: str | None = None) -
              f"- report id: {result.report_id}",
              f"- files: {', '.join(result.files)}",
              f"- rows: {result.rows}; valid: {result.valid_rows}; quarantined: {result.quarantined}; "
-             f"bad-row share (outside_window not counted): {result.bad_row_share:.2%}",
+             f"bad-row share (outside_window and ignored_behavior not counted): {result.bad_row_share:.2%}",
              f"- exact duplicates among valid rows: {result.duplicate_rows} ({result.duplicate_share:.2%}; "
              "removed by preprocessing)",
              f"- volume vs median of recent partitions: {result.volume_ratio if result.volume_ratio is not None else 'n/a'}",

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import Settings
-from pipelines.contracts import BEHAVIORS
+from pipelines.contracts import BEHAVIORS, IGNORE_BEHAVIOR
 from pipelines.data.canonical import canonicalize, digits_mask, plausible_bounds_us
 from pipelines.data.formats import DIGITS, SourceError, SourceSpec
 from pipelines.data.raw import RawFile, RawPartition, list_raw_partitions, parse_raw_file
@@ -30,10 +30,13 @@ from pipelines.platform import layout, storage
 from pipelines.platform.dates import utc_day_us
 
 # Row rules in priority order: a row's reason is the first that fails.
-ROW_RULES = ("null_user_id", "null_item_id", "null_category_id", "placeholder_id", "bad_id_format", "unknown_behavior",
-             "unparseable_timestamp", "implausible_timestamp", "outside_window", "wrong_partition",
-             "bad_value", "value_out_of_range")
+ROW_RULES = ("null_user_id", "null_item_id", "null_category_id", "placeholder_id", "bad_id_format",
+             "ignored_behavior", "unknown_behavior", "unparseable_timestamp", "implausible_timestamp", "outside_window",
+             "wrong_partition", "bad_value", "value_out_of_range")
 OUTSIDE_WINDOW = "outside_window"
+IGNORED_BEHAVIOR = "ignored_behavior"
+# Reasons for rows that are out of scope, not broken: they do not count toward the bad-row share.
+OUT_OF_SCOPE = (IGNORED_BEHAVIOR, OUTSIDE_WINDOW)
 # Texts that exports write for a missing id (pandas, SQL, spreadsheets): not a user, item or category.
 PLACEHOLDER_IDS = pa.array(["nan", "null", "none", "nil", "na", "n/a", "-", "--", "?", "\\n", "undefined", "<na>",
                             "#n/a"], pa.string())
@@ -112,6 +115,7 @@ def flag_rows(canon: pa.Table, spec: SourceSpec, date: dt.date, settings: Settin
         return out
 
     known = pc.is_in(canon["behavior"], value_set=pa.array(BEHAVIORS))
+    ignored = pc.fill_null(pc.equal(canon["behavior"], IGNORE_BEHAVIOR), false)
     parsed = pc.is_valid(ts)
     plausible = pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi))
     window = pa.array([True] * n)
@@ -134,7 +138,8 @@ def flag_rows(canon: pa.Table, spec: SourceSpec, date: dt.date, settings: Settin
         "null_category_id": pc.is_null(canon["category_id"]),
         "placeholder_id": placeholders(),
         "bad_id_format": ids_bad(),
-        "unknown_behavior": pc.invert(pc.fill_null(known, false)),
+        IGNORED_BEHAVIOR: ignored,
+        "unknown_behavior": pc.and_(pc.invert(pc.fill_null(known, false)), pc.invert(ignored)),
         "unparseable_timestamp": pc.invert(parsed),
         "implausible_timestamp": pc.and_(parsed, pc.invert(pc.fill_null(plausible, false))),
         OUTSIDE_WINDOW: pc.and_(pc.fill_null(plausible, false), pc.invert(pc.fill_null(window, false))),

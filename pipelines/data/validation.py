@@ -49,7 +49,7 @@ from pipelines.data.reports import (
     publish_index,
     render_summary,
 )
-from pipelines.data.rules import OUTSIDE_WINDOW, ValidationError, flag_partition, in_window, split_flagged
+from pipelines.data.rules import OUT_OF_SCOPE, ValidationError, flag_partition, in_window, split_flagged
 from pipelines.platform import layout, storage
 
 log = logging.getLogger(__name__)
@@ -246,8 +246,9 @@ def _check(settings: Settings, part: RawPartition, contents: dict[str, bytes], h
     if plan.skipped:
         log.info("dt=%s: cleaning rules %s not applied: %s", day, ", ".join(plan.skipped),
                  next(iter(plan.skipped.values())))
-    # Rows outside the window are out of scope, not broken: they do not count toward the bad-row share.
-    out_of_scope = reasons.get(OUTSIDE_WINDOW, 0)
+    # Rows outside the window or of an ignored behaviour are out of scope, not broken: they do not
+    # count toward the bad-row share.
+    out_of_scope = sum(reasons.get(r, 0) for r in OUT_OF_SCOPE)
     volume_ref = recent_volume(settings, day, history) if flagged.in_window and settings.min_volume_ratio > 0 else None
     volume_ratio = None if volume_ref in (None, 0) else rows / volume_ref
     big = rows >= settings.share_checks_min_rows and flagged.in_window
@@ -285,12 +286,13 @@ def _write_handover(settings: Settings, part: RawPartition, valid: pa.Table, pla
 
 def _result(settings: Settings, report_id: str, c: _Checked, gate: expectations.DayResult,
             row_suite: expectations.DayResult | None) -> ValidationResult:
-    failures = expectations.gate_failures(gate.result, c.profile, settings, c.volume_ref)
+    failures = expectations.gate_failures(gate.result, c.profile, settings, c.volume_ref,
+                                          {k: v for k, v in c.reasons.items() if k not in OUT_OF_SCOPE})
     profile = c.profile
     return ValidationResult(
         date=c.date, report_id=report_id, files=c.files, rows=c.rows, valid_rows=c.valid_rows,
         quarantined=c.quarantined, reasons=c.reasons,
-        bad_row_share=round((c.quarantined - c.reasons.get(OUTSIDE_WINDOW, 0)) / c.rows, 6) if c.rows else 0.0,
+        bad_row_share=round((c.quarantined - sum(c.reasons.get(r, 0) for r in OUT_OF_SCOPE)) / c.rows, 6) if c.rows else 0.0,
         duplicate_rows=c.duplicates, duplicate_share=round(c.duplicates / c.rows, 6) if c.rows else 0.0,
         volume_ratio=None if profile["volume_ratio"] is None else round(profile["volume_ratio"], 4),
         in_window=c.in_window, items_with_several_categories=c.several, ge_success=bool(gate.success),
