@@ -14,7 +14,7 @@ import importlib
 import logging
 import sys
 
-from pipelines.cli import add_json, emit, fail, json_errors
+from pipelines.cli import add_json, emit, fail, json_output
 from pipelines.config import ConfigError, Settings, load_settings, settings_table
 
 STAGE_CLIS = (
@@ -62,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    json_errors(args)
+    with json_output(args):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:

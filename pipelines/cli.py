@@ -17,10 +17,11 @@ stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipelines.platform.dates import date_range, to_date
@@ -73,7 +74,7 @@ def emit(args: argparse.Namespace, payload: Any, text: str | Callable[[], str]) 
     """Print ``payload`` as JSON with ``--json``, else ``text`` (a string or a function making it)."""
     global _json_errors
     if getattr(args, "json", False):
-        print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+        print(json.dumps(payload, indent=2, sort_keys=True, default=str), file=_document or sys.stdout)
         _json_errors = False  # one document per command: a later error goes to stderr only
     else:
         print(text() if callable(text) else text)
@@ -85,14 +86,27 @@ def error_line(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
-_json_errors = False  # set by :func:`json_errors` for a command run with --json; off once a document is out
+_json_errors = False  # set by :func:`json_output` for a command run with --json; off once a document is out
+_document = None  # with --json: the real stdout, where only the document goes
 
 
-def json_errors(args: argparse.Namespace) -> None:
-    """Make :func:`fail` also print its error as the JSON document when ``args`` asked for ``--json``
-    (a program reading stdout then gets a document on failure too, not nothing)."""
-    global _json_errors
+@contextlib.contextmanager
+def json_output(args: argparse.Namespace) -> Iterator[None]:
+    """Run a command so that, with ``--json``, stdout holds its JSON document and nothing else:
+    whatever else is printed meanwhile (MLflow's "View run ... at" lines, a library's notice) goes
+    to stderr; and :func:`fail` prints its error as the document too (a program reading stdout then
+    gets a document on failure, not nothing)."""
+    global _json_errors, _document
     _json_errors = bool(getattr(args, "json", False))
+    if not _json_errors:
+        yield
+        return
+    _document = sys.stdout
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _document = None
 
 
 def fail(message: str, code: int = 1) -> int:
@@ -100,5 +114,5 @@ def fail(message: str, code: int = 1) -> int:
     stdout); returns ``code`` for the handler to return."""
     error_line(message)
     if _json_errors:
-        print(json.dumps({"error": message, "exit_code": code}, indent=2, sort_keys=True))
+        print(json.dumps({"error": message, "exit_code": code}, indent=2, sort_keys=True), file=_document or sys.stdout)
     return code

@@ -727,3 +727,24 @@ def test_names_that_become_key_segments_and_unknown_runs_are_one_line_errors(set
     assert main(["validate", "--date", "2017-11-25", "--report-id", "../../clean/events"]) == 2
     assert "--report-id '../../clean/events'" in capsys.readouterr().err
     assert [batch_id(b) for b in ("..", ".", "a.b", "run:1+2")] == ["__", "_", "a.b", "run_1_2"]
+
+
+def test_with_json_stdout_holds_the_document_alone(monkeypatch, capsys) -> None:
+    # MLflow writes "View run ... at: URL" to stdout when a run ends: `training --json` printed two
+    # such lines before its document, and json.load of stdout failed.
+    import json
+    import sys
+
+    from pipelines.flows import training as flows
+
+    def run_training(settings, **kwargs):
+        sys.stdout.write("🏃 View run cli-x at: http://127.0.0.1:5000/#/experiments/1/runs/abc\n")
+        return {"register": {"model_name": "m", "model_version": "1", "decision": "promoted", "reason": "beat all"}}
+
+    monkeypatch.setattr(flows, "run_training", run_training)
+    assert main(["training", "--start", "2017-11-25", "--end", "2017-11-27", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["register"]["decision"] == "promoted"
+    assert "View run cli-x" in err
+    assert main(["training", "--start", "2017-11-25", "--end", "2017-11-27"]) == 0  # without --json: as before
+    assert "View run cli-x" in capsys.readouterr().out

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from typing import Any
 
 from pipelines.cli import UsageError, add_days, days_of, fail
@@ -19,7 +21,8 @@ def _cmd_encode(args: argparse.Namespace, settings: Settings) -> int:
     except UsageError as exc:
         return fail(str(exc), 2)
     try:
-        result = encoding.encode_step(settings, days[0], days[-1], mlflow_run_id=args.mlflow_run_id)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout holds the JSON alone
+            result = encoding.encode_step(settings, days[0], days[-1], mlflow_run_id=args.mlflow_run_id)
     except (StorageError, ValueError) as exc:
         return fail(str(exc))
     print(json.dumps(result, indent=2, sort_keys=True))

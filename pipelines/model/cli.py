@@ -8,7 +8,9 @@ run; the registry module is light (it imports MLflow inside its functions).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +28,8 @@ def _run_step(step: Callable[[], Any]) -> int:
     from pipelines.platform.storage import StorageError
 
     try:
-        result = step()
+        with contextlib.redirect_stdout(sys.stderr):  # stdout holds the JSON alone (MLflow prints "View run")
+            result = step()
     except (FileNotFoundError, MlflowException, StorageError, TrackingUnavailable, ValueError) as exc:
         return fail(str(exc))
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
