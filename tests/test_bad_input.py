@@ -724,6 +724,12 @@ def test_names_that_become_key_segments_and_unknown_runs_are_one_line_errors(set
                  "--dataset-uri", f"s3://{settings.bucket}/features/x/"]) == 1
     err = capsys.readouterr().err
     assert "0123456789abcdef" in err and len(err.strip().splitlines()) == 1
+    # train and evaluate check the run before the work (train ran every epoch, then failed on MLflow's 403).
+    for step in (["train"], ["evaluate", "--model-uri", "models:/interest_migration/1"]):
+        assert main([*step, "--mlflow-run-id", "0123456789abcdef", "--dataset-uri",
+                     f"s3://{settings.bucket}/features/x/"]) == 1
+        err = capsys.readouterr().err
+        assert "MLflow run '0123456789abcdef' cannot be read" in err and len(err.strip().splitlines()) == 1
     assert main(["validate", "--date", "2017-11-25", "--report-id", "../../clean/events"]) == 2
     assert "--report-id '../../clean/events'" in capsys.readouterr().err
     assert [batch_id(b) for b in ("..", ".", "a.b", "run:1+2")] == ["__", "_", "a.b", "run_1_2"]

@@ -144,6 +144,7 @@ def evaluate_step(settings: Settings, dataset_uri: str, model_uri: str, *, mlflo
     ``model/...`` and ``baseline/<name>/...`` metrics, the comparison table and the plots to the
     run; return the logged metrics."""
     ks = tuple(settings.eval_ks)
+    tracking.run_exists(settings, mlflow_run_id)  # before the evaluation, not after it
     mlflow_client = tracking.client(settings)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.work_dir) as tmp:

@@ -288,6 +288,7 @@ def train_step(settings: Settings, dataset_uri: str, *, mlflow_run_id: str) -> d
     """Download ``dataset_uri``, fit, log the pyfunc model at ``runs:/<run>/model`` plus training
     params/metrics; returns ``{"model_uri", "logged_model_uri", "best_epoch", "train_seconds",
     "examples_per_second", "val_ndcg"}``."""
+    tracking.run_exists(settings, mlflow_run_id)  # before the training, not after it
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.work_dir) as tmp:
         dataset = Dataset.download(settings, dataset_uri, Path(tmp) / "dataset")
