@@ -155,6 +155,9 @@ class Settings:
                                          "(read when the DAG file is parsed); backfills reach any later day")
     scoring_catchup: bool = _field(False, "let the scheduler create every missed daily scoring run since the "
                                    "start date")
+    score_quiet_days: bool = _field(False, "score a day that has no events at all (nothing landed for it) from its "
+                                    "look-back window alone: for a sparse log whose quiet days are real; by "
+                                    "default such a day is refused, since its data is usually just late")
     scoring_batch_users: int = _field(5000, "users scored per model call", check=_positive, rule="> 0")
     scoring_runtime: str = _field("numpy", "what runs this product's models when scoring: numpy (no TensorFlow "
                                   "import; the Keras model is used for any architecture numpy does not run) "

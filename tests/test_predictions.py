@@ -99,3 +99,16 @@ def test_cli_scores_and_prints_user_and_summary(published, monkeypatch, capsys):
     assert json.loads(capsys.readouterr().out)["row_count"] == 3
     assert main(["predictions", "--date", D2.isoformat(), "--user", "alice", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["user"]["user_id"] == "alice"
+    # A range went on no further than its first failed day; now every day is tried and the failures
+    # are listed. A day with no events names the setting for sparse logs whose quiet days are real.
+    assert main(["score", "--start", "2024-03-03", "--end", "2024-03-04", "--json"]) == 1
+    out, err = capsys.readouterr()
+    document = json.loads(out)
+    assert document["published"] == [] and set(document["failed"]) == {"2024-03-03", "2024-03-04"}
+    assert "IM_SCORE_QUIET_DAYS=1 scores it" in document["failed"]["2024-03-03"]
+    assert err.strip().splitlines()[-1] == "error: scored 0 of 2 days; failed: 2024-03-03, 2024-03-04"
+    monkeypatch.setenv("IM_SCORE_QUIET_DAYS", "1")
+    assert main(["score", "--start", "2024-03-03", "--end", "2024-03-04", "--json"]) == 1  # 03-04: D2 out of the look-back
+    document = json.loads(capsys.readouterr().out)
+    assert [m["as_of_date"] for m in document["published"]] == ["2024-03-03"] and list(document["failed"]) == ["2024-03-04"]
+    assert document["published"][0]["row_count"] == 2  # alice and bob, active on 03-02

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipelines.cli import UsageError, add_days, add_json, days_of, emit, fail
+from pipelines.cli import UsageError, add_days, add_json, days_of, emit, error_line, fail
 from pipelines.config import Settings
 
 
@@ -19,19 +19,27 @@ def _cmd_score(args: argparse.Namespace, settings: Settings) -> int:
         days = days_of(args)
     except UsageError as exc:
         return fail(str(exc), 2)
-    manifests = []
+    manifests, failed = [], {}
     for day in days:
         try:
             manifest = score_date(settings, day)
-        except (NoChampionError, MissingInputError, ModelDownloadError, ModelIntegrityError, ScoringError,
-                TrackingUnavailable, ValueError) as exc:
-            return fail(f"{day}: {exc}")
+        except (NoChampionError, ModelDownloadError, ModelIntegrityError, TrackingUnavailable) as exc:
+            return fail(f"{day}: {exc}")  # no day can score: stop here
+        except (MissingInputError, ScoringError, ValueError) as exc:
+            if len(days) == 1:
+                return fail(f"{day}: {exc}")
+            error_line(f"{day}: {exc}")  # this day only: the other days of the range are still scored
+            failed[day.isoformat()] = str(exc)
+            continue
         manifests.append(manifest)
         if not args.json:
             print(f"{manifest['uri']}: {manifest['row_count']} users scored by {manifest['model_name']} "
                   f"version {manifest['model_version']} ({len(manifest['files'])} parts)")
     if args.json:
-        emit(args, manifests if len(manifests) > 1 else manifests[0], "")
+        emit(args, manifests[0] if len(days) == 1 else {"published": manifests, "failed": failed}, "")
+    if failed:
+        error_line(f"scored {len(manifests)} of {len(days)} days; failed: {', '.join(failed)}")
+        return 1
     return 0
 
 

@@ -116,11 +116,7 @@ def plan_shards(settings: Settings, date: dt.date | str, model: dict[str, Any]) 
     try:
         clean = storage.list_partitions(settings, layout.CLEAN)
         if day not in clean:
-            in_window = [d.isoformat() for d in clean if start <= d <= end]
-            raise MissingInputError(
-                f"no clean events for {day}: s3://{settings.bucket}/{layout.partition_prefix(layout.CLEAN, day)} "
-                f"is empty (clean partitions in the look-back window [{start}, {end}]: {in_window or 'none'}); "
-                f"land, validate and preprocess {day} first")
+            _refuse_a_day_without_events(settings, day, start, end, clean)
         days = staging.list_clean_days(settings, [d for d in clean if start <= d <= end])
         _check_window_is_clean(settings, day, start, end, days)
         leak = training_window_warning(day, model)
@@ -166,6 +162,26 @@ def _warm_model_copy(settings: Settings, model: dict[str, Any]) -> threading.Thr
     thread = threading.Thread(target=warm, name="model-copy", daemon=True)
     thread.start()
     return thread
+
+
+def _refuse_a_day_without_events(settings: Settings, day: dt.date, start: dt.date, end: dt.date,
+                                 clean: list[dt.date]) -> None:
+    """Raise :class:`MissingInputError` for a day D with no clean partition, unless
+    ``IM_SCORE_QUIET_DAYS`` says such days are real (nothing landed for D, and the look-back window
+    holds clean events): then log that D is scored from its look-back alone."""
+    in_window = [d.isoformat() for d in clean if start <= d <= end]
+    landed = day in storage.list_partitions(settings, layout.RAW)
+    if settings.score_quiet_days and in_window and not landed:
+        log.warning("no events for %s (IM_SCORE_QUIET_DAYS): scoring it from the look-back window [%s, %s] alone",
+                    day, start, end)
+        return
+    quiet = "" if landed or not in_window else (
+        f"; if the log truly has no events on {day} (a quiet day of a sparse log), IM_SCORE_QUIET_DAYS=1 scores it "
+        "from the look-back window alone")
+    raise MissingInputError(
+        f"no clean events for {day}: s3://{settings.bucket}/{layout.partition_prefix(layout.CLEAN, day)} "
+        f"is empty (clean partitions in the look-back window [{start}, {end}]: {in_window or 'none'}); "
+        f"{'validate and preprocess' if landed else 'land, validate and preprocess'} {day} first{quiet}")
 
 
 def _check_window_is_clean(settings: Settings, day: dt.date, start: dt.date, end: dt.date,
