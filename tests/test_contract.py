@@ -48,6 +48,13 @@ def test_row_schema_lists_exactly_the_published_columns():
     manifest = json.loads((SCHEMAS / "predictions_manifest.schema.json").read_text())
     assert schema["x-schema-version"] == manifest["x-schema-version"]
     assert manifest["properties"]["schema_version"]["pattern"].startswith("^" + schema["x-schema-version"][0])
+    # The migration score's definition changed (it was a Jensen-Shannon divergence) and the schema
+    # kept the old text: the schema and the contract table of docs/design.md say the same.
+    design = (REPO_ROOT / "docs" / "design.md").read_text()
+    definition = "1 - prod(1 - p) over the ranked new categories"
+    assert definition in schema["properties"]["migration_score"]["description"]
+    assert f"| `migration_score` | float32 in [0, 1] | probability of touching at least one category new" in design
+    assert definition in design
 
 
 def test_example_dag_is_outside_the_dags_folder_and_scheduled_on_the_predictions_asset():
