@@ -12,6 +12,7 @@ import argparse
 import errno
 import importlib
 import logging
+import os
 import sys
 
 from pipelines.cli import add_json, emit, fail, json_output
@@ -59,11 +60,22 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        _quiet_libraries()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     with json_output(args):
         return _run(args)
+
+
+def _quiet_libraries() -> None:
+    """Leave out the libraries' start-up notices (``--verbose`` keeps them): Great Expectations logs
+    about 200 INFO lines per process ("Skipping registering function ...", its datasources as a
+    bare ``[]``), botocore one per client, TensorFlow's C++ layer its CPU features and oneDNN."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # read when TensorFlow is imported (later, if at all)
+    for name in ("great_expectations", "botocore.credentials"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -53,7 +53,7 @@ def test_row_schema_lists_exactly_the_published_columns():
     design = (REPO_ROOT / "docs" / "design.md").read_text()
     definition = "1 - prod(1 - p) over the ranked new categories"
     assert definition in schema["properties"]["migration_score"]["description"]
-    assert f"| `migration_score` | float32 in [0, 1] | probability of touching at least one category new" in design
+    assert "| `migration_score` | float32 in [0, 1] | probability of touching at least one category new" in design
     assert definition in design
 
 

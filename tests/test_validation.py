@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -339,6 +340,24 @@ def test_a_long_run_logs_its_progress_while_it_checks_the_days(settings, tmp_pat
     days = len(land.dates)
     assert any(m.startswith(f"validation: checked 1 of {days} days ({100 / days:.0f}%) in ") for m in lines)
     assert any(m.startswith(f"validation: checked all {days} days in") for m in lines)
+
+
+@pytest.mark.services
+def test_the_command_line_leaves_out_the_libraries_start_up_notices(settings, tmp_path: Path) -> None:
+    # `validate` printed ~214 lines of Great Expectations' "Skipping registering function ..." and a
+    # bare "[]" (its datasources) around the few lines that matter.
+    src = tmp_path / "day.csv"
+    src.write_text("\n".join(f"{u},{100 + u},7,pv,{T0 + u}" for u in range(1, 30)) + "\n")
+    land_events(settings, src, "taobao")
+    env = {**os.environ, "IM_BUCKET": settings.bucket, "IM_WORK_DIR": str(tmp_path / "work")}
+    run = subprocess.run([sys.executable, "-m", "pipelines", "validate", "--date", D.isoformat()], env=env,
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0, run.stderr
+    assert "Skipping registering" not in run.stderr and "[]" not in run.stderr.splitlines()
+    assert "botocore.credentials" not in run.stderr and "validated dt=2017-11-25" in run.stderr
+    verbose = subprocess.run([sys.executable, "-m", "pipelines", "--verbose", "validate", "--date", D.isoformat()],
+                             env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert "Skipping registering" in verbose.stderr  # --verbose keeps them
 
 
 def test_great_expectations_context_leaves_scipy_stats_until_used() -> None:
