@@ -213,3 +213,30 @@ def test_intraday_partition_is_judged_from_its_as_of_hour(settings, capsys):
     storage.delete_prefix(configured, layout.partition_prefix(layout.CLEAN, DAYS[-2]))  # D+1+H: not landed
     (waiting,) = monitor_intraday.monitor_intraday_day(configured, day)
     assert waiting["hour"] == hour and "clean events end at" in waiting["waiting"]
+
+
+def test_a_day_inside_the_models_training_window_is_reported_but_not_judged(settings):
+    # Scoring warned "do not judge the model on this day" for a backfilled day the model was trained
+    # past, yet monitor judged it (here: degraded) and counted it toward the consecutive-days alert.
+    configured = dataclasses.replace(pm.isolate(settings), lookback_days=LOOKBACK, horizon_days=H,
+                                     monitor_consecutive_days=1, monitor_margin=0.02)
+    pm.write_clean(configured, pm.clean_events(_events()))
+    version = pm.register_as_champion(configured, variant="bad")
+    client = tracking.client(configured)
+    run_id = client.get_model_version(configured.model_name, version).run_id
+    client.set_tag(run_id, tracking.TAG_DATA_END, (D + dt.timedelta(days=3)).isoformat())
+    from pipelines.serving import scoring
+
+    scoring.score_date(configured, D)
+    report = monitoring.monitor_day(configured, D)
+    check = report["check"]
+    assert check["in_training_window"] and not check["degraded"] and check["reasons"] == []
+    assert check["summary"].startswith(f"not judged: version {version} was trained on events up to "
+                                       f"{D + dt.timedelta(days=3)}, after {D}")
+    assert "below the best baseline" in check["summary"] and report["metrics"]["model"]  # still reported
+    assert not report["streak"]["fired"]
+    # After the training window the same model is judged as before.
+    client.set_tag(run_id, tracking.TAG_DATA_END, (D - dt.timedelta(days=1)).isoformat())
+    scoring.score_date(configured, D)
+    again = monitoring.monitor_day(configured, D)
+    assert again["check"]["degraded"] and not again["check"]["in_training_window"] and again["streak"]["fired"]

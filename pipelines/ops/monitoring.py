@@ -141,6 +141,7 @@ def monitor_day(settings: Settings, date: dt.date | str, *, log_to_mlflow: bool 
     version = str(manifest["model_version"])
     evaluation = monitor_alerts.evaluation_metric(settings, manifest["model_name"], version)
     verdict = monitor_alerts.judge_day(summaries, settings.monitor_metric, settings.monitor_margin, evaluation)
+    verdict = _unjudged_inside_training(day, manifest, verdict)
     start, end = truth_window(day, horizon)
     report = {
         "as_of_date": day.isoformat(), "model_name": manifest["model_name"], "model_version": version,
@@ -163,6 +164,20 @@ def monitor_day(settings: Settings, date: dt.date | str, *, log_to_mlflow: bool 
 
         extra["intraday"] = monitor_intraday.monitor_intraday_day(settings, day)
     return {**report, "uri": uri, "streak": streak, **extra}
+
+
+def _unjudged_inside_training(day: dt.date, manifest: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
+    """``verdict`` unchanged, or, when D lies inside the model's training window (a backfill of a past
+    day: the model was fitted on what users did after D), marked ``in_training_window`` and not
+    degraded: its figures are reported, but they judge nothing and count toward no alert."""
+    from pipelines.serving.scoring import training_window_warning
+
+    if not training_window_warning(day, manifest):
+        return {**verdict, "in_training_window": False}
+    end = str(manifest["training_window"]["end"])[:10]
+    return {**verdict, "degraded": False, "reasons": [], "in_training_window": True,
+            "summary": f"not judged: version {manifest.get('model_version')} was trained on events up to {end}, "
+                       f"after {day} ({verdict['summary']})"}
 
 
 def metrics_table(report: dict[str, Any]) -> pa.Table:
