@@ -754,3 +754,13 @@ def test_with_json_stdout_holds_the_document_alone(monkeypatch, capsys) -> None:
     assert "View run cli-x" in err
     assert main(["training", "--start", "2017-11-25", "--end", "2017-11-27"]) == 0  # without --json: as before
     assert "View run cli-x" in capsys.readouterr().out
+
+
+def test_validate_says_how_many_rows_its_failed_days_held(settings, tmp_path: Path, cli_env, capsys) -> None:
+    # Every day failed the bad-row share, and the summary read "validated 0/1 partitions: 0 rows".
+    rows = [f"{u},{100 + u},7,pv,{T0 + u}" for u in range(1, 101)] + [f"{u},6,7,like,{T0 + u}" for u in range(200)]
+    land_events(settings, _write(tmp_path, "likes.csv", "\n".join(rows) + "\n"), "taobao")
+    assert main(["validate", "--date", D.isoformat()]) == 1
+    out, err = capsys.readouterr()
+    assert "validated 0/1 partitions: 0 rows, 0 quarantined; 1 failed (300 rows there, not handed over)" in out
+    assert "(most: unknown_behavior 200)" in err

@@ -5,6 +5,7 @@ per-user reference encoder (tests/reference_encoder.py) on random and on real da
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import numpy as np
 import pandas as pd
@@ -59,6 +60,19 @@ def test_asof_plan_rejects_a_window_too_short() -> None:
     with pytest.raises(ValueError, match="too short"):
         plan_asof_times(T0, T0 + dt.timedelta(days=5), horizon_days=3, train_step_days=1, eval_step_days=1,
                         validation_count=1, test_count=1)
+    # The error says how many days it needs (it gave only the dates), and that many are enough.
+    for horizon, step, counts in ((3, 1, (2, 2)), (1, 1, (1, 1)), (7, 3, (2, 3)), (90, 30, (2, 24))):
+        with pytest.raises(ValueError, match=r"it needs about (\d+) days of events") as caught:
+            plan_asof_times(T0, T0 + dt.timedelta(days=1), horizon_days=horizon, train_step_days=1,
+                            eval_step_days=step, validation_count=counts[0], test_count=counts[1])
+        assert "IM_HORIZON_DAYS" in str(caught.value)
+        needed = int(re.search(r"needs about (\d+) days", str(caught.value)).group(1))
+        plan = plan_asof_times(T0, T0 + dt.timedelta(days=needed), horizon_days=horizon, train_step_days=1,
+                               eval_step_days=step, validation_count=counts[0], test_count=counts[1])
+        assert len(plan["train"]) >= 1
+        with pytest.raises(ValueError, match="too short"):
+            plan_asof_times(T0, T0 + dt.timedelta(days=needed - 1), horizon_days=horizon, train_step_days=1,
+                            eval_step_days=step, validation_count=counts[0], test_count=counts[1])
 
 
 def test_examples_use_only_history_before_asof_and_label_the_horizon() -> None:

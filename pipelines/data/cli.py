@@ -151,10 +151,14 @@ def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     quarantined = sum(r["quarantined"] for r in results)
     reports = storage.uri(settings, layout.validation_run_prefix(report_id))
     docs = storage.uri(settings, run.data_docs_key) if run.data_docs_key else None
+    # The rows of failed days were read too (a day failed by a batch rule has its report): say so,
+    # or a run whose every day failed reads "0 rows" although thousands came in.
+    failed_rows = sum(r.rows for r in run.results if r.date in run.errors)
+    failed_note = f"; {len(failed)} failed ({failed_rows} rows there, not handed over)" if failed else ""
     emit(args, {"report_id": report_id, "reports": reports, "data_docs": docs, "partitions": results,
-                "failed": failed, "totals": {"rows": rows, "quarantined": quarantined}},
+                "failed": failed, "totals": {"rows": rows, "quarantined": quarantined, "failed_rows": failed_rows}},
          f"validated {len(dates) - len(failed)}/{len(dates)} partitions: {rows} rows, "
-         f"{quarantined} quarantined; reports under {reports}" + (f"; Data Docs {docs}" if docs else ""))
+         f"{quarantined} quarantined{failed_note}; reports under {reports}" + (f"; Data Docs {docs}" if docs else ""))
     return 1 if failed else 0
 
 

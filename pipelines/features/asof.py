@@ -37,8 +37,13 @@ def plan_asof_times(first_event: dt.datetime, data_end: dt.datetime, *, horizon_
         train.append(t)
         t -= dt.timedelta(days=train_step_days)
     if not train:
+        # a day of history, then three label windows (training, validation, test) and the as-of spacing
+        needed = 1 + 3 * horizon_days + eval_step_days * (validation_count + test_count - 2)
         raise ValueError(
             f"data from {first_event.isoformat()} to {data_end.isoformat()} is too short for horizon "
             f"{horizon_days} days with {validation_count} validation and {test_count} test as-of times "
-            f"(first validation as-of {validation[0].isoformat()})")
+            f"(first validation as-of {validation[0].isoformat()}): it needs about {needed:g} days of events "
+            f"(1 day of history + 3 horizons + {eval_step_days} x {validation_count + test_count - 2} days between "
+            "as-of times); train on a longer window, or lower IM_HORIZON_DAYS, IM_VALIDATION_ASOF_COUNT, "
+            "IM_TEST_ASOF_COUNT or IM_EVAL_ASOF_STEP_DAYS")
     return {"train": train[::-1], "validation": validation, "test": test}
