@@ -284,6 +284,14 @@ def test_a_file_whose_every_row_is_quarantined_fails_and_keeps_its_rows(settings
     unplaced = storage.read_parquet(settings, "quarantine/events/unplaced/millis.parquet")
     assert unplaced.num_rows == 200 and set(unplaced["reason"].to_pylist()) == {"implausible_timestamp"}
     assert storage.list_keys(settings, "raw/events/") == []
+    # Tmall writes a day as mmdd ("1111"): read as the year 1111, with no word of how it was read.
+    tmall = tmp_path / "tmall.csv"
+    tmall.write_text("user_id,item_id,cat_id,time_stamp,action_type\n" + "".join(f"{u},1,7,1111,0\n" for u in range(5)))
+    with pytest.raises(SourceError, match=r"time_stamp='1111' reads as 1111-01-01 00:00 UTC \(with --ts-format iso\): "
+                                          r"a date without its year"):
+        land_events(settings, tmall, "csv", column_map={"user_id": "user_id", "item_id": "item_id",
+                                                        "category_id": "cat_id", "behavior": "action_type",
+                                                        "ts": "time_stamp"}, behavior_map={"0": "view"}, ts_format="iso")
 
 
 # --- more classes, as a new user's exports come -------------------------------------------------

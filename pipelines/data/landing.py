@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import Settings
-from pipelines.data.canonical import guess_unix_unit, looks_iso
+from pipelines.data.canonical import guess_unix_unit, looks_iso, parse_ts
 from pipelines.data.fanout import IO_THREADS, map_io
 from pipelines.data.formats import SourceError, SourceSpec, build_spec
 from pipelines.data.routing import SplitStats, split_csv, split_parquet
@@ -86,6 +86,23 @@ def default_name(source: str | Path) -> str:
     for suffix in (".gz", ".zst", ".csv", ".parquet", ".tsv", ".txt"):
         base = base.removesuffix(suffix)
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", base) or "source"
+
+
+def _implausible_example(rejects: pa.Table, spec: SourceSpec) -> str:
+    """How the first implausible timestamp was read (a Tmall ``mmdd`` like ``1111`` reads as the year
+    1111): the hint of a file whose every row was quarantined."""
+    details = rejects.filter(pc.equal(rejects["reason"], "implausible_timestamp"))["detail"]
+    found = re.match(r"(.*?)='(.*)' ", details[0].as_py() or "") if len(details) else None
+    if found is None:
+        return ""
+    column, text = found.groups()
+    micros = parse_ts(pa.array([text]), spec.ts_format, spec.timezone)[0].as_py()
+    try:
+        when = (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)).strftime("%Y-%m-%d %H:%M UTC")
+    except (OverflowError, TypeError):
+        return ""
+    return (f"; timestamps must lie between 2000-01-01 and tomorrow, and {column}={text!r} reads as {when} "
+            f"(with --ts-format {spec.ts_format}): a date without its year, or another --ts-format?")
 
 
 def land_events(settings: Settings, source: str | Path, fmt: str, *, column_map: dict[str, str] | None = None,
@@ -274,6 +291,8 @@ def _publish(settings: Settings, name: str, source: str, spec: SourceSpec, stats
             hint = "; the timestamps look like ISO 8601 dates: land it with --ts-format iso"
         if not hint and spec.ts_format == "iso" and (unix := guess_unix_unit(unparseable)):
             hint = f"; the timestamps look like Unix times ({unix}), not ISO 8601 dates: land it with --ts-format {unix}"
+        if not hint and stats.reasons.get("implausible_timestamp"):
+            hint = _implausible_example(rejects, spec)
         if not hint and stats.reasons.get("wrong_column_count") == quarantined:
             counts = rejects["detail"].value_counts().to_pylist()
             common = max(counts, key=lambda c: c["counts"])["values"]  # e.g. "5 columns, expected 4"
