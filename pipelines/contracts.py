@@ -18,12 +18,6 @@ EVENT_SCHEMA = pa.schema(
         pa.field("value", pa.float64(), nullable=True),
     ]
 )
-# How event tables (clean, hand-over, quarantine) are written as Parquet: a dictionary only for the
-# columns with few distinct values or long runs (sorted user ids), statistics only for the sort keys.
-# Dictionary-encoding item ids and keeping min/max of every column cost a third of the write time
-# and half the read time of a day, for a file no smaller (bench/data_bench.py).
-EVENT_DICTIONARY_COLUMNS = ("user_id", "category_id", "behavior", "value", "source_file", "fate", "reason")
-EVENT_STATISTICS_COLUMNS = ("user_id", "ts")
 # The columns a model's scoring contract reads (pyfunc ``predict`` input): the event without value.
 MODEL_INPUT_COLUMNS = ["user_id", "item_id", "category_id", "behavior", "ts"]
 

@@ -34,7 +34,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import Settings
-from pipelines.contracts import EVENT_DICTIONARY_COLUMNS, EVENT_STATISTICS_COLUMNS
 from pipelines.data import handover, rules
 from pipelines.data.cleaning import (
     CLEAN,
@@ -260,8 +259,7 @@ def _publish(settings: Settings, c: _Cleaned, existing: dict[str, list[storage.O
         clean_keys=[layout.clean_key(c.date)] if c.clean.num_rows else [], quarantine_key=q_key, users=c.users,
         duplicates_key=d_key)
     for key, table in writing.items():
-        writes.submit(storage.write_parquet, settings, key, table, dictionary=EVENT_DICTIONARY_COLUMNS,
-                      statistics=EVENT_STATISTICS_COLUMNS)
+        writes.submit(storage.write_parquet, settings, key, table)
     writes.submit(storage.put_json, settings, layout.preprocess_report_key(c.date), result.to_dict())
     return result
 

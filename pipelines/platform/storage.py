@@ -14,7 +14,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -337,25 +337,11 @@ def put_text(settings: Settings, key: str, text: str) -> str:
     return put_bytes(settings, key, text.encode(), "text/plain; charset=utf-8")
 
 
-def parquet_bytes(table: pa.Table, *, dictionary: Sequence[str] | None = None,
-                  statistics: bool | Sequence[str] = True) -> bytes:
-    """``table`` as zstd Parquet bytes. ``dictionary``: the columns to dictionary-encode (None: all,
-    Parquet's default); ``statistics``: keep column min/max for all, none or the columns named.
-    Names the table does not have are ignored."""
-    options: dict[str, Any] = {}
-    if dictionary is not None:
-        options["use_dictionary"] = [c for c in dictionary if c in table.column_names]
-    if not isinstance(statistics, bool):
-        statistics = [c for c in statistics if c in table.column_names]
+def write_parquet(settings: Settings, key: str, table: pa.Table) -> str:
+    """Write one Arrow table as a Parquet object; returns its s3:// URI."""
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd", write_statistics=statistics, **options)
-    return buffer.getvalue()
-
-
-def write_parquet(settings: Settings, key: str, table: pa.Table, *, dictionary: Sequence[str] | None = None,
-                  statistics: bool | Sequence[str] = True) -> str:
-    """Write one Arrow table as a Parquet object (see :func:`parquet_bytes`); returns its s3:// URI."""
-    return put_bytes(settings, key, parquet_bytes(table, dictionary=dictionary, statistics=statistics))
+    pq.write_table(table, buffer, compression="zstd")
+    return put_bytes(settings, key, buffer.getvalue())
 
 
 def read_parquet(settings: Settings, key: str, columns: list[str] | None = None) -> pa.Table:
