@@ -37,6 +37,11 @@ OUTSIDE_WINDOW = "outside_window"
 IGNORED_BEHAVIOR = "ignored_behavior"
 # Reasons for rows that are out of scope, not broken: they do not count toward the bad-row share.
 OUT_OF_SCOPE = (IGNORED_BEHAVIOR, OUTSIDE_WINDOW)
+
+
+def broken_reasons(reasons: dict[str, int]) -> dict[str, int]:
+    """The quarantine ``reasons`` (rows per reason) of broken rows: those not :data:`OUT_OF_SCOPE`."""
+    return {reason: rows for reason, rows in reasons.items() if reason not in OUT_OF_SCOPE}
 # Texts that exports write for a missing id (pandas, SQL, spreadsheets): not a user, item or category.
 PLACEHOLDER_IDS = pa.array(["nan", "null", "none", "nil", "na", "n/a", "-", "--", "?", "\\n", "undefined", "<na>",
                             "#n/a"], pa.string())

@@ -49,7 +49,7 @@ from pipelines.data.reports import (
     publish_index,
     render_summary,
 )
-from pipelines.data.rules import OUT_OF_SCOPE, ValidationError, flag_partition, in_window, split_flagged
+from pipelines.data.rules import ValidationError, broken_reasons, flag_partition, in_window, split_flagged
 from pipelines.platform import layout, storage
 
 log = logging.getLogger(__name__)
@@ -248,11 +248,11 @@ def _check(settings: Settings, part: RawPartition, contents: dict[str, bytes], h
                  next(iter(plan.skipped.values())))
     # Rows outside the window or of an ignored behaviour are out of scope, not broken: they do not
     # count toward the bad-row share.
-    out_of_scope = sum(reasons.get(r, 0) for r in OUT_OF_SCOPE)
+    broken = sum(broken_reasons(reasons).values())
     volume_ref = recent_volume(settings, day, history) if flagged.in_window and settings.min_volume_ratio > 0 else None
     volume_ratio = None if volume_ref in (None, 0) else rows / volume_ref
     big = rows >= settings.share_checks_min_rows and flagged.in_window
-    bad_share = (bad.num_rows - out_of_scope) / rows if rows else 0.0
+    bad_share = broken / rows if rows else 0.0
     dup_share = duplicates / rows if rows else 0.0
     profile = {expectations.DAY: day.isoformat(), "rows": rows, "valid_rows": valid.num_rows,
                "quarantined": bad.num_rows, "bad_row_share": bad_share if big else None, "duplicate_rows": duplicates,
@@ -287,12 +287,12 @@ def _write_handover(settings: Settings, part: RawPartition, valid: pa.Table, pla
 def _result(settings: Settings, report_id: str, c: _Checked, gate: expectations.DayResult,
             row_suite: expectations.DayResult | None) -> ValidationResult:
     failures = expectations.gate_failures(gate.result, c.profile, settings, c.volume_ref,
-                                          {k: v for k, v in c.reasons.items() if k not in OUT_OF_SCOPE})
+                                          broken_reasons(c.reasons))
     profile = c.profile
     return ValidationResult(
         date=c.date, report_id=report_id, files=c.files, rows=c.rows, valid_rows=c.valid_rows,
         quarantined=c.quarantined, reasons=c.reasons,
-        bad_row_share=round((c.quarantined - sum(c.reasons.get(r, 0) for r in OUT_OF_SCOPE)) / c.rows, 6) if c.rows else 0.0,
+        bad_row_share=round(sum(broken_reasons(c.reasons).values()) / c.rows, 6) if c.rows else 0.0,
         duplicate_rows=c.duplicates, duplicate_share=round(c.duplicates / c.rows, 6) if c.rows else 0.0,
         volume_ratio=None if profile["volume_ratio"] is None else round(profile["volume_ratio"], 4),
         in_window=c.in_window, items_with_several_categories=c.several, ge_success=bool(gate.success),
