@@ -35,8 +35,10 @@ def test_migration_report_and_ingest_commands(settings, capsys):
     capsys.readouterr()  # MLflow's own lines while the champion was logged
     code, out, _ = run(configured, capsys, "migration-report", "--date", D.isoformat())
     assert code == 0 and out.startswith(f"s3://{configured.bucket}/reports/migration/dt={D}/summary.json: 3 users")
+    assert "expected to touch a new category" in out
     code, out, _ = run(configured, capsys, "migration-report", "--date", D.isoformat(), "--json")
-    assert json.loads(out)["users"] == 3
+    summary = json.loads(out)
+    assert summary["users"] == 3 and 0 <= summary["expected_new_category_users"] <= 3
     code, _, err = run(configured, capsys, "migration-report", "--date", "2024-04-05")
     assert code == 1 and err.startswith("error: no published predictions for 2024-04-05")
     code, _, err = run(configured, capsys, "migration-report", "--date", "2024-13-01")

@@ -90,6 +90,10 @@ def test_flows_and_categories_match_a_plain_recomputation():
     assert flows.num_rows == 9 and sum(flows["weight"].to_pylist()) == pytest.approx(5.0)  # 5 users with emerging
     summary = migration.day_summary(rows, flows, migration.category_table(rows))
     assert (summary["users"], summary["users_with_emerging"], summary["migrating_users"]) == (6, 5, 4)
+    # The users expected to touch a new category: the sum of the migration scores (each is that
+    # probability for one user), a headline that does not read 0% where no one's top category is new.
+    assert summary["expected_new_category_users"] == pytest.approx(0.5 + 0.1 + 1.0 + 0.05 + 0.7 + 0.9, abs=0.05)
+    assert summary["expected_new_category_share"] == pytest.approx(3.25 / 6)
 
 
 def test_top_flows_compare_with_the_week_before():

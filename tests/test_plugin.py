@@ -106,6 +106,8 @@ def test_reads_and_page_sections_show_real_data(settings):
     html = page.migration_section(flows, "/interest-migration")
     assert '<svg xmlns="http://www.w3.org/2000/svg" class="heatmap"' in html
     assert 'src="/interest-migration/api/migration/2024-03-02/chart.png"' in html
+    expected = flows["value"]["summary"]["expected_new_category_users"]
+    assert f"{expected:.1f} expected to touch a category new to them" in html
     assert reads.chart_png(configured, "2024-03-02")["value"][:4] == b"\x89PNG"
 
     empty = reads.monitoring(configured)

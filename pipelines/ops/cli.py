@@ -38,7 +38,10 @@ def _report_line(summary: dict[str, Any]) -> str:
     if not summary["users"]:
         return f"{summary['uri']}: no users"
     line = (f"{summary['uri']}: {summary['users']} users, {summary['migrating_users']} migrating "
-            f"({summary['migrating_share']:.1%})")
+            f"({summary['migrating_share']:.1%}: the most likely category new)")
+    if summary.get("expected_new_category_users") is not None:  # reports written before it lack it
+        line += (f", {summary['expected_new_category_users']:.1f} expected to touch a new category "
+                 f"({summary['expected_new_category_share']:.1%}: the sum of migration scores)")
     if summary["top_flows"]:
         top = summary["top_flows"][0]
         line += f"; top flow {top['from_category']} -> {top['to_category']} ({top['weight']:.1f} users)"

@@ -11,7 +11,12 @@ Definitions (the same words as the prediction contract, docs/design.md section 6
   counts the users having that pair with a non-zero share.
 - **migrating user**: the user's best-ranked predicted category is new to it (it is in its
   emerging list). The share of migrating users is reported per *dominant* current category
-  (``current_categories[0]``).
+  (``current_categories[0]``). On logs where people mostly return to what they know (most
+  e-commerce logs) hardly anyone's *most likely* category is new, so this share is near 0.
+- **expected new-category users**: the sum of ``migration_score`` over users, the number of users
+  expected to touch at least one category new to them in the horizon (each score is that
+  probability for one user). It is the day's headline of how many users move, where the
+  migrating share is a strict count of users whose move is their most likely outcome.
 - **interest strength** of a category: the mean over users of its current share (current) and
   of its share of the user's normalised predicted scores (predicted); both sum to at most 1
   over categories, so the two bars are comparable.
@@ -177,10 +182,15 @@ def _first_of_each(parents: np.ndarray) -> np.ndarray:
 
 
 def day_summary(rows: pa.Table, flows: pa.Table, categories: pa.Table) -> dict[str, Any]:
-    """Headline numbers of a day: users, users with an emerging category, migrating users and share."""
+    """Headline numbers of a day: users, users with an emerging category, migrating users and share,
+    and the users expected to touch a category new to them (the sum of ``migration_score``)."""
     users = rows.num_rows
+    scores = np.nan_to_num(np.asarray(rows["migration_score"].to_numpy(zero_copy_only=False), dtype=float))
+    expected = float(np.clip(scores, 0.0, 1.0).sum())
     movers = int(pc.sum(categories["migrating_users"]).as_py() or 0)
     with_emerging = int(pc.sum(pc.greater(pc.list_value_length(rows["emerging_categories"]), 0)).as_py() or 0)
     return {"users": users, "users_with_emerging": with_emerging, "migrating_users": movers,
-            "migrating_share": movers / users if users else None, "flows": flows.num_rows,
+            "migrating_share": movers / users if users else None,
+            "expected_new_category_users": round(expected, 1),
+            "expected_new_category_share": expected / users if users else None, "flows": flows.num_rows,
             "flow_weight": float(pc.sum(flows["weight"]).as_py() or 0.0)}

@@ -48,6 +48,14 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _expected_movers(summary: dict[str, Any]) -> str:
+    """The expected number of users touching a new category (reports written before it lack it)."""
+    if summary.get("expected_new_category_users") is None:
+        return ""
+    return (f"; {_num(summary['expected_new_category_users'], 1)} expected to touch a category new to them "
+            f"({_percent(summary['expected_new_category_share'])}: the sum of their migration scores)")
+
+
 def migration_section(result: dict[str, Any], base: str) -> str:
     parts = ["<h2>Population migration</h2>"]
     if not result["ok"]:
@@ -63,7 +71,8 @@ def migration_section(result: dict[str, Any], base: str) -> str:
     parts.append(f"<p>Day {links}</p>{_stale(result)}")
     parts.append(f"<p>{_num(summary['users'])} users scored by model v{_e(summary['model_version'])}; "
                  f"{_num(summary['migrating_users'])} migrating ({_percent(summary['migrating_share'])} of users: "
-                 "their most likely category in the horizon is new to them). Flows compared with "
+                 "their most likely category in the horizon is new to them)"
+                 f"{_expected_movers(summary)}. Flows compared with "
                  f"{_e(summary['compared_with'] or 'no earlier report (none 7 days before)')}.</p>")
     hm = data["heatmap"]
     parts.append("<h3>Flows: current top categories → predicted emerging ones</h3><p class='note'>Rows: "
