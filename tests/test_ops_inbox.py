@@ -95,6 +95,15 @@ def test_same_file_again_replaces_its_landing_and_an_empty_run_announces_nothing
     # Same bytes, same default name (<stem>-<etag>): the second landing replaced the first.
     landed = [k for k in storage.list_keys(settings, layout.area_prefix(layout.RAW)) if k.endswith(layout.RAW_CSV)]
     assert len(landed) == 2  # one file per UTC day, not four
+    # The same file handled twice in one batch (a retried task, `ingest-inbox --batch X` twice): the
+    # second copy and its note go to <batch>-2/, the first ones are kept.
+    for _ in range(2):
+        _drop(settings, "shop.csv", TAOBAO, {"file": "shop.csv", "format": "taobao"})
+        assert inbox.ingest_pending(settings, "run-same")["rows_landed"] == 3
+    for folder in ("run-same", "run-same-2"):
+        kept = storage.list_keys(settings, layout.inbox_outcome_key("processed", folder, ""))
+        assert sorted(k.rsplit("/", 1)[-1] for k in kept) == ["shop.csv", "shop.landing.json",
+                                                              "shop.manifest.json"], kept
     empty = inbox.ingest_pending(settings, "run-c")
     assert empty["files"] == 0 and empty["dates"] == []
     with pytest.raises(AirflowSkipException, match="nothing landed in batch run-c"):

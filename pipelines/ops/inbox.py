@@ -97,19 +97,36 @@ def parse_manifest(manifest_key: str, data: Any, scratch: Path) -> Announcement:
 
 def _move(settings: Settings, keys: list[str], outcome: str, batch: str, scratch: Path,
           note: tuple[str, Any]) -> list[str]:
-    """Copy ``keys`` (and a JSON note) to ``inbox/<outcome>/<batch>/``, then delete them from the inbox."""
+    """Copy ``keys`` (and a JSON note) to ``inbox/<outcome>/<batch>/``, then delete them from the inbox.
+
+    A file of the same name dropped again and handled in the same batch (``ingest-inbox --batch X``
+    twice, a task retried) goes to ``<batch>-2/`` (``-3/``, ...) instead: the earlier copy and its
+    note are kept, not overwritten."""
     moved = []
+    note_name, payload = note
+    stem = keys[-1].rsplit("/", 1)[-1].removesuffix(layout.INBOX_MANIFEST_SUFFIX)
+    names = [key.rsplit("/", 1)[-1] for key in keys] + [f"{stem}.{note_name}"]
+    batch = _free_batch(settings, outcome, batch, names)
     for key in keys:
         local = scratch / "move" / key.rsplit("/", 1)[-1]
         local.parent.mkdir(parents=True, exist_ok=True)
         storage.download_file(settings, key, local)
         moved.append(storage.upload_file(settings, local, layout.inbox_outcome_key(outcome, batch, local.name)))
         local.unlink()
-    note_name, payload = note
-    stem = keys[-1].rsplit("/", 1)[-1].removesuffix(layout.INBOX_MANIFEST_SUFFIX)
     storage.put_json(settings, layout.inbox_outcome_key(outcome, batch, f"{stem}.{note_name}"), payload)
     storage.delete_keys(settings, keys)
     return moved
+
+
+def _free_batch(settings: Settings, outcome: str, batch: str, names: list[str]) -> str:
+    """``batch``, or the first of ``batch-2``, ``batch-3``, ... where none of ``names`` exists yet."""
+    for n in range(1, 10_000):
+        candidate = batch if n == 1 else f"{batch}-{n}"
+        taken = {k.rsplit("/", 1)[-1] for k in
+                 storage.list_keys(settings, layout.inbox_outcome_key(outcome, candidate, ""))}
+        if not taken.intersection(names):
+            return candidate
+    raise InboxError(f"inbox/{outcome}/{batch}: 10,000 earlier copies of {names[0]}; clear the folder")
 
 
 def _announced_data(settings: Settings, content: Any) -> list[str]:
