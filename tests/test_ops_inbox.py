@@ -84,6 +84,19 @@ def test_a_manifest_naming_itself_or_unreadable_is_named_in_its_error(settings):
     assert latin.startswith("s3 key inbox/events/latin.manifest.json: ") and "utf-8" in latin
 
 
+def test_an_unknown_manifest_field_is_named_with_the_known_ones(tmp_path):
+    # A misspelt option ('timezon') of a manifest without a column map reached the lander, whose
+    # error spoke of a "column map" the manifest did not have.
+    with pytest.raises(inbox.InboxError) as info:
+        inbox.parse_manifest("inbox/events/a.manifest.json", {"file": "a.csv", "format": "taobao", "timezon": "UTC"},
+                             tmp_path)
+    assert str(info.value).startswith("s3 key inbox/events/a.manifest.json: unknown field(s) ['timezon'] "
+                                      "(did you mean 'timezone'?); known fields: file, format, name, columns")
+    ok = inbox.parse_manifest("inbox/events/a.manifest.json", {"file": "a.csv", "format": "taobao", "timezone": "UTC"},
+                              tmp_path)
+    assert ok.options == {"timezone": "UTC"}
+
+
 @pytest.mark.services
 def test_same_file_again_replaces_its_landing_and_an_empty_run_announces_nothing(settings):
     from airflow.sdk.exceptions import AirflowSkipException

@@ -19,6 +19,7 @@ deleted from the inbox before its copy exists.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import json
 import logging
 import re
@@ -31,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.config import Settings
-from pipelines.data.formats import FORMATS, SourceError, read_column_map_file
+from pipelines.data.formats import FORMATS, MAP_FILE_KEYS, SourceError, read_column_map_file
 from pipelines.platform import layout, storage
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,12 @@ def parse_manifest(manifest_key: str, data: Any, scratch: Path) -> Announcement:
     if not isinstance(data, dict):
         raise InboxError(f"{where}: expected a JSON object")
     data = dict(data)
+    known = ["file", "format", "name", *MAP_FILE_KEYS]
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise InboxError(f"{where}: unknown field(s) {unknown}{hint}; known fields: {', '.join(known)}")
     file_name = data.pop("file", None)
     if not isinstance(file_name, str) or not file_name or "/" in file_name:
         raise InboxError(f"{where}: field 'file' must name a data file in {layout.INBOX}/ (no folders)")
