@@ -257,8 +257,9 @@ def test_plugin_answers_only_behind_the_login_and_works_in_a_browser(stack):
             assert page.inner_text("h1") == "Interest migration"
             assert page.locator("svg.heatmap rect").count() > 0
             assert "No monitoring yet" in page.inner_text("body")
-            assert page.locator(f"img[src='/interest-migration/api/migration/{DATA_END}/chart.png']").evaluate(
-                "img => img.complete && img.naturalWidth > 0")
+            assert page.locator("svg.bars rect").count() > 0  # interest strength per category
+            png = page.request.get(base + f"/api/migration/{DATA_END}/chart.png")  # the page's PNG link
+            assert png.status == 200 and png.body()[:4] == b"\x89PNG"
 
             for day, model, baseline in ((DATA_END - dt.timedelta(days=1), 0.31, 0.28), (DATA_END, 0.27, 0.29)):
                 storage.put_json(stack.settings, layout.monitoring_report_key(day, "metrics"), {

@@ -105,7 +105,10 @@ def test_reads_and_page_sections_show_real_data(settings):
     assert flows["ok"] and flows["value"]["date"] == "2024-03-02" and flows["value"]["dates"] == ["2024-03-02"]
     html = page.migration_section(flows, "/interest-migration")
     assert '<svg xmlns="http://www.w3.org/2000/svg" class="heatmap"' in html
-    assert 'src="/interest-migration/api/migration/2024-03-02/chart.png"' in html
+    assert 'href="/interest-migration/api/migration/2024-03-02/chart.png"' in html
+    # The interest-strength bars are SVG drawn by the browser (any script's fonts), one group per category.
+    strength = flows["value"]["strength"]
+    assert strength["category"][0] in html and '<svg xmlns="http://www.w3.org/2000/svg" class="bars"' in html
     expected = flows["value"]["summary"]["expected_new_category_users"]
     assert f"{expected:.1f} expected to touch a category new to them" in html
     assert reads.chart_png(configured, "2024-03-02")["value"][:4] == b"\x89PNG"

@@ -83,8 +83,14 @@ def migration_section(result: dict[str, Any], base: str) -> str:
              _num(f["share"]), _num(f["previous_share"]), _num(f["share_change"])] for f in summary["top_flows"]]
     parts.append("<h3>Top flows</h3>" + _table(
         ["from", "to", "users with the pair", "weight (users)", "share", "share a week before", "change"], rows))
-    parts.append(f'<h3>Interest strength per category</h3><img alt="current vs predicted interest strength" '
-                 f'src="{base}/api/migration/{day}/chart.png">')
+    # Drawn as SVG in the browser, whose fonts cover any script (category names in Chinese, emoji);
+    # the report's PNG is drawn with the server's fonts and stays a link.
+    strength = data.get("strength") or {"category": [], "current_strength": [], "predicted_strength": []}
+    parts.append("<h3>Interest strength per category</h3>" + charts.bars_svg(strength["category"], {
+        "current": strength["current_strength"], "predicted": strength["predicted_strength"]},
+        label="mean share of a user's interest: current vs predicted")
+        + f'<p class="note"><a href="{base}/api/migration/{day}/chart.png">the same chart as a PNG</a> '
+        f"(reports/migration/dt={_e(day)}/interest_by_category.png)</p>")
     return "".join(parts)
 
 

@@ -94,7 +94,12 @@ def _migration(settings: Settings, date: str | None) -> dict[str, Any]:
     summary = migration_report.read_summary(settings, day)
     flows = storage.read_parquet(settings, layout.migration_report_key(day, "flows"),
                                  columns=["from_category", "to_category", "weight"])
-    return {"dates": dates, "date": day.isoformat(), "summary": summary, "heatmap": heatmap(flows)}
+    # The strongest categories first (the report's order), as many as its PNG chart shows.
+    strength = storage.read_parquet(settings, layout.migration_report_key(day, "categories"),
+                                    columns=["category", "current_strength", "predicted_strength"])
+    strength = strength.slice(0, migration_report.CHART_CATEGORIES).to_pydict()
+    return {"dates": dates, "date": day.isoformat(), "summary": summary, "heatmap": heatmap(flows),
+            "strength": strength}
 
 
 def migration(settings: Settings, date: str | None = None) -> dict[str, Any]:
