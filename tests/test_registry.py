@@ -43,6 +43,14 @@ def test_decide(challenger, champion, margin, promote):
                                  margin_vs_baselines=0.0, margin_vs_champion=margin)
     assert ok is promote
     assert "markov" in reason and ("no current champion" in reason) is (champion is None)
+    assert "a tie" not in reason
+
+
+def test_decide_names_a_tie_with_the_best_baseline():
+    # A log with one category: every ranking scores 1.0 and the gate refused with only "+0.0000".
+    ok, reason = registry.decide(1.0, {"decayed_frequency": 1.0, "markov": 1.0}, None,
+                                 margin_vs_baselines=0.0, margin_vs_champion=0.0)
+    assert not ok and "difference +0.0000; a tie: no ranking scores better on this test set" in reason
 
 
 # --- on the real server ------------------------------------------------------------------------------

@@ -117,6 +117,10 @@ def decide(challenger: float, baselines: dict[str, float], champion: float | Non
             ok = False
             reasons.append(f"does not beat best baseline {best_name} ({best:.4f}) by the margin "
                            f"{margin_vs_baselines}: difference {challenger - best:+.4f}")
+            if abs(challenger - best) < 1e-9:
+                reasons.append("a tie: no ranking scores better on this test set (a log with one category, or "
+                               "users who only return to what they know); promote by hand to publish predictions "
+                               "anyway")
     else:
         reasons.append("no baseline metrics logged (nothing to beat)")
     if champion is None:
