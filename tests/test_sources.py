@@ -9,6 +9,7 @@ import io
 import json
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -490,3 +491,32 @@ def test_iso_times_with_the_zone_name_utc_after_them_land(settings, tmp_path: Pa
         "ts": "event_time"}, ts_format="iso")
     assert result.rows == 2 and result.quarantined == 0
     assert sorted(result.dates) == [dt.date(2019, 10, 1), dt.date(2019, 10, 2)]
+
+
+@pytest.mark.services
+def test_iso_times_with_a_space_before_their_offset_across_a_clock_change_land(settings, tmp_path: Path) -> None:
+    # "10:00:00 +0200" next to "10:00:00 +0100" (summer time ended between them): the offset after a
+    # space went unseen, pandas then refused the mix and `land` stopped with a traceback.
+    out = parse_ts(pa.array(["2017-10-28 10:00:00 +0200", "2017-10-30 10:00:00 +0100", "2017-10-30 10:00:00",
+                             "2017-10-30t10:00:00z"]), "iso", "UTC")
+    hour = 3600 * 10**6
+    day = int(dt.datetime(2017, 10, 28, tzinfo=dt.UTC).timestamp()) * 10**6
+    assert out.to_pylist() == [day + 8 * hour, day + 2 * 24 * hour + 9 * hour, day + 2 * 24 * hour + 10 * hour,
+                               day + 2 * 24 * hour + 10 * hour]
+    src = tmp_path / "clock.csv"
+    src.write_text("user_id,item_id,category_id,behavior,ts\n1,10,5,view,2017-10-28 10:00:00 +0200\n"
+                   "2,11,5,view,2017-10-30 10:00:00 +0100\n3,12,5,buy,2017-10-30 23:30:00 -0100\n")
+    result = land_events(settings, src, "csv", name="clock", column_map={
+        "user_id": "user_id", "item_id": "item_id", "category_id": "category_id", "behavior": "behavior",
+        "ts": "ts"}, ts_format="iso")
+    assert result.rows == 3 and result.quarantined == 0
+    assert sorted(result.dates) == [dt.date(2017, 10, 28), dt.date(2017, 10, 30), dt.date(2017, 10, 31)]
+
+
+def test_iso_times_pandas_refuses_to_read_together_are_read_one_by_one() -> None:
+    from pipelines.data.canonical import _parse_iso_one_by_one
+
+    out = _parse_iso_one_by_one(pd.Series(["2017-10-28T10:00:00+02:00", "2017-11-25 10:00:00", "not a time", None]),
+                                "Europe/Berlin")
+    assert [None if pd.isna(v) else v.isoformat() for v in out] == [
+        "2017-10-28T08:00:00+00:00", "2017-11-25T09:00:00+00:00", None, None]

@@ -162,8 +162,9 @@ def _assume_zone(naive: pa.Array, timezone: str) -> pa.Array:
     return pc.assume_timezone(naive, timezone, ambiguous="earliest", nonexistent="latest")
 
 
-# An offset after a time of day: Z, +08, +0800, +08:00 (a date alone, 2017-11-25, has none).
-_OFFSET = r"(?:Z|[T ]\d\d(?::?\d\d){0,2}(?:[.,]\d+)?[+-]\d\d(?::?\d\d)?)$"
+# An offset after a time of day: Z, +08, +0800, +08:00, also after a space (``10:00:00 +0200``, as
+# git and many log exporters write it); a date alone, 2017-11-25, has none.
+_OFFSET = r"(?:Z|[T ]\d\d(?::?\d\d){0,2}(?:[.,]\d+)?\s*[+-]\d\d(?::?\d\d)?)$"
 
 
 # A zone written as a name after the time, as exports of public logs have it (REES46:
@@ -172,7 +173,8 @@ _ZONE_NAME = r"(?i)(\d)\s*(?:UTC|GMT)$"
 
 
 def _parse_iso(strings: pa.Array, timezone: str) -> pa.Array:
-    strings = pc.replace_substring_regex(strings, _ZONE_NAME, r"\1+00:00")
+    # RFC 3339 allows a lower-case t and z; pandas reads only upper case.
+    strings = pc.utf8_upper(pc.replace_substring_regex(strings, _ZONE_NAME, r"\1+00:00"))
     text = strings.to_pandas()
     has_offset = text.str.contains(_OFFSET, regex=True, na=False).to_numpy()
     result = pd.Series(pd.NaT, index=text.index, dtype="datetime64[us, UTC]")
@@ -180,12 +182,35 @@ def _parse_iso(strings: pa.Array, timezone: str) -> pa.Array:
         aware = pd.to_datetime(text[has_offset], format="ISO8601", errors="coerce", utc=True)
         result[has_offset] = aware.dt.as_unit("us")
     if (~has_offset).any():
-        naive = pd.to_datetime(text[~has_offset], format="ISO8601", errors="coerce")
+        try:
+            naive = pd.to_datetime(text[~has_offset], format="ISO8601", errors="coerce")
+        except ValueError:  # pandas read a zone the pattern above did not see: value by value
+            naive = _parse_iso_one_by_one(text[~has_offset], timezone)
         if getattr(naive.dt, "tz", None) is None:
             local = _assume_zone(pa.array(naive.dt.as_unit("us"), pa.timestamp("us")), timezone)
             naive = pd.Series(local.cast(pa.timestamp("us", tz="UTC")).to_pandas().array, index=naive.index)
         result[~has_offset] = naive.dt.tz_convert("UTC").dt.as_unit("us")
     return pa.array(result, pa.timestamp("us", tz="UTC")).cast(pa.int64())
+
+
+def _parse_iso_one_by_one(text: pd.Series, timezone: str) -> pd.Series:
+    """ISO 8601 times, each on its own: one with a zone at its instant, one without in ``timezone``,
+    one that does not read as NaT (the slow path for a mix pandas refuses to read at once)."""
+    instants: dict[str, Any] = {}
+    for value in text.dropna().unique():
+        try:
+            stamp = pd.Timestamp(pd.to_datetime(value, format="ISO8601"))
+        except (ValueError, OverflowError):
+            instants[value] = pd.NaT
+            continue
+        if stamp is pd.NaT:
+            instants[value] = pd.NaT
+            continue
+        if stamp.tzinfo is None:
+            local = _assume_zone(pa.array([stamp.as_unit("us")], pa.timestamp("us")), timezone)
+            stamp = pd.Timestamp(local.cast(pa.timestamp("us", tz="UTC"))[0].as_py())
+        instants[value] = stamp.tz_convert("UTC")
+    return pd.Series(pd.to_datetime(text.map(instants), utc=True), index=text.index).dt.as_unit("us")
 
 
 def _canonical_behavior(codes: pa.Array) -> pa.Array:
