@@ -772,3 +772,39 @@ def test_validate_says_how_many_rows_its_failed_days_held(settings, tmp_path: Pa
     out, err = capsys.readouterr()
     assert "validated 0/1 partitions: 0 rows, 0 quarantined; 1 failed (300 rows there, not handed over)" in out
     assert "(most: unknown_behavior 200)" in err
+
+
+def test_damaged_packed_and_utf16_files_are_named_with_what_to_do(settings, tmp_path: Path) -> None:
+    import gzip
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {"user_id": "user", "category_id": "cat", "behavior": "event", "ts": "at"}
+    table = pa.table({"user": [str(i % 50) for i in range(20000)], "cat": ["7"] * 20000, "event": ["view"] * 20000,
+                      "at": [str(T0 + i) for i in range(20000)]})
+    good = tmp_path / "good.parquet"
+    pq.write_table(table, good, compression="snappy")
+    # Bytes inside a column chunk overwritten: the footer reads, a page does not. The error was
+    # "land failed: Corrupt snappy compressed data." without the file.
+    damaged = bytearray(good.read_bytes())
+    damaged[60:400] = np.random.default_rng(1).integers(0, 256, 340, dtype=np.uint8).tobytes()
+    path = _write(tmp_path, "damaged.parquet", bytes(damaged))
+    with pytest.raises(SourceError, match=r"damaged.parquet: unreadable Parquet file: the data after its first 0 "
+                                          r"rows does not decode \(.*\): the file is damaged; export it again"):
+        land_events(settings, path, "parquet", column_map=columns, ts_format="unix_s")
+    # A gzip-compressed Parquet file: the csv adapter said "land it with --format parquet", which then
+    # said "magic bytes not found".
+    packed = _write(tmp_path, "events.parquet.gz", gzip.compress(good.read_bytes()))
+    for fmt in ("csv", "parquet"):
+        with pytest.raises(SourceError, match=r"gzip-compressed.*decompress it \(Parquet compresses inside the file\)"):
+            land_events(settings, packed, fmt, column_map=columns, ts_format="unix_s")
+    # UTF-16 without a byte-order mark: the error listed the header as 'u\x00s\x00e\x00r...'.
+    text = "user,cat,event,at\n" + "".join(f"{line}\n" for line in ["1,7,view,1511568000", "2,7,buy,1511568060"])
+    path = _write(tmp_path, "utf16.csv", text.encode("utf-16-le"))
+    with pytest.raises(SourceError, match=r"the file is UTF-16 without a byte-order mark, not utf-8; land it with "
+                                          r"--encoding utf-16-le"):
+        land_events(settings, path, "csv", column_map=columns)
+    result = land_events(settings, path, "csv", column_map=columns, encoding="utf-16-le")
+    assert result.rows == 2 and result.quarantined == 0

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -441,6 +441,23 @@ def _set_aside_encoding(stats: SplitStats, table: pa.Table, mask: np.ndarray, sp
         stats.reject("invalid_encoding", text if withhold is None else _withheld(text, withhold), hint)
 
 
+def _parquet_batches(path: Path, pf: pq.ParquetFile) -> Iterator[pa.RecordBatch]:
+    """The batches of ``pf``; a page that does not decode (damaged bytes inside the file: its footer
+    read, a column chunk does not) raises :class:`SourceError` naming the file and the rows."""
+    batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS)
+    done = 0
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SourceError(f"{path}: unreadable Parquet file: the data after its first {done} rows does not "
+                              f"decode ({exc}): the file is damaged; export it again") from exc
+        done += batch.num_rows
+        yield batch
+
+
 def split_parquet(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime, *,
                   window: tuple[int | None, int | None] = (None, None),
                   pseudonymize: Pseudonymizer | str | None = FROM_SETTINGS) -> SplitStats:
@@ -455,6 +472,10 @@ def split_parquet(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime,
             head = fh.read(4096)
         text = head and not head.startswith(PARQUET_MAGIC) and b"\x00" not in head and (b"\n" in head or len(head) < 4096)
         hint = "; it starts with lines of text: is it a CSV file? (--format csv)" if text else ""
+        packed = "gzip" if head.startswith(b"\x1f\x8b") else "zstd" if head.startswith(b"\x28\xb5\x2f\xfd") else None
+        if packed:
+            hint = (f"; it is {packed}-compressed: decompress it (Parquet compresses inside the file) and land "
+                    "the Parquet file")
         raise SourceError(f"{path}: unreadable Parquet file: {exc}{hint}") from exc
     schema = pf.schema_arrow
     check_parquet_columns(path, schema, spec)
@@ -480,7 +501,7 @@ def split_parquet(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime,
               and (pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) or pa.types.is_fixed_size_binary(f.type))]
     withhold = spec.delimiter if pseudonyms is not None else None
     try:
-        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+        for batch in _parquet_batches(path, pf):
             if binary:
                 table = pa.Table.from_batches([batch])
                 texts, not_text = as_utf8(table.select(binary))

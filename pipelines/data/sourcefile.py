@@ -68,6 +68,19 @@ def binary_kind(head: bytes) -> str | None:
     return next((kind for magic, kind in BINARY_MAGICS.items() if head.startswith(magic)), None)
 
 
+def _utf16_without_bom(line: bytes) -> str | None:
+    """``"le"`` / ``"be"`` when ``line`` reads as UTF-16 text of ASCII characters without a byte-order
+    mark (a 0 byte after, or before, every character); None otherwise."""
+    head = line[:64]
+    if len(head) < 8:
+        return None
+    if head[1::2].count(0) >= len(head) // 2 - 1 and head[0::2].count(0) == 0:
+        return "le"
+    if head[0::2].count(0) >= len(head) // 2 - 1 and head[1::2].count(0) == 0:
+        return "be"
+    return None
+
+
 def compression_of(path: Path) -> str | None:
     """``"gzip"`` or ``"zstd"`` by the file's magic number, whatever its name says; None for plain bytes."""
     with open(path, "rb") as fh:
@@ -107,6 +120,11 @@ def read_preamble(path: Path, encoding: str = "utf-8") -> Preamble:
         with open_binary(path) as fh:
             for number, raw in enumerate(fh):
                 if number == 0 and (kind := binary_kind(raw)):
+                    packed = compression_of(path)
+                    if raw.startswith(PARQUET_MAGIC) and packed:
+                        raise SourceError(f"{path}: is not a text file: it is a {packed}-compressed Parquet file; "
+                                          f"decompress it (Parquet compresses inside the file) and land it with "
+                                          "--format parquet")
                     raise SourceError(f"{path}: is not a text file: it starts like {kind}; "
                                       + ("land it with --format parquet" if raw.startswith(PARQUET_MAGIC) else
                                          "export or unpack it as CSV (or Parquet) and land that"))
@@ -114,6 +132,10 @@ def read_preamble(path: Path, encoding: str = "utf-8") -> Preamble:
                     raise SourceError(f"{path}: starts with a UTF-16 byte-order mark: the file is UTF-16, not "
                                       f"{encoding}; land it with --encoding utf-16 (encoding: utf-16 in a column-map "
                                       "file)")
+                if number == 0 and utf8 and (order := _utf16_without_bom(raw)):
+                    raise SourceError(f"{path}: every other byte of its first line is 0: the file is UTF-16 "
+                                      f"without a byte-order mark, not {encoding}; land it with --encoding "
+                                      f"utf-16-{order} (encoding: utf-16-{order} in a column-map file)")
                 line = (raw.removeprefix(b"\xef\xbb\xbf") if number == 0 else raw).rstrip(b"\r\n")
                 if line.lstrip().startswith(COMMENT):
                     comments.append((number + 1, line.decode(encoding, errors="replace")))
