@@ -469,6 +469,14 @@ def test_a_quote_left_open_in_the_last_column_sets_aside_its_line_not_the_rows_a
     res = _land_ok(settings, _write(tmp_path, "note.csv", text), "csv", name="note",
                    column_map={"user_id": "user", "category_id": "cat", "behavior": "event", "ts": "at"})
     assert res.rows == 2 and not res.quarantine_reasons
+    # A timestamp quoted and closed on the next line ("15116\n67930") is one row whose timestamp does
+    # not read: it was cut at the line break and counted as two (an unclosed quote and a row of one
+    # column), though its quote is closed.
+    text = header + "\n".join(generic[:3] + ['u98,7,view,"15115\n68000"'] + generic[3:]) + "\n"
+    res = _land_ok(settings, _write(tmp_path, "closed.csv", text), "csv", name="closed",
+                   column_map={"user_id": "user", "category_id": "cat", "behavior": "event", "ts": "at"})
+    assert res.rows == 10 and res.rows_read == 11 and res.quarantine_reasons == {"unparseable_timestamp": 1}
+    assert storage.read_parquet(settings, res.quarantine_key)["raw"].to_pylist() == ["u98,7,view,15115\n68000"]
 
 
 def test_landing_names_of_only_dots_are_refused_and_the_work_folder_stays(settings, tmp_path: Path) -> None:

@@ -384,6 +384,14 @@ def _split_csv_once(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetim
         broken = pc.fill_null(pc.match_substring(table[last], "\n"), False)
         if not pc.any(broken).as_py():
             return table
+        # Lines swallowed by an open quote are rows: a delimiter after the line break. A value
+        # quoted and closed on the next line ("15116\n67930") has none: it stays one row, which
+        # the rules judge like any other (its timestamp does not read).
+        delimiter = "\\" + spec.delimiter if spec.delimiter in "]\\^-" else spec.delimiter
+        swallowed = pc.fill_null(pc.match_substring_regex(table[last], f"(?s)\n.*[{delimiter}]"), False)
+        broken = pc.and_(broken, swallowed)
+        if not pc.any(broken).as_py():
+            return table
         if not spec.needs_plain_fields:
             broken = pc.and_(broken, pc.is_null(parse_ts(table[spec.column_map["ts"]], spec.ts_format, spec.timezone)))
         rows = table.filter(broken)
