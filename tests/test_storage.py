@@ -113,3 +113,17 @@ def test_a_forked_process_opens_its_own_connections(settings: Settings) -> None:
     os.waitpid(pid, 0)
     assert os.read(read, 1) == b"1"
     assert storage.get_bytes(settings, "x/child.json") == b"[]"
+
+
+def test_writes_the_server_refuses_are_named_storage_errors(settings: Settings, tmp_path) -> None:
+    # A write refused by the server (here: a key longer than S3's 1,024 bytes; in the field, a store
+    # out of volumes) raised botocore's ClientError, which the command line printed as a traceback.
+    key = "x/" + "k" * 1100
+    with pytest.raises(storage.StorageError, match=r"cannot write s3://.*/x/kkk+: An error occurred \(\w+\)"):
+        storage.put_bytes(settings, key, b"{}")
+    with pytest.raises(storage.StorageError, match=r"cannot write s3://.*/x/kkk+: An error occurred"):
+        storage.put_bytes(settings, key, b"y" * (storage.LEAN_MAX_BYTES + 1))
+    local = tmp_path / "a.bin"
+    local.write_bytes(b"abc")
+    with pytest.raises(storage.StorageError, match=r"cannot write s3://.*/x/kkk+ \(from .*a.bin\): "):
+        storage.upload_file(settings, local, key)

@@ -278,7 +278,11 @@ def delete_prefix(settings: Settings, prefix: str) -> int:
 def put_bytes(settings: Settings, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
     lean = _lean(settings) if len(data) <= LEAN_MAX_BYTES else None
     if lean is None or lean.request("PUT", settings.bucket, key, data, {"Content-Type": content_type}) is None:
-        s3_client(settings).put_object(Bucket=settings.bucket, Key=key, Body=data, ContentType=content_type)
+        client = s3_client(settings)
+        try:
+            client.put_object(Bucket=settings.bucket, Key=key, Body=data, ContentType=content_type)
+        except client.exceptions.ClientError as exc:  # a missing bucket, no space left on the server, ...
+            raise StorageError(f"cannot write s3://{settings.bucket}/{key}: {exc}") from exc
     return uri(settings, key)
 
 
@@ -297,7 +301,13 @@ def get_bytes(settings: Settings, key: str) -> bytes:
 
 
 def upload_file(settings: Settings, path: str | Path, key: str) -> str:
-    s3_client(settings).upload_file(str(path), settings.bucket, key)
+    from boto3.exceptions import S3UploadFailedError
+
+    client = s3_client(settings)
+    try:
+        client.upload_file(str(path), settings.bucket, key)
+    except (client.exceptions.ClientError, S3UploadFailedError) as exc:
+        raise StorageError(f"cannot write s3://{settings.bucket}/{key} (from {path}): {exc}") from exc
     return uri(settings, key)
 
 
