@@ -174,6 +174,15 @@ def test_odd_column_map_files_are_named_errors(tmp_path: Path, text: bytes, mess
         formats.read_column_map_file(path)
 
 
+def test_a_column_map_file_with_a_utf8_byte_order_mark_reads(tmp_path: Path) -> None:
+    # Windows Notepad saves UTF-8 with a byte-order mark: json refused it ("Unexpected UTF-8 BOM").
+    for name, text in (("map.json", '{"columns": {"user_id": "u", "category_id": "c", "behavior": "b", "ts": "t"}}'),
+                       ("map.yaml", "columns: {user_id: u, category_id: c, behavior: b, ts: t}\n")):
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+        assert formats.read_column_map_file(path)["column_map"]["user_id"] == "u"
+
+
 def test_the_documented_column_map_file_with_its_empty_keys_reads(tmp_path: Path) -> None:
     # docs/data.md shows `source_columns:` with no value: it raised TypeError ('NoneType' is not iterable).
     path = tmp_path / "map.yaml"

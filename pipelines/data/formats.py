@@ -210,7 +210,7 @@ def read_column_map_file(path: Path) -> dict[str, Any]:
     :func:`build_spec`: ``column_map``, ``behavior_map`` and options."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows Notepad writes one) is not text
     except OSError as exc:
         raise SourceError(f"column map file {path}: cannot read ({exc.strerror})") from exc
     except UnicodeDecodeError as exc:
