@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import json
 from pathlib import Path
 
 import pytest
@@ -780,6 +781,13 @@ def test_validate_says_how_many_rows_its_failed_days_held(settings, tmp_path: Pa
     out, err = capsys.readouterr()
     assert "validated 0/1 partitions: 0 rows, 0 quarantined; 1 failed (300 rows there, not handed over)" in out
     assert "(most: unknown_behavior 200)" in err
+    # With --json the failed day's counts are there too (they were left out: rows could not be reconciled).
+    assert main(["validate", "--date", D.isoformat(), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["partitions"] == [] and doc["totals"]["failed_rows"] == 300
+    (day,) = doc["failed_partitions"]
+    assert (day["rows"], day["valid_rows"], day["quarantined"]) == (300, 100, 200)
+    assert doc["totals"]["failed_quarantined"] == 200
 
 
 def test_damaged_packed_and_utf16_files_are_named_with_what_to_do(settings, tmp_path: Path) -> None:

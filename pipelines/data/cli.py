@@ -155,8 +155,13 @@ def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     # or a run whose every day failed reads "0 rows" although thousands came in.
     failed_rows = sum(r.rows for r in run.results if r.date in run.errors)
     failed_note = f"; {len(failed)} failed ({failed_rows} rows there, not handed over)" if failed else ""
+    # The results of the failed days that were read (a batch rule failed them): their counts too, so
+    # a program can reconcile every day's rows with its quarantine.
+    failed_results = [r.to_dict() for r in run.results if r.date in run.errors]
     emit(args, {"report_id": report_id, "reports": reports, "data_docs": docs, "partitions": results,
-                "failed": failed, "totals": {"rows": rows, "quarantined": quarantined, "failed_rows": failed_rows}},
+                "failed": failed, "failed_partitions": failed_results,
+                "totals": {"rows": rows, "quarantined": quarantined, "failed_rows": failed_rows,
+                           "failed_quarantined": sum(r["quarantined"] for r in failed_results)}},
          f"validated {len(dates) - len(failed)}/{len(dates)} partitions: {rows} rows, "
          f"{quarantined} quarantined{failed_note}; reports under {reports}" + (f"; Data Docs {docs}" if docs else ""))
     return 1 if failed else 0
