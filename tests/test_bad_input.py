@@ -824,3 +824,14 @@ def test_damaged_packed_and_utf16_files_are_named_with_what_to_do(settings, tmp_
         land_events(settings, path, "csv", column_map=columns)
     result = land_events(settings, path, "csv", column_map=columns, encoding="utf-16-le")
     assert result.rows == 2 and result.quarantined == 0
+
+
+def test_a_header_followed_by_lines_of_blanks_says_it_holds_no_data_rows(settings, tmp_path: Path) -> None:
+    # It read "most rows have 1 columns, expected 4 (a delimiter at the end of every row, or another
+    # --delimiter?)", pointing at the delimiter.
+    path = _write(tmp_path, "blanks.csv", "user,cat,event,at\n   \n\t\n")
+    with pytest.raises(SourceError, match=r"every one of its 2 rows was quarantined \(wrong_column_count \(2\)\); "
+                                          r"they are lines of blanks only \(spaces or tabs\): the file holds no data "
+                                          r"rows after its header; nothing landed"):
+        land_events(settings, path, "csv", column_map={"user_id": "user", "category_id": "cat", "behavior": "event",
+                                                       "ts": "at"})
