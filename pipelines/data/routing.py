@@ -38,13 +38,14 @@ from pipelines.data.sourcefile import (
     PARQUET_MAGIC,
     as_utf8,
     check_parquet_columns,
+    has_malformed_quotes,
     header_columns,
     is_header_row,
     open_stream,
     read_preamble,
     scan_file,
     split_line,
-    without_long_lines,
+    without_lines,
 )
 from pipelines.platform import layout
 from pipelines.privacy.pseudonym import Pseudonymizer, active
@@ -310,19 +311,28 @@ def split_csv(path: Path, spec: SourceSpec, scratch: Path, now: dt.datetime, *,
     # quote character cannot hold a mangled Taobao row (so the per-field check is skipped), and a
     # line longer than Arrow's read block is found before the reader cuts it into rows.
     scan = scan_file(path)
-    if scan.longest_line <= LONG_LINE_BYTES:
+    # A quoted field closed and then continued ("ab"cd") is read leniently by Arrow (abcd"): such
+    # lines are set aside whole, with their line numbers, before the reader sees them.
+    malformed = scan.has_quote and has_malformed_quotes(path, spec.delimiter, spec.encoding)
+    if scan.longest_line <= LONG_LINE_BYTES and not malformed:
         return _split_csv_once(path, spec, scratch, now, window, pseudonyms, scan.has_quote)
-    copy = scratch / ".without-long-lines.csv"
-    dropped = without_long_lines(path, copy)
+    preamble = read_preamble(path, spec.encoding)
+    copy = scratch / ".without-set-aside-lines.csv"
+    dropped = without_lines(path, copy, quotes_of=spec.delimiter if malformed else None,
+                            keep_first=preamble.lines_before + (1 if spec.has_header else 0))
     try:
         stats = _split_csv_once(copy, spec, scratch, now, window, pseudonyms, scan.has_quote, source_name=path)
     finally:
         copy.unlink(missing_ok=True)
-    for line, shown, length in dropped:
+    for line, shown, length, reason in dropped:
         stats.rows_read += 1
         text = shown if pseudonyms is None else _withheld(shown, spec.delimiter)
-        stats.reject("line_too_long", text, f"{length} bytes > {LONG_LINE_BYTES} (first {len(shown)} characters kept)",
-                     line=line)
+        if reason == "line_too_long":
+            detail = f"{length} bytes > {LONG_LINE_BYTES} (first {len(shown)} characters kept)"
+        else:
+            detail = ('a field opens with a quote, closes it and goes on ("ab"cd"); a quote inside a quoted '
+                      'field is written twice ("ab""cd")')
+        stats.reject(reason, text, detail, line=line)
     return stats
 
 

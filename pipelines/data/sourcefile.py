@@ -14,8 +14,10 @@
 - :func:`as_utf8`: CSV columns read as bytes, made text; rows whose bytes are not UTF-8 are marked
   (quarantined as ``invalid_encoding``) instead of refusing the whole file. A file in another
   encoding is landed with ``--encoding`` (``encoding:`` in a column-map file).
-- :func:`without_long_lines`: a copy of the source without lines longer than a read block
-  (quarantined as ``line_too_long``): Arrow's reader would cut such a line into rows.
+- :func:`without_lines`: a copy of the source without lines longer than a read block
+  (quarantined as ``line_too_long``: Arrow's reader would cut such a line into rows) and, when
+  :func:`has_malformed_quotes` finds any, lines holding a quoted field closed and continued
+  (``"ab"cd"``, quarantined as ``malformed_quote``: Arrow would read it leniently as ``abcd"``).
 
 A file that cannot be read at all raises :class:`~pipelines.data.formats.SourceError` naming it.
 """
@@ -37,7 +39,7 @@ from typing import IO
 import numpy as np
 import pyarrow as pa
 
-from pipelines.data.formats import BATCH_BYTES, SourceError, SourceSpec
+from pipelines.data.formats import BATCH_BYTES, SourceError, SourceSpec, valid_encoding
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -324,18 +326,55 @@ def as_utf8(table: pa.Table) -> tuple[pa.Table, np.ndarray | None]:
     return pa.table(strings), bad
 
 
-def without_long_lines(path: Path, target: Path, limit: int = LONG_LINE_BYTES) -> list[tuple[int, str, int]]:
-    """Copy the (decompressed) ``path`` to ``target`` without its lines longer than ``limit`` bytes;
-    returns (1-based line, first characters, length in bytes) of each line left out."""
-    dropped: list[tuple[int, str, int]] = []
+def malformed_quote_pattern(delimiter: str) -> re.Pattern[bytes]:
+    """A field that opens with a quote, closes it, and goes on (``"ab"cd"``, ``"x"y``) on one line:
+    Arrow's reader reads such a field leniently (``abcd"``), changing the value without a word."""
+    d = delimiter.encode()
+    in_class = b"\\" + d if delimiter in "]\\^-" else d
+    return re.compile(rb'(?:^|' + re.escape(d) + rb')"(?:[^"\n]|"")*"[^' + in_class + rb'"\r\n]', re.MULTILINE)
+
+
+def has_malformed_quotes(path: Path, delimiter: str, encoding: str = "utf-8") -> bool:
+    """Whether a line of ``path`` holds a field :func:`malformed_quote_pattern` matches (never for a
+    UTF-16/32 file, whose quote is not one byte). One pass, lines whole across read chunks."""
+    if re.fullmatch(r"utf_?(16|32).*", valid_encoding(encoding).replace("-", "_")):
+        return False
+    pattern = malformed_quote_pattern(delimiter)
+    carry = b""
+    try:
+        for chunk in _chunks(path):
+            data = carry + bytes(chunk)
+            cut = data.rfind(b"\n") + 1
+            if pattern.search(data, 0, cut):
+                return True
+            carry = data[cut:]
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
+    return bool(carry and pattern.search(carry))
+
+
+def without_lines(path: Path, target: Path, *, limit: int = LONG_LINE_BYTES, quotes_of: str | None = None,
+                  keep_first: int = 0) -> list[tuple[int, str, int, str]]:
+    """Copy the (decompressed) ``path`` to ``target`` without its lines longer than ``limit`` bytes and,
+    with ``quotes_of`` (the delimiter), its lines holding a malformed quoted field
+    (:func:`malformed_quote_pattern`); the first ``keep_first`` lines (blank and comment lines and
+    the header) are copied as they are. Returns (1-based line, first characters, length in bytes,
+    ``"line_too_long"`` or ``"malformed_quote"``) of each line left out."""
+    pattern = malformed_quote_pattern(quotes_of) if quotes_of is not None else None
+    dropped: list[tuple[int, str, int, str]] = []
     try:
         with open_binary(path) as src, open(target, "wb") as out:
             for number, line in enumerate(src):
-                if len(line.rstrip(b"\r\n")) > limit:
-                    shown = line[:_SHOWN_CHARS].decode("utf-8", errors="replace")
-                    dropped.append((number + 1, shown, len(line.rstrip(b"\r\n"))))
-                else:
+                body = line.rstrip(b"\r\n")
+                reason = None
+                if len(body) > limit:
+                    reason = "line_too_long"
+                elif pattern is not None and number >= keep_first and pattern.search(body):
+                    reason = "malformed_quote"
+                if reason is None:
                     out.write(line)
+                    continue
+                dropped.append((number + 1, body[:_SHOWN_CHARS].decode("utf-8", errors="replace"), len(body), reason))
     except _READ_ERRORS as exc:
         raise _unreadable(path, exc) from exc
     return dropped
