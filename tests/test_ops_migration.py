@@ -141,3 +141,11 @@ def test_report_of_published_days_matches_the_rows_and_the_week_before(settings)
         migration_report.read_summary(configured, D + dt.timedelta(days=1))
     with pytest.raises(predictions.PredictionsNotFound):
         migration_report.write_report(configured, D + dt.timedelta(days=1))
+    # `make run` prints the day's headline under "insight:" (users, expected new-category users).
+    from types import SimpleNamespace
+
+    from pipelines.devstack import demo
+
+    text = demo._insight_lines(SimpleNamespace(airflow_url="http://127.0.0.1:8080"), configured, later)
+    assert (f"    30 users; {second['expected_new_category_users']:.1f} ({second['expected_new_category_share']:.1%}) "
+            "expected to touch a category new to them in the horizon") in text

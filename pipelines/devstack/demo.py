@@ -364,6 +364,16 @@ def _insight_lines(cfg: StackConfig, settings: Settings, day: dt.date) -> str:
              f"  migration report of {day}: {storage.uri(settings, layout.partition_prefix(layout.MIGRATION_REPORTS, day))}",
              f"  Airflow page (flows, monitoring, user lookup): {cfg.airflow_url}/interest-migration/"]
     try:
+        from pipelines.ops import migration_report
+
+        summary = migration_report.read_summary(settings, day)
+        if summary.get("users") and summary.get("expected_new_category_users") is not None:
+            lines.insert(2, f"    {summary['users']} users; {summary['expected_new_category_users']:.1f} "
+                            f"({summary['expected_new_category_share']:.1%}) expected to touch a category new to "
+                            f"them in the horizon; {summary['migrating_users']} whose most likely category is new")
+    except Exception as exc:  # noqa: BLE001 - the summary is printed; a missing report is said, not fatal
+        lines.insert(2, f"    (no report summary: {type(exc).__name__}: {exc})")
+    try:
         lines.append("  " + monitoring.monitor_pending_table(settings).replace("\n", "\n  "))
     except Exception as exc:  # the demo's summary is printed; monitoring is reported, not fatal here
         lines.append(f"  monitoring: could not run ({type(exc).__name__}: {exc}); try `python -m pipelines monitor`")
