@@ -122,6 +122,17 @@ def test_bad_rows_are_quarantined_and_a_bad_batch_fails(settings, tmp_path: Path
     summary = storage.get_bytes(settings, "reports/validation/r/dt=2017-11-25/summary.md").decode()
     assert "FAILED" in summary and "unknown_behavior | 200" in summary
 
+    # A day under IM_SHARE_CHECKS_MIN_ROWS whose every row is broken (a behaviour column that is all
+    # empty) passed: nothing of it reached the model and nothing said why. Some bad rows still pass.
+    src.write_text("\n".join(f"{u},6,7,,{T0 + u}" for u in range(137)) + "\n")
+    land_events(settings, src, "taobao")
+    with pytest.raises(ValidationError, match=r"bad_row_share failed: 100\.00% of 137 rows quarantined \(most: "
+                       r"unknown_behavior 137\)"):
+        validate_partition(settings, D, report_id="r")
+    src.write_text("\n".join(good[:100] + [f"{u},6,7,,{T0 + u}" for u in range(37)]) + "\n")
+    land_events(settings, src, "taobao")
+    assert validate_partition(settings, D, report_id="r").quarantined == 37
+
 
 @pytest.mark.services
 def test_volume_collapse_fails_against_recent_partitions(settings, tmp_path: Path) -> None:

@@ -254,8 +254,12 @@ def _check(settings: Settings, part: RawPartition, contents: dict[str, bytes], h
     big = rows >= settings.share_checks_min_rows and flagged.in_window
     bad_share = broken / rows if rows else 0.0
     dup_share = duplicates / rows if rows else 0.0
+    # A small day is judged on its share too when every one of its rows is broken (a behaviour map
+    # that matches nothing, a timestamp column misread): nothing of it would reach the model.
+    all_broken = flagged.in_window and rows > 0 and broken == rows
     profile = {expectations.DAY: day.isoformat(), "rows": rows, "valid_rows": valid.num_rows,
-               "quarantined": bad.num_rows, "bad_row_share": bad_share if big else None, "duplicate_rows": duplicates,
+               "quarantined": bad.num_rows, "bad_row_share": bad_share if big or all_broken else None,
+               "duplicate_rows": duplicates,
                "duplicate_share": dup_share if big else None, "volume_ratio": volume_ratio,
                "items_with_several_categories": several, "users": plan.stats["users"], "items": plan.stats["items"],
                "categories": plan.stats["categories"], "in_window": flagged.in_window}
