@@ -151,13 +151,12 @@ def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     quarantined = sum(r["quarantined"] for r in results)
     reports = storage.uri(settings, layout.validation_run_prefix(report_id))
     docs = storage.uri(settings, run.data_docs_key) if run.data_docs_key else None
-    # The rows of failed days were read too (a day failed by a batch rule has its report): say so,
-    # or a run whose every day failed reads "0 rows" although thousands came in.
-    failed_rows = sum(r.rows for r in run.results if r.date in run.errors)
-    failed_note = f"; {len(failed)} failed ({failed_rows} rows there, not handed over)" if failed else ""
-    # The results of the failed days that were read (a batch rule failed them): their counts too, so
-    # a program can reconcile every day's rows with its quarantine.
+    # The failed days that were read (a batch rule failed them, after their reports): their counts
+    # too, or a run whose every day failed reads "0 rows" although thousands came in, and a program
+    # could not reconcile those days' rows with their quarantine.
     failed_results = [r.to_dict() for r in run.results if r.date in run.errors]
+    failed_rows = sum(r["rows"] for r in failed_results)
+    failed_note = f"; {len(failed)} failed ({failed_rows} rows there, not handed over)" if failed else ""
     emit(args, {"report_id": report_id, "reports": reports, "data_docs": docs, "partitions": results,
                 "failed": failed, "failed_partitions": failed_results,
                 "totals": {"rows": rows, "quarantined": quarantined, "failed_rows": failed_rows,

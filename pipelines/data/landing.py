@@ -293,15 +293,15 @@ def _publish(settings: Settings, name: str, source: str, spec: SourceSpec, stats
             hint = f"; the timestamps look like Unix times ({unix}), not ISO 8601 dates: land it with --ts-format {unix}"
         if not hint and stats.reasons.get("implausible_timestamp"):
             hint = _implausible_example(rejects, spec)
-        blank = pc.all(pc.equal(pc.utf8_trim_whitespace(pc.cast(rejects["raw"], pa.string())), "")).as_py()
-        if not hint and blank and stats.reasons.get("wrong_column_count") == quarantined:
-            hint = ("; they are lines of blanks only (spaces or tabs): the file holds no data rows"
-                    + (" after its header" if spec.has_header else ""))
         if not hint and stats.reasons.get("wrong_column_count") == quarantined:
-            counts = rejects["detail"].value_counts().to_pylist()
-            common = max(counts, key=lambda c: c["counts"])["values"]  # e.g. "5 columns, expected 4"
-            hint = (f"; most rows have {common} (a delimiter at the end of every row, or another --delimiter?)"
-                    if common else "")
+            if pc.all(pc.equal(pc.utf8_trim_whitespace(pc.cast(rejects["raw"], pa.string())), "")).as_py():
+                hint = ("; they are lines of blanks only (spaces or tabs): the file holds no data rows"
+                        + (" after its header" if spec.has_header else ""))
+            else:
+                counts = rejects["detail"].value_counts().to_pylist()
+                common = max(counts, key=lambda c: c["counts"])["values"]  # e.g. "5 columns, expected 4"
+                hint = (f"; most rows have {common} (a delimiter at the end of every row, or another --delimiter?)"
+                        if common else "")
         raise SourceError(f"{source}: every one of its {quarantined} rows was quarantined ({top}){hint}; nothing "
                           f"landed. The rows and their reasons are in s3://{settings.bucket}/{q_key}; check the "
                           f"format options (--ts-format, --map, --no-header, --encoding) and land it again")

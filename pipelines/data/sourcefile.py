@@ -341,18 +341,18 @@ def has_malformed_quotes(path: Path, delimiter: str, encoding: str = "utf-8") ->
     lines holding one are matched against the pattern (about 1 s per GB for a file quoting every field)."""
     if re.fullmatch(r"utf_?(16|32).*", valid_encoding(encoding).replace("-", "_")) or len(delimiter.encode()) != 1:
         return False
-    pattern = malformed_quote_pattern(delimiter)
+    pattern, byte = malformed_quote_pattern(delimiter), delimiter.encode()[0]
     carry = b""
     try:
         for chunk in _chunks(path):
             data = carry + bytes(chunk)
             cut = data.rfind(b"\n") + 1
-            if _malformed_in(data[:cut], pattern, delimiter.encode()[0]):
+            if _malformed_in(data[:cut], pattern, byte):
                 return True
             carry = data[cut:]
     except _READ_ERRORS as exc:
         raise _unreadable(path, exc) from exc
-    return _malformed_in(carry, pattern, delimiter.encode()[0])
+    return _malformed_in(carry, pattern, byte)
 
 
 def _malformed_in(block: bytes, pattern: re.Pattern[bytes], delimiter: int) -> bool:

@@ -290,13 +290,13 @@ def _write_handover(settings: Settings, part: RawPartition, valid: pa.Table, pla
 
 def _result(settings: Settings, report_id: str, c: _Checked, gate: expectations.DayResult,
             row_suite: expectations.DayResult | None) -> ValidationResult:
-    failures = expectations.gate_failures(gate.result, c.profile, settings, c.volume_ref,
-                                          broken_reasons(c.reasons))
+    broken = broken_reasons(c.reasons)
+    failures = expectations.gate_failures(gate.result, c.profile, settings, c.volume_ref, broken)
     profile = c.profile
     return ValidationResult(
         date=c.date, report_id=report_id, files=c.files, rows=c.rows, valid_rows=c.valid_rows,
         quarantined=c.quarantined, reasons=c.reasons,
-        bad_row_share=round(sum(broken_reasons(c.reasons).values()) / c.rows, 6) if c.rows else 0.0,
+        bad_row_share=round(sum(broken.values()) / c.rows, 6) if c.rows else 0.0,
         duplicate_rows=c.duplicates, duplicate_share=round(c.duplicates / c.rows, 6) if c.rows else 0.0,
         volume_ratio=None if profile["volume_ratio"] is None else round(profile["volume_ratio"], 4),
         in_window=c.in_window, items_with_several_categories=c.several, ge_success=bool(gate.success),
